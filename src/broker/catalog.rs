@@ -1,0 +1,289 @@
+//! The writer's model of what is stored: tiers, keys (with their plaintext) and the live
+//! counters. Persistent maps (`imbl`) make a clone O(1), so the writer stages a batch on a
+//! clone and every snapshot carries the catalog it was built from without copying it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::rate::WindowCounter;
+
+/// A feature's limit in a tier: `rate_limit` uses per `window_seconds`, per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    pub rate_limit: u32,
+    pub window_seconds: u32,
+}
+
+impl Limit {
+    pub fn window_ms(self) -> u64 {
+        u64::from(self.window_seconds) * 1_000
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub description: String,
+    pub created_at_ms: i64,
+    pub features: BTreeMap<Arc<str>, Limit>,
+}
+
+/// What a key is, apart from its sealed material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub tier_id: Arc<str>,
+    pub active: bool,
+    pub created_at_ms: i64,
+    /// Unix ms after which the key is never served.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A key as the pool serves it: its description and the `GET /key` body, built once when the key
+/// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
+/// snapshot holding it is dropped; `Debug` never shows it.
+pub struct KeyEntry {
+    pub info: KeyInfo,
+    body: Bytes,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("info", &self.info)
+            .field("body", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The plaintext a key carries to its callers.
+pub struct Plaintext<'a> {
+    pub value: &'a str,
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+    pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    key_id: &'a str,
+    value: &'a str,
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<&'a str, &'a str>,
+}
+
+/// Counts bytes, so the body buffer is allocated once at its final size: a growing `Vec` would
+/// leave copies of the plaintext behind in freed memory.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Owns the zeroizing buffer behind a `Bytes`.
+struct Sealed(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl KeyEntry {
+    pub fn new(info: KeyInfo, plain: &Plaintext<'_>) -> Self {
+        let body = Body {
+            key_id: &info.id,
+            value: plain.value,
+            metadata: plain.metadata,
+            secrets: plain
+                .secrets
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect(),
+        };
+        let mut size = Counter(0);
+        serde_json::to_writer(&mut size, &body).expect("a map of strings always serializes");
+        let mut buffer = Zeroizing::new(Vec::with_capacity(size.0));
+        serde_json::to_writer(&mut *buffer, &body).expect("a map of strings always serializes");
+        debug_assert_eq!(buffer.len(), buffer.capacity());
+        Self {
+            info,
+            body: Bytes::from_owner(Sealed(buffer)),
+        }
+    }
+
+    /// The `GET /key` response body. Cloning it bumps a reference count; nothing is copied.
+    #[inline]
+    pub fn body(&self) -> Bytes {
+        self.body.clone()
+    }
+
+    pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
+        self.info.active && self.info.expires_at_ms.is_none_or(|at| unix_ms < at)
+    }
+}
+
+/// Keys are listed and rotated in the order they were created.
+pub type KeyOrder = (i64, Arc<str>);
+
+type CounterId = (Arc<str>, Arc<str>);
+
+#[derive(Clone, Default)]
+pub struct Catalog {
+    /// By name, the order `GET /admin/tiers` lists them in.
+    tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
+    tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
+    keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
+    key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
+    tier_keys: imbl::HashMap<Arc<str>, imbl::OrdSet<KeyOrder>>,
+    /// One live counter per key and feature its tier lists. Counters outlive snapshots: a
+    /// rebuild reuses them, so open windows keep their counts.
+    counters: imbl::HashMap<CounterId, Arc<WindowCounter>>,
+}
+
+/// The features whose candidate lists a change touched.
+pub type Dirty = BTreeSet<Arc<str>>;
+
+impl Catalog {
+    pub fn tiers(&self) -> impl Iterator<Item = &Arc<Tier>> {
+        self.tiers.values()
+    }
+
+    pub fn tier_count(&self) -> usize {
+        self.tiers.len()
+    }
+
+    pub fn tier_by_name(&self, name: &str) -> Option<&Arc<Tier>> {
+        self.tiers.get(name)
+    }
+
+    pub fn tier_by_id(&self, id: &str) -> Option<&Arc<Tier>> {
+        self.tier_names
+            .get(id)
+            .and_then(|name| self.tiers.get(name))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.keys.values()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
+        self.key_orders
+            .get(id)
+            .and_then(|order| self.keys.get(order))
+    }
+
+    pub fn keys_of_tier(&self, tier_id: &str) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.tier_keys
+            .get(tier_id)
+            .into_iter()
+            .flat_map(|orders| orders.iter())
+            .filter_map(|order| self.keys.get(order))
+    }
+
+    pub fn counter(&self, key_id: &Arc<str>, feature: &Arc<str>) -> Option<&Arc<WindowCounter>> {
+        self.counters
+            .get(&(Arc::clone(key_id), Arc::clone(feature)))
+    }
+
+    /// Every feature some tier lists.
+    pub fn features(&self) -> Dirty {
+        self.tiers
+            .values()
+            .flat_map(|tier| tier.features.keys().cloned())
+            .collect()
+    }
+
+    /// Adds a tier or replaces the one with the same id; returns the features it touched.
+    pub fn put_tier(&mut self, tier: Tier) -> Dirty {
+        let mut dirty: Dirty = tier.features.keys().cloned().collect();
+        if let Some(old) = self.tier_by_id(&tier.id).cloned() {
+            dirty.extend(old.features.keys().cloned());
+            self.tiers.remove(&old.name);
+            let keys: Vec<Arc<str>> = self
+                .keys_of_tier(&tier.id)
+                .map(|key| Arc::clone(&key.info.id))
+                .collect();
+            for key_id in &keys {
+                for feature in old.features.keys() {
+                    if !tier.features.contains_key(feature) {
+                        self.counters
+                            .remove(&(Arc::clone(key_id), Arc::clone(feature)));
+                    }
+                }
+                for feature in tier.features.keys() {
+                    self.counters
+                        .entry((Arc::clone(key_id), Arc::clone(feature)))
+                        .or_default();
+                }
+            }
+        }
+        self.tier_names
+            .insert(Arc::clone(&tier.id), Arc::clone(&tier.name));
+        self.tiers.insert(Arc::clone(&tier.name), Arc::new(tier));
+        dirty
+    }
+
+    /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
+    pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
+        let mut dirty = self.remove_key(&entry.info.id);
+        let tier = self
+            .tier_by_id(&entry.info.tier_id)
+            .cloned()
+            .expect("the writer checks a key's tier before adding it");
+        let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
+        for feature in tier.features.keys() {
+            self.counters.insert(
+                (Arc::clone(&entry.info.id), Arc::clone(feature)),
+                Arc::default(),
+            );
+            dirty.insert(Arc::clone(feature));
+        }
+        self.tier_keys
+            .entry(Arc::clone(&entry.info.tier_id))
+            .or_default()
+            .insert(order.clone());
+        self.key_orders
+            .insert(Arc::clone(&entry.info.id), order.clone());
+        self.keys.insert(order, Arc::new(entry));
+        dirty
+    }
+
+    /// Removes a key if present; returns the features it was a candidate for.
+    pub fn remove_key(&mut self, id: &str) -> Dirty {
+        let Some(order) = self.key_orders.remove(id) else {
+            return Dirty::new();
+        };
+        let Some(entry) = self.keys.remove(&order) else {
+            return Dirty::new();
+        };
+        if let Some(orders) = self.tier_keys.get_mut(&entry.info.tier_id) {
+            orders.remove(&order);
+        }
+        let features: Dirty = self
+            .tier_by_id(&entry.info.tier_id)
+            .map(|tier| tier.features.keys().cloned().collect())
+            .unwrap_or_default();
+        for feature in &features {
+            self.counters
+                .remove(&(Arc::clone(&entry.info.id), Arc::clone(feature)));
+        }
+        features
+    }
+}

@@ -1,0 +1,258 @@
+//! The published pool: the current [`Snapshot`] behind an `ArcSwap`, and the clock.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::rate::Clock;
+use super::snapshot::{Snapshot, Spent};
+
+/// What `GET /key` learns from the pool.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    Served(&'a Arc<KeyEntry>),
+    Spent(Spent),
+    UnknownFeature,
+}
+
+/// The current snapshot, swapped whole by the writer and read lock-free by every request.
+pub struct Pool {
+    current: ArcSwap<Snapshot>,
+    clock: Clock,
+}
+
+impl Pool {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            clock,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The current snapshot: a cheap guard for one request, not to be held across an await.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Picks a key for `feature` from `snapshot`, counting one use.
+    #[inline]
+    pub fn pick<'s>(&self, snapshot: &'s Snapshot, feature: &str) -> Pick<'s> {
+        match snapshot.feature(feature) {
+            None => Pick::UnknownFeature,
+            Some(pool) => match pool.pick(self.clock.now_ms()) {
+                Ok(key) => Pick::Served(key),
+                Err(spent) => Pick::Spent(spent),
+            },
+        }
+    }
+
+    /// Publishes `catalog` as the next generation, rebuilding only the `dirty` features.
+    /// Called by the single writer only, so generations never interleave.
+    pub fn publish(&self, catalog: Catalog, dirty: &Dirty) -> Arc<Snapshot> {
+        let next = Arc::new(self.current.load().next(catalog, dirty, &self.clock));
+        self.current.store(Arc::clone(&next));
+        next
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::broker::catalog::{KeyInfo, Limit, Plaintext, Tier};
+    use crate::broker::rate::ManualClock;
+
+    fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
+        Tier {
+            id: format!("tier-{name}").into(),
+            name: name.into(),
+            description: String::new(),
+            created_at_ms: 0,
+            features: features
+                .iter()
+                .map(|&(f, rate_limit, window_seconds)| {
+                    (
+                        f.into(),
+                        Limit {
+                            rate_limit,
+                            window_seconds,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn key(id: &str, tier: &str, created_at_ms: i64, expires_at_ms: Option<i64>) -> KeyEntry {
+        let secrets = BTreeMap::<String, Zeroizing<String>>::new();
+        KeyEntry::new(
+            KeyInfo {
+                id: id.into(),
+                name: id.into(),
+                tier_id: format!("tier-{tier}").into(),
+                active: true,
+                created_at_ms,
+                expires_at_ms,
+            },
+            &Plaintext {
+                value: &format!("value-{id}"),
+                metadata: &serde_json::Map::new(),
+                secrets: &secrets,
+            },
+        )
+    }
+
+    fn pool_with(keys: usize, limit: u32) -> (Pool, ManualClock) {
+        let (clock, hand) = Clock::manual();
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", limit, 60)]));
+        for i in 0..keys {
+            dirty.extend(catalog.put_key(key(&format!("k{i}"), "pro", i as i64, None)));
+        }
+        pool.publish(catalog, &dirty);
+        (pool, hand)
+    }
+
+    fn served_id(pool: &Pool, feature: &str) -> Option<String> {
+        let snapshot = pool.load();
+        match pool.pick(&snapshot, feature) {
+            Pick::Served(key) => Some(key.info.id.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn k_keys_times_m_picks_serve_each_key_m_times_in_rotation() {
+        let (pool, _) = pool_with(5, 1_000);
+        let served: Vec<String> = (0..5 * 7)
+            .map(|_| served_id(&pool, "chat").unwrap())
+            .collect();
+        for (i, id) in served.iter().enumerate() {
+            assert_eq!(id, &format!("k{}", i % 5), "pick {i} out of rotation");
+        }
+    }
+
+    #[test]
+    fn spent_keys_are_skipped_and_the_spent_pool_answers_with_the_earliest_reset() {
+        let (pool, hand) = pool_with(3, 2);
+        for _ in 0..6 {
+            assert!(served_id(&pool, "chat").is_some());
+        }
+        let snapshot = pool.load();
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 60_000),
+            other => panic!("expected spent, got {other:?}"),
+        }
+        hand.advance_ms(59_999);
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 1),
+            other => panic!("expected spent, got {other:?}"),
+        }
+        hand.advance_ms(1);
+        assert!(served_id(&pool, "chat").is_some());
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_counts_of_open_windows() {
+        let (pool, _) = pool_with(1, 2);
+        served_id(&pool, "chat").unwrap();
+        served_id(&pool, "chat").unwrap();
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.put_tier(tier("free", &[("chat", 5, 60)]));
+        pool.publish(catalog, &dirty);
+        assert_eq!(pool.load().generation, 2);
+        assert_eq!(served_id(&pool, "chat"), None);
+    }
+
+    #[test]
+    fn an_unknown_feature_is_not_a_spent_one() {
+        let (pool, _) = pool_with(1, 1);
+        let snapshot = pool.load();
+        assert!(matches!(pool.pick(&snapshot, "nope"), Pick::UnknownFeature));
+    }
+
+    #[test]
+    fn a_feature_without_keys_retries_after_its_shortest_window() {
+        let (clock, _) = Clock::manual();
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("a", &[("chat", 1, 90)]));
+        dirty.extend(catalog.put_tier(tier("b", &[("chat", 1, 30)])));
+        pool.publish(catalog, &dirty);
+        let snapshot = pool.load();
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 30_000),
+            other => panic!("expected spent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expired_key_is_never_served() {
+        let (clock, hand) = Clock::manual();
+        let expiry = clock.unix_now_ms() + 5_000;
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 100, 60)]));
+        dirty.extend(catalog.put_key(key("soon", "pro", 0, Some(expiry))));
+        pool.publish(catalog, &dirty);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("soon"));
+        hand.advance_ms(5_000);
+        assert_eq!(served_id(&pool, "chat"), None);
+    }
+
+    #[test]
+    fn a_deleted_key_leaves_the_rotation() {
+        let (pool, _) = pool_with(2, 100);
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.remove_key("k0");
+        pool.publish(catalog, &dirty);
+        for _ in 0..4 {
+            assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        }
+    }
+
+    #[test]
+    fn the_served_body_is_the_json_of_the_key() {
+        let (pool, _) = pool_with(1, 1);
+        let snapshot = pool.load();
+        let Pick::Served(key) = pool.pick(&snapshot, "chat") else {
+            panic!("expected a key");
+        };
+        let body: serde_json::Value = serde_json::from_slice(&key.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"key_id":"k0","value":"value-k0","metadata":{},"secrets":{}})
+        );
+        assert!(!format!("{key:?}").contains("value-k0"));
+    }
+
+    /// Many threads hammer one key with limit N through the whole pick path: exactly N win.
+    #[test]
+    fn many_threads_on_one_pool_get_exactly_the_budget() {
+        let (pool, _) = pool_with(3, 5_000);
+        let pool = Arc::new(pool);
+        let served = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..4_000 {
+                        if served_id(&pool, "chat").is_some() {
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(served.into_inner(), 15_000);
+    }
+}

@@ -1,0 +1,91 @@
+//! The command line: `serve` (the default, so `keypooler` alone starts the server as the Go
+//! service did) and the offline commands.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, shutdown_signal};
+use crate::broker::Clock;
+use crate::config::{ConfigError, ServeConfig, Settings};
+use crate::crypto::Sealer;
+use crate::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(name = "keypooler", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+}
+
+/// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Config(_) => ExitCode::from(2),
+            Failure::Runtime(_) => ExitCode::from(1),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let log = cli.settings.log()?;
+    crate::telemetry::init_logging(log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&cli.settings),
+    }
+}
+
+fn serve(settings: &Settings) -> Result<(), Failure> {
+    let config = ServeConfig::from_settings(settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keypooler-http")
+        .build()
+        .map_err(anyhow::Error::from)?;
+    runtime.block_on(async move {
+        let sealer = Sealer::new(&config.encryption_key);
+        let store = Store::open(&config.db_path, &sealer).map_err(anyhow::Error::from)?;
+        let app = App::start(store, sealer, Clock::monotonic(), config.admin_token)
+            .map_err(anyhow::Error::from)?;
+        let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
+        let listener = bind(address, config.port).await?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            address = %listener.local_addr().map_err(anyhow::Error::from)?,
+            "listening"
+        );
+        app.serve(listener, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::from)?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Binds every interface (IPv6 and IPv4 where the system allows dual stack, else IPv4).
+async fn bind(address: SocketAddr, port: u16) -> Result<tokio::net::TcpListener, Failure> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot listen on port {port}: {err}").into()),
+    }
+}

@@ -1,0 +1,241 @@
+//! Validated configuration. Each setting comes from its environment variable or the flag of
+//! the same name; a bad value stops start-up with one line naming the variable, never the
+//! secret it held.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::crypto::EncryptionKey;
+
+/// A setting that is missing or malformed. The message names the variable, never a secret.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The raw settings, as clap reads them (all text, so that clap never prints a bad value: a
+/// secret could be in it).
+#[derive(Args, Default)]
+pub struct Settings {
+    /// AES-256-GCM key for values at rest: 64 hex characters. Prefer the environment variable.
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    pub encryption_key: Option<String>,
+    /// Bearer token of the superuser. Prefer the environment variable.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    /// Port to listen on (1-65535) [default: 8080].
+    #[arg(long, alias = "port", env = "SERVER_PORT", global = true)]
+    pub server_port: Option<String>,
+    /// The redb database file; its folder is created if missing [default: ./data/pool.redb].
+    #[arg(long, env = "DB_PATH", global = true)]
+    pub db_path: Option<String>,
+    /// debug, info, warn or error [default: info].
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// json or pretty [default: json].
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("Settings")
+            .field("encryption_key", &redacted(&self.encryption_key))
+            .field("admin_token", &redacted(&self.admin_token))
+            .field("server_port", &self.server_port)
+            .field("db_path", &self.db_path)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: tracing::Level,
+    pub format: LogFormat,
+}
+
+/// A value that was set to the empty string counts as unset.
+fn given(value: Option<&String>) -> Option<&str> {
+    value.map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    pub fn log(&self) -> Result<LogConfig, ConfigError> {
+        let level = match given(self.log_level.as_ref())
+            .unwrap_or("info")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "debug" => tracing::Level::DEBUG,
+            "info" => tracing::Level::INFO,
+            "warn" | "warning" => tracing::Level::WARN,
+            "error" => tracing::Level::ERROR,
+            "trace" => tracing::Level::TRACE,
+            other => {
+                return Err(ConfigError(format!(
+                    "LOG_LEVEL must be one of debug, info, warn, error (got {other:?})"
+                )));
+            }
+        };
+        let format = match given(self.log_format.as_ref())
+            .unwrap_or("json")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Pretty,
+            other => {
+                return Err(ConfigError(format!(
+                    "LOG_FORMAT must be json or pretty (got {other:?})"
+                )));
+            }
+        };
+        Ok(LogConfig { level, format })
+    }
+
+    pub fn encryption_key(&self) -> Result<EncryptionKey, ConfigError> {
+        let text = given(self.encryption_key.as_ref()).ok_or_else(|| {
+            ConfigError(
+                "ENCRYPTION_KEY is required: 64 hex characters, e.g. from `openssl rand -hex 32`"
+                    .into(),
+            )
+        })?;
+        EncryptionKey::parse_hex(text).map_err(|err| ConfigError(format!("ENCRYPTION_KEY {err}")))
+    }
+
+    pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
+        given(self.admin_token.as_ref())
+            .map(|token| SecretString::from(token.to_owned()))
+            .ok_or_else(|| ConfigError("ADMIN_TOKEN is required (any non-empty string)".into()))
+    }
+
+    pub fn port(&self) -> Result<u16, ConfigError> {
+        let Some(text) = given(self.server_port.as_ref()) else {
+            return Ok(8080);
+        };
+        text.parse::<u16>()
+            .ok()
+            .filter(|port| *port >= 1)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "SERVER_PORT must be an integer from 1 to 65535 (got {text:?})"
+                ))
+            })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        given(self.db_path.as_ref())
+            .unwrap_or("./data/pool.redb")
+            .into()
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub encryption_key: EncryptionKey,
+    pub admin_token: SecretString,
+    pub port: u16,
+    pub db_path: PathBuf,
+}
+
+impl ServeConfig {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            encryption_key: settings.encryption_key()?,
+            admin_token: settings.admin_token()?,
+            port: settings.port()?,
+            db_path: settings.db_path(),
+        })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            encryption_key: Some("ab".repeat(32)),
+            admin_token: Some("token".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply_when_unset_or_empty() {
+        let mut s = settings();
+        s.server_port = Some(String::new());
+        let config = ServeConfig::from_settings(&s).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
+        assert_eq!(
+            s.log().unwrap(),
+            LogConfig {
+                level: tracing::Level::INFO,
+                format: LogFormat::Json
+            }
+        );
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable_and_hides_secrets() {
+        type Change = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|s| s.encryption_key = None),
+                "ENCRYPTION_KEY is required",
+            ),
+            (
+                Box::new(|s| s.encryption_key = Some("secret-short".into())),
+                "ENCRYPTION_KEY must be exactly 64 hex characters",
+            ),
+            (
+                Box::new(|s| s.admin_token = Some("  ".into())),
+                "ADMIN_TOKEN is required",
+            ),
+            (
+                Box::new(|s| s.server_port = Some("0".into())),
+                "SERVER_PORT must be",
+            ),
+            (
+                Box::new(|s| s.server_port = Some("65536".into())),
+                "SERVER_PORT must be",
+            ),
+            (
+                Box::new(|s| s.server_port = Some("http".into())),
+                "SERVER_PORT must be",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut s = settings();
+            change(&mut s);
+            let err = ServeConfig::from_settings(&s).unwrap_err();
+            assert!(err.0.starts_with(expected), "{err}");
+            assert!(!err.0.contains("secret-short"));
+        }
+        let mut s = settings();
+        s.log_level = Some("loud".into());
+        assert!(s.log().unwrap_err().0.starts_with("LOG_LEVEL"));
+        s.log_level = None;
+        s.log_format = Some("xml".into());
+        assert!(s.log().unwrap_err().0.starts_with("LOG_FORMAT"));
+    }
+
+    #[test]
+    fn debug_hides_the_secrets() {
+        let text = format!("{:?}", settings());
+        assert!(!text.contains(&"ab".repeat(32)));
+        assert!(!text.contains("token\""));
+    }
+}

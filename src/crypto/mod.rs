@@ -1,0 +1,197 @@
+//! Sealing values at rest: AES-256-GCM with a fresh random 96-bit nonce per value.
+//!
+//! Our own format binds each ciphertext to the record and field it belongs to (associated
+//! data), so a value copied onto another record fails to open. The Go service's format, used by
+//! the SQLite import and export, is in [`go`].
+
+pub mod go;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    /// Wrong key, a tampered value, or a value sealed for another record.
+    #[error("the value does not open under this ENCRYPTION_KEY")]
+    Open,
+    #[error("the sealed value is too short to hold a nonce and a tag")]
+    Truncated,
+    #[error("the sealed value is not hex")]
+    NotHex,
+    #[error("the opened value is not UTF-8 text")]
+    NotText,
+}
+
+/// The 32-byte AES-256 key, parsed from 64 hex characters. Never printed.
+pub struct EncryptionKey(SecretBox<[u8; 32]>);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey([REDACTED])")
+    }
+}
+
+/// Why a text is not an encryption key. Never contains the text.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyParseError {
+    #[error("must be exactly 64 hex characters (32 bytes), got {0} characters")]
+    Length(usize),
+    #[error("must be hex (0-9, a-f), found a character that is not")]
+    NotHex,
+}
+
+impl EncryptionKey {
+    pub fn parse_hex(text: &str) -> Result<Self, KeyParseError> {
+        let text = text.trim();
+        if text.len() != 64 {
+            return Err(KeyParseError::Length(text.chars().count()));
+        }
+        let mut bytes = SecretBox::new(Box::new([0u8; 32]));
+        hex::decode_to_slice(text, bytes.expose_secret_mut()).map_err(|_| KeyParseError::NotHex)?;
+        Ok(Self(bytes))
+    }
+
+    /// A fresh random key (for tests and `rekey`).
+    pub fn generate() -> Self {
+        let mut bytes = SecretBox::new(Box::new([0u8; 32]));
+        rand::fill(bytes.expose_secret_mut());
+        Self(bytes)
+    }
+
+    /// The key as 64 lowercase hex characters, in a zeroizing buffer.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.expose_secret()))
+    }
+}
+
+/// Seals and opens values under one key. Holds only the expanded cipher, which zeroizes itself
+/// on drop.
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer([REDACTED])")
+    }
+}
+
+impl Sealer {
+    pub fn new(key: &EncryptionKey) -> Self {
+        let cipher = Aes256Gcm::new_from_slice(key.0.expose_secret())
+            .expect("an EncryptionKey is always 32 bytes");
+        Self { cipher }
+    }
+
+    /// `nonce || ciphertext || tag`, authenticated together with `aad`.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("AES-GCM seals any value under 64 GiB");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens what [`Sealer::seal`] produced with the same `aad`.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::Truncated);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Truncated)?;
+        self.cipher
+            .decrypt(&nonce, Payload { msg: body, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+
+    /// Opens a sealed text value.
+    pub fn open_text(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
+        into_text(self.open(sealed, aad)?)
+    }
+}
+
+/// Moves opened bytes into a zeroizing `String` without leaving a copy behind.
+fn into_text(mut bytes: Zeroizing<Vec<u8>>) -> Result<Zeroizing<String>, CryptoError> {
+    let owned = std::mem::take(&mut *bytes);
+    match String::from_utf8(owned) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(err) => {
+            drop(Zeroizing::new(err.into_bytes()));
+            Err(CryptoError::NotText)
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&EncryptionKey::generate())
+    }
+
+    #[test]
+    fn a_sealed_value_opens_with_its_own_associated_data_only() {
+        let sealer = sealer();
+        let sealed = sealer.seal(b"sk-abc", b"keys/1/value");
+        assert_eq!(&*sealer.open(&sealed, b"keys/1/value").unwrap(), b"sk-abc");
+        assert_eq!(
+            sealer.open(&sealed, b"keys/2/value"),
+            Err(CryptoError::Open)
+        );
+    }
+
+    #[test]
+    fn the_same_value_seals_differently_each_time() {
+        let sealer = sealer();
+        assert_ne!(sealer.seal(b"x", b""), sealer.seal(b"x", b""));
+    }
+
+    #[test]
+    fn another_key_cannot_open_it() {
+        let sealed = sealer().seal(b"secret", b"");
+        assert_eq!(sealer().open(&sealed, b""), Err(CryptoError::Open));
+    }
+
+    #[test]
+    fn a_flipped_bit_or_a_short_value_is_refused() {
+        let sealer = sealer();
+        let mut sealed = sealer.seal(b"secret", b"");
+        sealed[NONCE_LEN] ^= 1;
+        assert_eq!(sealer.open(&sealed, b""), Err(CryptoError::Open));
+        assert_eq!(sealer.open(&sealed[..20], b""), Err(CryptoError::Truncated));
+    }
+
+    #[test]
+    fn key_parsing_names_the_problem_and_never_the_key() {
+        let err = EncryptionKey::parse_hex("abcd").unwrap_err();
+        assert_eq!(err, KeyParseError::Length(4));
+        assert!(!err.to_string().contains("abcd"));
+        let not_hex = "zz".repeat(32);
+        assert_eq!(
+            EncryptionKey::parse_hex(&not_hex).unwrap_err(),
+            KeyParseError::NotHex
+        );
+        let key = EncryptionKey::parse_hex(&"0f".repeat(32)).unwrap();
+        assert_eq!(&*key.to_hex(), &"0f".repeat(32));
+        assert_eq!(format!("{key:?}"), "EncryptionKey([REDACTED])");
+    }
+}

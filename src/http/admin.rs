@@ -1,0 +1,311 @@
+//! The admin API: tiers, keys, pool health. Reads come from the current snapshot; writes go
+//! through the writer and answer once they are on disk and published.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::auth::Admin;
+use super::error::{ApiError, json_response};
+use super::json::JsonBody;
+use crate::app::AppState;
+use crate::broker::{Catalog, KeyEntry, Limit, Tier};
+use crate::writer::spec::{self, DEFAULT_WINDOW_SECONDS, Invalid};
+use crate::writer::{NewKey, TierSpec};
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    json_response(
+        status,
+        serde_json::to_vec(body).expect("admin views always serialize"),
+    )
+}
+
+/// RFC 3339, UTC, from unix milliseconds.
+pub fn rfc3339(unix_ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct TierView<'a> {
+    id: &'a str,
+    name: &'a str,
+    description: &'a str,
+    features: BTreeMap<&'a str, Limit>,
+    created_at: String,
+}
+
+impl<'a> From<&'a Tier> for TierView<'a> {
+    fn from(tier: &'a Tier) -> Self {
+        Self {
+            id: &tier.id,
+            name: &tier.name,
+            description: &tier.description,
+            features: tier.features.iter().map(|(f, l)| (&**f, *l)).collect(),
+            created_at: rfc3339(tier.created_at_ms),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TierBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    features: BTreeMap<String, serde_json::Value>,
+}
+
+fn integer(field: &str, value: &serde_json::Value) -> Result<i128, Invalid> {
+    value
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| value.as_u64().map(i128::from))
+        .ok_or_else(|| Invalid(format!("{field} must be an integer")))
+}
+
+/// A feature's limit: a bare number (per minute) or `{"rate_limit", "window_seconds"?}`.
+fn feature_limit(feature: &str, value: &serde_json::Value) -> Result<Limit, Invalid> {
+    let field = format!("features.{feature}");
+    match value {
+        serde_json::Value::Number(_) => spec::limit(
+            &field,
+            integer(&field, value)?,
+            DEFAULT_WINDOW_SECONDS.into(),
+        ),
+        serde_json::Value::Object(fields) => {
+            let rate = fields
+                .get("rate_limit")
+                .ok_or_else(|| Invalid(format!("{field}.rate_limit is required")))?;
+            let rate = integer(&format!("{field}.rate_limit"), rate)?;
+            let window = match fields.get("window_seconds") {
+                None | Some(serde_json::Value::Null) => DEFAULT_WINDOW_SECONDS.into(),
+                Some(window) => integer(&format!("{field}.window_seconds"), window)?,
+            };
+            spec::limit(&field, rate, window)
+        }
+        _ => Err(Invalid(format!(
+            "{field} must be an integer or an object {{\"rate_limit\", \"window_seconds\"}}"
+        ))),
+    }
+}
+
+impl TryFrom<TierBody> for TierSpec {
+    type Error = Invalid;
+
+    fn try_from(body: TierBody) -> Result<Self, Invalid> {
+        let features = body
+            .features
+            .iter()
+            .map(|(feature, value)| Ok((feature.clone(), feature_limit(feature, value)?)))
+            .collect::<Result<_, Invalid>>()?;
+        TierSpec::new(&body.name, body.description, features)
+    }
+}
+
+pub async fn create_tier(
+    _: Admin,
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<TierBody>,
+) -> Result<Response, ApiError> {
+    let tier = app.writer().create_tier(body.try_into()?).await?;
+    Ok(json(StatusCode::CREATED, &TierView::from(&*tier)))
+}
+
+pub async fn update_tier(
+    _: Admin,
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<TierBody>,
+) -> Result<Response, ApiError> {
+    let tier = app.writer().update_tier(body.try_into()?).await?;
+    Ok(json(StatusCode::OK, &TierView::from(&*tier)))
+}
+
+pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
+    let snapshot = app.pool().load();
+    let tiers: Vec<TierView<'_>> = snapshot
+        .catalog
+        .tiers()
+        .map(|tier| TierView::from(&**tier))
+        .collect();
+    json(StatusCode::OK, &tiers)
+}
+
+#[derive(Deserialize)]
+pub struct KeyBody {
+    name: String,
+    key: String,
+    tier: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    secrets: Option<BTreeMap<String, String>>,
+}
+
+/// Unix ms of an RFC 3339 instant.
+fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| {
+            Invalid(format!(
+                "{field} must be an RFC 3339 time, e.g. 2030-01-31T00:00:00Z"
+            ))
+        })
+}
+
+impl TryFrom<KeyBody> for NewKey {
+    type Error = Invalid;
+
+    fn try_from(body: KeyBody) -> Result<Self, Invalid> {
+        let mut key = NewKey::new(&body.name, &body.tier, Zeroizing::new(body.key))?;
+        key.expires_at_ms = body
+            .expires_at
+            .as_deref()
+            .map(|text| parse_instant("expires_at", text))
+            .transpose()?;
+        key.metadata = body.metadata.unwrap_or_default();
+        for (name, value) in body.secrets.unwrap_or_default() {
+            let name = spec::name("secrets name", &name)?;
+            key.secrets.insert(name, Zeroizing::new(value));
+        }
+        Ok(key)
+    }
+}
+
+#[derive(Serialize)]
+struct AddedKey<'a> {
+    id: &'a str,
+    name: &'a str,
+    tier: &'a str,
+}
+
+pub async fn add_key(
+    _: Admin,
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<KeyBody>,
+) -> Result<Response, ApiError> {
+    let key = app.writer().add_key(body.try_into()?).await?;
+    let snapshot = app.pool().load();
+    let tier = snapshot
+        .catalog
+        .tier_by_id(&key.info.tier_id)
+        .map(|tier| tier.name.to_string())
+        .unwrap_or_default();
+    let added = AddedKey {
+        id: &key.info.id,
+        name: &key.info.name,
+        tier: &tier,
+    };
+    Ok(json(StatusCode::CREATED, &added))
+}
+
+#[derive(Serialize)]
+struct Usage {
+    used: u32,
+    limit: u32,
+    window_seconds: u32,
+}
+
+#[derive(Serialize)]
+struct KeyView<'a> {
+    id: &'a str,
+    name: &'a str,
+    tier_id: &'a str,
+    tier: &'a str,
+    is_active: bool,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    usage: BTreeMap<&'a str, Usage>,
+}
+
+fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
+    let tier = catalog.tier_by_id(&key.info.tier_id);
+    let usage = tier
+        .into_iter()
+        .flat_map(|tier| tier.features.iter())
+        .map(|(feature, limit)| {
+            let used = catalog
+                .counter(&key.info.id, feature)
+                .map_or(0, |counter| counter.used(now, limit.window_ms()));
+            let usage = Usage {
+                used,
+                limit: limit.rate_limit,
+                window_seconds: limit.window_seconds,
+            };
+            (&**feature, usage)
+        })
+        .collect();
+    KeyView {
+        id: &key.info.id,
+        name: &key.info.name,
+        tier_id: &key.info.tier_id,
+        tier: tier.map_or("", |tier| &tier.name),
+        is_active: key.info.active,
+        created_at: rfc3339(key.info.created_at_ms),
+        expires_at: key.info.expires_at_ms.map(rfc3339),
+        usage,
+    }
+}
+
+pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
+    let snapshot = app.pool().load();
+    let now = app.pool().clock().now_ms();
+    let keys: Vec<KeyView<'_>> = snapshot
+        .catalog
+        .keys()
+        .map(|key| key_view(&snapshot.catalog, key, now))
+        .collect();
+    json(StatusCode::OK, &keys)
+}
+
+pub async fn delete_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.writer().delete_key(id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "deleted" }),
+    ))
+}
+
+#[derive(Serialize)]
+struct PoolHealth<'a> {
+    pool_size: usize,
+    active_keys: usize,
+    tiers: usize,
+    features: usize,
+    encryption: bool,
+    keys_by_tier: BTreeMap<&'a str, usize>,
+}
+
+pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse {
+    let snapshot = app.pool().load();
+    let catalog = &snapshot.catalog;
+    let now = app.pool().clock().unix_now_ms();
+    let keys_by_tier = catalog
+        .tiers()
+        .map(|tier| (&*tier.name, catalog.keys_of_tier(&tier.id).count()))
+        .collect();
+    let health = PoolHealth {
+        pool_size: catalog.key_count(),
+        active_keys: catalog.keys().filter(|k| k.servable_at_unix(now)).count(),
+        tiers: catalog.tier_count(),
+        features: snapshot.feature_count(),
+        encryption: true,
+        keys_by_tier,
+    };
+    json(StatusCode::OK, &health)
+}

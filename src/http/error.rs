@@ -1,0 +1,97 @@
+//! The one error type handlers return, and the only `IntoResponse` for errors: every error is
+//! `{"error": "<message>"}` with its status. Messages never carry key material.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::writer::WriteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no key available for feature")]
+    NoKeyAvailable { retry_after_secs: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoKeyAvailable { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A JSON response with a body already encoded.
+pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
+            .expect("a string map always serializes");
+        let mut response = json_response(status, body);
+        if let ApiError::NoKeyAvailable { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::Invalid(invalid) => ApiError::BadRequest(invalid.0),
+            WriteError::TierExists(_) => ApiError::Conflict(err.to_string()),
+            WriteError::TierNotFound(_) | WriteError::KeyNotFound(_) => {
+                ApiError::NotFound(err.to_string())
+            }
+            WriteError::Stopped => ApiError::Unavailable(err.to_string()),
+            WriteError::Storage(_) | WriteError::Unsaved(_) => ApiError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<crate::writer::Invalid> for ApiError {
+    fn from(invalid: crate::writer::Invalid) -> Self {
+        ApiError::BadRequest(invalid.0)
+    }
+}

@@ -1,0 +1,66 @@
+//! `GET /key`: the hot path. One snapshot load, one pick, a body that was encoded when the key
+//! was loaded. No lock, no I/O, no allocation beyond the response.
+
+use std::borrow::Cow;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::{bearer, is_admin};
+use super::error::{ApiError, json_response};
+use crate::app::AppState;
+use crate::broker::Pick;
+
+pub async fn get_key(State(app): State<AppState>, request: Request) -> Response {
+    serve(&app, &request).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
+    if !is_admin(bearer(request.headers())?, app.admin_token()) {
+        return Err(ApiError::Unauthorized("invalid token"));
+    }
+    let feature = feature_param(request.uri().query())?;
+    let snapshot = app.pool().load();
+    match app.pool().pick(&snapshot, &feature) {
+        Pick::Served(key) => Ok(json_response(StatusCode::OK, key.body())),
+        Pick::Spent(spent) => Err(ApiError::NoKeyAvailable {
+            retry_after_secs: spent.retry_after_ms.div_ceil(1_000).max(1),
+        }),
+        Pick::UnknownFeature => Err(ApiError::NotFound(format!("unknown feature: {feature}"))),
+    }
+}
+
+/// The `feature` query parameter, borrowed from the URI unless it was percent-encoded.
+fn feature_param(query: Option<&str>) -> Result<Cow<'_, str>, ApiError> {
+    query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(name, _)| name == "feature")
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("feature query param required".into()))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feature_param_is_found_decoded_and_required() {
+        assert_eq!(feature_param(Some("feature=chat")).unwrap(), "chat");
+        assert_eq!(
+            feature_param(Some("x=1&feature=image%20gen")).unwrap(),
+            "image gen"
+        );
+        assert!(matches!(
+            feature_param(Some("feature=")),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(feature_param(None).is_err());
+        assert!(matches!(
+            feature_param(Some("feature=chat")).unwrap(),
+            Cow::Borrowed(_)
+        ));
+    }
+}

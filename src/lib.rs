@@ -1,0 +1,34 @@
+//! keypooler: a lock-free, high-throughput API key broker.
+//!
+//! # Layout
+//!
+//! Two paths that never cross. The modules are listed in the order data flows through them.
+//!
+//! ```text
+//! read path (hot, many threads, no lock, no I/O):
+//!   GET /key ─► http::key (auth) ─► broker::Pool::load (ArcSwap guard) ─► feature pool
+//!           ─► cursor.fetch_add ─► WindowCounter::try_acquire (CAS) ─► pre-encoded body
+//!
+//! write path (cold, one thread, durable before it answers):
+//!   admin request ─► http::admin (validate) ─► writer::Writer (channel) ─► writer thread
+//!           ─► store::Batch (one redb transaction per drained batch) ─► commit
+//!           ─► broker::Pool::publish (next snapshot, live counters carried over) ─► reply
+//! ```
+//!
+//! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs.
+//! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
+//! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
+//! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, the clock.
+//! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
+//! * [`writer`]: the single writer and the validated inputs it applies.
+//! * [`store`]: the redb tables, records, canary and schema version.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+pub mod writer;

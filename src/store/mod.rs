@@ -1,0 +1,379 @@
+//! The redb file: tables, the encryption canary, the schema version.
+//!
+//! Only the writer thread writes; start-up and the offline commands (import, export) read.
+
+pub mod records;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use crate::crypto::Sealer;
+pub use records::{Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+
+/// The record format this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &str = "schema_version";
+const CANARY_KEY: &str = "canary";
+const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
+const CANARY_TEXT: &[u8] = b"keypooler canary v1";
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{0} is a SQLite database (the Go keypooler's format); it was not modified. Move it in with `keypooler import --from {0}` and point DB_PATH at a new .redb file"
+    )]
+    SqliteFile(PathBuf),
+    #[error("ENCRYPTION_KEY does not match this database ({0})")]
+    WrongKey(PathBuf),
+    #[error("{path} is not a keypooler database: {reason}")]
+    NotKeypooler { path: PathBuf, reason: String },
+    #[error("{0} is in use by another process (is a keypooler server running on it?)")]
+    InUse(PathBuf),
+    #[error(
+        "{path} was written by a newer keypooler (schema {found}); this build reads schema {SCHEMA_VERSION}"
+    )]
+    NewerSchema { path: PathBuf, found: u32 },
+    #[error("cannot open {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("record {table}/{id} is unreadable: {reason}")]
+    BadRecord {
+        table: &'static str,
+        id: String,
+        reason: String,
+    },
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+macro_rules! storage_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for StoreError {
+            fn from(err: $source) -> Self {
+                StoreError::Storage(err.into())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// Everything stored, decoded.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub tiers: Vec<TierRecord>,
+    pub keys: Vec<KeyRecord>,
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Refuses a SQLite file or an empty file before redb touches it.
+fn check_existing(path: &Path) -> Result<bool, StoreError> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => {
+            return Err(StoreError::Open {
+                path: path.into(),
+                reason: err.to_string(),
+            });
+        }
+    };
+    let mut head = [0u8; 16];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) => {
+                return Err(StoreError::Open {
+                    path: path.into(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    if filled == head.len() && &head == SQLITE_MAGIC {
+        return Err(StoreError::SqliteFile(path.into()));
+    }
+    if filled == 0 {
+        return Err(StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "the file is empty".into(),
+        });
+    }
+    Ok(true)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::BadRecord {
+        table,
+        id: id.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records always serialize")
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it (and its folder) when missing, and checks that
+    /// `sealer` holds the key it was created under.
+    pub fn open(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
+        let exists = check_existing(path)?;
+        let open_error = |err: redb::DatabaseError| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+                path: path.into(),
+                reason: io.to_string(),
+            },
+            other => StoreError::NotKeypooler {
+                path: path.into(),
+                reason: other.to_string(),
+            },
+        };
+        let db = if exists {
+            Database::open(path).map_err(open_error)?
+        } else {
+            if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(folder).map_err(|err| StoreError::Open {
+                    path: path.into(),
+                    reason: format!("cannot create folder {}: {err}", folder.display()),
+                })?;
+            }
+            Database::create(path).map_err(open_error)?
+        };
+        let store = Self {
+            db,
+            path: path.into(),
+        };
+        store.check_or_initialize(sealer)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_or_initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
+        let read = self.db.begin_read()?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(TableError::TableDoesNotExist(_)) => {
+                if read.list_tables()?.next().is_some() {
+                    return Err(StoreError::NotKeypooler {
+                        path: self.path.clone(),
+                        reason: "a redb file without keypooler's tables".into(),
+                    });
+                }
+                drop(read);
+                return self.initialize(sealer);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let version = meta
+            .get(SCHEMA_KEY)?
+            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| StoreError::NotKeypooler {
+                path: self.path.clone(),
+                reason: "no schema version".into(),
+            })?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        let canary = meta
+            .get(CANARY_KEY)?
+            .ok_or_else(|| StoreError::NotKeypooler {
+                path: self.path.clone(),
+                reason: "no encryption canary".into(),
+            })?;
+        match sealer.open(canary.value(), CANARY_AAD) {
+            Ok(text) if &text[..] == CANARY_TEXT => Ok(()),
+            _ => Err(StoreError::WrongKey(self.path.clone())),
+        }
+    }
+
+    fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+            meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+            txn.open_table(TIERS)?;
+            txn.open_table(KEYS)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Reads every record.
+    pub fn load(&self) -> Result<Contents, StoreError> {
+        let read = self.db.begin_read()?;
+        let mut contents = Contents::default();
+        for entry in read.open_table(TIERS)?.iter()? {
+            let (id, bytes) = entry?;
+            contents
+                .tiers
+                .push(decode("tiers", id.value(), bytes.value())?);
+        }
+        for entry in read.open_table(KEYS)?.iter()? {
+            let (id, bytes) = entry?;
+            contents
+                .keys
+                .push(decode("keys", id.value(), bytes.value())?);
+        }
+        Ok(contents)
+    }
+
+    /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
+    pub fn begin(&self) -> Result<Batch, StoreError> {
+        Ok(Batch {
+            txn: self.db.begin_write()?,
+        })
+    }
+}
+
+/// One write transaction: everything in it lands on disk together, or nothing does.
+pub struct Batch {
+    txn: redb::WriteTransaction,
+}
+
+impl Batch {
+    pub fn put_tier(&self, record: &TierRecord) -> Result<(), StoreError> {
+        self.txn
+            .open_table(TIERS)?
+            .insert(record.id.as_str(), encode(record).as_slice())?;
+        Ok(())
+    }
+
+    pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        self.txn
+            .open_table(KEYS)?
+            .insert(record.id.as_str(), encode(record).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a key; `false` when there was none with that id.
+    pub fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(KEYS)?.remove(id)?.is_some())
+    }
+
+    /// Commits durably: once this returns, the batch survives a crash.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::crypto::EncryptionKey;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&EncryptionKey::parse_hex(&"11".repeat(32)).unwrap())
+    }
+
+    #[test]
+    fn a_new_database_is_created_with_its_folder_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/folder/pool.redb");
+        let store = Store::open(&path, &sealer()).unwrap();
+        let batch = store.begin().unwrap();
+        batch
+            .put_tier(&TierRecord {
+                id: "t1".into(),
+                name: "pro".into(),
+                description: String::new(),
+                created_at_ms: 1,
+                features: BTreeMap::from([(
+                    "chat".to_string(),
+                    LimitRecord {
+                        rate_limit: 5,
+                        window_seconds: 60,
+                    },
+                )]),
+            })
+            .unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let contents = Store::open(&path, &sealer()).unwrap().load().unwrap();
+        assert_eq!(contents.tiers.len(), 1);
+        assert_eq!(contents.tiers[0].name, "pro");
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_wrong_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        drop(Store::open(&path, &sealer()).unwrap());
+        let other = Sealer::new(&EncryptionKey::parse_hex(&"22".repeat(32)).unwrap());
+        let err = Store::open(&path, &other).unwrap_err();
+        assert!(matches!(err, StoreError::WrongKey(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("ENCRYPTION_KEY does not match this database")
+        );
+    }
+
+    #[test]
+    fn sqlite_and_empty_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("pool.db");
+        let mut bytes = SQLITE_MAGIC.to_vec();
+        bytes.extend_from_slice(&[7u8; 100]);
+        fs::write(&sqlite, &bytes).unwrap();
+        let err = Store::open(&sqlite, &sealer()).unwrap_err();
+        assert!(err.to_string().contains("keypooler import --from"), "{err}");
+        assert_eq!(fs::read(&sqlite).unwrap(), bytes);
+
+        let empty = dir.path().join("empty.redb");
+        fs::write(&empty, b"").unwrap();
+        assert!(matches!(
+            Store::open(&empty, &sealer()).unwrap_err(),
+            StoreError::NotKeypooler { .. }
+        ));
+        assert_eq!(fs::read(&empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_file_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let _held = Store::open(&path, &sealer()).unwrap();
+        let err = Store::open(&path, &sealer()).unwrap_err();
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    }
+}

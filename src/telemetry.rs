@@ -1,0 +1,22 @@
+//! Logs: one JSON object per line, or human-readable lines, at the configured level.
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber, writing to stdout. Call once, before anything logs.
+pub fn init_logging(config: LogConfig) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.level)
+        .with_writer(std::io::stdout)
+        .with_target(false);
+    let installed = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    if installed.is_err() {
+        tracing::debug!("a log subscriber was already installed");
+    }
+}

@@ -1,0 +1,158 @@
+//! From stored records to the catalog: opens every sealed value.
+
+use std::collections::BTreeMap;
+
+use zeroize::Zeroizing;
+
+use crate::broker::{Catalog, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+use crate::crypto::{CryptoError, Sealer};
+use crate::store::{Contents, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
+
+/// A stored key left out of the pool, with why. Holds the id, never a value.
+#[derive(Debug)]
+pub struct Skipped {
+    pub key_id: String,
+    pub reason: String,
+}
+
+pub fn tier_from_record(record: &TierRecord) -> Tier {
+    Tier {
+        id: record.id.as_str().into(),
+        name: record.name.as_str().into(),
+        description: record.description.clone(),
+        created_at_ms: record.created_at_ms,
+        features: record
+            .features
+            .iter()
+            .map(|(feature, limit)| {
+                (
+                    feature.as_str().into(),
+                    Limit {
+                        rate_limit: limit.rate_limit,
+                        window_seconds: limit.window_seconds,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+pub fn tier_record(tier: &Tier) -> TierRecord {
+    TierRecord {
+        id: tier.id.to_string(),
+        name: tier.name.to_string(),
+        description: tier.description.clone(),
+        created_at_ms: tier.created_at_ms,
+        features: tier
+            .features
+            .iter()
+            .map(|(feature, limit)| {
+                (
+                    feature.to_string(),
+                    LimitRecord {
+                        rate_limit: limit.rate_limit,
+                        window_seconds: limit.window_seconds,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+pub fn key_info(record: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        id: record.id.as_str().into(),
+        name: record.name.as_str().into(),
+        tier_id: record.tier_id.as_str().into(),
+        active: record.active,
+        created_at_ms: record.created_at_ms,
+        expires_at_ms: record.expires_at_ms,
+    }
+}
+
+/// The plaintext of a stored key: its value and bound secrets.
+pub struct Opened {
+    pub value: Zeroizing<String>,
+    pub secrets: BTreeMap<String, Zeroizing<String>>,
+}
+
+pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoError> {
+    let value = sealer.open_text(&record.value.0, &value_aad(&record.id))?;
+    let secrets = record
+        .secrets
+        .iter()
+        .map(|(name, sealed)| {
+            let plain = sealer.open_text(&sealed.0, &secret_aad(&record.id, name))?;
+            Ok((name.clone(), plain))
+        })
+        .collect::<Result<_, CryptoError>>()?;
+    Ok(Opened { value, secrets })
+}
+
+pub fn key_entry(record: &KeyRecord, opened: &Opened) -> KeyEntry {
+    KeyEntry::new(
+        key_info(record),
+        &Plaintext {
+            value: &opened.value,
+            metadata: &record.metadata,
+            secrets: &opened.secrets,
+        },
+    )
+}
+
+/// Builds the catalog from everything stored. A key whose tier is missing or whose value does
+/// not open is left out and reported; every other key is served.
+pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) {
+    let mut catalog = Catalog::default();
+    for record in &contents.tiers {
+        catalog.put_tier(tier_from_record(record));
+    }
+    let mut skipped = Vec::new();
+    for record in &contents.keys {
+        if catalog.tier_by_id(&record.tier_id).is_none() {
+            skipped.push(Skipped {
+                key_id: record.id.clone(),
+                reason: format!("its tier {} does not exist", record.tier_id),
+            });
+            continue;
+        }
+        match open_key(record, sealer) {
+            Ok(opened) => {
+                catalog.put_key(key_entry(record, &opened));
+            }
+            Err(err) => skipped.push(Skipped {
+                key_id: record.id.clone(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+    (catalog, skipped)
+}
+
+/// A key's stored record, sealing its plaintext for its id.
+pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> KeyRecord {
+    KeyRecord {
+        id: info.id.to_string(),
+        name: info.name.to_string(),
+        tier_id: info.tier_id.to_string(),
+        active: info.active,
+        created_at_ms: info.created_at_ms,
+        expires_at_ms: info.expires_at_ms,
+        usage_limit: None,
+        usage_window_seconds: None,
+        usage_count: 0,
+        usage_window_start_ms: None,
+        metadata: plain.metadata.clone(),
+        value: crate::store::Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
+        secrets: plain
+            .secrets
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.clone(),
+                    crate::store::Hex(sealer.seal(value.as_bytes(), &secret_aad(&info.id, name))),
+                )
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,172 @@
+//! SPEC §3: keys and pool health through the admin API.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{TestApp, expect, expect_error};
+
+#[tokio::test]
+async fn an_added_key_is_servable_at_once_and_its_value_never_shown_by_admin_routes() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"image-generation": 100}))
+        .await;
+    let response = app
+        .post(
+            "/admin/keys",
+            &json!({"name": "openai-1", "key": "sk-abc123-secret", "tier": "pro"}),
+        )
+        .await;
+    let body = expect(response, StatusCode::CREATED).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(body, json!({"id": id, "name": "openai-1", "tier": "pro"}));
+
+    let (status, served) = app.key("image-generation").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(served["key_id"], id.as_str());
+    assert_eq!(served["value"], "sk-abc123-secret");
+
+    for path in ["/admin/keys", "/admin/tiers", "/admin/health"] {
+        let text = app.get(path).await.text().await.unwrap();
+        assert!(
+            !text.contains("sk-abc123-secret"),
+            "{path} leaked the value"
+        );
+    }
+}
+
+#[tokio::test]
+async fn key_errors_are_400_for_missing_fields_and_404_for_an_unknown_tier() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1})).await;
+    let cases = [
+        (json!({"key": "sk", "tier": "pro"}), "missing field `name`"),
+        (json!({"name": "k", "tier": "pro"}), "missing field `key`"),
+        (json!({"name": "k", "key": "sk"}), "missing field `tier`"),
+        (
+            json!({"name": "", "key": "sk", "tier": "pro"}),
+            "name is required",
+        ),
+        (
+            json!({"name": "k", "key": "", "tier": "pro"}),
+            "key is required",
+        ),
+        (
+            json!({"name": "k", "key": "sk", "tier": "pro", "expires_at": "tomorrow"}),
+            "expires_at must be an RFC 3339 time, e.g. 2030-01-31T00:00:00Z",
+        ),
+    ];
+    for (body, message) in cases {
+        expect_error(
+            app.post("/admin/keys", &body).await,
+            StatusCode::BAD_REQUEST,
+            message,
+        )
+        .await;
+    }
+    let response = app
+        .post(
+            "/admin/keys",
+            &json!({"name": "k", "key": "sk", "tier": "gold"}),
+        )
+        .await;
+    expect_error(response, StatusCode::NOT_FOUND, "tier not found: gold").await;
+    assert_eq!(
+        expect(app.get("/admin/keys").await, StatusCode::OK).await,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn listing_keys_shows_live_usage_of_the_current_window() {
+    let app = TestApp::spawn().await;
+    let tier = app
+        .create_tier(
+            "pro",
+            json!({"chat": {"rate_limit": 5, "window_seconds": 10}, "embed": 3}),
+        )
+        .await;
+    let id = app.add_key("k1", "sk-1", "pro").await;
+    for _ in 0..2 {
+        assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    }
+    assert_eq!(app.key("embed").await.0, StatusCode::OK);
+    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    let key = &keys[0];
+    assert_eq!(key["id"], id.as_str());
+    assert_eq!(key["name"], "k1");
+    assert_eq!(key["tier_id"], tier["id"]);
+    assert_eq!(key["is_active"], true);
+    assert_eq!(
+        key["usage"],
+        json!({
+            "chat": {"used": 2, "limit": 5, "window_seconds": 10},
+            "embed": {"used": 1, "limit": 3, "window_seconds": 60}
+        })
+    );
+    app.clock.advance_ms(10_000);
+    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    assert_eq!(keys[0]["usage"]["chat"]["used"], 0);
+    assert_eq!(keys[0]["usage"]["embed"]["used"], 1);
+}
+
+#[tokio::test]
+async fn a_deleted_key_is_never_served_again_and_an_unknown_id_is_404() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let gone = app.add_key("gone", "sk-gone", "pro").await;
+    let kept = app.add_key("kept", "sk-kept", "pro").await;
+    let response = app
+        .request(Method::DELETE, &format!("/admin/keys/{gone}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::OK).await,
+        json!({"status": "deleted"})
+    );
+    for _ in 0..10 {
+        let (status, body) = app.key("chat").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["key_id"], kept.as_str());
+    }
+    let again = app
+        .request(Method::DELETE, &format!("/admin/keys/{gone}"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        again,
+        StatusCode::NOT_FOUND,
+        &format!("key not found: {gone}"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pool_health_counts_keys_tiers_and_features() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1, "embed": 1})).await;
+    app.create_tier("free", json!({"chat": 1})).await;
+    app.add_key("a", "sk-a", "pro").await;
+    app.add_key("b", "sk-b", "pro").await;
+    let expired = app
+        .post(
+            "/admin/keys",
+            &json!({"name": "old", "key": "sk-old", "tier": "free", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(expired.status(), StatusCode::CREATED);
+    let health = expect(app.get("/admin/health").await, StatusCode::OK).await;
+    assert_eq!(
+        health,
+        json!({
+            "pool_size": 3,
+            "active_keys": 2,
+            "tiers": 2,
+            "features": 2,
+            "encryption": true,
+            "keys_by_tier": {"free": 1, "pro": 2}
+        })
+    );
+}
