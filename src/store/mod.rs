@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use crate::crypto::Sealer;
-pub use records::{Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
+pub use records::{ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
 
 /// The record format this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -75,6 +76,7 @@ storage_from!(
 pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
+    pub consumers: Vec<ConsumerRecord>,
 }
 
 pub struct Store {
@@ -231,6 +233,7 @@ impl Store {
             meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
             txn.open_table(TIERS)?;
             txn.open_table(KEYS)?;
+            txn.open_table(CONSUMERS)?;
         }
         txn.commit()?;
         Ok(())
@@ -286,6 +289,18 @@ impl Batch {
     /// Removes a key; `false` when there was none with that id.
     pub fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.txn.open_table(KEYS)?.remove(id)?.is_some())
+    }
+
+    pub fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        self.txn
+            .open_table(CONSUMERS)?
+            .insert(record.id.as_str(), encode(record).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a consumer; `false` when there was none with that id.
+    pub fn delete_consumer(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(CONSUMERS)?.remove(id)?.is_some())
     }
 
     /// Commits durably: once this returns, the batch survives a crash.

@@ -53,6 +53,22 @@ pub struct KeyRecord {
     pub secrets: BTreeMap<String, Hex>,
 }
 
+/// A consumer: a service with its own token, drawing keys only from its scoped tiers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// SHA-256 of the token; the token itself is never stored.
+    pub token_hash: Hex,
+    pub active: bool,
+    pub created_at_ms: i64,
+    /// Ids of the tiers the consumer may draw keys from.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
 /// Associated data binding a key's value to its record.
 pub fn value_aad(key_id: &str) -> Vec<u8> {
     format!("keypooler:keys/{key_id}/value").into_bytes()
