@@ -61,7 +61,7 @@ impl App {
         let contents = store.load()?;
         let (catalog, skipped) = writer::load::catalog(&contents, &sealer);
         for skip in &skipped {
-            tracing::error!(key_id = %skip.key_id, reason = %skip.reason, "key left out of the pool");
+            tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");
         }
         let pool = Arc::new(Pool::new(clock));
         let snapshot = pool.publish(catalog.clone(), &catalog.features());

@@ -135,6 +135,20 @@ impl KeyEntry {
     }
 }
 
+/// A service with its own token that draws keys only from its scoped tiers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub description: String,
+    /// SHA-256 of the token; the token itself is shown once at creation and never kept.
+    pub token_hash: [u8; 32],
+    pub active: bool,
+    pub created_at_ms: i64,
+    /// Ids of the tiers it may draw from.
+    pub scopes: BTreeSet<Arc<str>>,
+}
+
 /// Keys are listed and rotated in the order they were created.
 pub type KeyOrder = (i64, Arc<str>);
 
@@ -151,6 +165,8 @@ pub struct Catalog {
     /// One live counter per key and feature its tier lists. Counters outlive snapshots: a
     /// rebuild reuses them, so open windows keep their counts.
     counters: imbl::HashMap<CounterId, Arc<WindowCounter>>,
+    /// By id.
+    consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
 }
 
 /// The features whose candidate lists a change touched.
@@ -200,6 +216,25 @@ impl Catalog {
     pub fn counter(&self, key_id: &Arc<str>, feature: &Arc<str>) -> Option<&Arc<WindowCounter>> {
         self.counters
             .get(&(Arc::clone(key_id), Arc::clone(feature)))
+    }
+
+    pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
+        self.consumers.values()
+    }
+
+    pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.get(id)
+    }
+
+    /// Adds a consumer or replaces the one with the same id.
+    pub fn put_consumer(&mut self, consumer: Consumer) {
+        self.consumers
+            .insert(Arc::clone(&consumer.id), Arc::new(consumer));
+    }
+
+    /// Removes a consumer; `false` when there was none.
+    pub fn remove_consumer(&mut self, id: &str) -> bool {
+        self.consumers.remove(id).is_some()
     }
 
     /// Every feature some tier lists.

@@ -7,7 +7,7 @@ pub mod rate;
 pub mod snapshot;
 mod sync;
 
-pub use catalog::{Catalog, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
-pub use pool::{Pick, Pool};
+pub use catalog::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+pub use pool::{Caller, Pick, Pool};
 pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};
-pub use snapshot::{FeaturePool, Snapshot, Spent};
+pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};

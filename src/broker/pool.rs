@@ -6,14 +6,24 @@ use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
 use super::rate::Clock;
-use super::snapshot::{Snapshot, Spent};
+use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 
 /// What `GET /key` learns from the pool.
 #[derive(Debug)]
 pub enum Pick<'a> {
     Served(&'a Arc<KeyEntry>),
     Spent(Spent),
+    /// No tier lists the feature.
     UnknownFeature,
+    /// None of the consumer's tiers lists the feature.
+    OutOfScope,
+}
+
+/// Whose request it is: the admin draws from every tier, a consumer from its scoped tiers.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    Admin,
+    Consumer(&'a Scoped),
 }
 
 /// The current snapshot, swapped whole by the writer and read lock-free by every request.
@@ -43,7 +53,25 @@ impl Pool {
     /// Picks a key for `feature` from `snapshot`, counting one use.
     #[inline]
     pub fn pick<'s>(&self, snapshot: &'s Snapshot, feature: &str) -> Pick<'s> {
-        match snapshot.feature(feature) {
+        self.pick_for(Caller::Admin, snapshot, feature)
+    }
+
+    /// Picks a key for `feature` among the tiers `caller` may draw from.
+    #[inline]
+    pub fn pick_for<'s>(
+        &self,
+        caller: Caller<'s>,
+        snapshot: &'s Snapshot,
+        feature: &str,
+    ) -> Pick<'s> {
+        let pool: Option<&'s FeaturePool> = match caller {
+            Caller::Admin => snapshot.feature(feature),
+            Caller::Consumer(scoped) => match scoped.feature(feature) {
+                Some(pool) => Some(pool),
+                None => return Pick::OutOfScope,
+            },
+        };
+        match pool {
             None => Pick::UnknownFeature,
             Some(pool) => match pool.pick(self.clock.now_ms()) {
                 Ok(key) => Pick::Served(key),

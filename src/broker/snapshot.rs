@@ -1,12 +1,12 @@
 //! The immutable view `GET /key` reads: per feature, the candidate keys with their limits and
 //! live counters, plus the catalog it was built from for the admin listings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::catalog::{Catalog, Consumer, Dirty, KeyEntry};
 use super::rate::{Clock, WindowCounter};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -98,12 +98,30 @@ impl FeaturePool {
     }
 }
 
+type FeatureMap = HashMap<Arc<str>, Arc<FeaturePool>, foldhash::fast::RandomState>;
+
+/// What a consumer token may draw from: the pools of the features its scoped tiers list, with
+/// only those tiers' keys. Budgets are shared with every other view of the same keys.
+pub struct Scoped {
+    pub consumer: Arc<Consumer>,
+    features: FeatureMap,
+}
+
+impl Scoped {
+    #[inline]
+    pub fn feature(&self, name: &str) -> Option<&FeaturePool> {
+        self.features.get(name).map(Arc::as_ref)
+    }
+}
+
 /// One immutable generation of the pool. Built by the writer, published through
 /// `ArcSwap`, read without locks.
 pub struct Snapshot {
     pub generation: u64,
     pub catalog: Catalog,
-    features: HashMap<Arc<str>, Arc<FeaturePool>, foldhash::fast::RandomState>,
+    features: FeatureMap,
+    /// Active consumers by the SHA-256 of their token.
+    consumers: HashMap<[u8; 32], Arc<Scoped>, foldhash::fast::RandomState>,
 }
 
 impl Snapshot {
@@ -113,7 +131,14 @@ impl Snapshot {
             generation: 0,
             catalog: Catalog::default(),
             features: HashMap::default(),
+            consumers: HashMap::default(),
         }
+    }
+
+    /// The view of the active consumer whose token hashes to `token_hash`.
+    #[inline]
+    pub fn consumer(&self, token_hash: &[u8; 32]) -> Option<&Scoped> {
+        self.consumers.get(token_hash).map(Arc::as_ref)
     }
 
     /// The pool of a feature some tier lists.
@@ -131,35 +156,104 @@ impl Snapshot {
     pub fn next(&self, catalog: Catalog, dirty: &Dirty, clock: &Clock) -> Self {
         let mut features = self.features.clone();
         for feature in dirty {
-            // Rotation continues where the previous pool was, so frequent admin writes do not
-            // favour the first keys.
-            let cursor = self
-                .features
-                .get(feature)
-                .map_or(0, |pool| pool.cursor.load(Ordering::Relaxed));
-            match build_pool(&catalog, feature, clock, cursor) {
+            let cursor = cursor_of(self.features.get(feature));
+            match build_pool(&catalog, feature, clock, None, cursor) {
                 Some(pool) => features.insert(Arc::clone(feature), Arc::new(pool)),
                 None => features.remove(feature),
             };
         }
+        let consumers = catalog
+            .consumers()
+            .filter(|consumer| consumer.active)
+            .map(|consumer| {
+                let previous = self
+                    .consumers
+                    .get(&consumer.token_hash)
+                    .filter(|old| Arc::ptr_eq(&old.consumer, consumer));
+                let scoped = self.scoped(&catalog, consumer, previous, &features, dirty, clock);
+                (consumer.token_hash, Arc::new(scoped))
+            })
+            .collect();
         Self {
             generation: self.generation + 1,
             catalog,
+            features,
+            consumers,
+        }
+    }
+
+    /// A consumer's pools. A pool is reused when neither the consumer nor the feature changed,
+    /// and the unscoped pool is shared when the consumer's tiers are all the tiers listing the
+    /// feature.
+    fn scoped(
+        &self,
+        catalog: &Catalog,
+        consumer: &Arc<Consumer>,
+        previous: Option<&Arc<Scoped>>,
+        all: &FeatureMap,
+        dirty: &Dirty,
+        clock: &Clock,
+    ) -> Scoped {
+        let listed: BTreeSet<&Arc<str>> = consumer
+            .scopes
+            .iter()
+            .filter_map(|tier_id| catalog.tier_by_id(tier_id))
+            .flat_map(|tier| tier.features.keys())
+            .collect();
+        let features = listed
+            .into_iter()
+            .filter_map(|feature| {
+                let old = previous.and_then(|scoped| scoped.features.get(feature));
+                if let Some(old) = old.filter(|_| !dirty.contains(feature)) {
+                    return Some((Arc::clone(feature), Arc::clone(old)));
+                }
+                let covers_all = catalog
+                    .tiers()
+                    .filter(|tier| tier.features.contains_key(feature))
+                    .all(|tier| consumer.scopes.contains(&tier.id));
+                let pool = if covers_all {
+                    Arc::clone(all.get(feature)?)
+                } else {
+                    let cursor = cursor_of(old);
+                    Arc::new(build_pool(
+                        catalog,
+                        feature,
+                        clock,
+                        Some(&consumer.scopes),
+                        cursor,
+                    )?)
+                };
+                Some((Arc::clone(feature), pool))
+            })
+            .collect();
+        Scoped {
+            consumer: Arc::clone(consumer),
             features,
         }
     }
 }
 
+/// Rotation continues where the previous pool was, so frequent admin writes do not favour the
+/// first keys.
+fn cursor_of(pool: Option<&Arc<FeaturePool>>) -> usize {
+    pool.map_or(0, |pool| pool.cursor.load(Ordering::Relaxed))
+}
+
+/// The pool of `feature` over every tier listing it, or only those in `scope`.
 fn build_pool(
     catalog: &Catalog,
     feature: &Arc<str>,
     clock: &Clock,
+    scope: Option<&BTreeSet<Arc<str>>>,
     cursor: usize,
 ) -> Option<FeaturePool> {
     let now_unix = clock.unix_now_ms();
     let mut candidates = Vec::new();
     let mut idle_retry_ms = u64::MAX;
-    for tier in catalog.tiers() {
+    let tiers = catalog
+        .tiers()
+        .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
+    for tier in tiers {
         let Some(limit) = tier.features.get(feature) else {
             continue;
         };

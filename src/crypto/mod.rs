@@ -128,6 +128,21 @@ impl Sealer {
     }
 }
 
+/// SHA-256 of a consumer token: tokens are stored and looked up only by this.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token).into()
+}
+
+/// A new consumer token: 32 random bytes as 64 hex characters, and its hash.
+pub fn new_token() -> (Zeroizing<String>, [u8; 32]) {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::fill(&mut bytes[..]);
+    let token = Zeroizing::new(hex::encode(&bytes[..]));
+    let hash = token_hash(token.as_bytes());
+    (token, hash)
+}
+
 /// Moves opened bytes into a zeroizing `String` without leaving a copy behind.
 fn into_text(mut bytes: Zeroizing<Vec<u8>>) -> Result<Zeroizing<String>, CryptoError> {
     let owned = std::mem::take(&mut *bytes);

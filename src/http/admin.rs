@@ -17,7 +17,7 @@ use crate::broker::{Catalog, KeyEntry, Limit, Tier};
 use crate::writer::spec::{self, DEFAULT_WINDOW_SECONDS, Invalid};
 use crate::writer::{NewKey, TierSpec};
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(
         status,
         serde_json::to_vec(body).expect("admin views always serialize"),

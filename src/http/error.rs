@@ -81,9 +81,9 @@ impl From<WriteError> for ApiError {
         match err {
             WriteError::Invalid(invalid) => ApiError::BadRequest(invalid.0),
             WriteError::TierExists(_) => ApiError::Conflict(err.to_string()),
-            WriteError::TierNotFound(_) | WriteError::KeyNotFound(_) => {
-                ApiError::NotFound(err.to_string())
-            }
+            WriteError::TierNotFound(_)
+            | WriteError::KeyNotFound(_)
+            | WriteError::ConsumerNotFound(_) => ApiError::NotFound(err.to_string()),
             WriteError::Stopped => ApiError::Unavailable(err.to_string()),
             WriteError::Storage(_) | WriteError::Unsaved(_) => ApiError::Internal(err.to_string()),
         }

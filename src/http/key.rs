@@ -10,24 +10,34 @@ use axum::response::{IntoResponse, Response};
 use super::auth::{bearer, is_admin};
 use super::error::{ApiError, json_response};
 use crate::app::AppState;
-use crate::broker::Pick;
+use crate::broker::{Caller, Pick};
+use crate::crypto::token_hash;
 
 pub async fn get_key(State(app): State<AppState>, request: Request) -> Response {
     serve(&app, &request).unwrap_or_else(IntoResponse::into_response)
 }
 
 fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
-    if !is_admin(bearer(request.headers())?, app.admin_token()) {
-        return Err(ApiError::Unauthorized("invalid token"));
-    }
-    let feature = feature_param(request.uri().query())?;
+    let token = bearer(request.headers())?;
     let snapshot = app.pool().load();
-    match app.pool().pick(&snapshot, &feature) {
+    let caller = if is_admin(token, app.admin_token()) {
+        Caller::Admin
+    } else {
+        // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by
+        // a uniformly random digest leaks nothing about stored tokens through timing.
+        let scoped = snapshot.consumer(&token_hash(token));
+        Caller::Consumer(scoped.ok_or(ApiError::Unauthorized("invalid token"))?)
+    };
+    let feature = feature_param(request.uri().query())?;
+    match app.pool().pick_for(caller, &snapshot, &feature) {
         Pick::Served(key) => Ok(json_response(StatusCode::OK, key.body())),
         Pick::Spent(spent) => Err(ApiError::NoKeyAvailable {
             retry_after_secs: spent.retry_after_ms.div_ceil(1_000).max(1),
         }),
         Pick::UnknownFeature => Err(ApiError::NotFound(format!("unknown feature: {feature}"))),
+        Pick::OutOfScope => Err(ApiError::Forbidden(format!(
+            "feature not in this consumer's tiers: {feature}"
+        ))),
     }
 }
 

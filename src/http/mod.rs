@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod consumers;
 pub mod error;
 pub mod json;
 pub mod key;
@@ -45,7 +46,7 @@ const fn route(method: Method, path: &'static str, access: Access) -> Route {
 }
 
 /// Every route keypooler serves.
-pub const ROUTES: [Route; 9] = [
+pub const ROUTES: [Route; 13] = [
     route(Method::GET, "/health", Access::Public),
     route(Method::GET, "/key", Access::Key),
     route(Method::POST, "/admin/tiers", Access::Admin),
@@ -55,6 +56,10 @@ pub const ROUTES: [Route; 9] = [
     route(Method::GET, "/admin/keys", Access::Admin),
     route(Method::DELETE, "/admin/keys/{id}", Access::Admin),
     route(Method::GET, "/admin/health", Access::Admin),
+    route(Method::POST, "/admin/consumers", Access::Admin),
+    route(Method::GET, "/admin/consumers", Access::Admin),
+    route(Method::DELETE, "/admin/consumers/{id}", Access::Admin),
+    route(Method::POST, "/admin/consumers/{id}/scopes", Access::Admin),
 ];
 
 fn handler(route: &Route) -> MethodRouter<AppState> {
@@ -68,6 +73,10 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("GET", "/admin/keys") => get(admin::list_keys),
         ("DELETE", "/admin/keys/{id}") => delete(admin::delete_key),
         ("GET", "/admin/health") => get(admin::health),
+        ("POST", "/admin/consumers") => post(consumers::create),
+        ("GET", "/admin/consumers") => get(consumers::list),
+        ("DELETE", "/admin/consumers/{id}") => delete(consumers::delete),
+        ("POST", "/admin/consumers/{id}/scopes") => post(consumers::add_scope),
         _ => unreachable!("every route in ROUTES has a handler: {route:?}"),
     }
 }

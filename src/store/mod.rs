@@ -255,6 +255,12 @@ impl Store {
                 .keys
                 .push(decode("keys", id.value(), bytes.value())?);
         }
+        for entry in read.open_table(CONSUMERS)?.iter()? {
+            let (id, bytes) = entry?;
+            contents
+                .consumers
+                .push(decode("consumers", id.value(), bytes.value())?);
+        }
         Ok(contents)
     }
 

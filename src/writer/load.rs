@@ -4,14 +4,17 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use crate::broker::{Catalog, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+use crate::broker::{Catalog, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
 use crate::crypto::{CryptoError, Sealer};
-use crate::store::{Contents, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
+use crate::store::{
+    ConsumerRecord, Contents, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
+};
 
-/// A stored key left out of the pool, with why. Holds the id, never a value.
+/// A stored record left out of the pool, with why. Holds the id, never a value.
 #[derive(Debug)]
 pub struct Skipped {
-    pub key_id: String,
+    pub table: &'static str,
+    pub id: String,
     pub reason: String,
 }
 
@@ -100,6 +103,33 @@ pub fn key_entry(record: &KeyRecord, opened: &Opened) -> KeyEntry {
     )
 }
 
+/// A stored consumer, or why it cannot be loaded.
+pub fn consumer_from_record(record: &ConsumerRecord) -> Result<Consumer, String> {
+    let token_hash = <[u8; 32]>::try_from(record.token_hash.0.as_slice())
+        .map_err(|_| "its token hash is not 32 bytes".to_owned())?;
+    Ok(Consumer {
+        id: record.id.as_str().into(),
+        name: record.name.as_str().into(),
+        description: record.description.clone(),
+        token_hash,
+        active: record.active,
+        created_at_ms: record.created_at_ms,
+        scopes: record.scopes.iter().map(|id| id.as_str().into()).collect(),
+    })
+}
+
+pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
+    ConsumerRecord {
+        id: consumer.id.to_string(),
+        name: consumer.name.to_string(),
+        description: consumer.description.clone(),
+        token_hash: Hex(consumer.token_hash.to_vec()),
+        active: consumer.active,
+        created_at_ms: consumer.created_at_ms,
+        scopes: consumer.scopes.iter().map(ToString::to_string).collect(),
+    }
+}
+
 /// Builds the catalog from everything stored. A key whose tier is missing or whose value does
 /// not open is left out and reported; every other key is served.
 pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) {
@@ -111,7 +141,8 @@ pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) 
     for record in &contents.keys {
         if catalog.tier_by_id(&record.tier_id).is_none() {
             skipped.push(Skipped {
-                key_id: record.id.clone(),
+                table: "keys",
+                id: record.id.clone(),
                 reason: format!("its tier {} does not exist", record.tier_id),
             });
             continue;
@@ -121,8 +152,19 @@ pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) 
                 catalog.put_key(key_entry(record, &opened));
             }
             Err(err) => skipped.push(Skipped {
-                key_id: record.id.clone(),
+                table: "keys",
+                id: record.id.clone(),
                 reason: err.to_string(),
+            }),
+        }
+    }
+    for record in &contents.consumers {
+        match consumer_from_record(record) {
+            Ok(consumer) => catalog.put_consumer(consumer),
+            Err(reason) => skipped.push(Skipped {
+                table: "consumers",
+                id: record.id.clone(),
+                reason,
             }),
         }
     }
@@ -143,14 +185,14 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         usage_count: 0,
         usage_window_start_ms: None,
         metadata: plain.metadata.clone(),
-        value: crate::store::Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
+        value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
         secrets: plain
             .secrets
             .iter()
             .map(|(name, value)| {
                 (
                     name.clone(),
-                    crate::store::Hex(sealer.seal(value.as_bytes(), &secret_aad(&info.id, name))),
+                    Hex(sealer.seal(value.as_bytes(), &secret_aad(&info.id, name))),
                 )
             })
             .collect(),

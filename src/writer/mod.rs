@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Catalog, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Tier};
+use zeroize::Zeroizing;
+
+use crate::broker::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Tier};
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError};
 pub use spec::{Invalid, NewKey, TierSpec};
@@ -34,6 +36,8 @@ pub enum WriteError {
     TierNotFound(String),
     #[error("key not found: {0}")]
     KeyNotFound(String),
+    #[error("consumer not found: {0}")]
+    ConsumerNotFound(String),
     /// Raised while staging; aborts the whole batch, whose requests then get [`WriteError::Unsaved`].
     #[error("the change was not saved: {0}")]
     Storage(#[from] StoreError),
@@ -48,6 +52,9 @@ enum Op {
     UpdateTier(TierSpec),
     AddKey(NewKey),
     DeleteKey(String),
+    CreateConsumer { name: String, description: String },
+    AddScope { consumer_id: String, tier: String },
+    DeleteConsumer(String),
 }
 
 impl Op {
@@ -57,6 +64,9 @@ impl Op {
             Op::UpdateTier(_) => "update_tier",
             Op::AddKey(_) => "add_key",
             Op::DeleteKey(_) => "delete_key",
+            Op::CreateConsumer { .. } => "create_consumer",
+            Op::AddScope { .. } => "add_scope",
+            Op::DeleteConsumer(_) => "delete_consumer",
         }
     }
 }
@@ -64,6 +74,8 @@ impl Op {
 enum Done {
     Tier(Arc<Tier>),
     Key(Arc<KeyEntry>),
+    Consumer(Arc<Consumer>),
+    NewConsumer(Arc<Consumer>, Zeroizing<String>),
     Deleted,
 }
 
@@ -114,6 +126,42 @@ impl Writer {
         match self.submit(Op::DeleteKey(id)).await? {
             Done::Deleted => Ok(()),
             _ => unreachable!("delete_key answers with deleted"),
+        }
+    }
+}
+
+impl Writer {
+    /// Creates a consumer; returns it with its token, which exists nowhere else afterwards.
+    pub async fn create_consumer(
+        &self,
+        name: String,
+        description: String,
+    ) -> Result<(Arc<Consumer>, Zeroizing<String>), WriteError> {
+        match self
+            .submit(Op::CreateConsumer { name, description })
+            .await?
+        {
+            Done::NewConsumer(consumer, token) => Ok((consumer, token)),
+            _ => unreachable!("create_consumer answers with a new consumer"),
+        }
+    }
+
+    /// Lets a consumer draw from a tier (found by name or id); adding it twice is harmless.
+    pub async fn add_scope(
+        &self,
+        consumer_id: String,
+        tier: String,
+    ) -> Result<Arc<Consumer>, WriteError> {
+        match self.submit(Op::AddScope { consumer_id, tier }).await? {
+            Done::Consumer(consumer) => Ok(consumer),
+            _ => unreachable!("add_scope answers with a consumer"),
+        }
+    }
+
+    pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
+        match self.submit(Op::DeleteConsumer(id)).await? {
+            Done::Deleted => Ok(()),
+            _ => unreachable!("delete_consumer answers with deleted"),
         }
     }
 }
@@ -308,6 +356,47 @@ impl State {
                 txn.delete_key(id)?;
                 tracing::info!(key_id = %id, "key deleted");
                 dirty.extend(catalog.remove_key(id));
+                Ok(Done::Deleted)
+            }
+            Op::CreateConsumer { name, description } => {
+                let (token, token_hash) = crate::crypto::new_token();
+                let consumer = Consumer {
+                    id: uuid::Uuid::new_v4().to_string().into(),
+                    name: name.as_str().into(),
+                    description: description.clone(),
+                    token_hash,
+                    active: true,
+                    created_at_ms: self.pool.clock().unix_now_ms(),
+                    scopes: std::collections::BTreeSet::new(),
+                };
+                txn.put_consumer(&load::consumer_record(&consumer))?;
+                tracing::info!(consumer_id = %consumer.id, consumer = %consumer.name, "consumer created");
+                catalog.put_consumer(consumer.clone());
+                Ok(Done::NewConsumer(Arc::new(consumer), token))
+            }
+            Op::AddScope { consumer_id, tier } => {
+                let consumer = catalog
+                    .consumer(consumer_id)
+                    .ok_or_else(|| WriteError::ConsumerNotFound(consumer_id.clone()))?;
+                let tier = catalog
+                    .tier_by_name(tier)
+                    .or_else(|| catalog.tier_by_id(tier))
+                    .ok_or_else(|| WriteError::TierNotFound(tier.clone()))?;
+                let mut consumer = Consumer::clone(consumer);
+                if consumer.scopes.insert(Arc::clone(&tier.id)) {
+                    txn.put_consumer(&load::consumer_record(&consumer))?;
+                    tracing::info!(consumer_id = %consumer.id, tier = %tier.name, "consumer scope added");
+                    catalog.put_consumer(consumer);
+                }
+                let consumer = catalog.consumer(consumer_id).expect("the consumer exists");
+                Ok(Done::Consumer(Arc::clone(consumer)))
+            }
+            Op::DeleteConsumer(id) => {
+                if !catalog.remove_consumer(id) {
+                    return Err(WriteError::ConsumerNotFound(id.clone()));
+                }
+                txn.delete_consumer(id)?;
+                tracing::info!(consumer_id = %id, "consumer deleted");
                 Ok(Done::Deleted)
             }
         }
