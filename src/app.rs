@@ -59,7 +59,7 @@ impl App {
         admin_token: SecretString,
     ) -> Result<Self, StartError> {
         let contents = store.load()?;
-        let (catalog, skipped) = writer::load::catalog(&contents, &sealer);
+        let (catalog, skipped) = writer::load::catalog(&contents, &sealer, &clock);
         for skip in &skipped {
             tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");
         }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::rate::WindowCounter;
+use super::usage::UsageCap;
 
 /// A feature's limit in a tier: `rate_limit` uses per `window_seconds`, per key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -51,6 +52,8 @@ pub struct KeyInfo {
 /// snapshot holding it is dropped; `Debug` never shows it.
 pub struct KeyEntry {
     pub info: KeyInfo,
+    /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
+    pub usage: Option<Arc<UsageCap>>,
     body: Bytes,
 }
 
@@ -58,6 +61,7 @@ impl std::fmt::Debug for KeyEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyEntry")
             .field("info", &self.info)
+            .field("usage", &self.usage)
             .field("body", &"[REDACTED]")
             .finish()
     }
@@ -102,7 +106,7 @@ impl AsRef<[u8]> for Sealed {
 }
 
 impl KeyEntry {
-    pub fn new(info: KeyInfo, plain: &Plaintext<'_>) -> Self {
+    pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
         let body = Body {
             key_id: &info.id,
             value: plain.value,
@@ -120,6 +124,7 @@ impl KeyEntry {
         debug_assert_eq!(buffer.len(), buffer.capacity());
         Self {
             info,
+            usage: usage.map(Arc::new),
             body: Bytes::from_owner(Sealed(buffer)),
         }
     }
@@ -235,6 +240,13 @@ impl Catalog {
     /// Removes a consumer; `false` when there was none.
     pub fn remove_consumer(&mut self, id: &str) -> bool {
         self.consumers.remove(id).is_some()
+    }
+
+    /// Whether two catalogs are the same version (cheap: compares shared roots).
+    pub fn same_as(&self, other: &Catalog) -> bool {
+        self.tiers.ptr_eq(&other.tiers)
+            && self.keys.ptr_eq(&other.keys)
+            && self.consumers.ptr_eq(&other.consumers)
     }
 
     /// Every feature some tier lists.

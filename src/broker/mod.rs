@@ -6,8 +6,10 @@ pub mod pool;
 pub mod rate;
 pub mod snapshot;
 mod sync;
+pub mod usage;
 
 pub use catalog::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};
+pub use usage::{Reserve, UsageCap};

@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
 use super::rate::Clock;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
+use super::usage::{NoReserve, Reserve};
 
 /// What `GET /key` learns from the pool.
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub enum Caller<'a> {
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     clock: Clock,
+    /// Where usage caps ask for more reserved uses: the writer, once it runs.
+    reserve: OnceLock<Box<dyn Reserve>>,
 }
 
 impl Pool {
@@ -37,6 +42,14 @@ impl Pool {
         Self {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             clock,
+            reserve: OnceLock::new(),
+        }
+    }
+
+    /// Connects usage caps to the writer that reserves their uses. Set once.
+    pub fn set_reserve(&self, reserve: Box<dyn Reserve>) {
+        if self.reserve.set(reserve).is_err() {
+            tracing::warn!("a reservation sink was already set; keeping the first");
         }
     }
 
@@ -73,7 +86,10 @@ impl Pool {
         };
         match pool {
             None => Pick::UnknownFeature,
-            Some(pool) => match pool.pick(self.clock.now_ms()) {
+            Some(pool) => match pool.pick(
+                self.clock.now_ms(),
+                self.reserve.get().map_or(&NoReserve, |r| &**r),
+            ) {
                 Ok(key) => Pick::Served(key),
                 Err(spent) => Pick::Spent(spent),
             },
@@ -136,6 +152,7 @@ mod tests {
                 metadata: &serde_json::Map::new(),
                 secrets: &secrets,
             },
+            None,
         )
     }
 

@@ -50,20 +50,20 @@ fn pack(start_ms: u64, used: u32) -> u64 {
 }
 
 impl WindowCounter {
-    /// Takes one use if the window has budget left. On refusal returns the clock instant (ms)
-    /// at which the current window ends.
+    /// Takes one use if the window has budget left, returning the start of the window it was
+    /// counted in. On refusal returns the clock instant (ms) at which the current window ends.
     ///
     /// `limit` and `window_ms` come from the caller's snapshot, so a tier's new limits apply at
     /// once while the count of the open window is kept.
     #[inline]
-    pub fn try_acquire(&self, now_ms: u64, limit: u32, window_ms: u64) -> Result<(), u64> {
+    pub fn try_acquire(&self, now_ms: u64, limit: u32, window_ms: u64) -> Result<u64, u64> {
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let (start, used) = unpack(current);
-            let next = if used == 0 || now_ms >= start.saturating_add(window_ms) {
-                pack(now_ms, 1)
+            let (start, next) = if used == 0 || now_ms >= start.saturating_add(window_ms) {
+                (now_ms, pack(now_ms, 1))
             } else if used < limit {
-                pack(start, used + 1)
+                (start, pack(start, used + 1))
             } else {
                 return Err(start.saturating_add(window_ms));
             };
@@ -73,7 +73,28 @@ impl WindowCounter {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(start),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a use taken in the window that started at `window_start` and not served after
+    /// all. Does nothing once another window has opened: its count is not ours to lower.
+    pub fn release(&self, window_start: u64) {
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let (start, used) = unpack(current);
+            if start != window_start || used == 0 {
+                return;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                pack(start, used - 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
@@ -151,8 +172,13 @@ impl Clock {
 
     /// Unix time (ms) now, as this clock sees it.
     pub fn unix_now_ms(&self) -> i64 {
+        self.to_unix_ms(self.now_ms())
+    }
+
+    /// The unix time (ms) of a clock instant.
+    pub fn to_unix_ms(&self, clock_ms: u64) -> i64 {
         self.unix_at_zero_ms
-            .saturating_add(i64::try_from(self.now_ms()).unwrap_or(i64::MAX))
+            .saturating_add(i64::try_from(clock_ms).unwrap_or(i64::MAX))
     }
 
     /// The clock instant of a unix time; instants before the clock's zero map to 0.
@@ -169,7 +195,7 @@ mod tests {
     fn grants_exactly_the_limit_then_reports_the_window_end() {
         let counter = WindowCounter::default();
         for _ in 0..3 {
-            assert_eq!(counter.try_acquire(5_000, 3, 60_000), Ok(()));
+            assert_eq!(counter.try_acquire(5_000, 3, 60_000), Ok(5_000));
         }
         assert_eq!(counter.try_acquire(5_001, 3, 60_000), Err(65_000));
         assert_eq!(counter.used(5_001, 60_000), 3);
@@ -195,6 +221,17 @@ mod tests {
         }
         assert_eq!(counter.try_acquire(1, 5, 60_000), Err(60_000));
         assert!(counter.try_acquire(1, 6, 60_000).is_ok());
+    }
+
+    #[test]
+    fn a_release_returns_a_use_to_its_own_window_only() {
+        let counter = WindowCounter::default();
+        let start = counter.try_acquire(100, 1, 1_000).unwrap();
+        counter.release(start);
+        // A window whose only use was given back is as good as unopened.
+        assert_eq!(counter.try_acquire(200, 1, 1_000), Ok(200));
+        counter.release(7);
+        assert_eq!(counter.try_acquire(300, 1, 1_000), Err(1_200));
     }
 
     #[test]

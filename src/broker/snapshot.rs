@@ -9,6 +9,7 @@ use crossbeam_utils::CachePadded;
 use super::catalog::{Catalog, Consumer, Dirty, KeyEntry};
 use super::rate::{Clock, WindowCounter};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
+use super::usage::{LIFETIME, Refusal, Reserve};
 
 /// One key as a candidate for one feature.
 struct Candidate {
@@ -57,9 +58,10 @@ impl FeaturePool {
         self.candidates.is_empty()
     }
 
-    /// Takes one use of the next key with budget left, in rotation.
+    /// Takes one use of the next key with budget left, in rotation. A key with a usage cap
+    /// also takes one use of its cap; `reserve` is asked for more when its reservation runs low.
     #[inline]
-    pub fn pick(&self, now: u64) -> Result<&Arc<KeyEntry>, Spent> {
+    pub fn pick(&self, now: u64, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
         let spent_until = self.spent_until.load(Ordering::Relaxed);
         if now < spent_until {
             return Err(self.spent(spent_until, now));
@@ -70,6 +72,9 @@ impl FeaturePool {
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let mut earliest = u64::MAX;
+        // A key waiting for its next usage reservation recovers within a disk commit: no
+        // instant may then be remembered as spent.
+        let mut pending = false;
         let (tail, head) = self.candidates.split_at(start);
         for candidate in head.iter().chain(tail) {
             if now >= candidate.expires_at {
@@ -79,9 +84,29 @@ impl FeaturePool {
                 .counter
                 .try_acquire(now, candidate.limit, candidate.window_ms)
             {
-                Ok(()) => return Ok(&candidate.key),
+                Ok(window) => match &candidate.key.usage {
+                    None => return Ok(&candidate.key),
+                    Some(cap) => {
+                        match cap.try_acquire(seconds(now), &candidate.key.info.id, reserve) {
+                            Ok(()) => return Ok(&candidate.key),
+                            Err(refusal) => {
+                                candidate.counter.release(window);
+                                match refusal {
+                                    Refusal::Pending => pending = true,
+                                    Refusal::Exhausted { until_s: LIFETIME } => {}
+                                    Refusal::Exhausted { until_s } => {
+                                        earliest = earliest.min(u64::from(until_s) * 1_000);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
                 Err(resets_at) => earliest = earliest.min(resets_at),
             }
+        }
+        if pending {
+            return Err(Spent { retry_after_ms: 1 });
         }
         self.spent_until.fetch_max(earliest, Ordering::Relaxed);
         Err(self.spent(earliest, now))
@@ -112,6 +137,12 @@ impl Scoped {
     pub fn feature(&self, name: &str) -> Option<&FeaturePool> {
         self.features.get(name).map(Arc::as_ref)
     }
+}
+
+/// Clock seconds of a clock instant in ms (usage caps count in seconds).
+#[inline]
+pub fn seconds(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / 1_000).unwrap_or(LIFETIME - 1)
 }
 
 /// One immutable generation of the pool. Built by the writer, published through

@@ -150,6 +150,10 @@ pub struct KeyBody {
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     secrets: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    usage_limit: Option<serde_json::Value>,
+    #[serde(default)]
+    usage_window_seconds: Option<serde_json::Value>,
 }
 
 /// Unix ms of an RFC 3339 instant.
@@ -167,7 +171,14 @@ impl TryFrom<KeyBody> for NewKey {
     type Error = Invalid;
 
     fn try_from(body: KeyBody) -> Result<Self, Invalid> {
-        let mut key = NewKey::new(&body.name, &body.tier, Zeroizing::new(body.key))?;
+        let optional = |field: &str, value: &Option<serde_json::Value>| match value {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(value) => integer(field, value).map(Some),
+        };
+        let usage_limit = optional("usage_limit", &body.usage_limit)?;
+        let usage_window = optional("usage_window_seconds", &body.usage_window_seconds)?;
+        let mut key = NewKey::new(&body.name, &body.tier, Zeroizing::new(body.key))?
+            .with_usage(usage_limit, usage_window)?;
         key.expires_at_ms = body
             .expires_at
             .as_deref()
@@ -227,9 +238,25 @@ struct KeyView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
     usage: BTreeMap<&'a str, Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_limit: Option<u32>,
+    /// Uses counted against `usage_limit` in its current window (or lifetime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_window_seconds: Option<u32>,
 }
 
 fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
+    let cap = key.usage.as_deref();
+    let usage_count = cap.map(|cap| {
+        let (end, used) = cap.used();
+        if crate::broker::snapshot::seconds(now) >= end {
+            0
+        } else {
+            used
+        }
+    });
     let tier = catalog.tier_by_id(&key.info.tier_id);
     let usage = tier
         .into_iter()
@@ -255,6 +282,9 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         created_at: rfc3339(key.info.created_at_ms),
         expires_at: key.info.expires_at_ms.map(rfc3339),
         usage,
+        usage_limit: cap.map(|cap| cap.limit),
+        usage_count,
+        usage_window_seconds: cap.and_then(|cap| cap.window_s),
     }
 }
 

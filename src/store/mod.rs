@@ -292,6 +292,14 @@ impl Batch {
         Ok(())
     }
 
+    pub fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let table = self.txn.open_table(KEYS)?;
+        let Some(bytes) = table.get(id)? else {
+            return Ok(None);
+        };
+        decode("keys", id, bytes.value()).map(Some)
+    }
+
     /// Removes a key; `false` when there was none with that id.
     pub fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.txn.open_table(KEYS)?.remove(id)?.is_some())

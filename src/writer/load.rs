@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
-use crate::broker::{Catalog, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+use crate::broker::usage::LIFETIME;
+use crate::broker::{
+    Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, UsageCap,
+};
 use crate::crypto::{CryptoError, Sealer};
 use crate::store::{
     ConsumerRecord, Contents, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
@@ -92,7 +95,27 @@ pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoErr
     Ok(Opened { value, secrets })
 }
 
-pub fn key_entry(record: &KeyRecord, opened: &Opened) -> KeyEntry {
+/// The usage cap a stored key resumes with: every reserved use counts as used.
+pub fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
+    let limit = u32::try_from(record.usage_limit?).unwrap_or(LIFETIME - 1);
+    let reserved = u32::try_from(record.usage_count)
+        .unwrap_or(limit)
+        .min(limit);
+    let window_s = record
+        .usage_window_seconds
+        .map(|w| u32::try_from(w).unwrap_or(LIFETIME - 1));
+    let end_s = match (window_s, record.usage_window_start_ms) {
+        (None, _) => LIFETIME,
+        (Some(_), None) => 0,
+        (Some(window), Some(start)) => {
+            let end_ms = start.saturating_add(i64::from(window) * 1_000);
+            crate::broker::snapshot::seconds(clock.from_unix_ms(end_ms))
+        }
+    };
+    Some(UsageCap::resume(limit, window_s, end_s, reserved))
+}
+
+pub fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
     KeyEntry::new(
         key_info(record),
         &Plaintext {
@@ -100,6 +123,7 @@ pub fn key_entry(record: &KeyRecord, opened: &Opened) -> KeyEntry {
             metadata: &record.metadata,
             secrets: &opened.secrets,
         },
+        usage_cap(record, clock),
     )
 }
 
@@ -132,7 +156,7 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
 
 /// Builds the catalog from everything stored. A key whose tier is missing or whose value does
 /// not open is left out and reported; every other key is served.
-pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) {
+pub fn catalog(contents: &Contents, sealer: &Sealer, clock: &Clock) -> (Catalog, Vec<Skipped>) {
     let mut catalog = Catalog::default();
     for record in &contents.tiers {
         catalog.put_tier(tier_from_record(record));
@@ -149,7 +173,7 @@ pub fn catalog(contents: &Contents, sealer: &Sealer) -> (Catalog, Vec<Skipped>) 
         }
         match open_key(record, sealer) {
             Ok(opened) => {
-                catalog.put_key(key_entry(record, &opened));
+                catalog.put_key(key_entry(record, &opened, clock));
             }
             Err(err) => skipped.push(Skipped {
                 table: "keys",

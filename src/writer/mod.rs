@@ -16,7 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use zeroize::Zeroizing;
 
-use crate::broker::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Tier};
+use crate::broker::snapshot::seconds;
+use crate::broker::usage::LIFETIME;
+use crate::broker::{
+    Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier, UsageCap,
+};
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError};
 pub use spec::{Invalid, NewKey, TierSpec};
@@ -52,9 +56,17 @@ enum Op {
     UpdateTier(TierSpec),
     AddKey(NewKey),
     DeleteKey(String),
-    CreateConsumer { name: String, description: String },
-    AddScope { consumer_id: String, tier: String },
+    CreateConsumer {
+        name: String,
+        description: String,
+    },
+    AddScope {
+        consumer_id: String,
+        tier: String,
+    },
     DeleteConsumer(String),
+    /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
+    Reserve(Arc<str>),
 }
 
 impl Op {
@@ -67,6 +79,7 @@ impl Op {
             Op::CreateConsumer { .. } => "create_consumer",
             Op::AddScope { .. } => "add_scope",
             Op::DeleteConsumer(_) => "delete_consumer",
+            Op::Reserve(_) => "reserve_usage",
         }
     }
 }
@@ -77,11 +90,15 @@ enum Done {
     Consumer(Arc<Consumer>),
     NewConsumer(Arc<Consumer>, Zeroizing<String>),
     Deleted,
+    /// A reservation to publish once committed: (cap, window end, reserved).
+    Reserved(Arc<UsageCap>, u32, u32),
+    Nothing,
 }
 
 struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<Done, WriteError>>,
+    /// `None` for requests nobody waits on.
+    reply: Option<oneshot::Sender<Result<Done, WriteError>>>,
 }
 
 /// The handle handlers use to queue changes. Cheap to clone.
@@ -94,7 +111,10 @@ impl Writer {
     async fn submit(&self, op: Op) -> Result<Done, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request { op, reply })
+            .send(Request {
+                op,
+                reply: Some(reply),
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         answer.await.map_err(|_| WriteError::Stopped)?
@@ -166,6 +186,24 @@ impl Writer {
     }
 }
 
+/// The hot path's way to ask for reservations: a non-blocking send on the writer's queue. The
+/// sender is weak so that the pool (which the writer owns) does not keep the writer's queue
+/// open: the writer stops once every [`Writer`] handle is gone.
+struct ReserveSink(mpsc::WeakSender<Request>);
+
+impl Reserve for ReserveSink {
+    fn reserve(&self, key_id: &Arc<str>) -> bool {
+        self.0.upgrade().is_some_and(|queue| {
+            queue
+                .try_send(Request {
+                    op: Op::Reserve(Arc::clone(key_id)),
+                    reply: None,
+                })
+                .is_ok()
+        })
+    }
+}
+
 /// The running writer thread. [`WriterThread::join`] waits until it has applied everything
 /// queued and closed the database; it ends once every [`Writer`] handle is dropped.
 pub struct WriterThread(JoinHandle<()>);
@@ -186,6 +224,7 @@ pub fn spawn(
     catalog: Catalog,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
+    pool.set_reserve(Box::new(ReserveSink(queue.downgrade())));
     let last_created_ms = catalog
         .keys()
         .map(|key| key.info.created_at_ms)
@@ -234,7 +273,14 @@ impl State {
         let outcome = self.stage(batch);
         let results = match outcome {
             Ok((staged, dirty, results)) => {
-                self.pool.publish(staged.clone(), &dirty);
+                for result in &results {
+                    if let Ok(Done::Reserved(cap, end, reserved)) = result {
+                        cap.apply_reservation(*end, *reserved);
+                    }
+                }
+                if !dirty.is_empty() || !staged.same_as(&self.catalog) {
+                    self.pool.publish(staged.clone(), &dirty);
+                }
                 self.catalog = staged;
                 results
             }
@@ -250,9 +296,16 @@ impl State {
         for (request, result) in batch.drain(..).zip(results) {
             if let Err(err) = &result {
                 tracing::debug!(kind = request.op.kind(), error = %err, "admin change refused");
+                if let Op::Reserve(id) = &request.op
+                    && let Some(cap) = self.catalog.key(id).and_then(|key| key.usage.as_ref())
+                {
+                    cap.clear_pending();
+                }
             }
             // The caller may have gone away; its change stands either way.
-            let _ = request.reply.send(result);
+            if let Some(reply) = request.reply {
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -274,6 +327,12 @@ impl State {
         }
         txn.commit()?;
         Ok((staged, dirty, results))
+    }
+
+    /// The unix time (ms) at which the usage window ending at clock second `end_s` began.
+    fn window_start_unix_ms(&self, end_s: u32, window_s: u32) -> i64 {
+        let start_s = u64::from(end_s.saturating_sub(window_s));
+        self.pool.clock().to_unix_ms(start_s * 1_000)
     }
 
     fn next_created_ms(&mut self) -> i64 {
@@ -341,9 +400,25 @@ impl State {
                     metadata: &new.metadata,
                     secrets: &new.secrets,
                 };
-                txn.put_key(&load::key_record(&info, &plain, &self.sealer))?;
+                let mut record = load::key_record(&info, &plain, &self.sealer);
+                let cap = new.usage_limit.map(|limit| {
+                    // The first chunk is reserved with the key, in the same commit.
+                    let now_ms = self.pool.clock().now_ms();
+                    let end_s = new
+                        .usage_window_seconds
+                        .map_or(LIFETIME, |window| seconds(now_ms).saturating_add(window));
+                    let reserved = UsageCap::chunk_for(limit).min(limit);
+                    record.usage_limit = Some(limit.into());
+                    record.usage_window_seconds = new.usage_window_seconds.map(u64::from);
+                    record.usage_count = reserved.into();
+                    record.usage_window_start_ms = new
+                        .usage_window_seconds
+                        .map(|window| self.window_start_unix_ms(end_s, window));
+                    UsageCap::new(limit, new.usage_window_seconds, end_s, reserved, 0)
+                });
+                txn.put_key(&record)?;
                 tracing::info!(key_id = %info.id, key = %info.name, tier = %tier.name, "key added");
-                let entry = KeyEntry::new(info, &plain);
+                let entry = KeyEntry::new(info, &plain, cap);
                 let id = Arc::clone(&entry.info.id);
                 dirty.extend(catalog.put_key(entry));
                 let added = catalog.key(&id).expect("the key was just added");
@@ -357,6 +432,26 @@ impl State {
                 tracing::info!(key_id = %id, "key deleted");
                 dirty.extend(catalog.remove_key(id));
                 Ok(Done::Deleted)
+            }
+            Op::Reserve(id) => {
+                let Some(cap) = catalog.key(id).and_then(|key| key.usage.clone()) else {
+                    return Ok(Done::Nothing);
+                };
+                let now_s = seconds(self.pool.clock().now_ms());
+                let Some((end, reserved)) = cap.next_reservation(now_s) else {
+                    cap.clear_pending();
+                    return Ok(Done::Nothing);
+                };
+                let mut record = txn
+                    .get_key(id)?
+                    .ok_or_else(|| WriteError::KeyNotFound(id.to_string()))?;
+                record.usage_count = reserved.into();
+                record.usage_window_start_ms = cap
+                    .window_s
+                    .map(|window| self.window_start_unix_ms(end, window));
+                txn.put_key(&record)?;
+                tracing::debug!(key_id = %id, reserved, "usage reserved");
+                Ok(Done::Reserved(cap, end, reserved))
             }
             Op::CreateConsumer { name, description } => {
                 let (token, token_hash) = crate::crypto::new_token();

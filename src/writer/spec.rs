@@ -96,6 +96,9 @@ pub struct NewKey {
     pub expires_at_ms: Option<i64>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub secrets: BTreeMap<String, Zeroizing<String>>,
+    /// Total uses allowed, per `usage_window_seconds` or for the key's lifetime.
+    pub usage_limit: Option<u32>,
+    pub usage_window_seconds: Option<u32>,
 }
 
 impl std::fmt::Debug for NewKey {
@@ -123,7 +126,45 @@ impl NewKey {
             expires_at_ms: None,
             metadata: serde_json::Map::new(),
             secrets: BTreeMap::new(),
+            usage_limit: None,
+            usage_window_seconds: None,
         })
+    }
+
+    /// Sets a usage cap: `limit` total uses, per `window_seconds` when given.
+    pub fn with_usage(
+        mut self,
+        limit: Option<i128>,
+        window_seconds: Option<i128>,
+    ) -> Result<Self, Invalid> {
+        let max = i128::from(crate::broker::usage::MAX_USAGE_LIMIT);
+        self.usage_limit = limit
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=max).contains(&i128::from(*n)))
+                    .ok_or_else(|| {
+                        Invalid(format!("usage_limit must be an integer from 1 to {max}"))
+                    })
+            })
+            .transpose()?;
+        self.usage_window_seconds = window_seconds
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n >= 1 && *n <= 10 * MAX_WINDOW_SECONDS)
+                    .ok_or_else(|| {
+                        Invalid(format!(
+                            "usage_window_seconds must be an integer from 1 to {}",
+                            10 * MAX_WINDOW_SECONDS
+                        ))
+                    })
+            })
+            .transpose()?;
+        if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
+            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+        }
+        Ok(self)
     }
 }
 

@@ -7,4 +7,5 @@ mod key;
 mod keys;
 mod persistence;
 mod tiers;
+mod usage;
 mod wire;

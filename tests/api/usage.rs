@@ -1,0 +1,162 @@
+//! SPEC §4: usage caps — never more than the limit, under concurrency and across restarts.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, expect, expect_error};
+
+async fn add_capped(app: &TestApp, name: &str, limit: u64, window: Option<u64>) -> String {
+    let mut body =
+        json!({"name": name, "key": format!("sk-{name}"), "tier": "pro", "usage_limit": limit});
+    if let Some(window) = window {
+        body["usage_window_seconds"] = json!(window);
+    }
+    let added = expect(app.post("/admin/keys", &body).await, StatusCode::CREATED).await;
+    added["id"].as_str().unwrap().to_owned()
+}
+
+/// Asks for keys until `want` are served or `attempts` run out. A usage-capped key is briefly
+/// unavailable while the writer commits its next reservation, so some attempts answer 429.
+async fn serve_up_to(app: &TestApp, want: usize, attempts: usize) -> usize {
+    let mut served = 0;
+    for _ in 0..attempts {
+        if served == want {
+            break;
+        }
+        match app.key("chat").await.0 {
+            StatusCode::OK => served += 1,
+            StatusCode::TOO_MANY_REQUESTS => tokio::task::yield_now().await,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    served
+}
+
+async fn usage_count(app: &TestApp, id: &str) -> Value {
+    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    let key = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    key["usage_count"].clone()
+}
+
+#[tokio::test]
+async fn a_lifetime_cap_is_never_exceeded() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = add_capped(&app, "capped", 7, None).await;
+    assert_eq!(serve_up_to(&app, 100, 5_000).await, 7);
+    assert_eq!(usage_count(&app, &id).await, 7);
+    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    assert_eq!(keys[0]["usage_limit"], 7);
+    assert!(keys[0].get("usage_window_seconds").is_none());
+}
+
+#[tokio::test]
+async fn a_windowed_cap_resets_when_its_window_ends() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = add_capped(&app, "monthly", 3, Some(100)).await;
+    assert_eq!(serve_up_to(&app, 100, 3_000).await, 3);
+    assert_eq!(usage_count(&app, &id).await, 3);
+    app.clock.advance_ms(100_000);
+    assert_eq!(usage_count(&app, &id).await, 0);
+    assert_eq!(serve_up_to(&app, 100, 3_000).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_never_pass_the_cap() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100000})).await;
+    add_capped(&app, "a", 60, None).await;
+    add_capped(&app, "b", 40, None).await;
+    let url = format!("{}/key?feature=chat", app.address);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut served = 0;
+                for _ in 0..100 {
+                    let response = client
+                        .get(&url)
+                        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                        .send()
+                        .await
+                        .unwrap();
+                    if response.status() == StatusCode::OK {
+                        served += 1;
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for client in clients {
+        served += client.await.unwrap();
+    }
+    assert!(served <= 100, "served {served} of a cap of 100");
+    served += serve_up_to(&app, 100 - served, 10_000).await;
+    assert_eq!(served, 100);
+    assert_eq!(serve_up_to(&app, 1, 50).await, 0, "nothing past the caps");
+}
+
+#[tokio::test]
+async fn a_restart_resumes_from_the_reservation_and_never_over_serves() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = add_capped(&app, "capped", 100, None).await;
+    assert_eq!(serve_up_to(&app, 33, 5_000).await, 33);
+    let app = app.restart().await;
+    let counted = usage_count(&app, &id).await.as_u64().unwrap();
+    // Reserved uses count as used after a restart: at most one chunk (100 / 20) is lost.
+    assert!((33..=33 + 5).contains(&counted), "{counted}");
+    let after = serve_up_to(&app, 1_000, 5_000).await as u64;
+    assert_eq!(after, 100 - counted);
+    assert_eq!(usage_count(&app, &id).await, 100);
+}
+
+#[tokio::test]
+async fn invalid_usage_settings_are_400() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1})).await;
+    let cases = [
+        (
+            json!({"usage_limit": 0}),
+            "usage_limit must be an integer from 1 to 4294967294",
+        ),
+        (
+            json!({"usage_limit": -5}),
+            "usage_limit must be an integer from 1 to 4294967294",
+        ),
+        (
+            json!({"usage_limit": "10"}),
+            "usage_limit must be an integer",
+        ),
+        (
+            json!({"usage_limit": 5, "usage_window_seconds": 0}),
+            "usage_window_seconds must be an integer from 1 to 316224000",
+        ),
+        (
+            json!({"usage_window_seconds": 60}),
+            "usage_window_seconds needs usage_limit",
+        ),
+    ];
+    for (extra, message) in cases {
+        let mut body = json!({"name": "k", "key": "sk", "tier": "pro"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        expect_error(
+            app.post("/admin/keys", &body).await,
+            StatusCode::BAD_REQUEST,
+            message,
+        )
+        .await;
+    }
+}
