@@ -7,7 +7,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{Clock, Pool};
+use crate::broker::{AuditLog, Clock, Pool};
 use crate::crypto::Sealer;
 use crate::store::{Store, StoreError};
 use crate::writer::{self, Writer, WriterThread};
@@ -20,6 +20,7 @@ struct Shared {
     pool: Arc<Pool>,
     writer: Writer,
     admin_token: SecretString,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl AppState {
@@ -33,6 +34,25 @@ impl AppState {
 
     pub fn admin_token(&self) -> &SecretString {
         &self.0.admin_token
+    }
+
+    /// The audit trail, when it is on.
+    #[inline]
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.0.audit.as_deref()
+    }
+}
+
+/// Choices made at start-up beyond the store and the token.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Record every served key in the audit trail (`GET /admin/usage`).
+    pub audit: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { audit: true }
     }
 }
 
@@ -51,12 +71,23 @@ pub enum StartError {
 }
 
 impl App {
-    /// Loads everything in `store` into the first snapshot and starts the writer.
+    /// Loads everything in `store` into the first snapshot and starts the writer, with the
+    /// default [`Options`].
     pub fn start(
         store: Store,
         sealer: Sealer,
         clock: Clock,
         admin_token: SecretString,
+    ) -> Result<Self, StartError> {
+        Self::start_with(store, sealer, clock, admin_token, Options::default())
+    }
+
+    pub fn start_with(
+        store: Store,
+        sealer: Sealer,
+        clock: Clock,
+        admin_token: SecretString,
+        options: Options,
     ) -> Result<Self, StartError> {
         let contents = store.load()?;
         let (catalog, skipped) = writer::load::catalog(&contents, &sealer, &clock);
@@ -74,12 +105,15 @@ impl App {
             encryption_verified = true,
             "database opened"
         );
-        let (writer, thread) = writer::spawn(store, sealer, Arc::clone(&pool), catalog)?;
+        let audit = options.audit.then(|| Arc::new(AuditLog::default()));
+        let (writer, thread) =
+            writer::spawn(store, sealer, Arc::clone(&pool), catalog, audit.clone())?;
         Ok(Self {
             state: AppState(Arc::new(Shared {
                 pool,
                 writer,
                 admin_token,
+                audit,
             })),
             writer: thread,
         })
@@ -93,12 +127,36 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let Self { state, writer } = self;
+        let flusher = state
+            .audit()
+            .is_some()
+            .then(|| tokio::spawn(flush_audit(state.clone())));
+        let last_flush = state.writer().clone();
         axum::serve(listener, crate::http::router(state))
             .with_graceful_shutdown(shutdown)
             .await?;
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
+        }
+        // What was served until the end is written before the database closes.
+        last_flush.flush_audit();
+        drop(last_flush);
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .map_err(std::io::Error::other)
+    }
+}
+
+/// Asks the writer to write the audit queue about once a second, while there is something in it.
+async fn flush_audit(state: AppState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.audit().is_some_and(|audit| !audit.is_empty()) {
+            state.writer().flush_audit();
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, shutdown_signal};
+use crate::app::{App, Options, shutdown_signal};
 use crate::broker::Clock;
 use crate::config::{ConfigError, ServeConfig, Settings};
 use crate::crypto::Sealer;
@@ -63,8 +63,17 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
     runtime.block_on(async move {
         let sealer = Sealer::new(&config.encryption_key);
         let store = Store::open(&config.db_path, &sealer).map_err(anyhow::Error::from)?;
-        let app = App::start(store, sealer, Clock::monotonic(), config.admin_token)
-            .map_err(anyhow::Error::from)?;
+        let options = Options {
+            audit: config.audit,
+        };
+        let app = App::start_with(
+            store,
+            sealer,
+            Clock::monotonic(),
+            config.admin_token,
+            options,
+        )
+        .map_err(anyhow::Error::from)?;
         let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
         let listener = bind(address, config.port).await?;
         tracing::info!(

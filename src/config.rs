@@ -36,6 +36,9 @@ pub struct Settings {
     /// json or pretty [default: json].
     #[arg(long, env = "LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+    /// Record every served key for `GET /admin/usage`: on or off [default: on].
+    #[arg(long, env = "AUDIT", global = true)]
+    pub audit: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Settings {
             .field("db_path", &self.db_path)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
+            .field("audit", &self.audit)
             .finish()
     }
 }
@@ -133,6 +137,20 @@ impl Settings {
             })
     }
 
+    pub fn audit(&self) -> Result<bool, ConfigError> {
+        match given(self.audit.as_ref())
+            .unwrap_or("on")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            other => Err(ConfigError(format!(
+                "AUDIT must be on or off (got {other:?})"
+            ))),
+        }
+    }
+
     pub fn db_path(&self) -> PathBuf {
         given(self.db_path.as_ref())
             .unwrap_or("./data/pool.redb")
@@ -147,6 +165,7 @@ pub struct ServeConfig {
     pub admin_token: SecretString,
     pub port: u16,
     pub db_path: PathBuf,
+    pub audit: bool,
 }
 
 impl ServeConfig {
@@ -156,6 +175,7 @@ impl ServeConfig {
             admin_token: settings.admin_token()?,
             port: settings.port()?,
             db_path: settings.db_path(),
+            audit: settings.audit()?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The read path's domain: immutable snapshots of the pool, round-robin cursors, and the
 //! per-key rate counters. Knows nothing of HTTP, tokio or storage.
 
+pub mod audit;
 pub mod catalog;
 pub mod pool;
 pub mod rate;
@@ -8,6 +9,7 @@ pub mod snapshot;
 mod sync;
 pub mod usage;
 
+pub use audit::{AuditLog, Event};
 pub use catalog::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};

@@ -339,3 +339,52 @@ pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse 
     };
     json(StatusCode::OK, &health)
 }
+
+#[derive(Serialize)]
+struct UsageView<'a> {
+    key_id: &'a str,
+    /// `"admin"` for the admin token.
+    consumer_id: &'a str,
+    feature: &'a str,
+    created_at: String,
+}
+
+/// `?limit=N`: 1 or more (default 100); above 1000 reads as 1000.
+fn usage_limit(query: Option<&str>) -> Result<usize, ApiError> {
+    let Some((_, text)) = query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(name, _)| name == "limit")
+    else {
+        return Ok(100);
+    };
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .map(|n| n.min(1_000) as usize)
+        .ok_or_else(|| ApiError::BadRequest("limit must be an integer from 1 to 1000".into()))
+}
+
+pub async fn usage(
+    _: Admin,
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let limit = usage_limit(uri.query())?;
+    if app.audit().is_none() {
+        return Err(ApiError::NotFound(
+            "the audit trail is off (start with AUDIT=on to record usage)".into(),
+        ));
+    }
+    let events = app.writer().recent_usage(limit).await?;
+    let views: Vec<UsageView<'_>> = events
+        .iter()
+        .map(|event| UsageView {
+            key_id: &event.key_id,
+            consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
+            feature: &event.feature,
+            created_at: rfc3339(event.created_at_ms),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &views))
+}

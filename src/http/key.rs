@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::{bearer, is_admin};
 use super::error::{ApiError, json_response};
 use crate::app::AppState;
-use crate::broker::{Caller, Pick};
+use crate::broker::{Caller, Event, Pick, Snapshot};
 use crate::crypto::token_hash;
 
 pub async fn get_key(State(app): State<AppState>, request: Request) -> Response {
@@ -30,7 +30,22 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
     };
     let feature = feature_param(request.uri().query())?;
     match app.pool().pick_for(caller, &snapshot, &feature) {
-        Pick::Served(key) => Ok(json_response(StatusCode::OK, key.body())),
+        Pick::Served(key) => {
+            if let Some(audit) = app.audit() {
+                audit.record(Event {
+                    key_id: std::sync::Arc::clone(&key.info.id),
+                    feature: feature_name(caller, &snapshot, &feature),
+                    consumer_id: match caller {
+                        Caller::Admin => None,
+                        Caller::Consumer(scoped) => {
+                            Some(std::sync::Arc::clone(&scoped.consumer.id))
+                        }
+                    },
+                    at_unix_ms: app.pool().clock().unix_now_ms(),
+                });
+            }
+            Ok(json_response(StatusCode::OK, key.body()))
+        }
         Pick::Spent(spent) => Err(ApiError::NoKeyAvailable {
             retry_after_secs: spent.retry_after_ms.div_ceil(1_000).max(1),
         }),
@@ -39,6 +54,16 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
             "feature not in this consumer's tiers: {feature}"
         ))),
     }
+}
+
+/// The pool's own name of a feature that was just served (shared, so recording it copies
+/// nothing).
+fn feature_name(caller: Caller<'_>, snapshot: &Snapshot, feature: &str) -> std::sync::Arc<str> {
+    let pool = match caller {
+        Caller::Admin => snapshot.feature(feature),
+        Caller::Consumer(scoped) => scoped.feature(feature),
+    };
+    pool.map_or_else(|| feature.into(), |pool| std::sync::Arc::clone(pool.name()))
 }
 
 /// The `feature` query parameter, borrowed from the URI unless it was percent-encoded.

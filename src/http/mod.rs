@@ -46,7 +46,7 @@ const fn route(method: Method, path: &'static str, access: Access) -> Route {
 }
 
 /// Every route keypooler serves.
-pub const ROUTES: [Route; 13] = [
+pub const ROUTES: [Route; 14] = [
     route(Method::GET, "/health", Access::Public),
     route(Method::GET, "/key", Access::Key),
     route(Method::POST, "/admin/tiers", Access::Admin),
@@ -60,6 +60,7 @@ pub const ROUTES: [Route; 13] = [
     route(Method::GET, "/admin/consumers", Access::Admin),
     route(Method::DELETE, "/admin/consumers/{id}", Access::Admin),
     route(Method::POST, "/admin/consumers/{id}/scopes", Access::Admin),
+    route(Method::GET, "/admin/usage", Access::Admin),
 ];
 
 fn handler(route: &Route) -> MethodRouter<AppState> {
@@ -77,6 +78,7 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("GET", "/admin/consumers") => get(consumers::list),
         ("DELETE", "/admin/consumers/{id}") => delete(consumers::delete),
         ("POST", "/admin/consumers/{id}/scopes") => post(consumers::add_scope),
+        ("GET", "/admin/usage") => get(admin::usage),
         _ => unreachable!("every route in ROUTES has a handler: {route:?}"),
     }
 }

@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use crate::crypto::Sealer;
-pub use records::{ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
+pub use records::{
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
+};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
+/// The audit trail, by sequence number.
+const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
 
 /// The record format this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -234,6 +238,7 @@ impl Store {
             txn.open_table(TIERS)?;
             txn.open_table(KEYS)?;
             txn.open_table(CONSUMERS)?;
+            txn.open_table(USAGE)?;
         }
         txn.commit()?;
         Ok(())
@@ -315,6 +320,35 @@ impl Batch {
     /// Removes a consumer; `false` when there was none with that id.
     pub fn delete_consumer(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.txn.open_table(CONSUMERS)?.remove(id)?.is_some())
+    }
+
+    /// Appends audit events and keeps only the newest `keep`.
+    pub fn append_usage(&self, events: &[UsageRecord], keep: u64) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(USAGE)?;
+        let mut next = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
+        for event in events {
+            table.insert(next, encode(event).as_slice())?;
+            next += 1;
+        }
+        if next > keep {
+            table.retain_in(..next - keep, |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` audit events, newest first.
+    pub fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, StoreError> {
+        let table = self.txn.open_table(USAGE)?;
+        let mut events = Vec::with_capacity(limit);
+        for entry in table.iter()?.rev().take(limit) {
+            let (seq, bytes) = entry?;
+            events.push(decode(
+                "usage_events",
+                &seq.value().to_string(),
+                bytes.value(),
+            )?);
+        }
+        Ok(events)
     }
 
     /// Commits durably: once this returns, the batch survives a crash.

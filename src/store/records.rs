@@ -69,6 +69,17 @@ pub struct ConsumerRecord {
     pub scopes: Vec<String>,
 }
 
+/// One served key in the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub key_id: String,
+    /// `None` for the admin token.
+    #[serde(default)]
+    pub consumer_id: Option<String>,
+    pub feature: String,
+    pub created_at_ms: i64,
+}
+
 /// Associated data binding a key's value to its record.
 pub fn value_aad(key_id: &str) -> Vec<u8> {
     format!("keypooler:keys/{key_id}/value").into_bytes()

@@ -19,16 +19,18 @@ use zeroize::Zeroizing;
 use crate::broker::snapshot::seconds;
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
-    Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier, UsageCap,
+    AuditLog, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier, UsageCap,
 };
 use crate::crypto::Sealer;
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Store, StoreError, UsageRecord};
 pub use spec::{Invalid, NewKey, TierSpec};
 
 /// Requests a handler may queue before `send` waits.
 const QUEUE_DEPTH: usize = 4_096;
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 1_024;
+/// Audit events kept on disk; older ones are dropped as new ones arrive.
+pub const AUDIT_RETENTION: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -67,6 +69,10 @@ enum Op {
     DeleteConsumer(String),
     /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
     Reserve(Arc<str>),
+    /// Write the queued audit events.
+    FlushAudit,
+    /// Write the queued audit events, then read the newest ones.
+    RecentUsage(usize),
 }
 
 impl Op {
@@ -80,6 +86,8 @@ impl Op {
             Op::AddScope { .. } => "add_scope",
             Op::DeleteConsumer(_) => "delete_consumer",
             Op::Reserve(_) => "reserve_usage",
+            Op::FlushAudit => "flush_audit",
+            Op::RecentUsage(_) => "recent_usage",
         }
     }
 }
@@ -92,6 +100,7 @@ enum Done {
     Deleted,
     /// A reservation to publish once committed: (cap, window end, reserved).
     Reserved(Arc<UsageCap>, u32, u32),
+    Usage(Vec<UsageRecord>),
     Nothing,
 }
 
@@ -178,6 +187,22 @@ impl Writer {
         }
     }
 
+    /// The newest `limit` audit events, newest first, including those still queued.
+    pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
+        match self.submit(Op::RecentUsage(limit)).await? {
+            Done::Usage(events) => Ok(events),
+            _ => unreachable!("recent_usage answers with events"),
+        }
+    }
+
+    /// Asks the writer to write the queued audit events, without waiting.
+    pub fn flush_audit(&self) {
+        let _ = self.queue.try_send(Request {
+            op: Op::FlushAudit,
+            reply: None,
+        });
+    }
+
     pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
         match self.submit(Op::DeleteConsumer(id)).await? {
             Done::Deleted => Ok(()),
@@ -222,6 +247,7 @@ pub fn spawn(
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
+    audit: Option<Arc<AuditLog>>,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
     pool.set_reserve(Box::new(ReserveSink(queue.downgrade())));
@@ -231,6 +257,7 @@ pub fn spawn(
         .max()
         .unwrap_or(i64::MIN);
     let state = State {
+        audit,
         last_created_ms,
         store,
         sealer,
@@ -244,6 +271,7 @@ pub fn spawn(
 }
 
 struct State {
+    audit: Option<Arc<AuditLog>>,
     /// Unix ms given to the last key created: creation times are kept strictly increasing so
     /// that keys rotate in the order they were added, even within one millisecond.
     last_created_ms: i64,
@@ -327,6 +355,26 @@ impl State {
         }
         txn.commit()?;
         Ok((staged, dirty, results))
+    }
+
+    fn flush_audit(&self, txn: &Batch) -> Result<(), StoreError> {
+        let Some(audit) = &self.audit else {
+            return Ok(());
+        };
+        let (events, dropped) = audit.drain();
+        if dropped > 0 {
+            tracing::warn!(dropped, "audit queue was full; events were dropped");
+        }
+        let records: Vec<UsageRecord> = events
+            .into_iter()
+            .map(|event| UsageRecord {
+                key_id: event.key_id.to_string(),
+                consumer_id: event.consumer_id.map(|id| id.to_string()),
+                feature: event.feature.to_string(),
+                created_at_ms: event.at_unix_ms,
+            })
+            .collect();
+        txn.append_usage(&records, AUDIT_RETENTION)
     }
 
     /// The unix time (ms) at which the usage window ending at clock second `end_s` began.
@@ -452,6 +500,14 @@ impl State {
                 txn.put_key(&record)?;
                 tracing::debug!(key_id = %id, reserved, "usage reserved");
                 Ok(Done::Reserved(cap, end, reserved))
+            }
+            Op::FlushAudit => {
+                self.flush_audit(txn)?;
+                Ok(Done::Nothing)
+            }
+            Op::RecentUsage(limit) => {
+                self.flush_audit(txn)?;
+                Ok(Done::Usage(txn.recent_usage(*limit)?))
             }
             Op::CreateConsumer { name, description } => {
                 let (token, token_hash) = crate::crypto::new_token();

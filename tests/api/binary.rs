@@ -8,13 +8,14 @@ use std::time::Duration;
 use crate::helpers::hex_key;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 6] = [
+const SETTINGS: [&str; 7] = [
     "ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
     "DB_PATH",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "AUDIT",
 ];
 
 fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
@@ -101,6 +102,14 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
                 ("LOG_FORMAT", "xml"),
             ],
             "LOG_FORMAT must be json or pretty",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", "t"),
+                ("AUDIT", "sometimes"),
+            ],
+            "AUDIT must be on or off",
         ),
     ];
     for (env, expected) in cases {

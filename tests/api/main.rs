@@ -1,5 +1,6 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
+mod audit;
 mod binary;
 mod consumers;
 mod helpers;
