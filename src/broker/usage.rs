@@ -349,3 +349,40 @@ mod tests {
         assert_eq!(served.into_inner(), LIMIT as usize);
     }
 }
+
+#[cfg(loom)]
+mod loom_model {
+    use super::*;
+
+    struct Quiet;
+
+    impl Reserve for Quiet {
+        fn reserve(&self, _: &Arc<str>) -> bool {
+            true
+        }
+    }
+
+    /// Two threads race for the one reserved use while the writer publishes a second one:
+    /// never more uses than reserved at the moment each was counted, never past the limit.
+    #[test]
+    fn uses_never_pass_the_reservation_or_the_limit() {
+        loom::model(|| {
+            let cap = Arc::new(UsageCap::new(2, None, LIFETIME, 1, 0));
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let cap = Arc::clone(&cap);
+                    loom::thread::spawn(move || cap.try_acquire(1, &Arc::from("k"), &Quiet).is_ok())
+                })
+                .collect();
+            cap.apply_reservation(LIFETIME, 2);
+            let wins = racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .filter(|won| *won)
+                .count();
+            assert!((1..=2).contains(&wins));
+            assert_eq!(cap.used().1 as usize, wins);
+            assert!(cap.used().1 <= 2);
+        });
+    }
+}
