@@ -255,6 +255,12 @@ impl Store {
                 .keys
                 .push(decode("keys", id.value(), bytes.value())?);
         }
+        for entry in read.open_table(CONSUMERS)?.iter()? {
+            let (id, bytes) = entry?;
+            contents
+                .consumers
+                .push(decode("consumers", id.value(), bytes.value())?);
+        }
         Ok(contents)
     }
 
@@ -301,6 +307,14 @@ impl Batch {
     /// Removes a consumer; `false` when there was none with that id.
     pub fn delete_consumer(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.txn.open_table(CONSUMERS)?.remove(id)?.is_some())
+    }
+
+    /// Removes every tier, key and consumer (the meta table, with the canary, stays).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.txn.open_table(TIERS)?.retain(|_, _| false)?;
+        self.txn.open_table(KEYS)?.retain(|_, _| false)?;
+        self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
+        Ok(())
     }
 
     /// Commits durably: once this returns, the batch survives a crash.
