@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::Schema;
 use super::export::{ExportSummary, export};
 use super::import::{ImportSummary, Mode, import};
+use super::source::read;
 use crate::cli::Failure;
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{EncryptionKey, Sealer};
@@ -99,21 +100,22 @@ pub fn run_import(settings: &Settings, args: &ImportArgs) -> Result<(), Failure>
         _ => Mode::Refuse,
     };
     let db_path = settings.db_path();
-    let existed = db_path.exists();
     let started = Instant::now();
     let bar = progress_bar();
-    let outcome = Store::open(&db_path, &sealer)
-        .map_err(anyhow::Error::from)
-        .and_then(|store| {
-            import(&args.from, &source_sealer, &store, &sealer, mode, &bar)
-                .map_err(anyhow::Error::from)
-        });
+    bar.set_message("reading");
+    // The whole source is read and checked before the target is even opened.
+    let source = read(&args.from, &source_sealer, &bar);
+    let existed = db_path.exists();
+    let outcome = source.map_err(anyhow::Error::from).and_then(|source| {
+        let store = Store::open(&db_path, &sealer)?;
+        Ok(import(&source, &store, &sealer, mode, &bar)?)
+    });
     bar.finish_and_clear();
     let summary: ImportSummary = match outcome {
         Ok(summary) => summary,
         Err(err) => {
             if !existed {
-                // The failed import created an empty database; leave no trace of it.
+                // A failed write may have created an empty database; leave no trace of it.
                 let _ = std::fs::remove_file(&db_path);
             }
             return Err(err

@@ -1,15 +1,14 @@
 //! Writing what was read from a source file into our redb database, in one transaction.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use indicatif::ProgressBar;
 
-use super::source::{self, Source};
+use super::source::Source;
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
-use crate::store::{KeyRecord, Store};
+use crate::store::{Contents, KeyRecord, Store};
 use crate::writer::load::key_record;
 
 /// What to do when the target database already holds tiers, keys or consumers.
@@ -37,11 +36,11 @@ pub struct ImportSummary {
     pub usage_events: u64,
 }
 
-/// Imports the SQLite file at `from` (values opened with `source_sealer`) into `store` (sealed
-/// with `sealer`). All or nothing: on any error nothing is written.
+/// Writes what was read from a source file into `store` (values sealed with `sealer`), in one
+/// transaction: on any error nothing is written. Reading the source first (see
+/// [`source::read`](super::source::read)) means a bad file never touches the target at all.
 pub fn import(
-    from: &Path,
-    source_sealer: &Sealer,
+    source: &Source,
     store: &Store,
     sealer: &Sealer,
     mode: Mode,
@@ -58,16 +57,15 @@ pub fn import(
             consumers: existing.consumers.len(),
         });
     }
-    progress.set_message("reading");
-    let source = source::read(from, source_sealer, progress)?;
     let kept = if mode == Mode::Replace {
-        Default::default()
+        Contents::default()
     } else {
         existing
     };
     progress.set_message("writing");
+    progress.set_length(source.keys.len() as u64);
     progress.set_position(0);
-    write(&source, store, sealer, mode, &kept, progress)
+    write(source, store, sealer, mode, &kept, progress)
 }
 
 fn write(
@@ -75,9 +73,11 @@ fn write(
     store: &Store,
     sealer: &Sealer,
     mode: Mode,
-    kept: &crate::store::Contents,
+    kept: &Contents,
     progress: &ProgressBar,
 ) -> Result<ImportSummary, CompatError> {
+    let tier_ids: HashSet<&str> = kept.tiers.iter().map(|t| t.id.as_str()).collect();
+    let consumer_ids: HashSet<&str> = kept.consumers.iter().map(|c| c.id.as_str()).collect();
     let tier_names: HashMap<&str, &str> = kept
         .tiers
         .iter()
@@ -102,7 +102,7 @@ fn write(
         batch.clear()?;
     }
     for tier in &source.tiers {
-        if kept.tiers.iter().any(|t| t.id == tier.id) {
+        if tier_ids.contains(tier.id.as_str()) {
             summary.skipped += 1;
             continue;
         }
@@ -142,7 +142,7 @@ fn write(
         progress.inc(1);
     }
     for consumer in &source.consumers {
-        if kept.consumers.iter().any(|c| c.id == consumer.id) {
+        if consumer_ids.contains(consumer.id.as_str()) {
             summary.skipped += 1;
             continue;
         }
