@@ -100,7 +100,8 @@ fn check_seed(contents: &Contents, now_ms: i64) -> Result<(), CompatError> {
             ));
         }
     }
-    for key in &contents.keys {
+    // An inactive key is never served: its caps do not matter.
+    for key in contents.keys.iter().filter(|key| key.active) {
         let reason = if key.usage_limit.is_some() {
             "it has a usage_limit"
         } else if key.expires_at_ms.is_some_and(|at| at > now_ms) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use zeroize::Zeroizing;
 
 use super::{CompatError, Schema, time};
@@ -118,9 +118,12 @@ fn open_read_only(path: &Path) -> Result<Connection, CompatError> {
         Connection::open_with_flags(uri, flags).map_err(|err| open_error(err.to_string()))?;
     // The first read checks the header and schema: a damaged file fails here, clearly.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-        .map_err(|err| CompatError::NotSqlite {
-            path: path.into(),
-            reason: err.to_string(),
+        .map_err(|err| match err.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => CompatError::NotSqlite {
+                path: path.into(),
+                reason: err.to_string(),
+            },
+            _ => open_error(err.to_string()),
         })?;
     Ok(conn)
 }
@@ -695,4 +698,34 @@ fn token_hash(cells: &Cells<'_, '_>, index: usize) -> Result<Hex, CompatError> {
     hex::decode_to_slice(text.trim(), &mut hash)
         .map_err(|_| cells.fail("token_hash is not a SHA-256 (64 hex characters)"))?;
     Ok(Hex(hash.to_vec()))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_kept_exactly_or_refused() {
+        assert!(usable_id("923ef101-b09e-4bd7-8919-42c44918b90c"));
+        assert!(usable_id("ключ"));
+        for bad in [
+            "",
+            " padded",
+            "padded ",
+            "new\nline",
+            &"x".repeat(MAX_ID_CHARS + 1),
+        ] {
+            assert!(!usable_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn uri_paths_escape_what_sqlite_would_read_as_query_or_fragment() {
+        let encoded =
+            percent_encoding::utf8_percent_encode("/tmp/a b?c#d%e/ключ.db", URI_PATH).to_string();
+        assert_eq!(
+            encoded,
+            "/tmp/a%20b%3Fc%23d%25e/%D0%BA%D0%BB%D1%8E%D1%87.db"
+        );
+    }
 }

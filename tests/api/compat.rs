@@ -440,12 +440,14 @@ fn the_seed_export_refuses_what_would_serve_a_key_more_and_writes_expired_keys_i
         "no temp file left"
     );
 
-    // Without the hourly feature and the usage-limited keys, the rest fits: the expired key is
-    // written inactive, secrets and consumers are reported as left out.
+    // Without the hourly feature and the usage-limited active keys, the rest fits (an inactive
+    // key's cap does not matter): the expired key is written inactive, secrets and consumers are
+    // reported as left out.
     let (src_dir, from) = altered(
         LATEST,
         "DELETE FROM tier_features WHERE window_seconds != 60;
-         UPDATE keys SET usage_limit = NULL, expires_at = NULL WHERE name != 'fc-expired';",
+         UPDATE keys SET usage_limit = NULL, expires_at = NULL WHERE name != 'fc-expired';
+         UPDATE keys SET usage_limit = 5 WHERE name = 'oa-2-inactive';",
     );
     let db2 = src_dir.path().join("pool.redb");
     import_into(&from, &fixture_key(LATEST), &db2, Mode::Refuse).unwrap();
@@ -827,6 +829,19 @@ fn a_database_held_by_a_running_server_is_refused() {
         "{err:?}"
     );
     assert!(err.to_string().contains("is in use by another process"));
+}
+
+#[test]
+fn a_source_path_with_spaces_question_marks_and_percent_signs_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("go data?v=1#x %41 ключ");
+    std::fs::create_dir(&folder).unwrap();
+    let from = folder.join("pool 2.db");
+    std::fs::copy(fixtures().join(format!("{SEED}.db")), &from).unwrap();
+    let db = dir.path().join("pool.redb");
+    let summary = import_into(&from, &fixture_key(SEED), &db, Mode::Refuse).unwrap();
+    assert_eq!(summary.keys, 5);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
 }
 
 #[test]
