@@ -4,7 +4,7 @@
 //! file is built under a temporary name in the target's folder, synced, and renamed into place
 //! only when complete, so a failed or interrupted export never leaves a partial file behind.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 use super::{CompatError, Schema, time};
 use crate::crypto::Sealer;
 use crate::crypto::go::GCM_PREFIX;
-use crate::store::{Contents, KeyRecord, TierRecord};
+use crate::store::{Contents, KeyRecord};
 use crate::writer::load::open_key;
 use crate::writer::spec::DEFAULT_WINDOW_SECONDS;
 
@@ -46,7 +46,7 @@ pub struct ExportSummary {
     pub consumers: usize,
     /// Keys already expired, written inactive (the seed schema has no expiry).
     pub expired_as_inactive: usize,
-    /// What the seed schema has no room for, e.g. "3 bound secrets".
+    /// What the seed schema has no room for, e.g. "bound secrets: 3".
     pub left_out: Vec<String>,
 }
 
@@ -169,8 +169,7 @@ fn fill(
             params![version, name],
         )?;
     }
-    let tiers: HashMap<&str, &TierRecord> =
-        contents.tiers.iter().map(|t| (t.id.as_str(), t)).collect();
+    let tiers: HashSet<&str> = contents.tiers.iter().map(|t| t.id.as_str()).collect();
     let mut summary = ExportSummary {
         schema,
         tiers: 0,
@@ -185,7 +184,7 @@ fn fill(
     progress.set_message("writing");
     let mut secrets = 0;
     for key in &contents.keys {
-        if !tiers.contains_key(key.tier_id.as_str()) {
+        if !tiers.contains(key.tier_id.as_str()) {
             return Err(CompatError::row("keys", key.id.clone(), "its tier does not exist").into());
         }
         secrets += key.secrets.len();
@@ -218,7 +217,7 @@ fn fill(
                 (described, "tier descriptions"),
             ] {
                 if count > 0 {
-                    summary.left_out.push(format!("{count} {what}"));
+                    summary.left_out.push(format!("{what}: {count}"));
                 }
             }
         }

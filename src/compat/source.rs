@@ -358,9 +358,6 @@ impl Reader<'_> {
             );
         };
         let has = |columns: &BTreeSet<String>, name: &str| columns.contains(name);
-        let optional = |columns: &BTreeSet<String>, name: &'static str| {
-            if columns.contains(name) { name } else { "NULL" }
-        };
         for (table, columns, needed) in [
             ("tiers", &tier_columns, &["id", "name"][..]),
             (
@@ -398,13 +395,13 @@ impl Reader<'_> {
         };
 
         let mut tiers = self.read_tiers(
-            optional(&tier_columns, "description"),
-            optional(&tier_columns, "created_at"),
+            or_null(&tier_columns, "description"),
+            or_null(&tier_columns, "created_at"),
         )?;
         self.read_features(
             &mut tiers,
             rate_column,
-            optional(&feature_columns, "window_seconds"),
+            or_null(&feature_columns, "window_seconds"),
         )?;
         let tier_ids: HashMap<String, usize> = tiers
             .iter()
@@ -415,14 +412,14 @@ impl Reader<'_> {
         progress.set_length(self.count("keys")?);
         let key_sql = format!(
             "SELECT rowid, id, name, \"{value_column}\", tier_id, {}, {}, {}, {}, {}, {}, {}, {} FROM keys ORDER BY rowid",
-            optional(&key_columns, "is_active"),
-            optional(&key_columns, "created_at"),
-            optional(&key_columns, "expires_at"),
-            optional(&key_columns, "usage_limit"),
-            optional(&key_columns, "usage_count"),
-            optional(&key_columns, "usage_window_seconds"),
-            optional(&key_columns, "usage_window_start"),
-            optional(&key_columns, "metadata_json"),
+            or_null(&key_columns, "is_active"),
+            or_null(&key_columns, "created_at"),
+            or_null(&key_columns, "expires_at"),
+            or_null(&key_columns, "usage_limit"),
+            or_null(&key_columns, "usage_count"),
+            or_null(&key_columns, "usage_window_seconds"),
+            or_null(&key_columns, "usage_window_start"),
+            or_null(&key_columns, "metadata_json"),
         );
         let mut keys = Vec::new();
         let mut key_index: HashMap<String, usize> = HashMap::new();
@@ -602,12 +599,11 @@ impl Reader<'_> {
         let Some(columns) = self.columns("consumers")? else {
             return Ok(Vec::new());
         };
-        let column = |name: &'static str| if columns.contains(name) { name } else { "NULL" };
         let sql = format!(
             "SELECT rowid, id, name, token_hash, {}, {}, {} FROM consumers ORDER BY rowid",
-            column("description"),
-            column("is_active"),
-            column("created_at"),
+            or_null(&columns, "description"),
+            or_null(&columns, "is_active"),
+            or_null(&columns, "created_at"),
         );
         let mut consumers: Vec<ConsumerRecord> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -670,6 +666,11 @@ impl Reader<'_> {
         }
         Ok(consumers)
     }
+}
+
+/// The column itself when the table has it, else `NULL` (a column of a later generation).
+fn or_null(columns: &BTreeSet<String>, name: &'static str) -> &'static str {
+    if columns.contains(name) { name } else { "NULL" }
 }
 
 fn metadata(

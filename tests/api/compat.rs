@@ -456,10 +456,10 @@ fn the_seed_export_refuses_what_would_serve_a_key_more_and_writes_expired_keys_i
     assert_eq!(
         summary.left_out,
         [
-            "3 bound secrets",
-            "2 keys' metadata",
-            "1 consumers",
-            "1 tier descriptions"
+            "bound secrets: 3",
+            "keys' metadata: 2",
+            "consumers: 1",
+            "tier descriptions: 1"
         ]
     );
     let conn = rusqlite::Connection::open(&file).unwrap();
