@@ -817,18 +817,27 @@ fn merge_refuses_a_tier_name_already_used_by_another_id() {
     );
 }
 
-#[test]
-fn a_database_held_by_a_running_server_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("pool.redb");
-    let _held = Store::open(&db, &ours()).unwrap();
-    let (_s, from) = copy_fixture(SEED);
-    let err = import_into(&from, &fixture_key(SEED), &db, Mode::Refuse).unwrap_err();
+#[tokio::test]
+async fn a_database_held_by_a_running_server_is_refused() {
+    let app = TestApp::spawn().await;
+    let (src_dir, from) = copy_fixture(SEED);
+    let err = import_into(&from, &fixture_key(SEED), &app.db_path, Mode::Merge).unwrap_err();
     assert!(
         matches!(err, CompatError::Store(StoreError::InUse(_))),
         "{err:?}"
     );
     assert!(err.to_string().contains("is in use by another process"));
+    let err = export_to(
+        &app.db_path,
+        &src_dir.path().join("out.db"),
+        Schema::Seed,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("is in use by another process"));
+    // The server still serves: nothing was imported.
+    let body = crate::helpers::expect(app.get("/admin/tiers").await, StatusCode::OK).await;
+    assert_eq!(body, json!([]));
 }
 
 #[test]
