@@ -1,7 +1,7 @@
 //! Reading the Go service's SQLite file: open it read-only, detect its generation from the
 //! columns, validate every row and open every sealed value. Nothing here writes anywhere.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -403,11 +403,7 @@ impl Reader<'_> {
             rate_column,
             or_null(&feature_columns, "window_seconds"),
         )?;
-        let tier_ids: HashMap<String, usize> = tiers
-            .iter()
-            .enumerate()
-            .map(|(i, tier)| (tier.id.clone(), i))
-            .collect();
+        let tier_ids: HashSet<String> = tiers.iter().map(|tier| tier.id.clone()).collect();
 
         progress.set_length(self.count("keys")?);
         let key_sql = format!(
@@ -434,7 +430,7 @@ impl Reader<'_> {
                 return Err(cells.fail("the id appears twice"));
             }
             let tier_id = cells.id(4, "tier_id")?;
-            if !tier_ids.contains_key(&tier_id) {
+            if !tier_ids.contains(&tier_id) {
                 return Err(cells.fail("tier_id names no tier in the file"));
             }
             let key = SourceKey {
@@ -594,7 +590,7 @@ impl Reader<'_> {
 
     fn read_consumers(
         &self,
-        tier_ids: &HashMap<String, usize>,
+        tier_ids: &HashSet<String>,
     ) -> Result<Vec<ConsumerRecord>, CompatError> {
         let Some(columns) = self.columns("consumers")? else {
             return Ok(Vec::new());
@@ -654,7 +650,7 @@ impl Reader<'_> {
                         .map(|&i| &mut consumers[i])
                         .ok_or_else(|| cells.fail("consumer_id names no consumer in the file"))?;
                     let tier_id = cells.id(2, "tier_id")?;
-                    if !tier_ids.contains_key(&tier_id) {
+                    if !tier_ids.contains(&tier_id) {
                         return Err(cells.fail("tier_id names no tier in the file"));
                     }
                     if !consumer.scopes.contains(&tier_id) {
