@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{App, Options, shutdown_signal};
 use crate::broker::Clock;
+use crate::compat::command::{ExportArgs, ImportArgs};
 use crate::config::{ConfigError, ServeConfig, Settings};
 use crate::crypto::Sealer;
 use crate::store::Store;
@@ -25,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (the default).
     Serve,
+    /// Import the Go keypooler's SQLite database into DB_PATH (all or nothing).
+    Import(ImportArgs),
+    /// Export DB_PATH to a new SQLite file the Go keypooler opens as is.
+    Export(ExportArgs),
 }
 
 /// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
@@ -50,6 +55,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     crate::telemetry::init_logging(log);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.settings),
+        Command::Import(args) => crate::compat::command::run_import(&cli.settings, &args),
+        Command::Export(args) => crate::compat::command::run_export(&cli.settings, &args),
     }
 }
 

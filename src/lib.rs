@@ -22,10 +22,12 @@
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
 //! * [`writer`]: the single writer and the validated inputs it applies.
 //! * [`store`]: the redb tables, records, canary and schema version.
+//! * [`compat`]: import from and export to the Go keypooler's SQLite database (offline).
 
 pub mod app;
 pub mod broker;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod http;

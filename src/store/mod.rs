@@ -351,6 +351,15 @@ impl Batch {
         Ok(events)
     }
 
+    /// Removes every tier, key, consumer and audit event (the meta table, with the canary, stays).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.txn.open_table(TIERS)?.retain(|_, _| false)?;
+        self.txn.open_table(KEYS)?.retain(|_, _| false)?;
+        self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
+        self.txn.open_table(USAGE)?.retain(|_, _| false)?;
+        Ok(())
+    }
+
     /// Commits durably: once this returns, the batch survives a crash.
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit()?;

@@ -2,6 +2,7 @@
 
 mod audit;
 mod binary;
+mod compat;
 mod consumers;
 mod helpers;
 mod key;

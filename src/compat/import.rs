@@ -1,0 +1,164 @@
+//! Writing what was read from a source file into our redb database, in one transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use indicatif::ProgressBar;
+
+use super::source::Source;
+use super::{CompatError, Schema};
+use crate::broker::Plaintext;
+use crate::crypto::Sealer;
+use crate::store::{Contents, KeyRecord, Store};
+use crate::writer::load::key_record;
+
+/// What to do when the target database already holds tiers, keys or consumers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse: importing over data needs an explicit choice.
+    #[default]
+    Refuse,
+    /// Keep what is there; rows whose id is already present are skipped.
+    Merge,
+    /// Delete every tier, key and consumer first (in the same transaction).
+    Replace,
+}
+
+/// What an import did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub schema: Schema,
+    pub tiers: usize,
+    pub keys: usize,
+    pub consumers: usize,
+    /// Rows skipped by `--merge` because their id was already present.
+    pub skipped: usize,
+    /// Audit rows of the source (`usage_events`), which are not imported.
+    pub usage_events: u64,
+}
+
+/// Writes what was read from a source file into `store` (values sealed with `sealer`), in one
+/// transaction: on any error nothing is written. Reading the source first (see
+/// [`source::read`](super::source::read)) means a bad file never touches the target at all.
+pub fn import(
+    source: &Source,
+    store: &Store,
+    sealer: &Sealer,
+    mode: Mode,
+    progress: &ProgressBar,
+) -> Result<ImportSummary, CompatError> {
+    let existing = store.load()?;
+    let empty =
+        existing.tiers.is_empty() && existing.keys.is_empty() && existing.consumers.is_empty();
+    if mode == Mode::Refuse && !empty {
+        return Err(CompatError::TargetNotEmpty {
+            path: store.path().into(),
+            tiers: existing.tiers.len(),
+            keys: existing.keys.len(),
+            consumers: existing.consumers.len(),
+        });
+    }
+    let kept = if mode == Mode::Replace {
+        Contents::default()
+    } else {
+        existing
+    };
+    progress.set_message("writing");
+    progress.set_length(source.keys.len() as u64);
+    progress.set_position(0);
+    write(source, store, sealer, mode, &kept, progress)
+}
+
+fn write(
+    source: &Source,
+    store: &Store,
+    sealer: &Sealer,
+    mode: Mode,
+    kept: &Contents,
+    progress: &ProgressBar,
+) -> Result<ImportSummary, CompatError> {
+    let tier_ids: HashSet<&str> = kept.tiers.iter().map(|t| t.id.as_str()).collect();
+    let consumer_ids: HashSet<&str> = kept.consumers.iter().map(|c| c.id.as_str()).collect();
+    let tier_names: HashMap<&str, &str> = kept
+        .tiers
+        .iter()
+        .map(|t| (t.name.as_str(), t.id.as_str()))
+        .collect();
+    let consumer_names: HashMap<&str, &str> = kept
+        .consumers
+        .iter()
+        .map(|c| (c.name.as_str(), c.id.as_str()))
+        .collect();
+    let key_ids: HashSet<&str> = kept.keys.iter().map(|k| k.id.as_str()).collect();
+    let mut summary = ImportSummary {
+        schema: source.schema,
+        tiers: 0,
+        keys: 0,
+        consumers: 0,
+        skipped: 0,
+        usage_events: source.usage_events,
+    };
+    let batch = store.begin()?;
+    if mode == Mode::Replace {
+        batch.clear()?;
+    }
+    for tier in &source.tiers {
+        if tier_ids.contains(tier.id.as_str()) {
+            summary.skipped += 1;
+            continue;
+        }
+        if tier_names.contains_key(tier.name.as_str()) {
+            return Err(CompatError::row(
+                "tiers",
+                tier.id.clone(),
+                format!(
+                    "a tier named {:?} is already in the database under another id",
+                    tier.name
+                ),
+            ));
+        }
+        batch.put_tier(tier)?;
+        summary.tiers += 1;
+    }
+    for key in &source.keys {
+        if key_ids.contains(&*key.info.id) {
+            summary.skipped += 1;
+            progress.inc(1);
+            continue;
+        }
+        let plain = Plaintext {
+            value: &key.value,
+            metadata: &key.metadata,
+            secrets: &key.secrets,
+        };
+        let record = KeyRecord {
+            usage_limit: key.usage_limit,
+            usage_window_seconds: key.usage_window_seconds,
+            usage_count: key.usage_count,
+            usage_window_start_ms: key.usage_window_start_ms,
+            ..key_record(&key.info, &plain, sealer)
+        };
+        batch.put_key(&record)?;
+        summary.keys += 1;
+        progress.inc(1);
+    }
+    for consumer in &source.consumers {
+        if consumer_ids.contains(consumer.id.as_str()) {
+            summary.skipped += 1;
+            continue;
+        }
+        if consumer_names.contains_key(consumer.name.as_str()) {
+            return Err(CompatError::row(
+                "consumers",
+                consumer.id.clone(),
+                format!(
+                    "a consumer named {:?} is already in the database under another id",
+                    consumer.name
+                ),
+            ));
+        }
+        batch.put_consumer(consumer)?;
+        summary.consumers += 1;
+    }
+    batch.commit()?;
+    Ok(summary)
+}
