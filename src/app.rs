@@ -68,6 +68,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot start the writer thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("cannot reserve the usage of capped keys: {0}")]
+    Reserve(writer::WriteError),
 }
 
 impl App {
@@ -105,6 +107,7 @@ impl App {
             encryption_verified = true,
             "database opened"
         );
+        writer::reserve_all(&store, &catalog, pool.clock()).map_err(StartError::Reserve)?;
         let audit = options.audit.then(|| Arc::new(AuditLog::default()));
         let (writer, thread) =
             writer::spawn(store, sealer, Arc::clone(&pool), catalog, audit.clone())?;

@@ -19,7 +19,8 @@ use zeroize::Zeroizing;
 use crate::broker::snapshot::seconds;
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
-    AuditLog, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier, UsageCap,
+    AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier,
+    UsageCap,
 };
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError, UsageRecord};
@@ -379,8 +380,7 @@ impl State {
 
     /// The unix time (ms) at which the usage window ending at clock second `end_s` began.
     fn window_start_unix_ms(&self, end_s: u32, window_s: u32) -> i64 {
-        let start_s = u64::from(end_s.saturating_sub(window_s));
-        self.pool.clock().to_unix_ms(start_s * 1_000)
+        window_start_unix_ms(self.pool.clock(), end_s, window_s)
     }
 
     fn next_created_ms(&mut self) -> i64 {
@@ -485,21 +485,13 @@ impl State {
                 let Some(cap) = catalog.key(id).and_then(|key| key.usage.clone()) else {
                     return Ok(Done::Nothing);
                 };
-                let now_s = seconds(self.pool.clock().now_ms());
-                let Some((end, reserved)) = cap.next_reservation(now_s) else {
-                    cap.clear_pending();
-                    return Ok(Done::Nothing);
-                };
-                let mut record = txn
-                    .get_key(id)?
-                    .ok_or_else(|| WriteError::KeyNotFound(id.to_string()))?;
-                record.usage_count = reserved.into();
-                record.usage_window_start_ms = cap
-                    .window_s
-                    .map(|window| self.window_start_unix_ms(end, window));
-                txn.put_key(&record)?;
-                tracing::debug!(key_id = %id, reserved, "usage reserved");
-                Ok(Done::Reserved(cap, end, reserved))
+                match reserve(txn, id, &cap, self.pool.clock())? {
+                    Some((end, reserved)) => Ok(Done::Reserved(cap, end, reserved)),
+                    None => {
+                        cap.clear_pending();
+                        Ok(Done::Nothing)
+                    }
+                }
             }
             Op::FlushAudit => {
                 self.flush_audit(txn)?;
@@ -552,6 +544,59 @@ impl State {
             }
         }
     }
+}
+
+/// The unix time (ms) at which the usage window ending at clock second `end_s` began.
+fn window_start_unix_ms(clock: &Clock, end_s: u32, window_s: u32) -> i64 {
+    let start_s = u64::from(end_s.saturating_sub(window_s));
+    clock.to_unix_ms(start_s * 1_000)
+}
+
+/// Writes the next reservation of a capped key into `txn`; the caller publishes it with
+/// [`UsageCap::apply_reservation`] once the transaction is committed.
+fn reserve(
+    txn: &Batch,
+    id: &str,
+    cap: &UsageCap,
+    clock: &Clock,
+) -> Result<Option<(u32, u32)>, WriteError> {
+    let Some((end, reserved)) = cap.next_reservation(seconds(clock.now_ms())) else {
+        return Ok(None);
+    };
+    let mut record = txn
+        .get_key(id)?
+        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    record.usage_count = reserved.into();
+    record.usage_window_start_ms = cap
+        .window_s
+        .map(|window| window_start_unix_ms(clock, end, window));
+    txn.put_key(&record)?;
+    tracing::debug!(key_id = %id, reserved, "usage reserved");
+    Ok(Some((end, reserved)))
+}
+
+/// Reserves a chunk for every capped key of `catalog` in one commit, so that after a start
+/// they are servable at once instead of waiting for their first reservation.
+pub fn reserve_all(store: &Store, catalog: &Catalog, clock: &Clock) -> Result<(), WriteError> {
+    let capped: Vec<_> = catalog
+        .keys()
+        .filter_map(|key| Some((Arc::clone(&key.info.id), Arc::clone(key.usage.as_ref()?))))
+        .collect();
+    if capped.is_empty() {
+        return Ok(());
+    }
+    let txn = store.begin()?;
+    let mut reserved = Vec::new();
+    for (id, cap) in capped {
+        if let Some((end, count)) = reserve(&txn, &id, &cap, clock)? {
+            reserved.push((cap, end, count));
+        }
+    }
+    txn.commit()?;
+    for (cap, end, count) in reserved {
+        cap.apply_reservation(end, count);
+    }
+    Ok(())
 }
 
 fn features(spec: &TierSpec) -> std::collections::BTreeMap<Arc<str>, crate::broker::Limit> {

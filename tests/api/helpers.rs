@@ -43,7 +43,13 @@ impl TestApp {
     /// The server over an existing database (e.g. one an import wrote), opened with `key_hex`.
     /// `dir` is kept alive as long as the app.
     pub async fn on_database(dir: tempfile::TempDir, db_path: PathBuf, key_hex: &str) -> Self {
-        Self::start(Arc::new(dir), db_path, key_hex.to_owned(), Options::default()).await
+        Self::start(
+            Arc::new(dir),
+            db_path,
+            key_hex.to_owned(),
+            Options::default(),
+        )
+        .await
     }
 
     async fn start(
