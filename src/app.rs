@@ -3,14 +3,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{Clock, Pool};
+use crate::broker::{Clock, Meter, Pool};
+use crate::config::MetricsConfig;
 use crate::crypto::Sealer;
 use crate::store::{Store, StoreError};
+use crate::telemetry::prometheus::Metrics;
 use crate::writer::{self, Writer, WriterThread};
+
+/// How often recorded histogram samples are moved into their buckets: often enough that the
+/// samples waiting in between stay a few MiB even at full speed.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// What every handler shares. Cloning it clones one `Arc`.
 #[derive(Clone)]
@@ -20,6 +27,7 @@ struct Shared {
     pool: Arc<Pool>,
     writer: Writer,
     admin_token: SecretString,
+    metrics: Option<Metrics>,
 }
 
 impl AppState {
@@ -33,6 +41,11 @@ impl AppState {
 
     pub fn admin_token(&self) -> &SecretString {
         &self.0.admin_token
+    }
+
+    /// The recorder, unless metrics are off.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.0.metrics.as_ref()
     }
 }
 
@@ -51,51 +64,130 @@ pub enum StartError {
 }
 
 impl App {
-    /// Loads everything in `store` into the first snapshot and starts the writer.
+    /// Loads everything in `store` into the first snapshot and starts the writer, with metrics
+    /// on (the default settings).
     pub fn start(
         store: Store,
         sealer: Sealer,
         clock: Clock,
         admin_token: SecretString,
     ) -> Result<Self, StartError> {
+        Self::start_with_metrics(store, sealer, clock, admin_token, &MetricsConfig::default())
+    }
+
+    /// [`App::start`], measuring as `metrics` says (its port is the caller's to bind).
+    pub fn start_with_metrics(
+        store: Store,
+        sealer: Sealer,
+        clock: Clock,
+        admin_token: SecretString,
+        metrics: &MetricsConfig,
+    ) -> Result<Self, StartError> {
+        let metrics = Metrics::new(metrics);
+        let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
         let contents = store.load()?;
         let (catalog, skipped) = writer::load::catalog(&contents, &sealer);
         for skip in &skipped {
             tracing::error!(key_id = %skip.key_id, reason = %skip.reason, "key left out of the pool");
         }
-        let pool = Arc::new(Pool::new(clock));
+        let pool = Arc::new(Pool::with_meter(clock, meter.clone()));
         let snapshot = pool.publish(catalog.clone(), &catalog.features());
+        let unix_now = pool.clock().unix_now_ms();
         tracing::info!(
             path = %store.path().display(),
             tiers = snapshot.catalog.tier_count(),
-            keys = snapshot.catalog.key_count(),
+            pool_size = snapshot.catalog.key_count(),
+            active_keys = snapshot.catalog.tier_keys(unix_now).map(|(_, keys)| keys.active).sum::<usize>(),
             features = snapshot.feature_count(),
             skipped = skipped.len(),
             encryption_verified = true,
             "database opened"
         );
-        let (writer, thread) = writer::spawn(store, sealer, Arc::clone(&pool), catalog)?;
+        let (writer, thread) = writer::spawn(store, sealer, Arc::clone(&pool), catalog, &meter)?;
         Ok(Self {
             state: AppState(Arc::new(Shared {
                 pool,
                 writer,
                 admin_token,
+                metrics,
             })),
             writer: thread,
         })
     }
 
-    /// Serves until `shutdown` resolves: then stops accepting, finishes in-flight requests, lets
-    /// the writer apply what is queued, and closes the database before returning.
+    /// Serves everything on `listener` until `shutdown` resolves: then stops accepting, finishes
+    /// in-flight requests, lets the writer apply what is queued, and closes the database before
+    /// returning.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_on(listener, None, shutdown).await
+    }
+
+    /// [`App::serve`], with `/metrics` on `metrics_listener` instead of `listener`.
+    pub async fn serve_with_metrics_listener(
+        self,
+        listener: TcpListener,
+        metrics_listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.serve_on(listener, Some(metrics_listener), shutdown)
+            .await
+    }
+
+    async fn serve_on(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let Self { state, writer } = self;
-        axum::serve(listener, crate::http::router(state))
+        // Dropped when `shutdown` resolves (or the main server fails), which stops the metrics
+        // listener and the upkeep.
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let shutdown = async move {
+            shutdown.await;
+            drop(stop);
+        };
+        let upkeep = state.metrics().is_some().then(|| {
+            let (state, mut stopped) = (state.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => state.metrics().into_iter().for_each(Metrics::run_upkeep),
+                        _ = stopped.changed() => break,
+                    }
+                }
+            })
+        });
+        let (api, scrape) = match metrics_listener {
+            None => (crate::http::router(state), None),
+            Some(metrics_listener) => {
+                let mut stopped = stopped;
+                let scrape =
+                    axum::serve(metrics_listener, crate::http::metrics_router(state.clone()))
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.changed().await;
+                        });
+                (
+                    crate::http::api_router(state),
+                    Some(tokio::spawn(scrape.into_future())),
+                )
+            }
+        };
+        let served = axum::serve(listener, api)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        if let Some(upkeep) = upkeep {
+            upkeep.await.map_err(std::io::Error::other)?;
+        }
+        if let Some(scrape) = scrape {
+            scrape.await.map_err(std::io::Error::other)??;
+        }
+        served?;
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .map_err(std::io::Error::other)

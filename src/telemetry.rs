@@ -1,4 +1,12 @@
-//! Logs: one JSON object per line, or human-readable lines, at the configured level.
+//! Logs: one JSON object per line, or human-readable lines, at the configured level; and
+//! Prometheus metrics ([`prometheus`]).
+//!
+//! What is logged: start-up (version, addresses, database path, pool size, encryption verified),
+//! each committed admin change (ids and names, never values), failures (5xx, write batches),
+//! and at debug level one line per request (method, route template, status, duration). No
+//! header is ever logged, so neither is `Authorization`.
+
+pub mod prometheus;
 
 use crate::config::{LogConfig, LogFormat};
 

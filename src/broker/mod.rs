@@ -1,13 +1,16 @@
 //! The read path's domain: immutable snapshots of the pool, round-robin cursors, and the
-//! per-key rate counters. Knows nothing of HTTP, tokio or storage.
+//! per-key rate counters, and the metric handles of `GET /key`. Knows nothing of HTTP, tokio or
+//! storage.
 
 pub mod catalog;
+pub mod meter;
 pub mod pool;
 pub mod rate;
 pub mod snapshot;
 mod sync;
 
-pub use catalog::{Catalog, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+pub use catalog::{Budget, Catalog, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys};
+pub use meter::{Meter, Outcomes};
 pub use pool::{Pick, Pool};
 pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};
 pub use snapshot::{FeaturePool, Snapshot, Spent};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::meter::Meter;
 use super::rate::Clock;
 use super::snapshot::{Snapshot, Spent};
 
@@ -20,13 +21,21 @@ pub enum Pick<'a> {
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     clock: Clock,
+    meter: Meter,
 }
 
 impl Pool {
+    /// A pool that records no metrics.
     pub fn new(clock: Clock) -> Self {
+        Self::with_meter(clock, Meter::off())
+    }
+
+    /// A pool whose snapshots register their outcome counters with `meter`.
+    pub fn with_meter(clock: Clock, meter: Meter) -> Self {
         Self {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
+            current: ArcSwap::from_pointee(Snapshot::empty(&clock, &meter)),
             clock,
+            meter,
         }
     }
 
@@ -40,14 +49,23 @@ impl Pool {
         self.current.load()
     }
 
-    /// Picks a key for `feature` from `snapshot`, counting one use.
+    /// Picks a key for `feature` from `snapshot`, counting one use (and the outcome).
     #[inline]
     pub fn pick<'s>(&self, snapshot: &'s Snapshot, feature: &str) -> Pick<'s> {
         match snapshot.feature(feature) {
-            None => Pick::UnknownFeature,
+            None => {
+                snapshot.unlisted_outcomes().unknown_feature.increment(1);
+                Pick::UnknownFeature
+            }
             Some(pool) => match pool.pick(self.clock.now_ms()) {
-                Ok(key) => Pick::Served(key),
-                Err(spent) => Pick::Spent(spent),
+                Ok(key) => {
+                    pool.outcomes().served.increment(1);
+                    Pick::Served(key)
+                }
+                Err(spent) => {
+                    pool.outcomes().spent.increment(1);
+                    Pick::Spent(spent)
+                }
             },
         }
     }
@@ -55,7 +73,11 @@ impl Pool {
     /// Publishes `catalog` as the next generation, rebuilding only the `dirty` features.
     /// Called by the single writer only, so generations never interleave.
     pub fn publish(&self, catalog: Catalog, dirty: &Dirty) -> Arc<Snapshot> {
-        let next = Arc::new(self.current.load().next(catalog, dirty, &self.clock));
+        let next = Arc::new(
+            self.current
+                .load()
+                .next(catalog, dirty, &self.clock, &self.meter),
+        );
         self.current.store(Arc::clone(&next));
         next
     }

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::meter::{Meter, Outcomes};
 use super::rate::{Clock, WindowCounter};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -36,6 +38,8 @@ pub struct FeaturePool {
     /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
     /// expired): the shortest window of the tiers listing the feature.
     idle_retry_ms: u64,
+    /// Registered once per feature and carried over by rebuilds.
+    outcomes: Arc<Outcomes>,
 }
 
 /// Why a pick found no key: milliseconds until one may be available.
@@ -55,6 +59,12 @@ impl FeaturePool {
 
     pub fn is_empty(&self) -> bool {
         self.candidates.is_empty()
+    }
+
+    /// The `GET /key` outcome counters of this feature.
+    #[inline]
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
     }
 
     /// Takes one use of the next key with budget left, in rotation.
@@ -103,16 +113,25 @@ impl FeaturePool {
 pub struct Snapshot {
     pub generation: u64,
     pub catalog: Catalog,
+    /// Unix ms at which this generation was built.
+    pub built_at_unix_ms: i64,
+    /// How long building it took.
+    pub build_duration: Duration,
     features: HashMap<Arc<str>, Arc<FeaturePool>, foldhash::fast::RandomState>,
+    /// The outcome counters of every feature no tier lists.
+    unlisted: Arc<Outcomes>,
 }
 
 impl Snapshot {
     /// An empty generation 0.
-    pub fn empty() -> Self {
+    pub fn empty(clock: &Clock, meter: &Meter) -> Self {
         Self {
             generation: 0,
             catalog: Catalog::default(),
+            built_at_unix_ms: clock.unix_now_ms(),
+            build_duration: Duration::ZERO,
             features: HashMap::default(),
+            unlisted: Arc::new(Outcomes::unlisted(meter)),
         }
     }
 
@@ -126,18 +145,35 @@ impl Snapshot {
         self.features.len()
     }
 
+    /// The outcome counters of every feature no tier lists.
+    #[inline]
+    pub fn unlisted_outcomes(&self) -> &Outcomes {
+        &self.unlisted
+    }
+
+    /// The outcome counters for a request naming `feature`: its own if some tier lists it, the
+    /// shared `unknown` ones otherwise.
+    #[inline]
+    pub fn outcomes(&self, feature: &str) -> &Outcomes {
+        self.feature(feature)
+            .map_or(&self.unlisted, FeaturePool::outcomes)
+    }
+
     /// The next generation: `catalog` with the pools of the `dirty` features rebuilt and every
-    /// other pool shared with this snapshot.
-    pub fn next(&self, catalog: Catalog, dirty: &Dirty, clock: &Clock) -> Self {
+    /// other pool shared with this snapshot. New features register their counters with `meter`.
+    pub fn next(&self, catalog: Catalog, dirty: &Dirty, clock: &Clock, meter: &Meter) -> Self {
+        let started = Instant::now();
         let mut features = self.features.clone();
         for feature in dirty {
+            let previous = self.features.get(feature);
             // Rotation continues where the previous pool was, so frequent admin writes do not
             // favour the first keys.
-            let cursor = self
-                .features
-                .get(feature)
-                .map_or(0, |pool| pool.cursor.load(Ordering::Relaxed));
-            match build_pool(&catalog, feature, clock, cursor) {
+            let cursor = previous.map_or(0, |pool| pool.cursor.load(Ordering::Relaxed));
+            let outcomes = previous.map_or_else(
+                || Arc::new(Outcomes::listed(meter, feature)),
+                |pool| Arc::clone(&pool.outcomes),
+            );
+            match build_pool(&catalog, feature, clock, cursor, outcomes) {
                 Some(pool) => features.insert(Arc::clone(feature), Arc::new(pool)),
                 None => features.remove(feature),
             };
@@ -145,7 +181,10 @@ impl Snapshot {
         Self {
             generation: self.generation + 1,
             catalog,
+            built_at_unix_ms: clock.unix_now_ms(),
+            build_duration: started.elapsed(),
             features,
+            unlisted: Arc::clone(&self.unlisted),
         }
     }
 }
@@ -155,6 +194,7 @@ fn build_pool(
     feature: &Arc<str>,
     clock: &Clock,
     cursor: usize,
+    outcomes: Arc<Outcomes>,
 ) -> Option<FeaturePool> {
     let now_unix = clock.unix_now_ms();
     let mut candidates = Vec::new();
@@ -189,5 +229,6 @@ fn build_pool(
         spent_until: CachePadded::new(AtomicU64::new(0)),
         candidates: candidates.into_boxed_slice(),
         idle_retry_ms,
+        outcomes,
     })
 }

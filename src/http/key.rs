@@ -1,10 +1,11 @@
 //! `GET /key`: the hot path. One snapshot load, one pick, a body that was encoded when the key
-//! was loaded. No lock, no I/O, no allocation beyond the response.
+//! was loaded. No lock, no I/O, no allocation beyond the response. Each answer increments one
+//! outcome counter whose handle the snapshot holds.
 
 use std::borrow::Cow;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{bearer, is_admin};
@@ -17,17 +18,28 @@ pub async fn get_key(State(app): State<AppState>, request: Request) -> Response 
 }
 
 fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
-    if !is_admin(bearer(request.headers())?, app.admin_token()) {
-        return Err(ApiError::Unauthorized("invalid token"));
-    }
-    let feature = feature_param(request.uri().query())?;
     let snapshot = app.pool().load();
+    let query = request.uri().query();
+    if let Err(err) = authorize(app, request.headers()) {
+        let feature = feature_param(query).unwrap_or_default();
+        snapshot.outcomes(&feature).unauthorized.increment(1);
+        return Err(err);
+    }
+    let feature = feature_param(query)?;
     match app.pool().pick(&snapshot, &feature) {
         Pick::Served(key) => Ok(json_response(StatusCode::OK, key.body())),
         Pick::Spent(spent) => Err(ApiError::NoKeyAvailable {
             retry_after_secs: spent.retry_after_ms.div_ceil(1_000).max(1),
         }),
         Pick::UnknownFeature => Err(ApiError::NotFound(format!("unknown feature: {feature}"))),
+    }
+}
+
+fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if is_admin(bearer(headers)?, app.admin_token()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("invalid token"))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod json;
 pub mod key;
+pub mod metrics;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -12,7 +13,9 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 
+use self::metrics::{RequestMeters, RequestMetricsLayer};
 use crate::app::AppState;
+use crate::broker::Meter;
 pub use error::ApiError;
 
 /// Who may call a route.
@@ -24,6 +27,8 @@ pub enum Access {
     Key,
     /// The admin token only.
     Admin,
+    /// Anyone, or only the `METRICS_TOKEN` when one is set.
+    Metrics,
 }
 
 /// One route: the table below builds the router, and tests walk it to probe every route's
@@ -45,7 +50,7 @@ const fn route(method: Method, path: &'static str, access: Access) -> Route {
 }
 
 /// Every route keypooler serves.
-pub const ROUTES: [Route; 9] = [
+pub const ROUTES: [Route; 10] = [
     route(Method::GET, "/health", Access::Public),
     route(Method::GET, "/key", Access::Key),
     route(Method::POST, "/admin/tiers", Access::Admin),
@@ -55,6 +60,7 @@ pub const ROUTES: [Route; 9] = [
     route(Method::GET, "/admin/keys", Access::Admin),
     route(Method::DELETE, "/admin/keys/{id}", Access::Admin),
     route(Method::GET, "/admin/health", Access::Admin),
+    route(Method::GET, "/metrics", Access::Metrics),
 ];
 
 fn handler(route: &Route) -> MethodRouter<AppState> {
@@ -68,21 +74,44 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("GET", "/admin/keys") => get(admin::list_keys),
         ("DELETE", "/admin/keys/{id}") => delete(admin::delete_key),
         ("GET", "/admin/health") => get(admin::health),
+        ("GET", "/metrics") => get(metrics::metrics),
         _ => unreachable!("every route in ROUTES has a handler: {route:?}"),
     }
 }
 
-/// The whole HTTP surface over `state`.
+/// The whole HTTP surface over `state` (`/metrics` only if metrics are on).
 pub fn router(state: AppState) -> Router {
-    ROUTES
+    build(state, |_| true)
+}
+
+/// Every route but `/metrics`, for the main listener when `/metrics` has its own.
+pub fn api_router(state: AppState) -> Router {
+    build(state, |route| route.access != Access::Metrics)
+}
+
+/// `/metrics` alone, for its own listener (`METRICS_PORT`).
+pub fn metrics_router(state: AppState) -> Router {
+    build(state, |route| route.access == Access::Metrics)
+}
+
+fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Router {
+    let meter = state.metrics().map(|metrics| metrics.meter());
+    let router = ROUTES
         .iter()
+        .filter(|route| serves(route) && (meter.is_some() || route.access != Access::Metrics))
         .fold(Router::new(), |router, route| {
             router.route(route.path, handler(route))
         })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(json::BODY_LIMIT));
+    // With metrics off the middleware is left out, unless debug logs want its request lines.
+    let meter = meter.or_else(|| tracing::enabled!(tracing::Level::DEBUG).then(Meter::off));
+    match meter {
+        Some(meter) => router.layer(RequestMetricsLayer::new(RequestMeters::new(meter))),
+        None => router,
+    }
+    .with_state(state)
 }
 
 async fn health() -> Response {

@@ -11,10 +11,13 @@ pub mod spec;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use metrics::{Counter, Histogram};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Catalog, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Tier};
+use crate::broker::{Catalog, Dirty, KeyEntry, KeyInfo, Meter, Plaintext, Pool, Tier};
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError};
 pub use spec::{Invalid, NewKey, TierSpec};
@@ -23,6 +26,16 @@ pub use spec::{Invalid, NewKey, TierSpec};
 const QUEUE_DEPTH: usize = 4_096;
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 1_024;
+
+/// Admin changes handled, by `kind` and `outcome` ([`OUTCOMES`]).
+pub const COMMANDS: &str = "keypooler_writer_commands_total";
+/// Seconds each durable commit of a batch took.
+pub const COMMIT_DURATION: &str = "keypooler_writer_commit_duration_seconds";
+/// The `kind` label values of [`COMMANDS`].
+pub const KINDS: [&str; 4] = ["create_tier", "update_tier", "add_key", "delete_key"];
+/// The `outcome` label values of [`COMMANDS`]: committed; refused as invalid or conflicting
+/// (a 4xx); not saved because storage failed or the writer stopped (a 5xx).
+pub const OUTCOMES: [&str; 3] = ["applied", "refused", "failed"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -51,13 +64,46 @@ enum Op {
 }
 
 impl Op {
-    fn kind(&self) -> &'static str {
+    /// Its index in [`KINDS`].
+    fn index(&self) -> usize {
         match self {
-            Op::CreateTier(_) => "create_tier",
-            Op::UpdateTier(_) => "update_tier",
-            Op::AddKey(_) => "add_key",
-            Op::DeleteKey(_) => "delete_key",
+            Op::CreateTier(_) => 0,
+            Op::UpdateTier(_) => 1,
+            Op::AddKey(_) => 2,
+            Op::DeleteKey(_) => 3,
         }
+    }
+
+    fn kind(&self) -> &'static str {
+        KINDS[self.index()]
+    }
+}
+
+/// The writer's metric handles, registered once when it starts.
+struct Meters {
+    /// By [`KINDS`], then [`OUTCOMES`].
+    commands: [[Counter; 3]; 4],
+    commit: Histogram,
+}
+
+impl Meters {
+    fn new(meter: &Meter) -> Self {
+        Self {
+            commands: KINDS.map(|kind| {
+                OUTCOMES
+                    .map(|outcome| meter.counter(COMMANDS, &[("kind", kind), ("outcome", outcome)]))
+            }),
+            commit: meter.histogram(COMMIT_DURATION, &[]),
+        }
+    }
+
+    fn count(&self, op: &Op, result: &Result<Done, WriteError>) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(WriteError::Storage(_) | WriteError::Unsaved(_) | WriteError::Stopped) => 2,
+            Err(_) => 1,
+        };
+        self.commands[op.index()][outcome].increment(1);
     }
 }
 
@@ -65,6 +111,66 @@ enum Done {
     Tier(Arc<Tier>),
     Key(Arc<KeyEntry>),
     Deleted,
+}
+
+/// What an applied change did, logged once it is committed: ids and names, never values.
+enum Change {
+    TierCreated(Arc<Tier>),
+    TierUpdated { old: Arc<Tier>, new: Arc<Tier> },
+    KeyAdded { key: Arc<KeyEntry>, tier: Arc<str> },
+    KeyDeleted { key: Arc<KeyEntry>, tier: Arc<str> },
+}
+
+impl Change {
+    fn log(&self) {
+        match self {
+            Change::TierCreated(tier) => tracing::info!(
+                tier_id = %tier.id,
+                tier = %tier.name,
+                features = %names(tier.features.keys()),
+                "tier created"
+            ),
+            Change::TierUpdated { old, new } => {
+                let listed = |tier: &Tier, feature: &Arc<str>| tier.features.contains_key(feature);
+                tracing::info!(
+                    tier_id = %new.id,
+                    tier = %new.name,
+                    added = %names(new.features.keys().filter(|f| !listed(old, f))),
+                    removed = %names(old.features.keys().filter(|f| !listed(new, f))),
+                    limits_changed = %names(new.features.iter().filter(|(f, limit)| {
+                        old.features.get(*f).is_some_and(|was| was != *limit)
+                    }).map(|(f, _)| f)),
+                    description_changed = old.description != new.description,
+                    "tier updated"
+                );
+            }
+            Change::KeyAdded { key, tier } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                tier = %tier,
+                "key added"
+            ),
+            Change::KeyDeleted { key, tier } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                tier = %tier,
+                "key deleted"
+            ),
+        }
+    }
+
+    fn done(self) -> Done {
+        match self {
+            Change::TierCreated(tier) | Change::TierUpdated { new: tier, .. } => Done::Tier(tier),
+            Change::KeyAdded { key, .. } => Done::Key(key),
+            Change::KeyDeleted { .. } => Done::Deleted,
+        }
+    }
+}
+
+/// Feature names, comma-separated, for a log field.
+fn names<'a>(features: impl Iterator<Item = &'a Arc<str>>) -> String {
+    features.map(|f| &**f).collect::<Vec<_>>().join(",")
 }
 
 struct Request {
@@ -116,6 +222,11 @@ impl Writer {
             _ => unreachable!("delete_key answers with deleted"),
         }
     }
+
+    /// Changes queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
 }
 
 /// The running writer thread. [`WriterThread::join`] waits until it has applied everything
@@ -130,12 +241,14 @@ impl WriterThread {
     }
 }
 
-/// Starts the writer over `store`, publishing into `pool` from `catalog` (already published).
+/// Starts the writer over `store`, publishing into `pool` from `catalog` (already published),
+/// registering its metrics with `meter`.
 pub fn spawn(
     store: Store,
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
+    meter: &Meter,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
     let last_created_ms = catalog
@@ -149,6 +262,7 @@ pub fn spawn(
         sealer,
         pool,
         catalog,
+        meters: Meters::new(meter),
     };
     let handle = std::thread::Builder::new()
         .name("keypooler-writer".into())
@@ -164,6 +278,7 @@ struct State {
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
+    meters: Meters,
 }
 
 impl State {
@@ -184,11 +299,19 @@ impl State {
 
     fn apply_batch(&mut self, batch: &mut Vec<Request>) {
         let outcome = self.stage(batch);
-        let results = match outcome {
+        let results: Vec<Result<Done, WriteError>> = match outcome {
             Ok((staged, dirty, results)) => {
                 self.pool.publish(staged.clone(), &dirty);
                 self.catalog = staged;
                 results
+                    .into_iter()
+                    .map(|result| {
+                        result.map(|change| {
+                            change.log();
+                            change.done()
+                        })
+                    })
+                    .collect()
             }
             Err(err) => {
                 tracing::error!(error = %err, requests = batch.len(), "write batch failed; nothing was changed");
@@ -200,6 +323,7 @@ impl State {
             }
         };
         for (request, result) in batch.drain(..).zip(results) {
+            self.meters.count(&request.op, &result);
             if let Err(err) = &result {
                 tracing::debug!(kind = request.op.kind(), error = %err, "admin change refused");
             }
@@ -213,7 +337,7 @@ impl State {
     fn stage(
         &mut self,
         batch: &[Request],
-    ) -> Result<(Catalog, Dirty, Vec<Result<Done, WriteError>>), StoreError> {
+    ) -> Result<(Catalog, Dirty, Vec<Result<Change, WriteError>>), StoreError> {
         let mut staged = self.catalog.clone();
         let mut dirty = Dirty::new();
         let txn = self.store.begin()?;
@@ -224,7 +348,9 @@ impl State {
                 result => results.push(result),
             }
         }
+        let started = Instant::now();
         txn.commit()?;
+        self.meters.commit.record(started.elapsed().as_secs_f64());
         Ok((staged, dirty, results))
     }
 
@@ -240,7 +366,7 @@ impl State {
         dirty: &mut Dirty,
         txn: &Batch,
         op: &Op,
-    ) -> Result<Done, WriteError> {
+    ) -> Result<Change, WriteError> {
         match op {
             Op::CreateTier(spec) => {
                 if catalog.tier_by_name(&spec.name).is_some() {
@@ -254,13 +380,13 @@ impl State {
                     features: features(spec),
                 };
                 txn.put_tier(&load::tier_record(&tier))?;
-                tracing::info!(tier_id = %tier.id, tier = %tier.name, features = tier.features.len(), "tier created");
                 dirty.extend(catalog.put_tier(tier.clone()));
-                Ok(Done::Tier(Arc::new(tier)))
+                Ok(Change::TierCreated(Arc::new(tier)))
             }
             Op::UpdateTier(spec) => {
                 let old = catalog
                     .tier_by_name(&spec.name)
+                    .cloned()
                     .ok_or_else(|| WriteError::TierNotFound(spec.name.clone()))?;
                 let tier = Tier {
                     description: spec
@@ -268,12 +394,14 @@ impl State {
                         .clone()
                         .unwrap_or_else(|| old.description.clone()),
                     features: features(spec),
-                    ..Tier::clone(old)
+                    ..Tier::clone(&old)
                 };
                 txn.put_tier(&load::tier_record(&tier))?;
-                tracing::info!(tier_id = %tier.id, tier = %tier.name, features = tier.features.len(), "tier updated");
                 dirty.extend(catalog.put_tier(tier.clone()));
-                Ok(Done::Tier(Arc::new(tier)))
+                Ok(Change::TierUpdated {
+                    old,
+                    new: Arc::new(tier),
+                })
             }
             Op::AddKey(new) => {
                 let tier = catalog
@@ -294,21 +422,24 @@ impl State {
                     secrets: &new.secrets,
                 };
                 txn.put_key(&load::key_record(&info, &plain, &self.sealer))?;
-                tracing::info!(key_id = %info.id, key = %info.name, tier = %tier.name, "key added");
+                let tier = Arc::clone(&tier.name);
                 let entry = KeyEntry::new(info, &plain);
                 let id = Arc::clone(&entry.info.id);
                 dirty.extend(catalog.put_key(entry));
-                let added = catalog.key(&id).expect("the key was just added");
-                Ok(Done::Key(Arc::clone(added)))
+                let key = Arc::clone(catalog.key(&id).expect("the key was just added"));
+                Ok(Change::KeyAdded { key, tier })
             }
             Op::DeleteKey(id) => {
-                if catalog.key(id).is_none() {
-                    return Err(WriteError::KeyNotFound(id.clone()));
-                }
+                let key = catalog
+                    .key(id)
+                    .cloned()
+                    .ok_or_else(|| WriteError::KeyNotFound(id.clone()))?;
                 txn.delete_key(id)?;
-                tracing::info!(key_id = %id, "key deleted");
+                let tier = catalog
+                    .tier_by_id(&key.info.tier_id)
+                    .map_or_else(|| Arc::from(""), |tier| Arc::clone(&tier.name));
                 dirty.extend(catalog.remove_key(id));
-                Ok(Done::Deleted)
+                Ok(Change::KeyDeleted { key, tier })
             }
         }
     }
