@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use keypooler::app::App;
 use keypooler::broker::{Clock, ManualClock};
+use keypooler::config::MetricsConfig;
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::Store;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -18,10 +19,13 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served when `METRICS_PORT` is set (else on `address`).
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub db_path: PathBuf,
     pub key_hex: String,
+    metrics: MetricsConfig,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -29,30 +33,52 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with_metrics(MetricsConfig::default()).await
+    }
+
+    /// A server measuring as `metrics` says; a `port` in it (any value) puts `/metrics` on a
+    /// second listener on an ephemeral port.
+    pub async fn spawn_with_metrics(metrics: MetricsConfig) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let db_path = dir.path().join("data/pool.redb");
         let key_hex = hex_key(0x5a);
-        Self::start(dir, db_path, key_hex).await
+        Self::start(dir, db_path, key_hex, metrics).await
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, db_path: PathBuf, key_hex: String) -> Self {
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        db_path: PathBuf,
+        key_hex: String,
+        metrics: MetricsConfig,
+    ) -> Self {
         let key = EncryptionKey::parse_hex(&key_hex).unwrap();
         let sealer = Sealer::new(&key);
         let store = Store::open(&db_path, &sealer).expect("open store");
         let (clock, hand) = Clock::manual();
-        let app = App::start(store, sealer, clock, SecretString::from(ADMIN_TOKEN)).unwrap();
+        let token = SecretString::from(ADMIN_TOKEN);
+        let app = App::start_with_metrics(store, sealer, clock, token, &metrics).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.serve(listener, async {
+        let signal = async {
             let _ = signal.await;
-        }));
+        };
+        let (server, metrics_address) = if metrics.port.is_some() {
+            let scrape = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let metrics_address = format!("http://{}", scrape.local_addr().unwrap());
+            let server = app.serve_with_metrics_listener(listener, scrape, signal);
+            (tokio::spawn(server), Some(metrics_address))
+        } else {
+            (tokio::spawn(app.serve(listener, signal)), None)
+        };
         Self {
             address,
+            metrics_address,
             client: reqwest::Client::new(),
             clock: hand,
             db_path,
             key_hex,
+            metrics,
             dir,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -76,6 +102,7 @@ impl TestApp {
             Arc::clone(&self.dir),
             self.db_path.clone(),
             self.key_hex.clone(),
+            self.metrics.clone(),
         )
         .await
     }

@@ -4,6 +4,7 @@ mod binary;
 mod helpers;
 mod key;
 mod keys;
+mod metrics;
 mod persistence;
 mod tiers;
 mod wire;
