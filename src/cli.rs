@@ -77,6 +77,7 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
             Some(port) => Some(bind(port).await?),
             None => None,
         };
+        let shutdown = shutdown_signal();
         let address = listener.local_addr().map_err(anyhow::Error::from)?;
         let metrics_at = match (&metrics_listener, metrics.enabled) {
             (Some(listener), _) => listener
@@ -95,10 +96,10 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
         );
         let serving = match metrics_listener {
             Some(metrics_listener) => {
-                app.serve_with_metrics_listener(listener, metrics_listener, shutdown_signal())
+                app.serve_with_metrics_listener(listener, metrics_listener, shutdown)
                     .await
             }
-            None => app.serve(listener, shutdown_signal()).await,
+            None => app.serve(listener, shutdown).await,
         };
         serving.map_err(anyhow::Error::from)?;
         tracing::info!("stopped");

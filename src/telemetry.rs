@@ -8,13 +8,17 @@
 
 pub mod prometheus;
 
+use std::io::IsTerminal;
+
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber, writing to stdout. Call once, before anything logs.
 pub fn init_logging(config: LogConfig) {
+    // Colours only for a terminal: piped into a file or a collector they are noise.
     let builder = tracing_subscriber::fmt()
         .with_max_level(config.level)
         .with_writer(std::io::stdout)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_target(false);
     let installed = match config.format {
         LogFormat::Json => builder

@@ -8,16 +8,21 @@ use std::time::Duration;
 use crate::helpers::hex_key;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 6] = [
+const SETTINGS: [&str; 10] = [
     "ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
     "DB_PATH",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "METRICS",
+    "METRICS_PORT",
+    "METRICS_TOKEN",
+    "METRICS_PER_KEY",
 ];
 
-fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
+/// The built binary in `dir`, with none of the caller's settings but `env`.
+pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BIN);
     for name in SETTINGS {
         command.env_remove(name);

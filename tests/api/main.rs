@@ -6,5 +6,6 @@ mod key;
 mod keys;
 mod metrics;
 mod persistence;
+mod telemetry;
 mod tiers;
 mod wire;
