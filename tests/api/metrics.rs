@@ -434,3 +434,39 @@ async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
     assert_eq!(off.key("chat").await.0, StatusCode::OK);
     assert_eq!(off.get("/metrics").await.status(), StatusCode::NOT_FOUND);
 }
+
+/// Every series the Grafana dashboard queries is one the server exposes.
+#[tokio::test]
+async fn the_dashboard_queries_only_series_that_exist() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({ "chat": 2 })).await;
+    app.add_key("k", "sk-k", "pro").await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    let m = scrape(&app).await;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        for (start, _) in expr.match_indices("keypooler_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        assert!(
+            m.named(name).next().is_some(),
+            "the dashboard queries {name}, which is not exposed"
+        );
+    }
+}
