@@ -318,7 +318,7 @@ mod tests {
                 "METRICS must be on or off",
             ),
             (
-                Box::new(|s| s.metrics_per_key = Some("secret-short".into())),
+                Box::new(|s| s.metrics_per_key = Some("sometimes".into())),
                 "METRICS_PER_KEY must be on or off",
             ),
         ];

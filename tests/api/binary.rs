@@ -107,6 +107,22 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
             ],
             "LOG_FORMAT must be json or pretty",
         ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", "t"),
+                ("METRICS_PORT", "0"),
+            ],
+            "METRICS_PORT must be an integer from 1 to 65535",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", "t"),
+                ("METRICS", "sometimes"),
+            ],
+            "METRICS must be on or off",
+        ),
     ];
     for (env, expected) in cases {
         let output = run(dir.path(), &env, &[]);
