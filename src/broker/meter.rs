@@ -17,7 +17,7 @@ pub const UNKNOWN_FEATURE: &str = "unknown";
 ///
 /// Registration takes the recorder's locks and allocates; it happens when a snapshot or a
 /// component is built, never per request.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Meter(Option<Arc<dyn Recorder + Send + Sync>>);
 
 impl Meter {
@@ -28,10 +28,6 @@ impl Meter {
     /// A meter whose handles do nothing.
     pub fn off() -> Self {
         Self(None)
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
     }
 
     /// The counter `name{labels}`.

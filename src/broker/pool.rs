@@ -91,6 +91,7 @@ mod tests {
 
     use super::*;
     use crate::broker::catalog::{KeyInfo, Limit, Plaintext, Tier};
+    use crate::broker::meter::Meter;
     use crate::broker::rate::ManualClock;
 
     fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
@@ -256,6 +257,41 @@ mod tests {
             serde_json::json!({"key_id":"k0","value":"value-k0","metadata":{},"secrets":{}})
         );
         assert!(!format!("{key:?}").contains("value-k0"));
+    }
+
+    #[test]
+    fn picks_count_their_outcome_through_handles_carried_across_rebuilds() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (clock, _) = Clock::manual();
+        let pool = Pool::with_meter(clock, Meter::new(Arc::new(recorder)));
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 1, 60)]));
+        dirty.extend(catalog.put_key(key("k0", "pro", 0, None)));
+        pool.publish(catalog, &dirty);
+        let before: *const _ = pool.load().feature("chat").unwrap().outcomes();
+        assert!(served_id(&pool, "chat").is_some());
+        assert!(served_id(&pool, "chat").is_none());
+        assert!(served_id(&pool, "random-1").is_none());
+        assert!(served_id(&pool, "random-2").is_none());
+
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.put_tier(tier("free", &[("chat", 5, 60)]));
+        pool.publish(catalog, &dirty);
+        assert!(std::ptr::eq(
+            before,
+            pool.load().feature("chat").unwrap().outcomes()
+        ));
+
+        let text = handle.render();
+        for line in [
+            r#"keypooler_key_requests_total{feature="chat",outcome="served"} 1"#,
+            r#"keypooler_key_requests_total{feature="chat",outcome="spent"} 1"#,
+            r#"keypooler_key_requests_total{feature="unknown",outcome="unknown_feature"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
+        assert!(!text.contains("random"));
     }
 
     /// Many threads hammer one key with limit N through the whole pick path: exactly N win.
