@@ -151,13 +151,13 @@ impl App {
             shutdown.await;
             drop(stop);
         };
-        let upkeep = state.metrics().is_some().then(|| {
-            let (state, mut stopped) = (state.clone(), stopped.clone());
+        let upkeep = state.metrics().map(|metrics| {
+            let (handle, mut stopped) = (metrics.handle(), stopped.clone());
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(METRICS_UPKEEP);
                 loop {
                     tokio::select! {
-                        _ = ticks.tick() => state.metrics().into_iter().for_each(Metrics::run_upkeep),
+                        _ = ticks.tick() => handle.run_upkeep(),
                         _ = stopped.changed() => break,
                     }
                 }

@@ -169,10 +169,13 @@ impl Snapshot {
             // Rotation continues where the previous pool was, so frequent admin writes do not
             // favour the first keys.
             let cursor = previous.map_or(0, |pool| pool.cursor.load(Ordering::Relaxed));
-            let outcomes = previous.map_or_else(
-                || Arc::new(Outcomes::listed(meter, feature)),
-                |pool| Arc::clone(&pool.outcomes),
-            );
+            // Registered only for a feature that gets a pool.
+            let outcomes = || {
+                previous.map_or_else(
+                    || Arc::new(Outcomes::listed(meter, feature)),
+                    |pool| Arc::clone(&pool.outcomes),
+                )
+            };
             match build_pool(&catalog, feature, clock, cursor, outcomes) {
                 Some(pool) => features.insert(Arc::clone(feature), Arc::new(pool)),
                 None => features.remove(feature),
@@ -194,7 +197,7 @@ fn build_pool(
     feature: &Arc<str>,
     clock: &Clock,
     cursor: usize,
-    outcomes: Arc<Outcomes>,
+    outcomes: impl FnOnce() -> Arc<Outcomes>,
 ) -> Option<FeaturePool> {
     let now_unix = clock.unix_now_ms();
     let mut candidates = Vec::new();
@@ -229,6 +232,6 @@ fn build_pool(
         spent_until: CachePadded::new(AtomicU64::new(0)),
         candidates: candidates.into_boxed_slice(),
         idle_retry_ms,
-        outcomes,
+        outcomes: outcomes(),
     })
 }

@@ -86,10 +86,10 @@ impl Metrics {
         self.token.as_ref()
     }
 
-    /// Moves recorded histogram samples into their buckets. Run it periodically: samples wait in
-    /// lock-free blocks until then.
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
+    /// The recorder's handle, for a task to call `run_upkeep` on periodically: it moves recorded
+    /// histogram samples into their buckets (they wait in lock-free blocks until then).
+    pub fn handle(&self) -> PrometheusHandle {
+        self.handle.clone()
     }
 
     /// The whole exposition: the recorder's series, then those read from `snapshot` now.
