@@ -3,14 +3,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{AuditLog, Clock, Pool};
+use crate::broker::{AuditLog, Clock, Meter, Pool};
+use crate::config::MetricsConfig;
 use crate::crypto::Sealer;
 use crate::store::{Store, StoreError};
+use crate::telemetry::prometheus::Metrics;
 use crate::writer::{self, Writer, WriterThread};
+
+/// How often recorded histogram samples are moved into their buckets: often enough that the
+/// samples waiting in between stay a few MiB even at full speed.
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// What every handler shares. Cloning it clones one `Arc`.
 #[derive(Clone)]
@@ -20,6 +27,7 @@ struct Shared {
     pool: Arc<Pool>,
     writer: Writer,
     admin_token: SecretString,
+    metrics: Option<Metrics>,
     audit: Option<Arc<AuditLog>>,
 }
 
@@ -36,6 +44,11 @@ impl AppState {
         &self.0.admin_token
     }
 
+    /// The recorder, unless metrics are off.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.0.metrics.as_ref()
+    }
+
     /// The audit trail, when it is on.
     #[inline]
     pub fn audit(&self) -> Option<&AuditLog> {
@@ -44,15 +57,19 @@ impl AppState {
 }
 
 /// Choices made at start-up beyond the store and the token.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Record every served key in the audit trail (`GET /admin/usage`).
     pub audit: bool,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { audit: true }
+        Self {
+            audit: true,
+            metrics: MetricsConfig::default(),
+        }
     }
 }
 
@@ -74,7 +91,7 @@ pub enum StartError {
 
 impl App {
     /// Loads everything in `store` into the first snapshot and starts the writer, with the
-    /// default [`Options`].
+    /// default [`Options`] (metrics and the audit trail on).
     pub fn start(
         store: Store,
         sealer: Sealer,
@@ -84,6 +101,21 @@ impl App {
         Self::start_with(store, sealer, clock, admin_token, Options::default())
     }
 
+    /// [`App::start`], measuring as `metrics` says (its port is the caller's to bind).
+    pub fn start_with_metrics(
+        store: Store,
+        sealer: Sealer,
+        clock: Clock,
+        admin_token: SecretString,
+        metrics: &MetricsConfig,
+    ) -> Result<Self, StartError> {
+        let options = Options {
+            metrics: metrics.clone(),
+            ..Options::default()
+        };
+        Self::start_with(store, sealer, clock, admin_token, options)
+    }
+
     pub fn start_with(
         store: Store,
         sealer: Sealer,
@@ -91,17 +123,21 @@ impl App {
         admin_token: SecretString,
         options: Options,
     ) -> Result<Self, StartError> {
+        let metrics = Metrics::new(&options.metrics);
+        let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
         let contents = store.load()?;
         let (catalog, skipped) = writer::load::catalog(&contents, &sealer, &clock);
         for skip in &skipped {
             tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");
         }
-        let pool = Arc::new(Pool::new(clock));
+        let pool = Arc::new(Pool::with_meter(clock, meter.clone()));
         let snapshot = pool.publish(catalog.clone(), &catalog.features());
+        let unix_now = pool.clock().unix_now_ms();
         tracing::info!(
             path = %store.path().display(),
             tiers = snapshot.catalog.tier_count(),
-            keys = snapshot.catalog.key_count(),
+            pool_size = snapshot.catalog.key_count(),
+            active_keys = snapshot.catalog.tier_keys(unix_now).map(|(_, keys)| keys.active).sum::<usize>(),
             features = snapshot.feature_count(),
             skipped = skipped.len(),
             encryption_verified = true,
@@ -109,42 +145,108 @@ impl App {
         );
         writer::reserve_all(&store, &catalog, pool.clock()).map_err(StartError::Reserve)?;
         let audit = options.audit.then(|| Arc::new(AuditLog::default()));
-        let (writer, thread) =
-            writer::spawn(store, sealer, Arc::clone(&pool), catalog, audit.clone())?;
+        let (writer, thread) = writer::spawn(
+            store,
+            sealer,
+            Arc::clone(&pool),
+            catalog,
+            audit.clone(),
+            &meter,
+        )?;
         Ok(Self {
             state: AppState(Arc::new(Shared {
                 pool,
                 writer,
                 admin_token,
+                metrics,
                 audit,
             })),
             writer: thread,
         })
     }
 
-    /// Serves until `shutdown` resolves: then stops accepting, finishes in-flight requests, lets
-    /// the writer apply what is queued, and closes the database before returning.
+    /// Serves everything on `listener` until `shutdown` resolves: then stops accepting, finishes
+    /// in-flight requests, lets the writer apply what is queued, and closes the database before
+    /// returning.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_on(listener, None, shutdown).await
+    }
+
+    /// [`App::serve`], with `/metrics` on `metrics_listener` instead of `listener`.
+    pub async fn serve_with_metrics_listener(
+        self,
+        listener: TcpListener,
+        metrics_listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.serve_on(listener, Some(metrics_listener), shutdown)
+            .await
+    }
+
+    async fn serve_on(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let Self { state, writer } = self;
-        let flusher = state
-            .audit()
-            .is_some()
-            .then(|| tokio::spawn(flush_audit(state.clone())));
-        let last_flush = state.writer().clone();
-        axum::serve(listener, crate::http::router(state))
+        let api_state = state.clone();
+        // Dropped when `shutdown` resolves (or the main server fails), which stops the metrics
+        // listener and the upkeep.
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let shutdown = async move {
+            shutdown.await;
+            drop(stop);
+        };
+        let upkeep = state.metrics().map(|metrics| {
+            let (handle, mut stopped) = (metrics.handle(), stopped.clone());
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => handle.run_upkeep(),
+                        _ = stopped.changed() => break,
+                    }
+                }
+            })
+        });
+        let (api, scrape) = match metrics_listener {
+            None => (crate::http::router(state), None),
+            Some(metrics_listener) => {
+                let mut stopped = stopped;
+                let scrape =
+                    axum::serve(metrics_listener, crate::http::metrics_router(state.clone()))
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.changed().await;
+                        });
+                (
+                    crate::http::api_router(state),
+                    Some(tokio::spawn(scrape.into_future())),
+                )
+            }
+        };
+        let flusher = state_audit_flusher(&api_state);
+        let served = axum::serve(listener, api)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
         if let Some(flusher) = flusher {
             flusher.abort();
             let _ = flusher.await;
         }
         // What was served until the end is written before the database closes.
-        last_flush.flush_audit();
-        drop(last_flush);
+        api_state.writer().flush_audit();
+        drop(api_state);
+        if let Some(upkeep) = upkeep {
+            upkeep.await.map_err(std::io::Error::other)?;
+        }
+        if let Some(scrape) = scrape {
+            scrape.await.map_err(std::io::Error::other)??;
+        }
+        served?;
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .map_err(std::io::Error::other)
@@ -152,38 +254,51 @@ impl App {
 }
 
 /// Asks the writer to write the audit queue about once a second, while there is something in it.
-async fn flush_audit(state: AppState) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if state.audit().is_some_and(|audit| !audit.is_empty()) {
-            state.writer().flush_audit();
+fn state_audit_flusher(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
+    state.audit()?;
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if state.audit().is_some_and(|audit| !audit.is_empty()) {
+                state.writer().flush_audit();
+            }
         }
-    }
+    }))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (inside the
+/// runtime), not when the future is first polled, so a signal sent as soon as "listening" is
+/// logged stops the server gracefully instead of killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        [SignalKind::terminate(), SignalKind::interrupt()].map(|kind| signal(kind).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let [terminate, interrupt] = signals;
+            tokio::select! {
+                () = wait(terminate) => {},
+                () = wait(interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        tracing::info!("shutting down: finishing in-flight requests and queued writes");
     }
-    tracing::info!("shutting down: finishing in-flight requests and queued writes");
 }

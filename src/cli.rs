@@ -70,8 +70,10 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
     runtime.block_on(async move {
         let sealer = Sealer::new(&config.encryption_key);
         let store = Store::open(&config.db_path, &sealer).map_err(anyhow::Error::from)?;
+        let metrics = &config.metrics;
         let options = Options {
             audit: config.audit,
+            metrics: metrics.clone(),
         };
         let app = App::start_with(
             store,
@@ -81,23 +83,44 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
             options,
         )
         .map_err(anyhow::Error::from)?;
-        let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
-        let listener = bind(address, config.port).await?;
+        let listener = bind(config.port).await?;
+        let metrics_listener = match metrics.port.filter(|_| metrics.enabled) {
+            Some(port) => Some(bind(port).await?),
+            None => None,
+        };
+        let shutdown = shutdown_signal();
+        let address = listener.local_addr().map_err(anyhow::Error::from)?;
+        let metrics_at = match (&metrics_listener, metrics.enabled) {
+            (Some(listener), _) => listener
+                .local_addr()
+                .map_err(anyhow::Error::from)?
+                .to_string(),
+            (None, true) => address.to_string(),
+            (None, false) => "off".to_owned(),
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            address = %listener.local_addr().map_err(anyhow::Error::from)?,
+            address = %address,
+            metrics = %metrics_at,
+            metrics_token = metrics.enabled && metrics.token.is_some(),
             "listening"
         );
-        app.serve(listener, shutdown_signal())
-            .await
-            .map_err(anyhow::Error::from)?;
+        let serving = match metrics_listener {
+            Some(metrics_listener) => {
+                app.serve_with_metrics_listener(listener, metrics_listener, shutdown)
+                    .await
+            }
+            None => app.serve(listener, shutdown).await,
+        };
+        serving.map_err(anyhow::Error::from)?;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
 /// Binds every interface (IPv6 and IPv4 where the system allows dual stack, else IPv4).
-async fn bind(address: SocketAddr, port: u16) -> Result<tokio::net::TcpListener, Failure> {
+async fn bind(port: u16) -> Result<tokio::net::TcpListener, Failure> {
+    let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => Ok(listener),
         Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))

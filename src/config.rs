@@ -39,6 +39,19 @@ pub struct Settings {
     /// Record every served key for `GET /admin/usage`: on or off [default: on].
     #[arg(long, env = "AUDIT", global = true)]
     pub audit: Option<String>,
+    /// on or off: off records no metrics and serves no /metrics [default: on].
+    #[arg(long, env = "METRICS", global = true)]
+    pub metrics: Option<String>,
+    /// Serve /metrics on this port (1-65535) instead of the main one [default: the main port].
+    #[arg(long, env = "METRICS_PORT", global = true)]
+    pub metrics_port: Option<String>,
+    /// Bearer token /metrics requires [default: none, /metrics is public]. Prefer the environment
+    /// variable.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true, global = true)]
+    pub metrics_token: Option<String>,
+    /// on or off: the per-key budget series (off for very large pools) [default: on].
+    #[arg(long, env = "METRICS_PER_KEY", global = true)]
+    pub metrics_per_key: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -52,6 +65,10 @@ impl std::fmt::Debug for Settings {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("audit", &self.audit)
+            .field("metrics", &self.metrics)
+            .field("metrics_port", &self.metrics_port)
+            .field("metrics_token", &redacted(&self.metrics_token))
+            .field("metrics_per_key", &self.metrics_per_key)
             .finish()
     }
 }
@@ -66,6 +83,30 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: tracing::Level,
     pub format: LogFormat,
+}
+
+/// What to measure and where to serve it.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Off: no recorder, no request middleware, no `/metrics` route.
+    pub enabled: bool,
+    /// `/metrics` on its own listener at this port; `None`: on the main port.
+    pub port: Option<u16>,
+    /// The bearer token `/metrics` requires, if any.
+    pub token: Option<SecretString>,
+    /// Whether `/metrics` lists every key's budget per feature.
+    pub per_key: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: None,
+            token: None,
+            per_key: true,
+        }
+    }
 }
 
 /// A value that was set to the empty string counts as unset.
@@ -124,37 +165,64 @@ impl Settings {
     }
 
     pub fn port(&self) -> Result<u16, ConfigError> {
-        let Some(text) = given(self.server_port.as_ref()) else {
-            return Ok(8080);
-        };
-        text.parse::<u16>()
-            .ok()
-            .filter(|port| *port >= 1)
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "SERVER_PORT must be an integer from 1 to 65535 (got {text:?})"
-                ))
-            })
+        given(self.server_port.as_ref()).map_or(Ok(8080), |text| parse_port("SERVER_PORT", text))
+    }
+
+    pub fn metrics(&self) -> Result<MetricsConfig, ConfigError> {
+        let defaults = MetricsConfig::default();
+        let port = given(self.metrics_port.as_ref())
+            .map(|text| parse_port("METRICS_PORT", text))
+            .transpose()?;
+        if port.is_some() && port == Some(self.port()?) {
+            return Err(ConfigError(
+                "METRICS_PORT must differ from SERVER_PORT (leave it unset to serve /metrics on the main port)".into(),
+            ));
+        }
+        Ok(MetricsConfig {
+            enabled: switch("METRICS", self.metrics.as_ref(), defaults.enabled)?,
+            port,
+            token: given(self.metrics_token.as_ref()).map(|t| SecretString::from(t.to_owned())),
+            per_key: switch(
+                "METRICS_PER_KEY",
+                self.metrics_per_key.as_ref(),
+                defaults.per_key,
+            )?,
+        })
     }
 
     pub fn audit(&self) -> Result<bool, ConfigError> {
-        match given(self.audit.as_ref())
-            .unwrap_or("on")
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "on" | "true" | "1" | "yes" => Ok(true),
-            "off" | "false" | "0" | "no" => Ok(false),
-            other => Err(ConfigError(format!(
-                "AUDIT must be on or off (got {other:?})"
-            ))),
-        }
+        switch("AUDIT", self.audit.as_ref(), true)
     }
 
     pub fn db_path(&self) -> PathBuf {
         given(self.db_path.as_ref())
             .unwrap_or("./data/pool.redb")
             .into()
+    }
+}
+
+fn parse_port(name: &str, text: &str) -> Result<u16, ConfigError> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|port| *port >= 1)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{name} must be an integer from 1 to 65535 (got {text:?})"
+            ))
+        })
+}
+
+/// An on/off setting (also true/false, 1/0, yes/no).
+fn switch(name: &str, value: Option<&String>, default: bool) -> Result<bool, ConfigError> {
+    let Some(text) = given(value) else {
+        return Ok(default);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(ConfigError(format!(
+            "{name} must be on or off (got {text:?})"
+        ))),
     }
 }
 
@@ -166,6 +234,7 @@ pub struct ServeConfig {
     pub port: u16,
     pub db_path: PathBuf,
     pub audit: bool,
+    pub metrics: MetricsConfig,
 }
 
 impl ServeConfig {
@@ -176,12 +245,15 @@ impl ServeConfig {
             port: settings.port()?,
             db_path: settings.db_path(),
             audit: settings.audit()?,
+            metrics: settings.metrics()?,
         })
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     fn settings() -> Settings {
@@ -196,8 +268,11 @@ mod tests {
     fn defaults_apply_when_unset_or_empty() {
         let mut s = settings();
         s.server_port = Some(String::new());
+        s.metrics_port = Some(" ".into());
         let config = ServeConfig::from_settings(&s).unwrap();
         assert_eq!(config.port, 8080);
+        assert!(config.metrics.enabled && config.metrics.per_key);
+        assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
         assert_eq!(
             s.log().unwrap(),
@@ -236,6 +311,26 @@ mod tests {
                 Box::new(|s| s.server_port = Some("http".into())),
                 "SERVER_PORT must be",
             ),
+            (
+                Box::new(|s| s.metrics_port = Some("0".into())),
+                "METRICS_PORT must be an integer from 1 to 65535",
+            ),
+            (
+                Box::new(|s| s.metrics_port = Some("70000".into())),
+                "METRICS_PORT must be an integer from 1 to 65535",
+            ),
+            (
+                Box::new(|s| s.metrics_port = Some("8080".into())),
+                "METRICS_PORT must differ from SERVER_PORT",
+            ),
+            (
+                Box::new(|s| s.metrics = Some("maybe".into())),
+                "METRICS must be on or off",
+            ),
+            (
+                Box::new(|s| s.metrics_per_key = Some("sometimes".into())),
+                "METRICS_PER_KEY must be on or off",
+            ),
         ];
         for (change, expected) in cases {
             let mut s = settings();
@@ -253,9 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn metrics_settings_are_read() {
+        let mut s = settings();
+        s.metrics = Some("OFF".into());
+        s.metrics_port = Some("9091".into());
+        s.metrics_token = Some("scrape-secret".into());
+        s.metrics_per_key = Some("false".into());
+        let metrics = s.metrics().unwrap();
+        assert!(!metrics.enabled && !metrics.per_key);
+        assert_eq!(metrics.port, Some(9091));
+        assert_eq!(
+            metrics.token.as_ref().map(ExposeSecret::expose_secret),
+            Some("scrape-secret")
+        );
+    }
+
+    #[test]
     fn debug_hides_the_secrets() {
-        let text = format!("{:?}", settings());
+        let mut s = settings();
+        s.metrics_token = Some("scrape-secret".into());
+        let text = format!("{s:?}");
         assert!(!text.contains(&"ab".repeat(32)));
         assert!(!text.contains("token\""));
+        assert!(!text.contains("scrape-secret"));
     }
 }

@@ -15,7 +15,9 @@
 //!           ─► broker::Pool::publish (next snapshot, live counters carried over) ─► reply
 //! ```
 //!
-//! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs.
+//! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs and the Prometheus
+//!   recorder (each layer counts through handles it registers once: `broker::meter` for
+//!   `GET /key` outcomes, the writer for its commands, `http::metrics` for requests).
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
 //! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
 //! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, the clock.

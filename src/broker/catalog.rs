@@ -154,6 +154,20 @@ pub struct Consumer {
     pub scopes: BTreeSet<Arc<str>>,
 }
 
+/// One key's budget for one feature in the window open now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub used: u32,
+    pub limit: Limit,
+}
+
+/// How many keys a tier has, and how many of them are servable now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierKeys {
+    pub total: usize,
+    pub active: usize,
+}
+
 /// Keys are listed and rotated in the order they were created.
 pub type KeyOrder = (i64, Arc<str>);
 
@@ -247,6 +261,39 @@ impl Catalog {
         self.tiers.ptr_eq(&other.tiers)
             && self.keys.ptr_eq(&other.keys)
             && self.consumers.ptr_eq(&other.consumers)
+    }
+
+    /// The budget of `key` for each feature its tier lists, by feature name, in the window open
+    /// at clock instant `now_ms`: read from the live counters.
+    pub fn budgets<'a>(
+        &'a self,
+        key: &'a KeyEntry,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&'a Arc<str>, Budget)> + 'a {
+        self.tier_by_id(&key.info.tier_id)
+            .into_iter()
+            .flat_map(|tier| tier.features.iter())
+            .map(move |(feature, &limit)| {
+                let used = self
+                    .counter(&key.info.id, feature)
+                    .map_or(0, |counter| counter.used(now_ms, limit.window_ms()));
+                (feature, Budget { used, limit })
+            })
+    }
+
+    /// Each tier (by name) with its key counts at unix time `unix_now_ms`.
+    pub fn tier_keys(&self, unix_now_ms: i64) -> impl Iterator<Item = (&Arc<Tier>, TierKeys)> {
+        self.tiers().map(move |tier| {
+            let (total, active) =
+                self.keys_of_tier(&tier.id)
+                    .fold((0, 0), |(total, active), key| {
+                        (
+                            total + 1,
+                            active + usize::from(key.servable_at_unix(unix_now_ms)),
+                        )
+                    });
+            (tier, TierKeys { total, active })
+        })
     }
 
     /// Every feature some tier lists.

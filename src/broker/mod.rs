@@ -1,8 +1,10 @@
 //! The read path's domain: immutable snapshots of the pool, round-robin cursors, and the
-//! per-key rate counters. Knows nothing of HTTP, tokio or storage.
+//! per-key rate counters, and the metric handles of `GET /key`. Knows nothing of HTTP, tokio or
+//! storage.
 
 pub mod audit;
 pub mod catalog;
+pub mod meter;
 pub mod pool;
 pub mod rate;
 pub mod snapshot;
@@ -10,7 +12,10 @@ mod sync;
 pub mod usage;
 
 pub use audit::{AuditLog, Event};
-pub use catalog::{Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier};
+pub use catalog::{
+    Budget, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys,
+};
+pub use meter::{Meter, Outcomes};
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};

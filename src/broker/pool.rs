@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::meter::Meter;
 use super::rate::Clock;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
@@ -35,14 +36,22 @@ pub struct Pool {
     clock: Clock,
     /// Where usage caps ask for more reserved uses: the writer, once it runs.
     reserve: OnceLock<Box<dyn Reserve>>,
+    meter: Meter,
 }
 
 impl Pool {
+    /// A pool that records no metrics.
     pub fn new(clock: Clock) -> Self {
+        Self::with_meter(clock, Meter::off())
+    }
+
+    /// A pool whose snapshots register their outcome counters with `meter`.
+    pub fn with_meter(clock: Clock, meter: Meter) -> Self {
         Self {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
+            current: ArcSwap::from_pointee(Snapshot::empty(&clock, &meter)),
             clock,
             reserve: OnceLock::new(),
+            meter,
         }
     }
 
@@ -63,7 +72,7 @@ impl Pool {
         self.current.load()
     }
 
-    /// Picks a key for `feature` from `snapshot`, counting one use.
+    /// Picks a key for `feature` from `snapshot`, counting one use (and the outcome).
     #[inline]
     pub fn pick<'s>(&self, snapshot: &'s Snapshot, feature: &str) -> Pick<'s> {
         self.pick_for(Caller::Admin, snapshot, feature)
@@ -81,17 +90,29 @@ impl Pool {
             Caller::Admin => snapshot.feature(feature),
             Caller::Consumer(scoped) => match scoped.feature(feature) {
                 Some(pool) => Some(pool),
-                None => return Pick::OutOfScope,
+                None => {
+                    snapshot.outcomes(feature).forbidden.increment(1);
+                    return Pick::OutOfScope;
+                }
             },
         };
         match pool {
-            None => Pick::UnknownFeature,
+            None => {
+                snapshot.unlisted_outcomes().unknown_feature.increment(1);
+                Pick::UnknownFeature
+            }
             Some(pool) => match pool.pick(
                 self.clock.now_ms(),
                 self.reserve.get().map_or(&NoReserve, |r| &**r),
             ) {
-                Ok(key) => Pick::Served(key),
-                Err(spent) => Pick::Spent(spent),
+                Ok(key) => {
+                    pool.outcomes().served.increment(1);
+                    Pick::Served(key)
+                }
+                Err(spent) => {
+                    pool.outcomes().spent.increment(1);
+                    Pick::Spent(spent)
+                }
             },
         }
     }
@@ -99,7 +120,11 @@ impl Pool {
     /// Publishes `catalog` as the next generation, rebuilding only the `dirty` features.
     /// Called by the single writer only, so generations never interleave.
     pub fn publish(&self, catalog: Catalog, dirty: &Dirty) -> Arc<Snapshot> {
-        let next = Arc::new(self.current.load().next(catalog, dirty, &self.clock));
+        let next = Arc::new(
+            self.current
+                .load()
+                .next(catalog, dirty, &self.clock, &self.meter),
+        );
         self.current.store(Arc::clone(&next));
         next
     }
@@ -113,6 +138,7 @@ mod tests {
 
     use super::*;
     use crate::broker::catalog::{KeyInfo, Limit, Plaintext, Tier};
+    use crate::broker::meter::Meter;
     use crate::broker::rate::ManualClock;
 
     fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
@@ -299,5 +325,40 @@ mod tests {
             }
         });
         assert_eq!(served.into_inner(), 15_000);
+    }
+
+    #[test]
+    fn picks_count_their_outcome_through_handles_carried_across_rebuilds() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (clock, _) = Clock::manual();
+        let pool = Pool::with_meter(clock, Meter::new(Arc::new(recorder)));
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 1, 60)]));
+        dirty.extend(catalog.put_key(key("k0", "pro", 0, None)));
+        pool.publish(catalog, &dirty);
+        let before: *const _ = pool.load().feature("chat").unwrap().outcomes();
+        assert!(served_id(&pool, "chat").is_some());
+        assert!(served_id(&pool, "chat").is_none());
+        assert!(served_id(&pool, "random-1").is_none());
+        assert!(served_id(&pool, "random-2").is_none());
+
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.put_tier(tier("free", &[("chat", 5, 60)]));
+        pool.publish(catalog, &dirty);
+        assert!(std::ptr::eq(
+            before,
+            pool.load().feature("chat").unwrap().outcomes()
+        ));
+
+        let text = handle.render();
+        for line in [
+            r#"keypooler_key_requests_total{feature="chat",outcome="served"} 1"#,
+            r#"keypooler_key_requests_total{feature="chat",outcome="spent"} 1"#,
+            r#"keypooler_key_requests_total{feature="unknown",outcome="unknown_feature"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
+        assert!(!text.contains("random"));
     }
 }

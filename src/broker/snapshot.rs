@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use super::catalog::{Catalog, Consumer, Dirty, KeyEntry};
+use super::meter::{Meter, Outcomes};
 use super::rate::{Clock, WindowCounter};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::usage::{LIFETIME, Refusal, Reserve};
@@ -37,6 +39,8 @@ pub struct FeaturePool {
     /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
     /// expired): the shortest window of the tiers listing the feature.
     idle_retry_ms: u64,
+    /// Registered once per feature and carried over by rebuilds.
+    outcomes: Arc<Outcomes>,
 }
 
 /// Why a pick found no key: milliseconds until one may be available.
@@ -56,6 +60,12 @@ impl FeaturePool {
 
     pub fn is_empty(&self) -> bool {
         self.candidates.is_empty()
+    }
+
+    /// The `GET /key` outcome counters of this feature.
+    #[inline]
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
     }
 
     /// Takes one use of the next key with budget left, in rotation. A key with a usage cap
@@ -150,18 +160,27 @@ pub fn seconds(now_ms: u64) -> u32 {
 pub struct Snapshot {
     pub generation: u64,
     pub catalog: Catalog,
+    /// Unix ms at which this generation was built.
+    pub built_at_unix_ms: i64,
+    /// How long building it took.
+    pub build_duration: Duration,
     features: FeatureMap,
+    /// The outcome counters of every feature no tier lists.
+    unlisted: Arc<Outcomes>,
     /// Active consumers by the SHA-256 of their token.
     consumers: HashMap<[u8; 32], Arc<Scoped>, foldhash::fast::RandomState>,
 }
 
 impl Snapshot {
     /// An empty generation 0.
-    pub fn empty() -> Self {
+    pub fn empty(clock: &Clock, meter: &Meter) -> Self {
         Self {
             generation: 0,
             catalog: Catalog::default(),
+            built_at_unix_ms: clock.unix_now_ms(),
+            build_duration: Duration::ZERO,
             features: HashMap::default(),
+            unlisted: Arc::new(Outcomes::unlisted(meter)),
             consumers: HashMap::default(),
         }
     }
@@ -182,13 +201,36 @@ impl Snapshot {
         self.features.len()
     }
 
+    /// The outcome counters of every feature no tier lists.
+    #[inline]
+    pub fn unlisted_outcomes(&self) -> &Outcomes {
+        &self.unlisted
+    }
+
+    /// The outcome counters for a request naming `feature`: its own if some tier lists it, the
+    /// shared `unknown` ones otherwise.
+    #[inline]
+    pub fn outcomes(&self, feature: &str) -> &Outcomes {
+        self.feature(feature)
+            .map_or(&self.unlisted, FeaturePool::outcomes)
+    }
+
     /// The next generation: `catalog` with the pools of the `dirty` features rebuilt and every
-    /// other pool shared with this snapshot.
-    pub fn next(&self, catalog: Catalog, dirty: &Dirty, clock: &Clock) -> Self {
+    /// other pool shared with this snapshot. New features register their counters with `meter`.
+    pub fn next(&self, catalog: Catalog, dirty: &Dirty, clock: &Clock, meter: &Meter) -> Self {
+        let started = Instant::now();
         let mut features = self.features.clone();
         for feature in dirty {
-            let cursor = cursor_of(self.features.get(feature));
-            match build_pool(&catalog, feature, clock, None, cursor) {
+            let previous = self.features.get(feature);
+            let cursor = cursor_of(previous);
+            // Registered only for a feature that gets a pool.
+            let outcomes = || {
+                previous.map_or_else(
+                    || Arc::new(Outcomes::listed(meter, feature)),
+                    |pool| Arc::clone(&pool.outcomes),
+                )
+            };
+            match build_pool(&catalog, feature, clock, None, cursor, outcomes) {
                 Some(pool) => features.insert(Arc::clone(feature), Arc::new(pool)),
                 None => features.remove(feature),
             };
@@ -201,15 +243,25 @@ impl Snapshot {
                     .consumers
                     .get(&consumer.token_hash)
                     .filter(|old| Arc::ptr_eq(&old.consumer, consumer));
-                let scoped = self.scoped(&catalog, consumer, previous, &features, dirty, clock);
+                let build = Rebuild {
+                    catalog: &catalog,
+                    all: &features,
+                    dirty,
+                    clock,
+                    meter,
+                };
+                let scoped = Self::scoped(&build, consumer, previous);
                 (consumer.token_hash, Arc::new(scoped))
             })
             .collect();
         Self {
             generation: self.generation + 1,
             catalog,
+            built_at_unix_ms: clock.unix_now_ms(),
+            build_duration: started.elapsed(),
             features,
             consumers,
+            unlisted: Arc::clone(&self.unlisted),
         }
     }
 
@@ -217,14 +269,17 @@ impl Snapshot {
     /// and the unscoped pool is shared when the consumer's tiers are all the tiers listing the
     /// feature.
     fn scoped(
-        &self,
-        catalog: &Catalog,
+        build: &Rebuild<'_>,
         consumer: &Arc<Consumer>,
         previous: Option<&Arc<Scoped>>,
-        all: &FeatureMap,
-        dirty: &Dirty,
-        clock: &Clock,
     ) -> Scoped {
+        let Rebuild {
+            catalog,
+            all,
+            dirty,
+            clock,
+            meter,
+        } = *build;
         let listed: BTreeSet<&Arc<str>> = consumer
             .scopes
             .iter()
@@ -246,12 +301,20 @@ impl Snapshot {
                     Arc::clone(all.get(feature)?)
                 } else {
                     let cursor = cursor_of(old);
+                    // A consumer's requests count under the feature's own label.
+                    let outcomes = || {
+                        all.get(feature).map_or_else(
+                            || Arc::new(Outcomes::listed(meter, feature)),
+                            |pool| Arc::clone(&pool.outcomes),
+                        )
+                    };
                     Arc::new(build_pool(
                         catalog,
                         feature,
                         clock,
                         Some(&consumer.scopes),
                         cursor,
+                        outcomes,
                     )?)
                 };
                 Some((Arc::clone(feature), pool))
@@ -262,6 +325,17 @@ impl Snapshot {
             features,
         }
     }
+}
+
+/// What a rebuild of consumer pools reads: the new catalog and unscoped pools, the features
+/// that changed, the clock and where to register counters.
+#[derive(Clone, Copy)]
+struct Rebuild<'a> {
+    catalog: &'a Catalog,
+    all: &'a FeatureMap,
+    dirty: &'a Dirty,
+    clock: &'a Clock,
+    meter: &'a Meter,
 }
 
 /// Rotation continues where the previous pool was, so frequent admin writes do not favour the
@@ -277,6 +351,7 @@ fn build_pool(
     clock: &Clock,
     scope: Option<&BTreeSet<Arc<str>>>,
     cursor: usize,
+    outcomes: impl FnOnce() -> Arc<Outcomes>,
 ) -> Option<FeaturePool> {
     let now_unix = clock.unix_now_ms();
     let mut candidates = Vec::new();
@@ -314,5 +389,6 @@ fn build_pool(
         spent_until: CachePadded::new(AtomicU64::new(0)),
         candidates: candidates.into_boxed_slice(),
         idle_retry_ms,
+        outcomes: outcomes(),
     })
 }

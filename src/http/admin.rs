@@ -258,17 +258,13 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         }
     });
     let tier = catalog.tier_by_id(&key.info.tier_id);
-    let usage = tier
-        .into_iter()
-        .flat_map(|tier| tier.features.iter())
-        .map(|(feature, limit)| {
-            let used = catalog
-                .counter(&key.info.id, feature)
-                .map_or(0, |counter| counter.used(now, limit.window_ms()));
+    let usage = catalog
+        .budgets(key, now)
+        .map(|(feature, budget)| {
             let usage = Usage {
-                used,
-                limit: limit.rate_limit,
-                window_seconds: limit.window_seconds,
+                used: budget.used,
+                limit: budget.limit.rate_limit,
+                window_seconds: budget.limit.window_seconds,
             };
             (&**feature, usage)
         })
@@ -325,13 +321,17 @@ pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse 
     let snapshot = app.pool().load();
     let catalog = &snapshot.catalog;
     let now = app.pool().clock().unix_now_ms();
+    let mut active_keys = 0;
     let keys_by_tier = catalog
-        .tiers()
-        .map(|tier| (&*tier.name, catalog.keys_of_tier(&tier.id).count()))
+        .tier_keys(now)
+        .map(|(tier, keys)| {
+            active_keys += keys.active;
+            (&*tier.name, keys.total)
+        })
         .collect();
     let health = PoolHealth {
         pool_size: catalog.key_count(),
-        active_keys: catalog.keys().filter(|k| k.servable_at_unix(now)).count(),
+        active_keys,
         tiers: catalog.tier_count(),
         features: snapshot.feature_count(),
         encryption: true,

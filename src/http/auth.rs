@@ -1,4 +1,5 @@
-//! Bearer tokens: the admin token (every route) and, later, consumer tokens (`GET /key` only).
+//! Bearer tokens: the admin token (every route), the metrics token (`/metrics`, when set) and,
+//! later, consumer tokens (`GET /key` only).
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -26,9 +27,14 @@ pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {
     Ok(token)
 }
 
-/// Compares in time that depends only on the lengths, never on where the bytes differ.
+/// Whether `token` is the admin token.
 pub fn is_admin(token: &[u8], admin: &SecretString) -> bool {
-    let expected = admin.expose_secret().as_bytes();
+    same_token(token, admin)
+}
+
+/// Compares in time that depends only on the lengths, never on where the bytes differ.
+pub fn same_token(token: &[u8], expected: &SecretString) -> bool {
+    let expected = expected.expose_secret().as_bytes();
     token.len() == expected.len() && bool::from(token.ct_eq(expected))
 }
 

@@ -1,10 +1,11 @@
 //! `GET /key`: the hot path. One snapshot load, one pick, a body that was encoded when the key
-//! was loaded. No lock, no I/O, no allocation beyond the response.
+//! was loaded. No lock, no I/O, no allocation beyond the response. Each answer increments one
+//! outcome counter whose handle the snapshot holds.
 
 use std::borrow::Cow;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{bearer, is_admin};
@@ -18,17 +19,17 @@ pub async fn get_key(State(app): State<AppState>, request: Request) -> Response 
 }
 
 fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
-    let token = bearer(request.headers())?;
     let snapshot = app.pool().load();
-    let caller = if is_admin(token, app.admin_token()) {
-        Caller::Admin
-    } else {
-        // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by
-        // a uniformly random digest leaks nothing about stored tokens through timing.
-        let scoped = snapshot.consumer(&token_hash(token));
-        Caller::Consumer(scoped.ok_or(ApiError::Unauthorized("invalid token"))?)
+    let query = request.uri().query();
+    let caller = match caller(app, &snapshot, request.headers()) {
+        Ok(caller) => caller,
+        Err(err) => {
+            let feature = feature_param(query).unwrap_or_default();
+            snapshot.outcomes(&feature).unauthorized.increment(1);
+            return Err(err);
+        }
     };
-    let feature = feature_param(request.uri().query())?;
+    let feature = feature_param(query)?;
     match app.pool().pick_for(caller, &snapshot, &feature) {
         Pick::Served(key) => {
             if let Some(audit) = app.audit() {
@@ -64,6 +65,24 @@ fn feature_name(caller: Caller<'_>, snapshot: &Snapshot, feature: &str) -> std::
         Caller::Consumer(scoped) => scoped.feature(feature),
     };
     pool.map_or_else(|| feature.into(), |pool| std::sync::Arc::clone(pool.name()))
+}
+
+/// The admin, or the active consumer whose token this is.
+fn caller<'s>(
+    app: &AppState,
+    snapshot: &'s Snapshot,
+    headers: &HeaderMap,
+) -> Result<Caller<'s>, ApiError> {
+    let token = bearer(headers)?;
+    if is_admin(token, app.admin_token()) {
+        return Ok(Caller::Admin);
+    }
+    // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by a
+    // uniformly random digest leaks nothing about stored tokens through timing.
+    snapshot
+        .consumer(&token_hash(token))
+        .map(Caller::Consumer)
+        .ok_or(ApiError::Unauthorized("invalid token"))
 }
 
 /// The `feature` query parameter, borrowed from the URI unless it was percent-encoded.

@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod error;
 pub mod json;
 pub mod key;
+pub mod metrics;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -13,7 +14,9 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 
+use self::metrics::{RequestMeters, RequestMetricsLayer};
 use crate::app::AppState;
+use crate::broker::Meter;
 pub use error::ApiError;
 
 /// Who may call a route.
@@ -25,6 +28,8 @@ pub enum Access {
     Key,
     /// The admin token only.
     Admin,
+    /// Anyone, or only the `METRICS_TOKEN` when one is set.
+    Metrics,
 }
 
 /// One route: the table below builds the router, and tests walk it to probe every route's
@@ -46,7 +51,7 @@ const fn route(method: Method, path: &'static str, access: Access) -> Route {
 }
 
 /// Every route keypooler serves.
-pub const ROUTES: [Route; 14] = [
+pub const ROUTES: [Route; 15] = [
     route(Method::GET, "/health", Access::Public),
     route(Method::GET, "/key", Access::Key),
     route(Method::POST, "/admin/tiers", Access::Admin),
@@ -61,6 +66,7 @@ pub const ROUTES: [Route; 14] = [
     route(Method::DELETE, "/admin/consumers/{id}", Access::Admin),
     route(Method::POST, "/admin/consumers/{id}/scopes", Access::Admin),
     route(Method::GET, "/admin/usage", Access::Admin),
+    route(Method::GET, "/metrics", Access::Metrics),
 ];
 
 fn handler(route: &Route) -> MethodRouter<AppState> {
@@ -79,21 +85,44 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("DELETE", "/admin/consumers/{id}") => delete(consumers::delete),
         ("POST", "/admin/consumers/{id}/scopes") => post(consumers::add_scope),
         ("GET", "/admin/usage") => get(admin::usage),
+        ("GET", "/metrics") => get(metrics::metrics),
         _ => unreachable!("every route in ROUTES has a handler: {route:?}"),
     }
 }
 
-/// The whole HTTP surface over `state`.
+/// The whole HTTP surface over `state` (`/metrics` only if metrics are on).
 pub fn router(state: AppState) -> Router {
-    ROUTES
+    build(state, |_| true)
+}
+
+/// Every route but `/metrics`, for the main listener when `/metrics` has its own.
+pub fn api_router(state: AppState) -> Router {
+    build(state, |route| route.access != Access::Metrics)
+}
+
+/// `/metrics` alone, for its own listener (`METRICS_PORT`).
+pub fn metrics_router(state: AppState) -> Router {
+    build(state, |route| route.access == Access::Metrics)
+}
+
+fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Router {
+    let meter = state.metrics().map(|metrics| metrics.meter());
+    let router = ROUTES
         .iter()
+        .filter(|route| serves(route) && (meter.is_some() || route.access != Access::Metrics))
         .fold(Router::new(), |router, route| {
             router.route(route.path, handler(route))
         })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(json::BODY_LIMIT))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(json::BODY_LIMIT));
+    // With metrics off the middleware is left out, unless debug logs want its request lines.
+    let meter = meter.or_else(|| tracing::enabled!(tracing::Level::DEBUG).then(Meter::off));
+    match meter {
+        Some(meter) => router.layer(RequestMetricsLayer::new(RequestMeters::new(meter))),
+        None => router,
+    }
+    .with_state(state)
 }
 
 async fn health() -> Response {

@@ -11,6 +11,9 @@ pub mod spec;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use metrics::{Counter, Histogram};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,8 +22,8 @@ use zeroize::Zeroizing;
 use crate::broker::snapshot::seconds;
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
-    AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier,
-    UsageCap,
+    AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Meter, Plaintext, Pool, Reserve,
+    Tier, UsageCap,
 };
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError, UsageRecord};
@@ -32,6 +35,28 @@ const QUEUE_DEPTH: usize = 4_096;
 const MAX_BATCH: usize = 1_024;
 /// Audit events kept on disk; older ones are dropped as new ones arrive.
 pub const AUDIT_RETENTION: u64 = 100_000;
+
+/// Changes handled, by `kind` and `outcome` ([`OUTCOMES`]).
+pub const COMMANDS: &str = "keypooler_writer_commands_total";
+/// Seconds each durable commit of a batch took.
+pub const COMMIT_DURATION: &str = "keypooler_writer_commit_duration_seconds";
+/// The `kind` label values of [`COMMANDS`]: admin changes, then the writer's own work
+/// (usage reservations and audit flushes, and reads of the audit trail).
+pub const KINDS: [&str; 10] = [
+    "create_tier",
+    "update_tier",
+    "add_key",
+    "delete_key",
+    "create_consumer",
+    "add_scope",
+    "delete_consumer",
+    "reserve_usage",
+    "flush_audit",
+    "recent_usage",
+];
+/// The `outcome` label values of [`COMMANDS`]: committed; refused as invalid or conflicting
+/// (a 4xx); not saved because storage failed or the writer stopped (a 5xx).
+pub const OUTCOMES: [&str; 3] = ["applied", "refused", "failed"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -77,20 +102,136 @@ enum Op {
 }
 
 impl Op {
-    fn kind(&self) -> &'static str {
+    /// Its index in [`KINDS`].
+    fn index(&self) -> usize {
         match self {
-            Op::CreateTier(_) => "create_tier",
-            Op::UpdateTier(_) => "update_tier",
-            Op::AddKey(_) => "add_key",
-            Op::DeleteKey(_) => "delete_key",
-            Op::CreateConsumer { .. } => "create_consumer",
-            Op::AddScope { .. } => "add_scope",
-            Op::DeleteConsumer(_) => "delete_consumer",
-            Op::Reserve(_) => "reserve_usage",
-            Op::FlushAudit => "flush_audit",
-            Op::RecentUsage(_) => "recent_usage",
+            Op::CreateTier(_) => 0,
+            Op::UpdateTier(_) => 1,
+            Op::AddKey(_) => 2,
+            Op::DeleteKey(_) => 3,
+            Op::CreateConsumer { .. } => 4,
+            Op::AddScope { .. } => 5,
+            Op::DeleteConsumer(_) => 6,
+            Op::Reserve(_) => 7,
+            Op::FlushAudit => 8,
+            Op::RecentUsage(_) => 9,
         }
     }
+
+    fn kind(&self) -> &'static str {
+        KINDS[self.index()]
+    }
+}
+
+/// The writer's metric handles, registered once when it starts.
+struct Meters {
+    /// By [`KINDS`], then [`OUTCOMES`].
+    commands: [[Counter; 3]; KINDS.len()],
+    commit: Histogram,
+}
+
+impl Meters {
+    fn new(meter: &Meter) -> Self {
+        Self {
+            commands: KINDS.map(|kind| {
+                OUTCOMES
+                    .map(|outcome| meter.counter(COMMANDS, &[("kind", kind), ("outcome", outcome)]))
+            }),
+            commit: meter.histogram(COMMIT_DURATION, &[]),
+        }
+    }
+
+    fn count(&self, op: &Op, result: &Result<Done, WriteError>) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(WriteError::Storage(_) | WriteError::Unsaved(_) | WriteError::Stopped) => 2,
+            Err(_) => 1,
+        };
+        self.commands[op.index()][outcome].increment(1);
+    }
+}
+
+/// What an applied change did, logged once it is committed: ids and names, never values.
+enum Change {
+    TierCreated(Arc<Tier>),
+    TierUpdated {
+        old: Arc<Tier>,
+        new: Arc<Tier>,
+    },
+    KeyAdded {
+        key: Arc<KeyEntry>,
+        tier: Arc<str>,
+    },
+    KeyDeleted {
+        key: Arc<KeyEntry>,
+        tier: Arc<str>,
+    },
+    ConsumerCreated(Arc<Consumer>),
+    ScopeAdded {
+        consumer: Arc<Consumer>,
+        tier: Arc<str>,
+    },
+    ConsumerDeleted(Arc<Consumer>),
+}
+
+impl Change {
+    fn log(&self) {
+        match self {
+            Change::TierCreated(tier) => tracing::info!(
+                tier_id = %tier.id,
+                tier = %tier.name,
+                features = %names(tier.features.keys()),
+                "tier created"
+            ),
+            Change::TierUpdated { old, new } => {
+                let listed = |tier: &Tier, feature: &Arc<str>| tier.features.contains_key(feature);
+                tracing::info!(
+                    tier_id = %new.id,
+                    tier = %new.name,
+                    added = %names(new.features.keys().filter(|f| !listed(old, f))),
+                    removed = %names(old.features.keys().filter(|f| !listed(new, f))),
+                    limits_changed = %names(new.features.iter().filter(|(f, limit)| {
+                        old.features.get(*f).is_some_and(|was| was != *limit)
+                    }).map(|(f, _)| f)),
+                    description_changed = old.description != new.description,
+                    "tier updated"
+                );
+            }
+            Change::KeyAdded { key, tier } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                tier = %tier,
+                "key added"
+            ),
+            Change::KeyDeleted { key, tier } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                tier = %tier,
+                "key deleted"
+            ),
+            Change::ConsumerCreated(consumer) => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                "consumer created"
+            ),
+            Change::ScopeAdded { consumer, tier } => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                tier = %tier,
+                "consumer scope added"
+            ),
+            Change::ConsumerDeleted(consumer) => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                "consumer deleted"
+            ),
+        }
+    }
+}
+
+/// Feature names, comma-separated, for a log field.
+fn names<'a>(features: impl Iterator<Item = &'a Arc<str>>) -> String {
+    features.map(|f| &**f).collect::<Vec<_>>().join(",")
 }
 
 enum Done {
@@ -196,6 +337,11 @@ impl Writer {
         }
     }
 
+    /// Changes queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Asks the writer to write the queued audit events, without waiting.
     pub fn flush_audit(&self) {
         let _ = self.queue.try_send(Request {
@@ -249,6 +395,7 @@ pub fn spawn(
     pool: Arc<Pool>,
     catalog: Catalog,
     audit: Option<Arc<AuditLog>>,
+    meter: &Meter,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
     pool.set_reserve(Box::new(ReserveSink(queue.downgrade())));
@@ -264,11 +411,21 @@ pub fn spawn(
         sealer,
         pool,
         catalog,
+        meters: Meters::new(meter),
     };
     let handle = std::thread::Builder::new()
         .name("keypooler-writer".into())
         .spawn(move || state.run(requests))?;
     Ok((Writer { queue }, WriterThread(handle)))
+}
+
+/// A committed batch: the catalog it leads to, the features it touched, each request's result,
+/// and the changes to log.
+struct Staged {
+    catalog: Catalog,
+    dirty: Dirty,
+    results: Vec<Result<Done, WriteError>>,
+    changes: Vec<Change>,
 }
 
 struct State {
@@ -280,6 +437,7 @@ struct State {
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
+    meters: Meters,
 }
 
 impl State {
@@ -301,16 +459,24 @@ impl State {
     fn apply_batch(&mut self, batch: &mut Vec<Request>) {
         let outcome = self.stage(batch);
         let results = match outcome {
-            Ok((staged, dirty, results)) => {
+            Ok(Staged {
+                catalog,
+                dirty,
+                results,
+                changes,
+            }) => {
                 for result in &results {
                     if let Ok(Done::Reserved(cap, end, reserved)) = result {
                         cap.apply_reservation(*end, *reserved);
                     }
                 }
-                if !dirty.is_empty() || !staged.same_as(&self.catalog) {
-                    self.pool.publish(staged.clone(), &dirty);
+                if !dirty.is_empty() || !catalog.same_as(&self.catalog) {
+                    self.pool.publish(catalog.clone(), &dirty);
                 }
-                self.catalog = staged;
+                self.catalog = catalog;
+                for change in &changes {
+                    change.log();
+                }
                 results
             }
             Err(err) => {
@@ -323,6 +489,7 @@ impl State {
             }
         };
         for (request, result) in batch.drain(..).zip(results) {
+            self.meters.count(&request.op, &result);
             if let Err(err) = &result {
                 tracing::debug!(kind = request.op.kind(), error = %err, "admin change refused");
                 if let Op::Reserve(id) = &request.op
@@ -339,23 +506,27 @@ impl State {
     }
 
     /// Applies the batch to a copy of the catalog and one transaction, and commits it.
-    #[allow(clippy::type_complexity)]
-    fn stage(
-        &mut self,
-        batch: &[Request],
-    ) -> Result<(Catalog, Dirty, Vec<Result<Done, WriteError>>), StoreError> {
+    fn stage(&mut self, batch: &[Request]) -> Result<Staged, StoreError> {
         let mut staged = self.catalog.clone();
         let mut dirty = Dirty::new();
+        let mut changes = Vec::new();
         let txn = self.store.begin()?;
         let mut results = Vec::with_capacity(batch.len());
         for request in batch {
-            match self.apply(&mut staged, &mut dirty, &txn, &request.op) {
+            match self.apply(&mut staged, &mut dirty, &txn, &request.op, &mut changes) {
                 Err(WriteError::Storage(err)) => return Err(err),
                 result => results.push(result),
             }
         }
+        let started = Instant::now();
         txn.commit()?;
-        Ok((staged, dirty, results))
+        self.meters.commit.record(started.elapsed().as_secs_f64());
+        Ok(Staged {
+            catalog: staged,
+            dirty,
+            results,
+            changes,
+        })
     }
 
     fn flush_audit(&self, txn: &Batch) -> Result<(), StoreError> {
@@ -395,6 +566,7 @@ impl State {
         dirty: &mut Dirty,
         txn: &Batch,
         op: &Op,
+        changes: &mut Vec<Change>,
     ) -> Result<Done, WriteError> {
         match op {
             Op::CreateTier(spec) => {
@@ -409,13 +581,15 @@ impl State {
                     features: features(spec),
                 };
                 txn.put_tier(&load::tier_record(&tier))?;
-                tracing::info!(tier_id = %tier.id, tier = %tier.name, features = tier.features.len(), "tier created");
                 dirty.extend(catalog.put_tier(tier.clone()));
-                Ok(Done::Tier(Arc::new(tier)))
+                let tier = Arc::new(tier);
+                changes.push(Change::TierCreated(Arc::clone(&tier)));
+                Ok(Done::Tier(tier))
             }
             Op::UpdateTier(spec) => {
                 let old = catalog
                     .tier_by_name(&spec.name)
+                    .cloned()
                     .ok_or_else(|| WriteError::TierNotFound(spec.name.clone()))?;
                 let tier = Tier {
                     description: spec
@@ -423,12 +597,16 @@ impl State {
                         .clone()
                         .unwrap_or_else(|| old.description.clone()),
                     features: features(spec),
-                    ..Tier::clone(old)
+                    ..Tier::clone(&old)
                 };
                 txn.put_tier(&load::tier_record(&tier))?;
-                tracing::info!(tier_id = %tier.id, tier = %tier.name, features = tier.features.len(), "tier updated");
                 dirty.extend(catalog.put_tier(tier.clone()));
-                Ok(Done::Tier(Arc::new(tier)))
+                let new = Arc::new(tier);
+                changes.push(Change::TierUpdated {
+                    old,
+                    new: Arc::clone(&new),
+                });
+                Ok(Done::Tier(new))
             }
             Op::AddKey(new) => {
                 let tier = catalog
@@ -465,20 +643,28 @@ impl State {
                     UsageCap::new(limit, new.usage_window_seconds, end_s, reserved, 0)
                 });
                 txn.put_key(&record)?;
-                tracing::info!(key_id = %info.id, key = %info.name, tier = %tier.name, "key added");
+                let tier = Arc::clone(&tier.name);
                 let entry = KeyEntry::new(info, &plain, cap);
                 let id = Arc::clone(&entry.info.id);
                 dirty.extend(catalog.put_key(entry));
-                let added = catalog.key(&id).expect("the key was just added");
-                Ok(Done::Key(Arc::clone(added)))
+                let key = Arc::clone(catalog.key(&id).expect("the key was just added"));
+                changes.push(Change::KeyAdded {
+                    key: Arc::clone(&key),
+                    tier,
+                });
+                Ok(Done::Key(key))
             }
             Op::DeleteKey(id) => {
-                if catalog.key(id).is_none() {
-                    return Err(WriteError::KeyNotFound(id.clone()));
-                }
+                let key = catalog
+                    .key(id)
+                    .cloned()
+                    .ok_or_else(|| WriteError::KeyNotFound(id.clone()))?;
                 txn.delete_key(id)?;
-                tracing::info!(key_id = %id, "key deleted");
+                let tier = catalog
+                    .tier_by_id(&key.info.tier_id)
+                    .map_or_else(|| Arc::from(""), |tier| Arc::clone(&tier.name));
                 dirty.extend(catalog.remove_key(id));
+                changes.push(Change::KeyDeleted { key, tier });
                 Ok(Done::Deleted)
             }
             Op::Reserve(id) => {
@@ -513,9 +699,10 @@ impl State {
                     scopes: std::collections::BTreeSet::new(),
                 };
                 txn.put_consumer(&load::consumer_record(&consumer))?;
-                tracing::info!(consumer_id = %consumer.id, consumer = %consumer.name, "consumer created");
                 catalog.put_consumer(consumer.clone());
-                Ok(Done::NewConsumer(Arc::new(consumer), token))
+                let consumer = Arc::new(consumer);
+                changes.push(Change::ConsumerCreated(Arc::clone(&consumer)));
+                Ok(Done::NewConsumer(consumer, token))
             }
             Op::AddScope { consumer_id, tier } => {
                 let consumer = catalog
@@ -525,21 +712,28 @@ impl State {
                     .tier_by_name(tier)
                     .or_else(|| catalog.tier_by_id(tier))
                     .ok_or_else(|| WriteError::TierNotFound(tier.clone()))?;
+                let tier = Arc::clone(tier);
                 let mut consumer = Consumer::clone(consumer);
                 if consumer.scopes.insert(Arc::clone(&tier.id)) {
                     txn.put_consumer(&load::consumer_record(&consumer))?;
-                    tracing::info!(consumer_id = %consumer.id, tier = %tier.name, "consumer scope added");
                     catalog.put_consumer(consumer);
                 }
-                let consumer = catalog.consumer(consumer_id).expect("the consumer exists");
-                Ok(Done::Consumer(Arc::clone(consumer)))
+                let consumer =
+                    Arc::clone(catalog.consumer(consumer_id).expect("the consumer exists"));
+                changes.push(Change::ScopeAdded {
+                    consumer: Arc::clone(&consumer),
+                    tier: Arc::clone(&tier.name),
+                });
+                Ok(Done::Consumer(consumer))
             }
             Op::DeleteConsumer(id) => {
-                if !catalog.remove_consumer(id) {
-                    return Err(WriteError::ConsumerNotFound(id.clone()));
-                }
+                let consumer = catalog
+                    .consumer(id)
+                    .cloned()
+                    .ok_or_else(|| WriteError::ConsumerNotFound(id.clone()))?;
+                catalog.remove_consumer(id);
                 txn.delete_consumer(id)?;
-                tracing::info!(consumer_id = %id, "consumer deleted");
+                changes.push(Change::ConsumerDeleted(consumer));
                 Ok(Done::Deleted)
             }
         }

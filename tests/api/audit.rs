@@ -87,7 +87,11 @@ async fn served_keys_are_listed_newest_first_with_who_asked() {
 
 #[tokio::test]
 async fn with_the_audit_off_nothing_is_recorded_and_the_route_says_so() {
-    let app = TestApp::spawn_with(Options { audit: false }).await;
+    let app = TestApp::spawn_with(Options {
+        audit: false,
+        ..Options::default()
+    })
+    .await;
     app.create_tier("pro", json!({"chat": 100})).await;
     app.add_key("k", "sk", "pro").await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);

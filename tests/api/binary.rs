@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::helpers::hex_key;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 7] = [
+const SETTINGS: [&str; 11] = [
     "ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
@@ -16,9 +16,14 @@ const SETTINGS: [&str; 7] = [
     "LOG_LEVEL",
     "LOG_FORMAT",
     "AUDIT",
+    "METRICS",
+    "METRICS_PORT",
+    "METRICS_TOKEN",
+    "METRICS_PER_KEY",
 ];
 
-fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
+/// The built binary in `dir`, with none of the caller's settings but `env`.
+pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BIN);
     for name in SETTINGS {
         command.env_remove(name);
@@ -110,6 +115,22 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
                 ("AUDIT", "sometimes"),
             ],
             "AUDIT must be on or off",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", "t"),
+                ("METRICS_PORT", "0"),
+            ],
+            "METRICS_PORT must be an integer from 1 to 65535",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", "t"),
+                ("METRICS", "sometimes"),
+            ],
+            "METRICS must be on or off",
         ),
     ];
     for (env, expected) in cases {

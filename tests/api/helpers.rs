@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use keypooler::app::{App, Options};
 use keypooler::broker::{Clock, ManualClock};
+use keypooler::config::MetricsConfig;
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::Store;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -18,6 +19,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served when `METRICS_PORT` is set (else on `address`).
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     pub clock: ManualClock,
     pub db_path: PathBuf,
@@ -52,6 +55,16 @@ impl TestApp {
         .await
     }
 
+    /// A server measuring as `metrics` says; a `port` in it (any value) puts `/metrics` on a
+    /// second listener on an ephemeral port.
+    pub async fn spawn_with_metrics(metrics: MetricsConfig) -> Self {
+        Self::spawn_with(Options {
+            metrics,
+            ..Options::default()
+        })
+        .await
+    }
+
     async fn start(
         dir: Arc<tempfile::TempDir>,
         db_path: PathBuf,
@@ -67,17 +80,26 @@ impl TestApp {
             sealer,
             clock,
             SecretString::from(ADMIN_TOKEN),
-            options,
+            options.clone(),
         )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.serve(listener, async {
+        let signal = async {
             let _ = signal.await;
-        }));
+        };
+        let (server, metrics_address) = if options.metrics.port.is_some() {
+            let scrape = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let metrics_address = format!("http://{}", scrape.local_addr().unwrap());
+            let server = app.serve_with_metrics_listener(listener, scrape, signal);
+            (tokio::spawn(server), Some(metrics_address))
+        } else {
+            (tokio::spawn(app.serve(listener, signal)), None)
+        };
         Self {
             address,
+            metrics_address,
             client: reqwest::Client::new(),
             clock: hand,
             db_path,
@@ -106,7 +128,7 @@ impl TestApp {
             Arc::clone(&self.dir),
             self.db_path.clone(),
             self.key_hex.clone(),
-            self.options,
+            self.options.clone(),
         )
         .await
     }

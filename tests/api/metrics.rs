@@ -1,0 +1,473 @@
+//! `/metrics`: exact counts after known calls, bounded cardinality, where it is served and who
+//! may read it. Each `TestApp` owns its recorder, so counts here are exact even though the
+//! tests run in parallel in one process.
+
+use std::collections::BTreeMap;
+
+use keypooler::config::MetricsConfig;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{ADMIN_TOKEN, TestApp};
+
+/// One sample of the text exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A parsed scrape.
+struct Scrape {
+    text: String,
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    fn parse(text: String) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(parse_sample)
+            .collect();
+        Self { text, samples }
+    }
+
+    /// The value of the series `name` with exactly these labels.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut found = self
+            .samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == wanted);
+        let sample = found.next()?;
+        assert!(found.next().is_none(), "{name} {labels:?} appears twice");
+        Some(sample.value)
+    }
+
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels)
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in\n{}", self.text))
+    }
+
+    fn named(&self, name: &str) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+    let value = value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad value: {line}"));
+    let Some((name, rest)) = series.split_once('{') else {
+        return Sample {
+            name: series.to_owned(),
+            labels: BTreeMap::new(),
+            value,
+        };
+    };
+    let mut labels = BTreeMap::new();
+    let mut chars = rest.strip_suffix('}').expect("labels end with }").chars();
+    loop {
+        let label: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if label.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('"'), "{line}");
+        let mut text = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => text.push('\n'),
+                    Some(other) => text.push(other),
+                    None => panic!("dangling escape: {line}"),
+                },
+                '"' => break,
+                c => text.push(c),
+            }
+        }
+        labels.insert(label.trim_start_matches(',').to_owned(), text);
+    }
+    Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    }
+}
+
+async fn scrape(app: &TestApp) -> Scrape {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    Scrape::parse(response.text().await.unwrap())
+}
+
+const KEY: &str = "keypooler_key_requests_total";
+const HTTP: &str = "keypooler_http_requests_total";
+
+#[tokio::test]
+async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
+    let app = TestApp::spawn().await;
+    app.create_tier(
+        "pro",
+        json!({ "chat": 2, "img": { "rate_limit": 5, "window_seconds": 10 } }),
+    )
+    .await;
+    let refused = app
+        .post(
+            "/admin/tiers",
+            &json!({ "name": "pro", "features": { "chat": 1 } }),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let first = app.add_key("first \"quoted\" key", "sk-first", "pro").await;
+    let second = app.add_key("second", "sk-second", "pro").await;
+
+    for _ in 0..4 {
+        assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    }
+    assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.key("img").await.0, StatusCode::OK);
+    assert_eq!(app.key("no-such-feature").await.0, StatusCode::NOT_FOUND);
+    let bad_token = app
+        .client
+        .get(format!("{}/key?feature=chat", app.address))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_token.status(), StatusCode::UNAUTHORIZED);
+    let no_header = app
+        .client
+        .get(format!("{}/key?feature=whatever", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_header.status(), StatusCode::UNAUTHORIZED);
+    let missing = app.get("/key").await;
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+
+    let m = scrape(&app).await;
+    let outcome = |feature, outcome| m.get(KEY, &[("feature", feature), ("outcome", outcome)]);
+    assert_eq!(outcome("chat", "served"), 4.0);
+    assert_eq!(outcome("chat", "spent"), 1.0);
+    assert_eq!(outcome("chat", "unauthorized"), 1.0);
+    assert_eq!(outcome("chat", "forbidden"), 0.0);
+    assert_eq!(outcome("img", "served"), 1.0);
+    assert_eq!(outcome("unknown", "unknown_feature"), 1.0);
+    assert_eq!(outcome("unknown", "unauthorized"), 1.0);
+    assert_eq!(
+        m.value(KEY, &[("feature", "chat"), ("outcome", "unknown_feature")]),
+        None
+    );
+    assert_eq!(
+        m.value(KEY, &[("feature", "unknown"), ("outcome", "served")]),
+        None
+    );
+
+    let key_route = |status| {
+        m.get(
+            HTTP,
+            &[("route", "/key"), ("method", "GET"), ("status", status)],
+        )
+    };
+    assert_eq!(key_route("2xx"), 5.0);
+    assert_eq!(key_route("4xx"), 5.0);
+    assert_eq!(
+        m.get(
+            HTTP,
+            &[
+                ("route", "/admin/tiers"),
+                ("method", "POST"),
+                ("status", "4xx")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.get(
+            HTTP,
+            &[
+                ("route", "/admin/keys"),
+                ("method", "POST"),
+                ("status", "2xx")
+            ]
+        ),
+        2.0
+    );
+
+    // The latency histogram of GET /key: 10 samples, buckets from 50 µs to 1 s, cumulative.
+    const DURATION: &str = "keypooler_http_request_duration_seconds";
+    let labels = [("route", "/key"), ("method", "GET")];
+    assert_eq!(m.get(&format!("{DURATION}_count"), &labels), 10.0);
+    assert!(m.get(&format!("{DURATION}_sum"), &labels) > 0.0);
+    let mut buckets: Vec<(f64, f64)> = m
+        .named(&format!("{DURATION}_bucket"))
+        .filter(|s| s.labels["route"] == "/key")
+        .map(|s| (s.labels["le"].parse::<f64>().unwrap(), s.value))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(buckets.first().unwrap().0, 0.00005);
+    assert_eq!(buckets[buckets.len() - 2].0, 1.0);
+    assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 10.0));
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+
+    // Each key served chat twice (round robin, limit 2) and one of them img once.
+    const USED: &str = "keypooler_key_budget_used";
+    const LIMIT: &str = "keypooler_key_budget_limit";
+    for (id, name) in [(&first, "first \"quoted\" key"), (&second, "second")] {
+        let labels = [
+            ("key_id", id.as_str()),
+            ("key_name", name),
+            ("feature", "chat"),
+        ];
+        assert_eq!(m.get(USED, &labels), 2.0);
+        assert_eq!(m.get(LIMIT, &labels), 2.0);
+        let img = [
+            ("key_id", id.as_str()),
+            ("key_name", name),
+            ("feature", "img"),
+        ];
+        assert_eq!(m.get(LIMIT, &img), 5.0);
+    }
+    let img_used: f64 = m
+        .named(USED)
+        .filter(|s| s.labels["feature"] == "img")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(img_used, 1.0);
+
+    // Pool and writer state.
+    assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 2.0);
+    assert_eq!(m.get("keypooler_pool_active_keys", &[("tier", "pro")]), 2.0);
+    assert_eq!(m.get("keypooler_pool_features", &[]), 2.0);
+    // Start-up, the tier and the two keys; the refused tier changed nothing and built nothing.
+    assert_eq!(m.get("keypooler_snapshot_generation", &[]), 4.0);
+    assert!(m.get("keypooler_snapshot_built_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(m.get("keypooler_writer_queue_depth", &[]), 0.0);
+    const COMMANDS: &str = "keypooler_writer_commands_total";
+    let command = |kind, outcome| m.get(COMMANDS, &[("kind", kind), ("outcome", outcome)]);
+    assert_eq!(command("create_tier", "applied"), 1.0);
+    assert_eq!(command("create_tier", "refused"), 1.0);
+    assert_eq!(command("add_key", "applied"), 2.0);
+    assert_eq!(command("delete_key", "applied"), 0.0);
+    assert_eq!(
+        m.get("keypooler_writer_commit_duration_seconds_count", &[]),
+        4.0
+    );
+
+    // Budgets are read at scrape time: a window that ended reads 0, a deleted key vanishes, and
+    // a path parameter is labelled by its route template.
+    app.clock.advance_ms(60_000);
+    let deleted = app
+        .request(Method::DELETE, &format!("/admin/keys/{first}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let m = scrape(&app).await;
+    let labels = [
+        ("key_id", second.as_str()),
+        ("key_name", "second"),
+        ("feature", "chat"),
+    ];
+    assert_eq!(m.get(USED, &labels), 0.0);
+    assert!(!m.text.contains(&first), "a deleted key's series remain");
+    assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 1.0);
+    assert_eq!(
+        m.get(
+            HTTP,
+            &[
+                ("route", "/admin/keys/{id}"),
+                ("method", "DELETE"),
+                ("status", "2xx")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.get(COMMANDS, &[("kind", "delete_key"), ("outcome", "applied")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_random_feature_names_add_no_series() {
+    let app = TestApp::spawn().await;
+    app.create_tier("base", json!({ "chat": 10 })).await;
+    // One unknown feature first: the first 404 of GET /key creates its request series.
+    assert_eq!(app.key("warm-up").await.0, StatusCode::NOT_FOUND);
+    let before = scrape(&app).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..20 {
+        let client = app.client.clone();
+        let url = format!("{}/key", app.address);
+        tasks.spawn(async move {
+            for i in 0..500 {
+                let feature = format!("random-{worker}-{i}-{}", rand::random::<u64>());
+                let response = client
+                    .get(&url)
+                    .query(&[("feature", &feature)])
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::NOT_FOUND);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    let after = scrape(&app).await;
+    // The scrape of `before` itself added the /metrics request series; nothing else is new.
+    let series = |m: &Scrape| {
+        m.samples
+            .iter()
+            .filter(|s| s.labels.get("route").map(String::as_str) != Some("/metrics"))
+            .count()
+    };
+    assert_eq!(series(&after), series(&before));
+    assert!(!after.text.contains("random-"));
+    assert_eq!(
+        after.get(
+            KEY,
+            &[("feature", "unknown"), ("outcome", "unknown_feature")]
+        ),
+        10_001.0
+    );
+}
+
+fn metrics_config(token: Option<&str>) -> MetricsConfig {
+    MetricsConfig {
+        port: Some(1),
+        token: token.map(|t| SecretString::from(t.to_owned())),
+        ..MetricsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn metrics_port_moves_the_endpoint_and_metrics_token_guards_it() {
+    let app = TestApp::spawn_with_metrics(metrics_config(Some("scrape-token"))).await;
+    let scrape_at = app.metrics_address.clone().unwrap();
+    assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+
+    let url = format!("{scrape_at}/metrics");
+    let no_token = app.client.get(&url).send().await.unwrap();
+    assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+    for wrong in [ADMIN_TOKEN, "scrape-tokem", "scrape-token-longer"] {
+        let response = app
+            .client
+            .get(&url)
+            .bearer_auth(wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    let ok = app
+        .client
+        .get(&url)
+        .header("authorization", "bearer scrape-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(ok.text().await.unwrap().contains("keypooler_build_info"));
+    // The metrics listener serves nothing else.
+    let other = app
+        .client
+        .get(format!("{scrape_at}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn without_a_token_metrics_is_public_on_the_main_port() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
+    let app = TestApp::spawn_with_metrics(MetricsConfig {
+        per_key: false,
+        ..MetricsConfig::default()
+    })
+    .await;
+    app.create_tier("pro", json!({ "chat": 2 })).await;
+    app.add_key("k", "sk-k", "pro").await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    let m = scrape(&app).await;
+    assert_eq!(
+        m.get(KEY, &[("feature", "chat"), ("outcome", "served")]),
+        1.0
+    );
+    assert!(!m.text.contains("keypooler_key_budget"));
+
+    let off = TestApp::spawn_with_metrics(MetricsConfig {
+        enabled: false,
+        ..MetricsConfig::default()
+    })
+    .await;
+    off.create_tier("pro", json!({ "chat": 2 })).await;
+    off.add_key("k", "sk-k", "pro").await;
+    assert_eq!(off.key("chat").await.0, StatusCode::OK);
+    assert_eq!(off.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+}
+
+/// Every series the Grafana dashboard queries is one the server exposes.
+#[tokio::test]
+async fn the_dashboard_queries_only_series_that_exist() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({ "chat": 2 })).await;
+    app.add_key("k", "sk-k", "pro").await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    let m = scrape(&app).await;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for target in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        for (start, _) in expr.match_indices("keypooler_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        assert!(
+            m.named(name).next().is_some(),
+            "the dashboard queries {name}, which is not exposed"
+        );
+    }
+}
