@@ -8,8 +8,13 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 /// Unix milliseconds of a stored timestamp, or `None` when it is not one of the two forms.
+/// Go's `time.Time.String()` form (`2006-01-02 15:04:05.999 -0700 MST`, what a driver writes
+/// when it formats a time with `%v`) is read too.
 pub fn parse_ms(text: &str) -> Option<i64> {
     let text = text.trim();
+    if let Some(rfc3339) = from_go_string(text) {
+        return parse_ms(&rfc3339);
+    }
     // Both forms put the date in the first 10 bytes and a separator (' ' or 'T') after it; Go
     // drivers also write RFC 3339 with a space, so normalise the separator to 'T'.
     let (date, rest) = text.split_at_checked(10)?;
@@ -23,6 +28,17 @@ pub fn parse_ms(text: &str) -> Option<i64> {
     });
     let millis = at.ok()?.unix_timestamp_nanos() / 1_000_000;
     i64::try_from(millis).ok()
+}
+
+/// `2006-01-02 15:04:05.999 -0700 MST [m=+0.1]` as `2006-01-02T15:04:05.999-07:00`.
+fn from_go_string(text: &str) -> Option<String> {
+    let mut parts = text.split_ascii_whitespace();
+    let (date, time, offset) = (parts.next()?, parts.next()?, parts.next()?);
+    let (sign, digits) = offset.split_at_checked(1)?;
+    let valid = matches!(sign, "+" | "-")
+        && digits.len() == 4
+        && digits.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| format!("{date}T{time}{sign}{}:{}", &digits[..2], &digits[2..]))
 }
 
 /// SQLite's form, in UTC: `YYYY-MM-DD HH:MM:SS`, with `.mmm` only when the milliseconds are not
@@ -55,6 +71,10 @@ mod tests {
             "2025-11-28T14:00:00+02:00",
             "2025-11-28 13:00:00+01:00",
             " 2025-11-28 12:00:00 ",
+            "2025-11-28 12:00:00 +0000 UTC",
+            "2025-11-28 13:00:00 +0100 CET",
+            "2025-11-28 15:00:00 +0300 +03",
+            "2025-11-28 12:00:00 +0000 UTC m=+0.000123",
         ] {
             assert_eq!(parse_ms(text), Some(noon), "{text}");
         }
@@ -74,6 +94,7 @@ mod tests {
             "1764331200",
             "ключ-ключ-ключ",
             "2025-11-28 12:00:00 garbage",
+            "2025-11-28 12:00:00 +00 UTC",
         ] {
             assert_eq!(parse_ms(text), None, "{text:?}");
         }

@@ -1256,3 +1256,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn export_refuses_a_key_whose_tier_is_gone_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(SEED, &db);
+    {
+        let store = Store::open(&db, &ours()).unwrap();
+        let contents = store.load().unwrap();
+        let mut orphan = contents.keys[0].clone();
+        orphan.tier_id = "deleted-tier".into();
+        let batch = store.begin().unwrap();
+        batch.put_key(&orphan).unwrap();
+        batch.commit().unwrap();
+    }
+    let file = dir.path().join("export.db");
+    for schema in [Schema::Seed, Schema::Latest] {
+        let err = export_to(&db, &file, schema, false).unwrap_err();
+        assert!(
+            err.to_string().ends_with(": its tier does not exist"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no file left"
+        );
+    }
+}
