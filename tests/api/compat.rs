@@ -353,6 +353,36 @@ async fn imported_latest_keys_are_served_with_metadata_and_secrets_never_expired
     );
 }
 
+/// The consumer's token from the Go service keeps working after the import: only its hash
+/// moved, and its scope (firecrawl) is all it may draw from. Its keys' usage caps carry over.
+#[tokio::test]
+async fn an_imported_consumer_token_draws_from_its_scoped_tier_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(LATEST, &db);
+    let app = TestApp::on_database(dir, db, &hex_key(OURS)).await;
+    let fixture = expected(LATEST);
+    let token = fixture["consumers"][0]["token"].as_str().unwrap();
+    let ask = |feature: &'static str| {
+        app.client
+            .get(format!("{}/key?feature={feature}", app.address))
+            .bearer_auth(token)
+            .send()
+    };
+    let response = ask("firecrawl_scrape").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(ask("chat").await.unwrap().status(), StatusCode::FORBIDDEN);
+    let keys: Value = app.get("/admin/keys").await.json().await.unwrap();
+    let fc01 = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "fc-01")
+        .unwrap();
+    assert_eq!(fc01["usage_limit"], 1000);
+    assert!(fc01["usage_count"].as_u64().unwrap() >= 7, "{fc01}");
+}
+
 #[test]
 fn seed_round_trip_export_then_import_gives_back_the_same_database() {
     let dir = tempfile::tempdir().unwrap();
