@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (the default).
     Serve,
+    /// Re-seal every value under NEW_ENCRYPTION_KEY, atomically (stop the server first).
+    Rekey(crate::rekey::RekeyArgs),
 }
 
 /// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     crate::telemetry::init_logging(log);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&cli.settings),
+        Command::Rekey(args) => crate::rekey::run(&cli.settings, &args),
     }
 }
 

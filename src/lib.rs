@@ -22,6 +22,7 @@
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
 //! * [`writer`]: the single writer and the validated inputs it applies.
 //! * [`store`]: the redb tables, records, canary and schema version.
+//! * [`rekey`]: the `rekey` command, rotating `ENCRYPTION_KEY` in one transaction.
 
 pub mod app;
 pub mod broker;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod rekey;
 pub mod store;
 pub mod telemetry;
 pub mod writer;

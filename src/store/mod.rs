@@ -1,14 +1,24 @@
 //! The redb file: tables, the encryption canary, the schema version.
 //!
-//! Only the writer thread writes; start-up and the offline commands (import, export) read.
+//! Only the writer thread writes; start-up and the offline commands (import, export, rekey) read.
+//!
+//! Opening is careful with files it refuses: an existing file is first checked through a
+//! read-only handle (schema, canary, every record decoded), so a damaged, foreign or
+//! wrong-key file is left byte for byte as it was. Only a file that passed, or one a crash left
+//! needing recovery (which redb repairs), is opened for writing. redb may panic on a file
+//! altered behind its back; [`guarded`] turns that into [`StoreError::Damaged`].
 
+mod guard;
 pub mod records;
+pub mod rekey;
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use guard::guarded;
 
 use crate::crypto::Sealer;
 pub use records::{ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad};
@@ -44,6 +54,8 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: u32 },
     #[error("cannot open {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("{path} is damaged ({reason}); it was left as it was: restore it from a backup")]
+    Damaged { path: PathBuf, reason: String },
     #[error("record {table}/{id} is unreadable: {reason}")]
     BadRecord {
         table: &'static str,
@@ -102,6 +114,13 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
             });
         }
     };
+    let is_file = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
+    if !is_file {
+        return Err(StoreError::Open {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
+    }
     let mut head = [0u8; 16];
     let mut filled = 0;
     while filled < head.len() {
@@ -144,24 +163,127 @@ fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records always serialize")
 }
 
+/// What a redb error at open time means for the operator.
+fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+    match err {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+            path: path.into(),
+            reason: io.to_string(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StoreError::Damaged {
+                path: path.into(),
+                reason,
+            }
+        }
+        other => StoreError::NotKeypooler {
+            path: path.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether a database holds keypooler's tables, checked against `sealer`.
+enum Layout {
+    /// A redb file with no table at all: keypooler adopts it.
+    Blank,
+    Keypooler,
+}
+
+/// Checks the schema version and the encryption canary, without writing.
+fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Layout, StoreError> {
+    let read = db.begin_read()?;
+    let meta = match read.open_table(META) {
+        Ok(meta) => meta,
+        Err(TableError::TableDoesNotExist(_)) => {
+            if read.list_tables()?.next().is_some() {
+                return Err(StoreError::NotKeypooler {
+                    path: path.into(),
+                    reason: "a redb file without keypooler's tables".into(),
+                });
+            }
+            return Ok(Layout::Blank);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let version = meta
+        .get(SCHEMA_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no schema version".into(),
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+        });
+    }
+    let canary = meta
+        .get(CANARY_KEY)?
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no encryption canary".into(),
+        })?;
+    match sealer.open(canary.value(), CANARY_AAD) {
+        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
+        _ => Err(StoreError::WrongKey(path.into())),
+    }
+}
+
+/// Reads and decodes every record.
+fn read_contents(db: &impl ReadableDatabase) -> Result<Contents, StoreError> {
+    let read = db.begin_read()?;
+    let mut contents = Contents::default();
+    for entry in read.open_table(TIERS)?.iter()? {
+        let (id, bytes) = entry?;
+        contents
+            .tiers
+            .push(decode("tiers", id.value(), bytes.value())?);
+    }
+    for entry in read.open_table(KEYS)?.iter()? {
+        let (id, bytes) = entry?;
+        contents
+            .keys
+            .push(decode("keys", id.value(), bytes.value())?);
+    }
+    Ok(contents)
+}
+
+/// Checks an existing file through a read-only handle, which never writes: a file refused here
+/// is left exactly as it was. A file a crash left needing recovery cannot be read this way; the
+/// writable open repairs it (redb rolls back to the last commit) and checks it again.
+fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::RepairAborted) => {
+            tracing::warn!(path = %path.display(), "the database was not closed cleanly; recovering");
+            return Ok(());
+        }
+        Err(err) => return Err(open_error(path, err)),
+    };
+    if let Layout::Keypooler = check(&db, path, sealer)? {
+        read_contents(&db)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the database at `path`, creating it (and its folder) when missing, and checks that
     /// `sealer` holds the key it was created under.
     pub fn open(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
         let exists = check_existing(path)?;
-        let open_error = |err: redb::DatabaseError| match err {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
-                path: path.into(),
-                reason: io.to_string(),
-            },
-            other => StoreError::NotKeypooler {
-                path: path.into(),
-                reason: other.to_string(),
-            },
-        };
+        if exists {
+            guarded(path, || precheck(path, sealer))?;
+        }
+        guarded(path, || Self::open_writable(path, sealer, exists))
+    }
+
+    fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {
         let db = if exists {
-            Database::open(path).map_err(open_error)?
+            Database::open(path).map_err(|err| open_error(path, err))?
         } else {
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(folder).map_err(|err| StoreError::Open {
@@ -169,60 +291,20 @@ impl Store {
                     reason: format!("cannot create folder {}: {err}", folder.display()),
                 })?;
             }
-            Database::create(path).map_err(open_error)?
+            Database::create(path).map_err(|err| open_error(path, err))?
         };
         let store = Self {
             db,
             path: path.into(),
         };
-        store.check_or_initialize(sealer)?;
+        if let Layout::Blank = check(&store.db, path, sealer)? {
+            store.initialize(sealer)?;
+        }
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn check_or_initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let read = self.db.begin_read()?;
-        let meta = match read.open_table(META) {
-            Ok(meta) => meta,
-            Err(TableError::TableDoesNotExist(_)) => {
-                if read.list_tables()?.next().is_some() {
-                    return Err(StoreError::NotKeypooler {
-                        path: self.path.clone(),
-                        reason: "a redb file without keypooler's tables".into(),
-                    });
-                }
-                drop(read);
-                return self.initialize(sealer);
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let version = meta
-            .get(SCHEMA_KEY)?
-            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| StoreError::NotKeypooler {
-                path: self.path.clone(),
-                reason: "no schema version".into(),
-            })?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
-        let canary = meta
-            .get(CANARY_KEY)?
-            .ok_or_else(|| StoreError::NotKeypooler {
-                path: self.path.clone(),
-                reason: "no encryption canary".into(),
-            })?;
-        match sealer.open(canary.value(), CANARY_AAD) {
-            Ok(text) if &text[..] == CANARY_TEXT => Ok(()),
-            _ => Err(StoreError::WrongKey(self.path.clone())),
-        }
     }
 
     fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
@@ -241,21 +323,7 @@ impl Store {
 
     /// Reads every record.
     pub fn load(&self) -> Result<Contents, StoreError> {
-        let read = self.db.begin_read()?;
-        let mut contents = Contents::default();
-        for entry in read.open_table(TIERS)?.iter()? {
-            let (id, bytes) = entry?;
-            contents
-                .tiers
-                .push(decode("tiers", id.value(), bytes.value())?);
-        }
-        for entry in read.open_table(KEYS)?.iter()? {
-            let (id, bytes) = entry?;
-            contents
-                .keys
-                .push(decode("keys", id.value(), bytes.value())?);
-        }
-        Ok(contents)
+        guarded(&self.path, || read_contents(&self.db))
     }
 
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.

@@ -5,10 +5,16 @@
 //! commit), applies it to a staged copy of the catalog and to one write transaction, commits
 //! durably, publishes the next snapshot, and only then replies. So a 2xx means the change is on
 //! disk and visible to the next `GET /key`; a failed commit changes neither disk nor pool.
+//!
+//! After a failed batch (a full disk, a read-only remount, an I/O error) redb wants the
+//! database closed and opened again: the writer drops its handle and reopens the file before
+//! the next batch (redb recovers it to the last commit), so writes work again once the disk
+//! does, without a restart.
 
 pub mod load;
 pub mod spec;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -145,7 +151,8 @@ pub fn spawn(
         .unwrap_or(i64::MIN);
     let state = State {
         last_created_ms,
-        store,
+        path: store.path().to_owned(),
+        store: Some(store),
         sealer,
         pool,
         catalog,
@@ -160,7 +167,9 @@ struct State {
     /// Unix ms given to the last key created: creation times are kept strictly increasing so
     /// that keys rotate in the order they were added, even within one millisecond.
     last_created_ms: i64,
-    store: Store,
+    path: PathBuf,
+    /// `None` after a failed batch, until the next batch reopens the file.
+    store: Option<Store>,
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
@@ -179,7 +188,7 @@ impl State {
             }
             self.apply_batch(&mut batch);
         }
-        tracing::debug!(path = %self.store.path().display(), "writer stopped; database closed");
+        tracing::debug!(path = %self.path.display(), "writer stopped; database closed");
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<Request>) {
@@ -192,6 +201,8 @@ impl State {
             }
             Err(err) => {
                 tracing::error!(error = %err, requests = batch.len(), "write batch failed; nothing was changed");
+                // Closes the file; the next batch reopens it (redb may refuse this handle now).
+                self.store = None;
                 let message = err.to_string();
                 batch
                     .iter()
@@ -216,7 +227,7 @@ impl State {
     ) -> Result<(Catalog, Dirty, Vec<Result<Done, WriteError>>), StoreError> {
         let mut staged = self.catalog.clone();
         let mut dirty = Dirty::new();
-        let txn = self.store.begin()?;
+        let txn = self.store()?.begin()?;
         let mut results = Vec::with_capacity(batch.len());
         for request in batch {
             match self.apply(&mut staged, &mut dirty, &txn, &request.op) {
@@ -226,6 +237,16 @@ impl State {
         }
         txn.commit()?;
         Ok((staged, dirty, results))
+    }
+
+    /// The open store, reopening the file if the last batch failed.
+    fn store(&mut self) -> Result<&Store, StoreError> {
+        if self.store.is_none() {
+            let store = Store::open(&self.path, &self.sealer)?;
+            tracing::info!(path = %self.path.display(), "database reopened after a failed write");
+            self.store = Some(store);
+        }
+        Ok(self.store.as_ref().expect("opened above"))
     }
 
     fn next_created_ms(&mut self) -> i64 {
