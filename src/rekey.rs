@@ -33,7 +33,9 @@ pub fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> {
     let old = settings.encryption_key()?;
     let new = encryption_key_setting("NEW_ENCRYPTION_KEY", args.new_encryption_key.as_ref())?;
     if bool::from(old.to_hex().as_bytes().ct_eq(new.to_hex().as_bytes())) {
-        return Err(ConfigError("NEW_ENCRYPTION_KEY must differ from ENCRYPTION_KEY".into()).into());
+        return Err(
+            ConfigError("NEW_ENCRYPTION_KEY must differ from ENCRYPTION_KEY".into()).into(),
+        );
     }
     let path = settings.db_path();
     let outcome =

@@ -45,16 +45,24 @@ pub(super) fn guarded<T>(
             path: path.into(),
             reason,
         }),
+        // Reading a file that passed the header checks, anything but an I/O failure (a table
+        // whose stored type is not the one written, say) means its contents are damaged.
+        Ok(Err(StoreError::Storage(err))) if !matches!(err, redb::Error::Io(_)) => {
+            Err(StoreError::Damaged {
+                path: path.into(),
+                reason: err.to_string(),
+            })
+        }
         Ok(result) => result,
         Err(payload) => {
             let reason = payload
                 .downcast_ref::<&str>()
                 .map(|text| (*text).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "redb stopped on an inconsistency".into());
+                .unwrap_or_else(|| "no detail".into());
             Err(StoreError::Damaged {
                 path: path.into(),
-                reason: format!("redb panicked: {reason}"),
+                reason: format!("redb found an inconsistency: {reason}"),
             })
         }
     }
@@ -69,13 +77,22 @@ mod tests {
         let path = Path::new("x.redb");
         let err = guarded::<()>(path, || panic!("page 7 out of range")).unwrap_err();
         assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
-        assert!(err.to_string().contains("page 7 out of range"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("inconsistency: page 7 out of range"),
+            "{err}"
+        );
         assert!(!GUARDED.with(Cell::get));
         let err = guarded::<()>(path, || {
-            Err(StoreError::Storage(redb::Error::Corrupted("bad checksum".into())))
+            Err(StoreError::Storage(redb::Error::Corrupted(
+                "bad checksum".into(),
+            )))
         })
         .unwrap_err();
-        assert!(err.to_string().contains("is damaged (bad checksum)"), "{err}");
+        assert!(
+            err.to_string().contains("is damaged (bad checksum)"),
+            "{err}"
+        );
         assert_eq!(guarded(path, || Ok(7)).unwrap(), 7);
     }
 }

@@ -92,8 +92,22 @@ pub struct Contents {
 }
 
 pub struct Store {
-    db: Database,
+    /// Always `Some` until dropped: [`Drop`] takes it to close it under [`guarded`].
+    db: Option<Database>,
     path: PathBuf,
+}
+
+impl Drop for Store {
+    /// Closing writes (the allocator state), which on a file damaged behind redb's back can
+    /// panic; that must not take the process (or the writer thread) down with it.
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let closed = guarded(&self.path, || db.close().map_err(StoreError::from));
+            if let Err(err) = closed {
+                tracing::warn!(error = %err, "the database did not close cleanly; the next start recovers it");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -167,6 +181,15 @@ fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
 fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
     match err {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
+        // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::NotKeypooler {
+                path: path.into(),
+                reason: io.to_string(),
+            }
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
             path: path.into(),
             reason: io.to_string(),
@@ -294,10 +317,10 @@ impl Store {
             Database::create(path).map_err(|err| open_error(path, err))?
         };
         let store = Self {
-            db,
+            db: Some(db),
             path: path.into(),
         };
-        if let Layout::Blank = check(&store.db, path, sealer)? {
+        if let Layout::Blank = check(store.db(), path, sealer)? {
             store.initialize(sealer)?;
         }
         Ok(store)
@@ -307,8 +330,14 @@ impl Store {
         &self.path
     }
 
+    fn db(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("the database is open until the store is dropped")
+    }
+
     fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
@@ -323,13 +352,13 @@ impl Store {
 
     /// Reads every record.
     pub fn load(&self) -> Result<Contents, StoreError> {
-        guarded(&self.path, || read_contents(&self.db))
+        guarded(&self.path, || read_contents(self.db()))
     }
 
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
     pub fn begin(&self) -> Result<Batch, StoreError> {
         Ok(Batch {
-            txn: self.db.begin_write()?,
+            txn: self.db().begin_write()?,
         })
     }
 }

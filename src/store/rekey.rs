@@ -42,7 +42,7 @@ pub fn rekey(path: &Path, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreEr
 
 impl Store {
     fn reseal(&self, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         let (mut keys, mut secrets) = (0, 0);
         {
             let mut table = txn.open_table(KEYS)?;
@@ -77,10 +77,14 @@ fn reseal(
     old: &Sealer,
     new: &Sealer,
 ) -> Result<Hex, StoreError> {
-    let plain = old.open(&sealed.0, aad).map_err(|err| StoreError::BadRecord {
-        table: "keys",
-        id: id.to_owned(),
-        reason: format!("{err}; delete the key or restore it, then rekey (nothing was changed)"),
-    })?;
+    let plain = old
+        .open(&sealed.0, aad)
+        .map_err(|err| StoreError::BadRecord {
+            table: "keys",
+            id: id.to_owned(),
+            reason: format!(
+                "{err}; delete the key or restore it, then rekey (nothing was changed)"
+            ),
+        })?;
     Ok(Hex(new.seal(&plain, aad)))
 }

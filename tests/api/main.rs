@@ -1,9 +1,11 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
 mod binary;
+mod files;
 mod helpers;
 mod key;
 mod keys;
 mod persistence;
+mod process;
 mod tiers;
 mod wire;
