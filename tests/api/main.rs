@@ -8,5 +8,6 @@ mod key;
 mod keys;
 mod persistence;
 mod process;
+mod sealing;
 mod tiers;
 mod wire;
