@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
 mod binary;
+mod crash;
 mod disk;
 mod files;
 mod helpers;
