@@ -54,7 +54,7 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: u32 },
     #[error("cannot open {path}: {reason}")]
     Open { path: PathBuf, reason: String },
-    #[error("{path} is damaged ({reason}); it was left as it was: restore it from a backup")]
+    #[error("{path} is damaged ({reason}); restore it from a backup")]
     Damaged { path: PathBuf, reason: String },
     #[error("record {table}/{id} is unreadable: {reason}")]
     BadRecord {
@@ -302,6 +302,18 @@ impl Store {
             guarded(path, || precheck(path, sealer))?;
         }
         guarded(path, || Self::open_writable(path, sealer, exists))
+    }
+
+    /// Opens a database that must exist already (a missing file is an error, never a new
+    /// empty database): for rekey, and for the writer reopening its file after a failure.
+    pub fn open_existing(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
+        if !check_existing(path)? {
+            return Err(StoreError::Open {
+                path: path.into(),
+                reason: "no such file".into(),
+            });
+        }
+        Self::open(path, sealer)
     }
 
     fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {

@@ -25,13 +25,7 @@ pub enum Rekeyed {
 /// Re-seals the database at `path` from `old` to `new`. Refuses (changing nothing) a missing
 /// file, a file in use by a server, a wrong old key, or a key that does not open under `old`.
 pub fn rekey(path: &Path, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Open {
-            path: path.into(),
-            reason: "no such file".into(),
-        });
-    }
-    let store = match Store::open(path, old) {
+    let store = match Store::open_existing(path, old) {
         Err(StoreError::WrongKey(_)) if Store::open(path, new).is_ok() => {
             return Ok(Rekeyed::AlreadyDone);
         }

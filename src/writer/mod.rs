@@ -242,7 +242,7 @@ impl State {
     /// The open store, reopening the file if the last batch failed.
     fn store(&mut self) -> Result<&Store, StoreError> {
         if self.store.is_none() {
-            let store = Store::open(&self.path, &self.sealer)?;
+            let store = Store::open_existing(&self.path, &self.sealer)?;
             tracing::info!(path = %self.path.display(), "database reopened after a failed write");
             self.store = Some(store);
         }
