@@ -82,3 +82,104 @@ fn reseal(
         })?;
     Ok(Hex(new.seal(&plain, aad)))
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::crypto::EncryptionKey;
+
+    fn sealer(byte: u8) -> Sealer {
+        Sealer::new(&EncryptionKey::parse_hex(&format!("{byte:02x}").repeat(32)).unwrap())
+    }
+
+    fn key(id: &str, sealer: &Sealer) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            name: id.into(),
+            tier_id: "t".into(),
+            active: true,
+            created_at_ms: 1,
+            expires_at_ms: None,
+            usage_limit: Some(9),
+            usage_window_seconds: None,
+            usage_count: 3,
+            usage_window_start_ms: None,
+            metadata: serde_json::Map::new(),
+            value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
+            secrets: BTreeMap::from([(
+                "org".to_string(),
+                Hex(sealer.seal(b"org-1", &secret_aad(id, "org"))),
+            )]),
+        }
+    }
+
+    #[test]
+    fn everything_is_resealed_and_the_rest_of_each_record_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let (old, new) = (sealer(1), sealer(2));
+        {
+            let store = Store::open(&path, &old).unwrap();
+            let batch = store.begin().unwrap();
+            batch.put_key(&key("a", &old)).unwrap();
+            batch.commit().unwrap();
+        }
+        assert_eq!(
+            rekey(&path, &old, &new).unwrap(),
+            Rekeyed::Done {
+                keys: 1,
+                secrets: 1
+            }
+        );
+        assert!(matches!(
+            Store::open(&path, &old).unwrap_err(),
+            StoreError::WrongKey(_)
+        ));
+        let record = Store::open(&path, &new)
+            .unwrap()
+            .load()
+            .unwrap()
+            .keys
+            .remove(0);
+        assert_eq!(
+            &*new.open(&record.value.0, &value_aad("a")).unwrap(),
+            b"sk-1"
+        );
+        let org = &record.secrets["org"].0;
+        assert_eq!(&*new.open(org, &secret_aad("a", "org")).unwrap(), b"org-1");
+        assert_eq!((record.usage_limit, record.usage_count), (Some(9), 3));
+        assert_eq!(rekey(&path, &old, &new).unwrap(), Rekeyed::AlreadyDone);
+    }
+
+    #[test]
+    fn a_value_that_does_not_open_stops_the_rekey_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let (old, new) = (sealer(1), sealer(2));
+        {
+            let store = Store::open(&path, &old).unwrap();
+            let batch = store.begin().unwrap();
+            batch.put_key(&key("a", &old)).unwrap();
+            // Sealed for another record: does not open as "b".
+            let mut moved = key("b", &old);
+            moved.value = key("a", &old).value;
+            batch.put_key(&moved).unwrap();
+            batch.commit().unwrap();
+        }
+        let err = rekey(&path, &old, &new).unwrap_err();
+        assert!(
+            err.to_string().contains("record keys/b is unreadable"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        let contents = Store::open(&path, &old).unwrap().load().unwrap();
+        assert_eq!(
+            &*old
+                .open(&contents.keys[0].value.0, &value_aad("a"))
+                .unwrap(),
+            b"sk-1"
+        );
+    }
+}
