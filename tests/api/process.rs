@@ -151,6 +151,14 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A test that fails half-way leaves no server behind (a no-op once it has exited).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the binary to its end.
 pub fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     keypooler(dir, env).args(args).output().unwrap()
