@@ -51,7 +51,7 @@ struct KeyModel {
     state: KeyState,
 }
 
-/// What the tests knows the server acknowledged, by name (names are unique).
+/// What the test knows the server acknowledged, by name (names are unique).
 #[derive(Default)]
 struct Model {
     tiers: BTreeMap<String, TierModel>,

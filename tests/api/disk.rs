@@ -42,14 +42,13 @@ impl Tmpfs {
         );
     }
 
-    fn remount(&self, mode: &str) {
-        // Only used to make it read-only once the server has stopped.
+    fn remount_read_only(&self) {
         let status = Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
+            .args(["-o", "remount,ro"])
             .arg(&self.0)
             .status()
             .unwrap();
-        assert!(status.success(), "remount {mode}");
+        assert!(status.success(), "remount read-only");
     }
 }
 
@@ -176,7 +175,7 @@ fn a_full_or_read_only_disk_fails_the_write_cleanly_and_serving_goes_on() {
 
     // Read-only: Linux refuses to remount a file system read-only while a file on it is open
     // for writing (the running server's), so this is the start-up case: one line, exit 1.
-    disk.remount("ro");
+    disk.remount_read_only();
     let bytes = fs::read(&db).unwrap();
     let output = crate::process::run(
         dir.path(),

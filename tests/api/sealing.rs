@@ -348,7 +348,9 @@ fn a_rekey_killed_at_any_moment_leaves_the_old_key_or_the_new_one_never_a_mix() 
             while stamp() == grown && running(&mut child) {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            std::thread::sleep(Duration::from_micros(rng.below(3_000) as u64));
+            // The commit writes every re-sealed page: it lasts a while on a large file.
+            let within = full.as_micros() as usize / 20;
+            std::thread::sleep(Duration::from_micros(rng.below(within.max(1)) as u64));
             if !running(&mut child) {
                 finished_first += 1;
             }
