@@ -30,6 +30,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Export DB_PATH to a new SQLite file the Go keypooler opens as is.
     Export(ExportArgs),
+    /// Re-seal every value under NEW_ENCRYPTION_KEY, atomically (stop the server first).
+    Rekey(crate::rekey::RekeyArgs),
 }
 
 /// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
@@ -57,6 +59,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve => serve(&cli.settings),
         Command::Import(args) => crate::compat::command::run_import(&cli.settings, &args),
         Command::Export(args) => crate::compat::command::run_export(&cli.settings, &args),
+        Command::Rekey(args) => crate::rekey::run(&cli.settings, &args),
     }
 }
 

@@ -114,6 +114,20 @@ fn given(value: Option<&String>) -> Option<&str> {
     value.map(|v| v.trim()).filter(|v| !v.is_empty())
 }
 
+/// An encryption key setting (`ENCRYPTION_KEY`, `NEW_ENCRYPTION_KEY`): required, 64 hex
+/// characters. The error names the variable, never the value.
+pub fn encryption_key_setting(
+    name: &str,
+    value: Option<&String>,
+) -> Result<EncryptionKey, ConfigError> {
+    let text = given(value).ok_or_else(|| {
+        ConfigError(format!(
+            "{name} is required: 64 hex characters, e.g. from `openssl rand -hex 32`"
+        ))
+    })?;
+    EncryptionKey::parse_hex(text).map_err(|err| ConfigError(format!("{name} {err}")))
+}
+
 impl Settings {
     pub fn log(&self) -> Result<LogConfig, ConfigError> {
         let level = match given(self.log_level.as_ref())
@@ -149,13 +163,7 @@ impl Settings {
     }
 
     pub fn encryption_key(&self) -> Result<EncryptionKey, ConfigError> {
-        let text = given(self.encryption_key.as_ref()).ok_or_else(|| {
-            ConfigError(
-                "ENCRYPTION_KEY is required: 64 hex characters, e.g. from `openssl rand -hex 32`"
-                    .into(),
-            )
-        })?;
-        EncryptionKey::parse_hex(text).map_err(|err| ConfigError(format!("ENCRYPTION_KEY {err}")))
+        encryption_key_setting("ENCRYPTION_KEY", self.encryption_key.as_ref())
     }
 
     pub fn admin_token(&self) -> Result<SecretString, ConfigError> {

@@ -25,6 +25,7 @@
 //! * [`writer`]: the single writer and the validated inputs it applies.
 //! * [`store`]: the redb tables, records, canary and schema version.
 //! * [`compat`]: import from and export to the Go keypooler's SQLite database (offline).
+//! * [`rekey`]: the `rekey` command, rotating `ENCRYPTION_KEY` in one transaction.
 
 pub mod app;
 pub mod broker;
@@ -33,6 +34,7 @@ pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod http;
+pub mod rekey;
 pub mod store;
 pub mod telemetry;
 pub mod writer;

@@ -1,14 +1,24 @@
 //! The redb file: tables, the encryption canary, the schema version.
 //!
-//! Only the writer thread writes; start-up and the offline commands (import, export) read.
+//! Only the writer thread writes; start-up and the offline commands (import, export, rekey) read.
+//!
+//! Opening is careful with files it refuses: an existing file is first checked through a
+//! read-only handle (schema, canary, every record decoded), so a damaged, foreign or
+//! wrong-key file is left byte for byte as it was. Only a file that passed, or one a crash left
+//! needing recovery (which redb repairs), is opened for writing. redb may panic on a file
+//! altered behind its back; [`guarded`] turns that into [`StoreError::Damaged`].
 
+mod guard;
 pub mod records;
+pub mod rekey;
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use guard::guarded;
 
 use crate::crypto::Sealer;
 pub use records::{
@@ -48,6 +58,8 @@ pub enum StoreError {
     NewerSchema { path: PathBuf, found: u32 },
     #[error("cannot open {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error("{path} is damaged ({reason}); restore it from a backup")]
+    Damaged { path: PathBuf, reason: String },
     #[error("record {table}/{id} is unreadable: {reason}")]
     BadRecord {
         table: &'static str,
@@ -84,8 +96,22 @@ pub struct Contents {
 }
 
 pub struct Store {
-    db: Database,
+    /// Always `Some` until dropped: [`Drop`] takes it to close it under [`guarded`].
+    db: Option<Database>,
     path: PathBuf,
+}
+
+impl Drop for Store {
+    /// Closing writes (the allocator state), which on a file damaged behind redb's back can
+    /// panic; that must not take the process (or the writer thread) down with it.
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let closed = guarded(&self.path, || db.close().map_err(StoreError::from));
+            if let Err(err) = closed {
+                tracing::warn!(error = %err, "the database did not close cleanly; the next start recovers it");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -106,6 +132,13 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
             });
         }
     };
+    let is_file = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
+    if !is_file {
+        return Err(StoreError::Open {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
+    }
     let mut head = [0u8; 16];
     let mut filled = 0;
     while filled < head.len() {
@@ -148,24 +181,154 @@ fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records always serialize")
 }
 
+/// What a redb error at open time means for the operator.
+fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+    match err {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
+        // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::NotKeypooler {
+                path: path.into(),
+                reason: io.to_string(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+            path: path.into(),
+            reason: io.to_string(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StoreError::Damaged {
+                path: path.into(),
+                reason,
+            }
+        }
+        other => StoreError::NotKeypooler {
+            path: path.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether a database holds keypooler's tables, checked against `sealer`.
+enum Layout {
+    /// A redb file with no table at all: keypooler adopts it.
+    Blank,
+    Keypooler,
+}
+
+/// Checks the schema version and the encryption canary, without writing.
+fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Layout, StoreError> {
+    let read = db.begin_read()?;
+    let meta = match read.open_table(META) {
+        Ok(meta) => meta,
+        Err(TableError::TableDoesNotExist(_)) => {
+            if read.list_tables()?.next().is_some() {
+                return Err(StoreError::NotKeypooler {
+                    path: path.into(),
+                    reason: "a redb file without keypooler's tables".into(),
+                });
+            }
+            return Ok(Layout::Blank);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let version = meta
+        .get(SCHEMA_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no schema version".into(),
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+        });
+    }
+    let canary = meta
+        .get(CANARY_KEY)?
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no encryption canary".into(),
+        })?;
+    match sealer.open(canary.value(), CANARY_AAD) {
+        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
+        _ => Err(StoreError::WrongKey(path.into())),
+    }
+}
+
+/// Reads and decodes every record.
+fn read_contents(db: &impl ReadableDatabase) -> Result<Contents, StoreError> {
+    let read = db.begin_read()?;
+    let mut contents = Contents::default();
+    for entry in read.open_table(TIERS)?.iter()? {
+        let (id, bytes) = entry?;
+        contents
+            .tiers
+            .push(decode("tiers", id.value(), bytes.value())?);
+    }
+    for entry in read.open_table(KEYS)?.iter()? {
+        let (id, bytes) = entry?;
+        contents
+            .keys
+            .push(decode("keys", id.value(), bytes.value())?);
+    }
+    for entry in read.open_table(CONSUMERS)?.iter()? {
+        let (id, bytes) = entry?;
+        contents
+            .consumers
+            .push(decode("consumers", id.value(), bytes.value())?);
+    }
+    Ok(contents)
+}
+
+/// Checks an existing file through a read-only handle, which never writes: a file refused here
+/// is left exactly as it was. A file a crash left needing recovery cannot be read this way; the
+/// writable open repairs it (redb rolls back to the last commit) and checks it again.
+fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::RepairAborted) => {
+            tracing::warn!(path = %path.display(), "the database was not closed cleanly; recovering");
+            return Ok(());
+        }
+        Err(err) => return Err(open_error(path, err)),
+    };
+    if let Layout::Keypooler = check(&db, path, sealer)? {
+        read_contents(&db)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens the database at `path`, creating it (and its folder) when missing, and checks that
     /// `sealer` holds the key it was created under.
     pub fn open(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
         let exists = check_existing(path)?;
-        let open_error = |err: redb::DatabaseError| match err {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+        if exists {
+            guarded(path, || precheck(path, sealer))?;
+        }
+        guarded(path, || Self::open_writable(path, sealer, exists))
+    }
+
+    /// Opens a database that must exist already (a missing file is an error, never a new
+    /// empty database): for rekey, and for the writer reopening its file after a failure.
+    pub fn open_existing(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
+        if !check_existing(path)? {
+            return Err(StoreError::Open {
                 path: path.into(),
-                reason: io.to_string(),
-            },
-            other => StoreError::NotKeypooler {
-                path: path.into(),
-                reason: other.to_string(),
-            },
-        };
+                reason: "no such file".into(),
+            });
+        }
+        Self::open(path, sealer)
+    }
+
+    fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {
         let db = if exists {
-            Database::open(path).map_err(open_error)?
+            Database::open(path).map_err(|err| open_error(path, err))?
         } else {
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(folder).map_err(|err| StoreError::Open {
@@ -173,13 +336,15 @@ impl Store {
                     reason: format!("cannot create folder {}: {err}", folder.display()),
                 })?;
             }
-            Database::create(path).map_err(open_error)?
+            Database::create(path).map_err(|err| open_error(path, err))?
         };
         let store = Self {
-            db,
+            db: Some(db),
             path: path.into(),
         };
-        store.check_or_initialize(sealer)?;
+        if let Layout::Blank = check(store.db(), path, sealer)? {
+            store.initialize(sealer)?;
+        }
         Ok(store)
     }
 
@@ -187,50 +352,14 @@ impl Store {
         &self.path
     }
 
-    fn check_or_initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let read = self.db.begin_read()?;
-        let meta = match read.open_table(META) {
-            Ok(meta) => meta,
-            Err(TableError::TableDoesNotExist(_)) => {
-                if read.list_tables()?.next().is_some() {
-                    return Err(StoreError::NotKeypooler {
-                        path: self.path.clone(),
-                        reason: "a redb file without keypooler's tables".into(),
-                    });
-                }
-                drop(read);
-                return self.initialize(sealer);
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let version = meta
-            .get(SCHEMA_KEY)?
-            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| StoreError::NotKeypooler {
-                path: self.path.clone(),
-                reason: "no schema version".into(),
-            })?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: self.path.clone(),
-                found: version,
-            });
-        }
-        let canary = meta
-            .get(CANARY_KEY)?
-            .ok_or_else(|| StoreError::NotKeypooler {
-                path: self.path.clone(),
-                reason: "no encryption canary".into(),
-            })?;
-        match sealer.open(canary.value(), CANARY_AAD) {
-            Ok(text) if &text[..] == CANARY_TEXT => Ok(()),
-            _ => Err(StoreError::WrongKey(self.path.clone())),
-        }
+    fn db(&self) -> &Database {
+        self.db
+            .as_ref()
+            .expect("the database is open until the store is dropped")
     }
 
     fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db().begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
@@ -246,33 +375,13 @@ impl Store {
 
     /// Reads every record.
     pub fn load(&self) -> Result<Contents, StoreError> {
-        let read = self.db.begin_read()?;
-        let mut contents = Contents::default();
-        for entry in read.open_table(TIERS)?.iter()? {
-            let (id, bytes) = entry?;
-            contents
-                .tiers
-                .push(decode("tiers", id.value(), bytes.value())?);
-        }
-        for entry in read.open_table(KEYS)?.iter()? {
-            let (id, bytes) = entry?;
-            contents
-                .keys
-                .push(decode("keys", id.value(), bytes.value())?);
-        }
-        for entry in read.open_table(CONSUMERS)?.iter()? {
-            let (id, bytes) = entry?;
-            contents
-                .consumers
-                .push(decode("consumers", id.value(), bytes.value())?);
-        }
-        Ok(contents)
+        guarded(&self.path, || read_contents(self.db()))
     }
 
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
     pub fn begin(&self) -> Result<Batch, StoreError> {
         Ok(Batch {
-            txn: self.db.begin_write()?,
+            txn: self.db().begin_write()?,
         })
     }
 }

@@ -5,10 +5,16 @@
 //! commit), applies it to a staged copy of the catalog and to one write transaction, commits
 //! durably, publishes the next snapshot, and only then replies. So a 2xx means the change is on
 //! disk and visible to the next `GET /key`; a failed commit changes neither disk nor pool.
+//!
+//! After a failed batch (a full disk, a read-only remount, an I/O error) redb wants the
+//! database closed and opened again: the writer drops its handle and reopens the file before
+//! the next batch (redb recovers it to the last commit), so writes work again once the disk
+//! does, without a restart.
 
 pub mod load;
 pub mod spec;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -407,7 +413,8 @@ pub fn spawn(
     let state = State {
         audit,
         last_created_ms,
-        store,
+        path: store.path().to_owned(),
+        store: Some(store),
         sealer,
         pool,
         catalog,
@@ -433,7 +440,9 @@ struct State {
     /// Unix ms given to the last key created: creation times are kept strictly increasing so
     /// that keys rotate in the order they were added, even within one millisecond.
     last_created_ms: i64,
-    store: Store,
+    path: PathBuf,
+    /// `None` after a failed batch, until the next batch reopens the file.
+    store: Option<Store>,
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
@@ -453,7 +462,7 @@ impl State {
             }
             self.apply_batch(&mut batch);
         }
-        tracing::debug!(path = %self.store.path().display(), "writer stopped; database closed");
+        tracing::debug!(path = %self.path.display(), "writer stopped; database closed");
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<Request>) {
@@ -481,6 +490,8 @@ impl State {
             }
             Err(err) => {
                 tracing::error!(error = %err, requests = batch.len(), "write batch failed; nothing was changed");
+                // Closes the file; the next batch reopens it (redb may refuse this handle now).
+                self.store = None;
                 let message = err.to_string();
                 batch
                     .iter()
@@ -510,7 +521,7 @@ impl State {
         let mut staged = self.catalog.clone();
         let mut dirty = Dirty::new();
         let mut changes = Vec::new();
-        let txn = self.store.begin()?;
+        let txn = self.store()?.begin()?;
         let mut results = Vec::with_capacity(batch.len());
         for request in batch {
             match self.apply(&mut staged, &mut dirty, &txn, &request.op, &mut changes) {
@@ -552,6 +563,16 @@ impl State {
     /// The unix time (ms) at which the usage window ending at clock second `end_s` began.
     fn window_start_unix_ms(&self, end_s: u32, window_s: u32) -> i64 {
         window_start_unix_ms(self.pool.clock(), end_s, window_s)
+    }
+
+    /// The open store, reopening the file if the last batch failed.
+    fn store(&mut self) -> Result<&Store, StoreError> {
+        if self.store.is_none() {
+            let store = Store::open_existing(&self.path, &self.sealer)?;
+            tracing::info!(path = %self.path.display(), "database reopened after a failed write");
+            self.store = Some(store);
+        }
+        Ok(self.store.as_ref().expect("opened above"))
     }
 
     fn next_created_ms(&mut self) -> i64 {

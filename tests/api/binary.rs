@@ -1,51 +1,16 @@
 //! SPEC §1, from outside: the built binary, its settings, its exit codes, its shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
 use crate::helpers::hex_key;
+use crate::process::{Server, http_get, run};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 11] = [
-    "ENCRYPTION_KEY",
-    "ADMIN_TOKEN",
-    "SERVER_PORT",
-    "DB_PATH",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "AUDIT",
-    "METRICS",
-    "METRICS_PORT",
-    "METRICS_TOKEN",
-    "METRICS_PER_KEY",
-];
-
-/// The built binary in `dir`, with none of the caller's settings but `env`.
-pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    for name in SETTINGS {
-        command.env_remove(name);
-    }
-    command
-        .current_dir(dir)
-        .env("DB_PATH", dir.join("pool.redb"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null());
-    command
-}
-
-fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    keypooler(dir, env).args(args).output().unwrap()
-}
-
-fn stderr(output: &Output) -> String {
+pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// One line on stderr, naming the problem; no panic, no backtrace.
-fn assert_one_clear_line(output: &Output, code: i32, expected: &str) {
+pub fn assert_one_clear_line(output: &Output, code: i32, expected: &str) {
     let text = stderr(output);
     assert_eq!(output.status.code(), Some(code), "{text}");
     assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
@@ -179,80 +144,6 @@ fn a_sqlite_file_at_db_path_is_refused_untouched_naming_the_import_command() {
     let output = run(dir.path(), &env, &[]);
     assert_one_clear_line(&output, 1, "keypooler import --from");
     assert_eq!(std::fs::read(&db).unwrap(), bytes);
-}
-
-/// A running server, started from the binary on a free port.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path, key: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let port_text = port.to_string();
-        let env = [
-            ("ENCRYPTION_KEY", key),
-            ("ADMIN_TOKEN", "binary-token"),
-            ("SERVER_PORT", port_text.as_str()),
-        ];
-        let mut child = keypooler(dir, &env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The "listening" log line is written once the port is bound.
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
-            if line.contains("listening") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, port }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY-free: libc::kill is a plain syscall wrapper.
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        self.child.wait().unwrap()
-    }
-}
-
-fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
 }
 
 #[test]

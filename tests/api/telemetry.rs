@@ -10,8 +10,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::binary::keypooler;
 use crate::helpers::hex_key;
+use crate::process::keypooler;
 
 /// A running binary whose stdout and stderr are kept whole.
 struct Captured {

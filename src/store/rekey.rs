@@ -1,0 +1,185 @@
+//! Key rotation: every key value, bound secret and the canary re-sealed under a new key in one
+//! redb write transaction. A crash before the commit leaves the file entirely under the old
+//! key; after it, entirely under the new one. Never a mix.
+
+use std::path::Path;
+
+use redb::ReadableTable;
+
+use super::{
+    CANARY_AAD, CANARY_KEY, CANARY_TEXT, Hex, KEYS, KeyRecord, META, Store, StoreError, decode,
+    encode, secret_aad, value_aad,
+};
+use crate::crypto::Sealer;
+
+/// What a rekey did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rekeyed {
+    /// Re-sealed, and committed.
+    Done { keys: usize, secrets: usize },
+    /// The file already opens under the new key only (a rekey that committed before): nothing
+    /// to do, so running rekey again after a crash is safe.
+    AlreadyDone,
+}
+
+/// Re-seals the database at `path` from `old` to `new`. Refuses (changing nothing) a missing
+/// file, a file in use by a server, a wrong old key, or a key that does not open under `old`.
+pub fn rekey(path: &Path, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
+    let store = match Store::open_existing(path, old) {
+        Err(StoreError::WrongKey(_)) if Store::open(path, new).is_ok() => {
+            return Ok(Rekeyed::AlreadyDone);
+        }
+        opened => opened?,
+    };
+    store.reseal(old, new)
+}
+
+impl Store {
+    fn reseal(&self, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
+        let txn = self.db().begin_write()?;
+        let (mut keys, mut secrets) = (0, 0);
+        {
+            let mut table = txn.open_table(KEYS)?;
+            let mut records = Vec::new();
+            for entry in table.iter()? {
+                let (id, bytes) = entry?;
+                records.push(decode::<KeyRecord>("keys", id.value(), bytes.value())?);
+            }
+            for mut record in records {
+                let id = record.id.clone();
+                record.value = reseal(&id, &record.value, &value_aad(&id), old, new)?;
+                for (name, sealed) in &mut record.secrets {
+                    *sealed = reseal(&id, sealed, &secret_aad(&id, name), old, new)?;
+                    secrets += 1;
+                }
+                table.insert(id.as_str(), encode(&record).as_slice())?;
+                keys += 1;
+            }
+            txn.open_table(META)?
+                .insert(CANARY_KEY, new.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(Rekeyed::Done { keys, secrets })
+    }
+}
+
+/// Opens one sealed field under `old` and seals it under `new`, for the same record and field.
+fn reseal(
+    id: &str,
+    sealed: &Hex,
+    aad: &[u8],
+    old: &Sealer,
+    new: &Sealer,
+) -> Result<Hex, StoreError> {
+    let plain = old
+        .open(&sealed.0, aad)
+        .map_err(|err| StoreError::BadRecord {
+            table: "keys",
+            id: id.to_owned(),
+            reason: format!(
+                "{err}; delete the key or restore it, then rekey (nothing was changed)"
+            ),
+        })?;
+    Ok(Hex(new.seal(&plain, aad)))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::crypto::EncryptionKey;
+
+    fn sealer(byte: u8) -> Sealer {
+        Sealer::new(&EncryptionKey::parse_hex(&format!("{byte:02x}").repeat(32)).unwrap())
+    }
+
+    fn key(id: &str, sealer: &Sealer) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            name: id.into(),
+            tier_id: "t".into(),
+            active: true,
+            created_at_ms: 1,
+            expires_at_ms: None,
+            usage_limit: Some(9),
+            usage_window_seconds: None,
+            usage_count: 3,
+            usage_window_start_ms: None,
+            metadata: serde_json::Map::new(),
+            value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
+            secrets: BTreeMap::from([(
+                "org".to_string(),
+                Hex(sealer.seal(b"org-1", &secret_aad(id, "org"))),
+            )]),
+        }
+    }
+
+    #[test]
+    fn everything_is_resealed_and_the_rest_of_each_record_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let (old, new) = (sealer(1), sealer(2));
+        {
+            let store = Store::open(&path, &old).unwrap();
+            let batch = store.begin().unwrap();
+            batch.put_key(&key("a", &old)).unwrap();
+            batch.commit().unwrap();
+        }
+        assert_eq!(
+            rekey(&path, &old, &new).unwrap(),
+            Rekeyed::Done {
+                keys: 1,
+                secrets: 1
+            }
+        );
+        assert!(matches!(
+            Store::open(&path, &old).unwrap_err(),
+            StoreError::WrongKey(_)
+        ));
+        let record = Store::open(&path, &new)
+            .unwrap()
+            .load()
+            .unwrap()
+            .keys
+            .remove(0);
+        assert_eq!(
+            &*new.open(&record.value.0, &value_aad("a")).unwrap(),
+            b"sk-1"
+        );
+        let org = &record.secrets["org"].0;
+        assert_eq!(&*new.open(org, &secret_aad("a", "org")).unwrap(), b"org-1");
+        assert_eq!((record.usage_limit, record.usage_count), (Some(9), 3));
+        assert_eq!(rekey(&path, &old, &new).unwrap(), Rekeyed::AlreadyDone);
+    }
+
+    #[test]
+    fn a_value_that_does_not_open_stops_the_rekey_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let (old, new) = (sealer(1), sealer(2));
+        {
+            let store = Store::open(&path, &old).unwrap();
+            let batch = store.begin().unwrap();
+            batch.put_key(&key("a", &old)).unwrap();
+            // Sealed for another record: does not open as "b".
+            let mut moved = key("b", &old);
+            moved.value = key("a", &old).value;
+            batch.put_key(&moved).unwrap();
+            batch.commit().unwrap();
+        }
+        let err = rekey(&path, &old, &new).unwrap_err();
+        assert!(
+            err.to_string().contains("record keys/b is unreadable"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        let contents = Store::open(&path, &old).unwrap().load().unwrap();
+        assert_eq!(
+            &*old
+                .open(&contents.keys[0].value.0, &value_aad("a"))
+                .unwrap(),
+            b"sk-1"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The built binary as a process: started on a free port, its log captured, stopped with
+//! SIGTERM or killed with SIGKILL; and a minimal HTTP/1.1 client that reports a dropped
+//! connection as an error (a request the server never answered).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
+const SETTINGS: [&str; 13] = [
+    "ENCRYPTION_KEY",
+    "NEW_ENCRYPTION_KEY",
+    "SOURCE_ENCRYPTION_KEY",
+    "ADMIN_TOKEN",
+    "SERVER_PORT",
+    "DB_PATH",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "AUDIT",
+    "METRICS",
+    "METRICS_PORT",
+    "METRICS_TOKEN",
+    "METRICS_PER_KEY",
+];
+pub const TOKEN: &str = "binary-token";
+
+/// The binary with a clean environment, run in `dir`, with `DB_PATH` = `dir/pool.redb` unless
+/// `env` says otherwise.
+pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    for name in SETTINGS {
+        command.env_remove(name);
+    }
+    command
+        .current_dir(dir)
+        .env("DB_PATH", dir.join("pool.redb"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    command
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running server, started from the binary.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How a start-up ended: listening, or exited (with what it printed).
+pub enum Launch {
+    Listening(Server),
+    Exited {
+        status: ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+}
+
+impl Server {
+    /// Starts a server with `key` and the test token; panics if it does not listen.
+    pub fn start(dir: &Path, key: &str) -> Self {
+        match Self::launch(dir, &[("ENCRYPTION_KEY", key)], free_port()) {
+            Launch::Listening(server) => server,
+            Launch::Exited { stderr, .. } => panic!("the server exited before listening: {stderr}"),
+        }
+    }
+
+    /// Starts the binary on `port` with `env` (plus the test token) and waits for its
+    /// "listening" line or its exit.
+    pub fn launch(dir: &Path, env: &[(&str, &str)], port: u16) -> Launch {
+        let port_text = port.to_string();
+        let mut all = vec![("ADMIN_TOKEN", TOKEN), ("SERVER_PORT", port_text.as_str())];
+        all.extend_from_slice(env);
+        let child = keypooler(dir, &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self::wait_listening(child, port)
+    }
+
+    /// Reads the log until the "listening" line (written once the port is bound) or the end.
+    pub fn wait_listening(mut child: Child, port: u16) -> Launch {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            let listening = line.contains("\"listening\"") || line.contains(" listening");
+            log.lock().unwrap().push(line);
+            if listening {
+                let sink = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        sink.lock().unwrap().push(line);
+                    }
+                });
+                return Launch::Listening(Server { child, port, log });
+            }
+        }
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let stdout = log.lock().unwrap().join("\n");
+        Launch::Exited {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no shutdown, no flush, no destructor.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> std::io::Result<(u16, serde_json::Value)> {
+        let (status, text) = http(self.port, method, path, TOKEN, body)?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+}
+
+impl Drop for Server {
+    /// A test that fails half-way leaves no server behind (a no-op once it has exited).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to its end.
+pub fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    keypooler(dir, env).args(args).output().unwrap()
+}
+
+/// One request on its own connection; an error when the connection fails or drops before a
+/// whole response arrived.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no complete response"))?;
+    let status = head
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(body.len());
+    if body.len() < length {
+        return Err(std::io::Error::other("the response was cut short"));
+    }
+    Ok((status, body.to_owned()))
+}
+
+pub fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {
+    http(port, "GET", path, token, None).unwrap()
+}
+
+/// Whether something accepts connections on `port`.
+pub fn listens(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
