@@ -133,11 +133,7 @@ async fn listing_never_shows_a_token_and_deleting_revokes_it() {
     );
     assert_eq!(key_as(&app, &token, "chat").await.0, StatusCode::OK);
 
-    let response = app
-        .request(Method::DELETE, &format!("/admin/consumers/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/admin/consumers/{id}")).await;
     assert_eq!(
         expect(response, StatusCode::OK).await,
         json!({"status": "deleted"})
@@ -145,11 +141,7 @@ async fn listing_never_shows_a_token_and_deleting_revokes_it() {
     let (status, body) = key_as(&app, &token, "chat").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, json!({"error": "invalid token"}));
-    let again = app
-        .request(Method::DELETE, &format!("/admin/consumers/{id}"))
-        .send()
-        .await
-        .unwrap();
+    let again = app.delete(&format!("/admin/consumers/{id}")).await;
     expect_error(
         again,
         StatusCode::NOT_FOUND,

@@ -1,6 +1,6 @@
 //! SPEC §3: keys and pool health through the admin API.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, expect, expect_error};
@@ -116,11 +116,7 @@ async fn a_deleted_key_is_never_served_again_and_an_unknown_id_is_404() {
     app.create_tier("pro", json!({"chat": 100})).await;
     let gone = app.add_key("gone", "sk-gone", "pro").await;
     let kept = app.add_key("kept", "sk-kept", "pro").await;
-    let response = app
-        .request(Method::DELETE, &format!("/admin/keys/{gone}"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/admin/keys/{gone}")).await;
     assert_eq!(
         expect(response, StatusCode::OK).await,
         json!({"status": "deleted"})
@@ -130,11 +126,7 @@ async fn a_deleted_key_is_never_served_again_and_an_unknown_id_is_404() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["key_id"], kept.as_str());
     }
-    let again = app
-        .request(Method::DELETE, &format!("/admin/keys/{gone}"))
-        .send()
-        .await
-        .unwrap();
+    let again = app.delete(&format!("/admin/keys/{gone}")).await;
     expect_error(
         again,
         StatusCode::NOT_FOUND,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use keypooler::config::MetricsConfig;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -268,11 +268,7 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     // Budgets are read at scrape time: a window that ended reads 0, a deleted key vanishes, and
     // a path parameter is labelled by its route template.
     app.clock.advance_ms(60_000);
-    let deleted = app
-        .request(Method::DELETE, &format!("/admin/keys/{first}"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete(&format!("/admin/keys/{first}")).await;
     assert_eq!(deleted.status(), StatusCode::OK);
     let m = scrape(&app).await;
     let labels = [

@@ -1,6 +1,6 @@
 //! Restarts: everything acknowledged is there, values decrypt, deletions stick.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, expect};
@@ -16,11 +16,7 @@ async fn tiers_keys_and_deletions_survive_a_restart() {
         .await;
     let kept = app.add_key("kept", "sk-kept-ü", "pro").await;
     let gone = app.add_key("gone", "sk-gone", "pro").await;
-    let response = app
-        .request(Method::DELETE, &format!("/admin/keys/{gone}"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/admin/keys/{gone}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let tiers_before = expect(app.get("/admin/tiers").await, StatusCode::OK).await;
 
