@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::{Clock, Pool};
 use crate::crypto::Sealer;
+use crate::server::Limits;
 use crate::store::{Store, StoreError};
 use crate::writer::{self, Writer, WriterThread};
 
@@ -40,6 +41,7 @@ impl AppState {
 pub struct App {
     pub state: AppState,
     writer: WriterThread,
+    limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +84,15 @@ impl App {
                 admin_token,
             })),
             writer: thread,
+            limits: Limits::default(),
         })
+    }
+
+    /// Serves under `limits` instead of [`Limits::default`].
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Serves until `shutdown` resolves: then stops accepting, finishes in-flight requests, lets
@@ -92,10 +102,12 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let Self { state, writer } = self;
-        axum::serve(listener, crate::http::router(state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let Self {
+            state,
+            writer,
+            limits,
+        } = self;
+        crate::server::serve(listener, crate::http::router(state), limits, shutdown).await?;
         tokio::task::spawn_blocking(move || writer.join())
             .await
             .map_err(std::io::Error::other)

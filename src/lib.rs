@@ -17,6 +17,8 @@
 //!
 //! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs.
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
+//! * [`server`]: connections: the limit on open connections, header and request timeouts.
+//! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
 //! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
 //! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, the clock.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
@@ -28,7 +30,9 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod hardening;
 pub mod http;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod writer;

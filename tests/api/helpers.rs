@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keypooler::app::App;
 use keypooler::broker::{Clock, ManualClock};
 use keypooler::crypto::{EncryptionKey, Sealer};
+use keypooler::server::Limits;
 use keypooler::store::Store;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
@@ -22,6 +23,7 @@ pub struct TestApp {
     pub clock: ManualClock,
     pub db_path: PathBuf,
     pub key_hex: String,
+    limits: Limits,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
@@ -29,18 +31,30 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(Limits::default()).await
+    }
+
+    /// A server with these connection limits and timeouts.
+    pub async fn spawn_with(limits: Limits) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let db_path = dir.path().join("data/pool.redb");
         let key_hex = hex_key(0x5a);
-        Self::start(dir, db_path, key_hex).await
+        Self::start(dir, db_path, key_hex, limits).await
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, db_path: PathBuf, key_hex: String) -> Self {
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        db_path: PathBuf,
+        key_hex: String,
+        limits: Limits,
+    ) -> Self {
         let key = EncryptionKey::parse_hex(&key_hex).unwrap();
         let sealer = Sealer::new(&key);
         let store = Store::open(&db_path, &sealer).expect("open store");
         let (clock, hand) = Clock::manual();
-        let app = App::start(store, sealer, clock, SecretString::from(ADMIN_TOKEN)).unwrap();
+        let app = App::start(store, sealer, clock, SecretString::from(ADMIN_TOKEN))
+            .unwrap()
+            .with_limits(limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -53,6 +67,7 @@ impl TestApp {
             clock: hand,
             db_path,
             key_hex,
+            limits,
             dir,
             shutdown: Some(shutdown),
             server: Some(server),
@@ -76,6 +91,7 @@ impl TestApp {
             Arc::clone(&self.dir),
             self.db_path.clone(),
             self.key_hex.clone(),
+            self.limits,
         )
         .await
     }

@@ -5,5 +5,7 @@ mod helpers;
 mod key;
 mod keys;
 mod persistence;
+mod routes;
+mod slow;
 mod tiers;
 mod wire;
