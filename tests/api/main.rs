@@ -8,4 +8,5 @@ mod persistence;
 mod routes;
 mod slow;
 mod tiers;
+mod window_stress;
 mod wire;
