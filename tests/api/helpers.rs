@@ -1,7 +1,7 @@
 //! `TestApp`: the real server, in-process, on port 0 over a redb file in a temp folder, with a
 //! clock the test moves by hand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keypooler::app::App;
@@ -48,13 +48,8 @@ impl TestApp {
         key_hex: String,
         limits: Limits,
     ) -> Self {
-        let key = EncryptionKey::parse_hex(&key_hex).unwrap();
-        let sealer = Sealer::new(&key);
-        let store = Store::open(&db_path, &sealer).expect("open store");
-        let (clock, hand) = Clock::manual();
-        let app = App::start(store, sealer, clock, SecretString::from(ADMIN_TOKEN))
-            .unwrap()
-            .with_limits(limits);
+        let (app, hand) = start_app(&db_path, &key_hex);
+        let app = app.with_limits(limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -156,6 +151,16 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// A started broker (not yet serving) over the redb file at `db_path`, on a manual clock.
+pub fn start_app(db_path: &Path, key_hex: &str) -> (App, ManualClock) {
+    let key = EncryptionKey::parse_hex(key_hex).unwrap();
+    let sealer = Sealer::new(&key);
+    let store = Store::open(db_path, &sealer).expect("open store");
+    let (clock, hand) = Clock::manual();
+    let app = App::start(store, sealer, clock, SecretString::from(ADMIN_TOKEN)).unwrap();
+    (app, hand)
 }
 
 pub fn hex_key(byte: u8) -> String {

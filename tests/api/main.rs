@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
 mod binary;
+mod fuzz_json;
 mod helpers;
 mod key;
 mod keys;

@@ -178,7 +178,10 @@ fn no_window_of_any_key_serves_more_than_its_limit_under_64_threads() {
     }
     let expected = windows as u64 * u64::from(LIMIT);
     for (key, total) in per_key.iter().enumerate() {
-        assert_eq!(*total, expected, "key {key}: {LIMIT} per window, every window");
+        assert_eq!(
+            *total, expected,
+            "key {key}: {LIMIT} per window, every window"
+        );
     }
     assert_eq!(
         served.load(Ordering::Relaxed),
