@@ -7,18 +7,36 @@ use std::time::Duration;
 
 use crate::helpers::hex_key;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 6] = [
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
+const SETTINGS: [&str; 11] = [
     "ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
     "DB_PATH",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "HEADER_READ_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "ALLOW_CORE_DUMPS",
+    "MLOCK",
 ];
 
-fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
+pub(crate) fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
+    wrapped(&[], dir, env)
+}
+
+/// The binary run by `wrapper` (a command that ends by running it, e.g. `prlimit --core=0`),
+/// in `dir`, with only the settings in `env` and `DB_PATH` in `dir`.
+pub(crate) fn wrapped(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
     for name in SETTINGS {
         command.env_remove(name);
     }
@@ -30,16 +48,16 @@ fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
     command
 }
 
-fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     keypooler(dir, env).args(args).output().unwrap()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// One line on stderr, naming the problem; no panic, no backtrace.
-fn assert_one_clear_line(output: &Output, code: i32, expected: &str) {
+pub(crate) fn assert_one_clear_line(output: &Output, code: i32, expected: &str) {
     let text = stderr(output);
     assert_eq!(output.status.code(), Some(code), "{text}");
     assert_eq!(text.lines().count(), 1, "exactly one line: {text}");
@@ -151,26 +169,38 @@ fn a_sqlite_file_at_db_path_is_refused_untouched_naming_the_import_command() {
     assert_eq!(std::fs::read(&db).unwrap(), bytes);
 }
 
+/// A free port to give a server.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running server, started from the binary on a free port.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
+    /// Everything it wrote on stdout (its logs), collected until it exits.
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
     fn start(dir: &Path, key: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let port_text = port.to_string();
         let env = [
             ("ENCRYPTION_KEY", key),
             ("ADMIN_TOKEN", "binary-token"),
             ("SERVER_PORT", port_text.as_str()),
         ];
-        let mut child = keypooler(dir, &env)
+        Self::spawn(keypooler(dir, &env), port)
+    }
+
+    /// Starts `command` (set up to listen on `port`) and waits until it listens.
+    pub(crate) fn spawn(mut command: Command, port: u16) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -178,28 +208,51 @@ impl Server {
         // The "listening" log line is written once the port is bound.
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut seen = String::new();
         loop {
             let line = lines
                 .next()
                 .expect("the server exited before listening")
                 .unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
             if line.contains("listening") {
                 break;
             }
         }
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, port }
+        let stdout = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        Self {
+            child,
+            port,
+            stdout: Some(stdout),
+        }
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        // SAFETY-free: libc::kill is a plain syscall wrapper.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn terminate(self) -> std::process::ExitStatus {
+        self.stop().0
+    }
+
+    /// SIGTERM, then waits for the exit: its status, and all it wrote on stdout and stderr.
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(sent.success());
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        let mut output = self.stdout.take().unwrap().join().unwrap();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut output).unwrap();
+        (status, output)
     }
 }
 

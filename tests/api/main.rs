@@ -2,6 +2,7 @@
 
 mod binary;
 mod fuzz_json;
+mod hardening;
 mod helpers;
 mod key;
 mod keys;
