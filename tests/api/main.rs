@@ -6,6 +6,7 @@ mod hardening;
 mod helpers;
 mod key;
 mod keys;
+mod leak;
 mod persistence;
 mod routes;
 mod slow;
