@@ -12,6 +12,7 @@
 //!   included; otherwise it gets `408 {"error": "request timed out"}`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -84,12 +85,12 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let permits = std::sync::Arc::new(Semaphore::new(limits.max_connections as usize));
+    let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stop, stopping) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            permit = std::sync::Arc::clone(&permits).acquire_owned() => {
+            permit = Arc::clone(&permits).acquire_owned() => {
                 permit.expect("the semaphore is never closed")
             }
             () = &mut shutdown => break,
