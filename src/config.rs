@@ -49,10 +49,10 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
-    #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
     /// Lock all memory (mlockall) so that keys never reach swap [default: false].
-    #[arg(long, env = "MLOCK", global = true, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "MLOCK", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub mlock: Option<String>,
 }
 
@@ -390,6 +390,22 @@ mod tests {
                 mlock: false,
             }
         );
+    }
+
+    /// A bare switch is on and never takes the next argument (the subcommand) as its value.
+    #[test]
+    fn a_bare_switch_is_on() {
+        use clap::Parser;
+        let args = ["keypooler", "--allow-core-dumps", "--mlock=false", "serve"];
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        assert_eq!(
+            cli.settings.hardening().unwrap(),
+            hardening::Options {
+                allow_core_dumps: true,
+                mlock: false,
+            }
+        );
+        assert!(cli.command.is_some());
     }
 
     #[test]
