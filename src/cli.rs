@@ -55,24 +55,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 fn serve(settings: &Settings) -> Result<(), Failure> {
     let config = ServeConfig::from_settings(settings)?;
-    let hardened = crate::hardening::apply(config.hardening).map_err(anyhow::Error::from)?;
-    tracing::info!(
-        core_dumps = hardened.core_dumps,
-        dumpable = hardened.dumpable,
-        memory_locked = hardened.memory_locked,
-        open_files = hardened.open_files,
-        "process hardened"
-    );
-    if hardened
-        .open_files
-        .is_some_and(|files| files < u64::from(config.limits.max_connections) + 64)
-    {
-        tracing::warn!(
-            open_files = hardened.open_files,
-            max_connections = config.limits.max_connections,
-            "the open-files limit is below MAX_CONNECTIONS: raise `ulimit -n` or lower MAX_CONNECTIONS"
-        );
-    }
+    crate::hardening::apply_at_start_up(config.hardening, config.limits.max_connections)
+        .map_err(anyhow::Error::from)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keypooler-http")

@@ -67,6 +67,34 @@ pub fn apply(options: Options) -> Result<Applied, HardeningError> {
     })
 }
 
+/// [`apply`], then logs what is in force, and warns when the open-files limit is below what
+/// `max_connections` needs.
+pub fn apply_at_start_up(
+    options: Options,
+    max_connections: u32,
+) -> Result<Applied, HardeningError> {
+    let applied = apply(options)?;
+    tracing::info!(
+        core_dumps = applied.core_dumps,
+        dumpable = applied.dumpable,
+        memory_locked = applied.memory_locked,
+        open_files = applied.open_files,
+        "process hardened"
+    );
+    // A few descriptors beyond the connections: the listener, the database, logs.
+    if applied
+        .open_files
+        .is_some_and(|files| files < u64::from(max_connections) + 64)
+    {
+        tracing::warn!(
+            open_files = applied.open_files,
+            max_connections,
+            "the open-files limit is below MAX_CONNECTIONS: raise `ulimit -n` or lower MAX_CONNECTIONS"
+        );
+    }
+    Ok(applied)
+}
+
 #[cfg(target_os = "linux")]
 fn set_not_dumpable() -> rustix::io::Result<()> {
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
