@@ -68,6 +68,7 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
         let app = App::start(store, sealer, Clock::monotonic(), config.admin_token)
             .map_err(anyhow::Error::from)?
             .with_limits(config.limits);
+        let shutdown = shutdown_signal();
         let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
         let listener = bind(address, config.port).await?;
         tracing::info!(
@@ -75,7 +76,7 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
             address = %listener.local_addr().map_err(anyhow::Error::from)?,
             "listening"
         );
-        app.serve(listener, shutdown_signal())
+        app.serve(listener, shutdown)
             .await
             .map_err(anyhow::Error::from)?;
         tracing::info!("stopped");
