@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::broker::{AuditLog, Clock, Meter, Pool};
 use crate::config::MetricsConfig;
 use crate::crypto::Sealer;
+use crate::server::Limits;
 use crate::store::{Store, StoreError};
 use crate::telemetry::prometheus::Metrics;
 use crate::writer::{self, Writer, WriterThread};
@@ -62,6 +63,8 @@ pub struct Options {
     /// Record every served key in the audit trail (`GET /admin/usage`).
     pub audit: bool,
     pub metrics: MetricsConfig,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
         Self {
             audit: true,
             metrics: MetricsConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl Default for Options {
 pub struct App {
     pub state: AppState,
     writer: WriterThread,
+    limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +167,7 @@ impl App {
                 audit,
             })),
             writer: thread,
+            limits: options.limits,
         })
     }
 
@@ -193,7 +199,11 @@ impl App {
         metrics_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let Self { state, writer } = self;
+        let Self {
+            state,
+            writer,
+            limits,
+        } = self;
         let api_state = state.clone();
         // Dropped when `shutdown` resolves (or the main server fails), which stops the metrics
         // listener and the upkeep.
@@ -218,21 +228,19 @@ impl App {
             None => (crate::http::router(state), None),
             Some(metrics_listener) => {
                 let mut stopped = stopped;
-                let scrape =
-                    axum::serve(metrics_listener, crate::http::metrics_router(state.clone()))
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.changed().await;
-                        });
-                (
-                    crate::http::api_router(state),
-                    Some(tokio::spawn(scrape.into_future())),
-                )
+                let scrape = crate::server::serve(
+                    metrics_listener,
+                    crate::http::metrics_router(state.clone()),
+                    limits,
+                    async move {
+                        let _ = stopped.changed().await;
+                    },
+                );
+                (crate::http::api_router(state), Some(tokio::spawn(scrape)))
             }
         };
         let flusher = state_audit_flusher(&api_state);
-        let served = axum::serve(listener, api)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = crate::server::serve(listener, api, limits, shutdown).await;
         if let Some(flusher) = flusher {
             flusher.abort();
             let _ = flusher.await;
@@ -272,7 +280,7 @@ fn state_audit_flusher(state: &AppState) -> Option<tokio::task::JoinHandle<()>> 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (inside the
 /// runtime), not when the future is first polled, so a signal sent as soon as "listening" is
 /// logged stops the server gracefully instead of killing it.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let signals = {
         use tokio::signal::unix::{SignalKind, signal};

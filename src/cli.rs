@@ -65,6 +65,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 fn serve(settings: &Settings) -> Result<(), Failure> {
     let config = ServeConfig::from_settings(settings)?;
+    crate::hardening::apply_at_start_up(config.hardening, config.limits.max_connections)
+        .map_err(anyhow::Error::from)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("keypooler-http")
@@ -77,6 +79,7 @@ fn serve(settings: &Settings) -> Result<(), Failure> {
         let options = Options {
             audit: config.audit,
             metrics: metrics.clone(),
+            limits: config.limits,
         };
         let app = App::start_with(
             store,

@@ -3,11 +3,14 @@
 //! secret it held.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use secrecy::SecretString;
 
 use crate::crypto::EncryptionKey;
+use crate::hardening;
+use crate::server::Limits;
 
 /// A setting that is missing or malformed. The message names the variable, never a secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +55,21 @@ pub struct Settings {
     /// on or off: the per-key budget series (off for very large pools) [default: on].
     #[arg(long, env = "METRICS_PER_KEY", global = true)]
     pub metrics_per_key: Option<String>,
+    /// Seconds a client may take to send a request's head (0.001-3600) [default: 10].
+    #[arg(long, env = "HEADER_READ_TIMEOUT", global = true)]
+    pub header_read_timeout: Option<String>,
+    /// Seconds to answer a request, reading its body included (0.001-3600) [default: 30].
+    #[arg(long, env = "REQUEST_TIMEOUT", global = true)]
+    pub request_timeout: Option<String>,
+    /// Most connections open at once (1-1000000); more wait to be accepted [default: 4096].
+    #[arg(long, env = "MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
+    /// Leave core dumps on (they are turned off at start-up) [default: false].
+    #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub allow_core_dumps: Option<String>,
+    /// Lock all memory (mlockall) so that keys never reach swap [default: false].
+    #[arg(long, env = "MLOCK", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub mlock: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -69,6 +87,11 @@ impl std::fmt::Debug for Settings {
             .field("metrics_port", &self.metrics_port)
             .field("metrics_token", &redacted(&self.metrics_token))
             .field("metrics_per_key", &self.metrics_per_key)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("allow_core_dumps", &self.allow_core_dumps)
+            .field("mlock", &self.mlock)
             .finish()
     }
 }
@@ -207,6 +230,66 @@ impl Settings {
             .unwrap_or("./data/pool.redb")
             .into()
     }
+
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        Ok(Limits {
+            header_read_timeout: seconds(
+                "HEADER_READ_TIMEOUT",
+                self.header_read_timeout.as_ref(),
+                Limits::DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            request_timeout: seconds(
+                "REQUEST_TIMEOUT",
+                self.request_timeout.as_ref(),
+                Limits::DEFAULT_REQUEST_TIMEOUT,
+            )?,
+            max_connections: match given(self.max_connections.as_ref()) {
+                None => Limits::DEFAULT_MAX_CONNECTIONS,
+                Some(text) => text
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "MAX_CONNECTIONS must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
+                        ))
+                    })?,
+            },
+        })
+    }
+
+    pub fn hardening(&self) -> Result<hardening::Options, ConfigError> {
+        Ok(hardening::Options {
+            allow_core_dumps: switch("ALLOW_CORE_DUMPS", self.allow_core_dumps.as_ref(), false)?,
+            mlock: switch("MLOCK", self.mlock.as_ref(), false)?,
+        })
+    }
+}
+
+/// The largest `MAX_CONNECTIONS`.
+const MAX_CONNECTIONS: u32 = 1_000_000;
+/// The shortest and longest timeouts, in seconds.
+const MIN_TIMEOUT_SECONDS: f64 = 0.001;
+const MAX_TIMEOUT_SECONDS: f64 = 3_600.0;
+
+/// A duration in seconds (fractions allowed), from a millisecond to an hour.
+fn seconds(
+    variable: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = given(value) else {
+        return Ok(default);
+    };
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| (MIN_TIMEOUT_SECONDS..=MAX_TIMEOUT_SECONDS).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{variable} must be a number of seconds from 0.001 to 3600 (got {text:?})"
+            ))
+        })
 }
 
 fn parse_port(name: &str, text: &str) -> Result<u16, ConfigError> {
@@ -243,6 +326,8 @@ pub struct ServeConfig {
     pub db_path: PathBuf,
     pub audit: bool,
     pub metrics: MetricsConfig,
+    pub limits: Limits,
+    pub hardening: hardening::Options,
 }
 
 impl ServeConfig {
@@ -254,6 +339,8 @@ impl ServeConfig {
             db_path: settings.db_path(),
             audit: settings.audit()?,
             metrics: settings.metrics()?,
+            limits: settings.limits()?,
+            hardening: settings.hardening()?,
         })
     }
 }
@@ -282,6 +369,8 @@ mod tests {
         assert!(config.metrics.enabled && config.metrics.per_key);
         assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.hardening, hardening::Options::default());
         assert_eq!(
             s.log().unwrap(),
             LogConfig {
@@ -340,7 +429,41 @@ mod tests {
                 "METRICS_PER_KEY must be on or off",
             ),
         ];
-        for (change, expected) in cases {
+        let more: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|s| s.header_read_timeout = Some("0".into())),
+                "HEADER_READ_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.header_read_timeout = Some("NaN".into())),
+                "HEADER_READ_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.request_timeout = Some("3601".into())),
+                "REQUEST_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.request_timeout = Some("-1".into())),
+                "REQUEST_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.max_connections = Some("0".into())),
+                "MAX_CONNECTIONS must be an integer from 1 to 1000000",
+            ),
+            (
+                Box::new(|s| s.max_connections = Some("1000001".into())),
+                "MAX_CONNECTIONS must be an integer from 1 to 1000000",
+            ),
+            (
+                Box::new(|s| s.allow_core_dumps = Some("maybe".into())),
+                "ALLOW_CORE_DUMPS must be on or off",
+            ),
+            (
+                Box::new(|s| s.mlock = Some("2".into())),
+                "MLOCK must be on or off",
+            ),
+        ];
+        for (change, expected) in cases.into_iter().chain(more) {
             let mut s = settings();
             change(&mut s);
             let err = ServeConfig::from_settings(&s).unwrap_err();
@@ -369,6 +492,48 @@ mod tests {
             metrics.token.as_ref().map(ExposeSecret::expose_secret),
             Some("scrape-secret")
         );
+    }
+
+    #[test]
+    fn limits_and_switches_parse() {
+        let mut s = settings();
+        s.header_read_timeout = Some("0.25".into());
+        s.request_timeout = Some(" 45 ".into());
+        s.max_connections = Some("10".into());
+        s.allow_core_dumps = Some("Yes".into());
+        s.mlock = Some("off".into());
+        let config = ServeConfig::from_settings(&s).unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                header_read_timeout: Duration::from_millis(250),
+                request_timeout: Duration::from_secs(45),
+                max_connections: 10,
+            }
+        );
+        assert_eq!(
+            config.hardening,
+            hardening::Options {
+                allow_core_dumps: true,
+                mlock: false,
+            }
+        );
+    }
+
+    /// A bare switch is on and never takes the next argument (the subcommand) as its value.
+    #[test]
+    fn a_bare_switch_is_on() {
+        use clap::Parser;
+        let args = ["keypooler", "--allow-core-dumps", "--mlock=false", "serve"];
+        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        assert_eq!(
+            cli.settings.hardening().unwrap(),
+            hardening::Options {
+                allow_core_dumps: true,
+                mlock: false,
+            }
+        );
+        assert!(cli.command.is_some());
     }
 
     #[test]

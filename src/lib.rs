@@ -19,6 +19,8 @@
 //!   recorder (each layer counts through handles it registers once: `broker::meter` for
 //!   `GET /key` outcomes, the writer for its commands, `http::metrics` for requests).
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
+//! * [`server`]: connections: the limit on open connections, header and request timeouts.
+//! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
 //! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
 //! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, the clock.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
@@ -33,8 +35,10 @@ pub mod cli;
 pub mod compat;
 pub mod config;
 pub mod crypto;
+pub mod hardening;
 pub mod http;
 pub mod rekey;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod writer;

@@ -105,7 +105,12 @@ impl TryFrom<TierBody> for TierSpec {
         let features = body
             .features
             .iter()
-            .map(|(feature, value)| Ok((feature.clone(), feature_limit(feature, value)?)))
+            .map(|(feature, value)| {
+                // The name first: the limit's error repeats it.
+                let feature = spec::name("feature name", feature)?;
+                let limit = feature_limit(&feature, value)?;
+                Ok((feature, limit))
+            })
             .collect::<Result<_, Invalid>>()?;
         TierSpec::new(&body.name, body.description, features)
     }

@@ -34,11 +34,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| ApiError::BadRequest(describe(&err.path().to_string(), err.inner())))?;
+        .map_err(|err| ApiError::BadRequest(describe(&shorten(err.path()), err.inner())))?;
     deserializer
         .end()
         .map_err(|err| ApiError::BadRequest(describe(".", &err)))?;
     Ok(value)
+}
+
+/// The longest field path an error repeats, in characters: a path holds map keys the client
+/// chose (feature or secret names), which may be as long as the body.
+const MAX_PATH_CHARS: usize = 300;
+
+fn shorten(path: &serde_path_to_error::Path) -> String {
+    let path = path.to_string();
+    match path.char_indices().nth(MAX_PATH_CHARS) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path,
+    }
 }
 
 /// serde_json's message, without the value it quotes (which may be a secret).
@@ -100,5 +112,16 @@ mod tests {
         assert!(message(r#"{"name": "#).starts_with("malformed JSON"));
         assert_eq!(message(""), "request body must be a JSON object");
         assert!(message(r#"{"name": "x"} trailing"#).contains("malformed JSON"));
+        let long = format!(r#"{{"{}": "x"}}"#, "k".repeat(10_000));
+        let Err(ApiError::BadRequest(text)) =
+            parse::<std::collections::BTreeMap<String, u32>>(long.as_bytes())
+        else {
+            panic!("expected 400");
+        };
+        assert!(text.chars().count() < 400, "{text}");
+        assert!(
+            text.starts_with("kkk") && text.contains("…: wrong type"),
+            "{text}"
+        );
     }
 }

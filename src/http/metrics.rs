@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use metrics::{Counter, Histogram};
@@ -93,10 +93,14 @@ impl RequestMeters {
         }
     }
 
-    fn route(&self, matched: Option<&MatchedPath>) -> usize {
+    /// The route template `path` matches (segment by segment, `{…}` matching any one
+    /// segment), or [`UNMATCHED`]. Matching here, outside the router, lets the middleware wrap
+    /// the router whole: `Router::layer` would box every route's service and future.
+    fn route(&self, path: &str) -> usize {
         let unmatched = self.routes.len() - 1;
-        matched
-            .and_then(|path| self.routes.iter().position(|r| *r == path.as_str()))
+        self.routes[..unmatched]
+            .iter()
+            .position(|template| matches(template, path))
             .unwrap_or(unmatched)
     }
 
@@ -124,6 +128,15 @@ impl RequestMeters {
     }
 }
 
+fn matches(template: &str, path: &str) -> bool {
+    let mut path = path.split('/');
+    template.split('/').all(|part| {
+        path.next().is_some_and(|segment| {
+            part == segment || (part.starts_with('{') && !segment.is_empty())
+        })
+    }) && path.next().is_none()
+}
+
 fn method_index(method: &Method) -> usize {
     match *method {
         Method::GET => 0,
@@ -137,37 +150,26 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
-/// Counts and times every request of the router it wraps (`Router::layer`, so the matched route
-/// is known), and writes the debug request line.
+/// Counts and times every request of the service it wraps (the whole router), and writes the
+/// debug request line; with no meters it only passes requests through.
 #[derive(Clone)]
-pub struct RequestMetricsLayer(Arc<RequestMeters>);
-
-impl RequestMetricsLayer {
-    pub fn new(meters: RequestMeters) -> Self {
-        Self(Arc::new(meters))
-    }
+pub struct RequestMetrics<S> {
+    inner: S,
+    meters: Option<Arc<RequestMeters>>,
 }
 
-impl<S> tower_layer::Layer<S> for RequestMetricsLayer {
-    type Service = RequestMetrics<S>;
-
-    fn layer(&self, inner: S) -> RequestMetrics<S> {
-        RequestMetrics {
+impl<S> RequestMetrics<S> {
+    pub fn new(inner: S, meters: Option<RequestMeters>) -> Self {
+        Self {
             inner,
-            meters: Arc::clone(&self.0),
+            meters: meters.map(Arc::new),
         }
     }
 }
 
-#[derive(Clone)]
-pub struct RequestMetrics<S> {
-    inner: S,
-    meters: Arc<RequestMeters>,
-}
-
-impl<S> tower_service::Service<Request> for RequestMetrics<S>
+impl<S, B> tower_service::Service<axum::http::Request<B>> for RequestMetrics<S>
 where
-    S: tower_service::Service<Request, Response = Response>,
+    S: tower_service::Service<axum::http::Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
@@ -177,15 +179,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = self.meters.route(request.extensions().get::<MatchedPath>());
-        let method = method_index(request.method());
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let meters = self.meters.as_ref().map(|meters| {
+            let route = meters.route(request.uri().path());
+            (Arc::clone(meters), route, method_index(request.method()))
+        });
         ResponseFuture {
             started: Instant::now(),
             inner: self.inner.call(request),
-            meters: Arc::clone(&self.meters),
-            route,
-            method,
+            meters,
         }
     }
 }
@@ -195,9 +197,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        meters: Arc<RequestMeters>,
-        route: usize,
-        method: usize,
+        // The meters, the route and the method, when measuring.
+        meters: Option<(Arc<RequestMeters>, usize, usize)>,
         started: Instant,
     }
 }
@@ -211,14 +212,28 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
-            this.meters.record(
-                *this.route,
-                *this.method,
-                response.status(),
-                this.started.elapsed(),
-            );
+        if let (Ok(response), Some((meters, route, method))) = (&result, this.meters) {
+            meters.record(*route, *method, response.status(), this.started.elapsed());
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod route_tests {
+    use super::matches;
+
+    #[test]
+    fn templates_match_whole_segments() {
+        assert!(matches("/admin/keys/{id}", "/admin/keys/abc"));
+        assert!(!matches("/admin/keys/{id}", "/admin/keys/"));
+        assert!(!matches("/admin/keys/{id}", "/admin/keys"));
+        assert!(!matches("/admin/keys/{id}", "/admin/keys/a/b"));
+        assert!(matches("/key", "/key"));
+        assert!(!matches("/key", "/keys"));
+        assert!(matches(
+            "/admin/consumers/{id}/scopes",
+            "/admin/consumers/x/scopes"
+        ));
     }
 }

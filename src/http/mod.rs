@@ -14,7 +14,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, patch, post};
 
-use self::metrics::{RequestMeters, RequestMetricsLayer};
+use self::metrics::{RequestMeters, RequestMetrics};
 use crate::app::AppState;
 use crate::broker::Meter;
 pub use error::ApiError;
@@ -91,21 +91,24 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
 }
 
 /// The whole HTTP surface over `state` (`/metrics` only if metrics are on).
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> Routed {
     build(state, |_| true)
 }
 
 /// Every route but `/metrics`, for the main listener when `/metrics` has its own.
-pub fn api_router(state: AppState) -> Router {
+pub fn api_router(state: AppState) -> Routed {
     build(state, |route| route.access != Access::Metrics)
 }
 
 /// `/metrics` alone, for its own listener (`METRICS_PORT`).
-pub fn metrics_router(state: AppState) -> Router {
+pub fn metrics_router(state: AppState) -> Routed {
     build(state, |route| route.access == Access::Metrics)
 }
 
-fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Router {
+/// The routes, wrapped whole by the request metrics (a tower service, as `Router` is).
+pub type Routed = RequestMetrics<Router>;
+
+fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Routed {
     let meter = state.metrics().map(|metrics| metrics.meter());
     let router = ROUTES
         .iter()
@@ -116,13 +119,10 @@ fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::BODY_LIMIT));
-    // With metrics off the middleware is left out, unless debug logs want its request lines.
+    // With metrics off the middleware only passes requests through, unless debug logs want its
+    // request lines.
     let meter = meter.or_else(|| tracing::enabled!(tracing::Level::DEBUG).then(Meter::off));
-    match meter {
-        Some(meter) => router.layer(RequestMetricsLayer::new(RequestMeters::new(meter))),
-        None => router,
-    }
-    .with_state(state)
+    RequestMetrics::new(router.with_state(state), meter.map(RequestMeters::new))
 }
 
 async fn health() -> Response {

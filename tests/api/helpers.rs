@@ -1,13 +1,14 @@
 //! `TestApp`: the real server, in-process, on port 0 over a redb file in a temp folder, with a
 //! clock the test moves by hand.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keypooler::app::{App, Options};
 use keypooler::broker::{Clock, ManualClock};
 use keypooler::config::MetricsConfig;
 use keypooler::crypto::{EncryptionKey, Sealer};
+use keypooler::server::Limits;
 use keypooler::store::Store;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
@@ -65,24 +66,22 @@ impl TestApp {
         .await
     }
 
+    /// A server with these connection limits and timeouts.
+    pub async fn spawn_with_limits(limits: Limits) -> Self {
+        Self::spawn_with(Options {
+            limits,
+            ..Options::default()
+        })
+        .await
+    }
+
     async fn start(
         dir: Arc<tempfile::TempDir>,
         db_path: PathBuf,
         key_hex: String,
         options: Options,
     ) -> Self {
-        let key = EncryptionKey::parse_hex(&key_hex).unwrap();
-        let sealer = Sealer::new(&key);
-        let store = Store::open(&db_path, &sealer).expect("open store");
-        let (clock, hand) = Clock::manual();
-        let app = App::start_with(
-            store,
-            sealer,
-            clock,
-            SecretString::from(ADMIN_TOKEN),
-            options.clone(),
-        )
-        .unwrap();
+        let (app, hand) = start_app(&db_path, &key_hex, options.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -197,6 +196,17 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// A started broker (not yet serving) over the redb file at `db_path`, on a manual clock.
+pub fn start_app(db_path: &Path, key_hex: &str, options: Options) -> (App, ManualClock) {
+    let key = EncryptionKey::parse_hex(key_hex).unwrap();
+    let sealer = Sealer::new(&key);
+    let store = Store::open(db_path, &sealer).expect("open store");
+    let (clock, hand) = Clock::manual();
+    let token = SecretString::from(ADMIN_TOKEN);
+    let app = App::start_with(store, sealer, clock, token, options).unwrap();
+    (app, hand)
 }
 
 pub fn hex_key(byte: u8) -> String {

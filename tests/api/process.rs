@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 13] = [
+const SETTINGS: [&str; 18] = [
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
@@ -23,13 +23,31 @@ const SETTINGS: [&str; 13] = [
     "METRICS_PORT",
     "METRICS_TOKEN",
     "METRICS_PER_KEY",
+    "HEADER_READ_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "ALLOW_CORE_DUMPS",
+    "MLOCK",
 ];
 pub const TOKEN: &str = "binary-token";
 
 /// The binary with a clean environment, run in `dir`, with `DB_PATH` = `dir/pool.redb` unless
 /// `env` says otherwise.
 pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
+    wrapped(&[], dir, env)
+}
+
+/// The binary run by `wrapper` (a command that ends by running it, e.g. `prlimit --core=0`),
+/// otherwise as [`keypooler`].
+pub fn wrapped(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
     for name in SETTINGS {
         command.env_remove(name);
     }
@@ -55,6 +73,8 @@ pub struct Server {
     child: Child,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    /// Collects the log until the process closes its stdout.
+    sink: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How a start-up ended: listening, or exited (with what it printed).
@@ -99,13 +119,18 @@ impl Server {
             let listening = line.contains("\"listening\"") || line.contains(" listening");
             log.lock().unwrap().push(line);
             if listening {
-                let sink = Arc::clone(&log);
-                std::thread::spawn(move || {
+                let lines_to = Arc::clone(&log);
+                let sink = std::thread::spawn(move || {
                     for line in lines.map_while(Result::ok) {
-                        sink.lock().unwrap().push(line);
+                        lines_to.lock().unwrap().push(line);
                     }
                 });
-                return Launch::Listening(Server { child, port, log });
+                return Launch::Listening(Server {
+                    child,
+                    port,
+                    log,
+                    sink: Some(sink),
+                });
             }
         }
         let mut stderr = String::new();
@@ -124,6 +149,46 @@ impl Server {
         }
     }
 
+    /// Starts `command` (set up to listen on `port`); panics if it exits before listening.
+    pub fn spawn(mut command: Command, port: u16) -> Self {
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        match Self::wait_listening(child, port) {
+            Launch::Listening(server) => server,
+            Launch::Exited { stderr, .. } => panic!("the server exited before listening: {stderr}"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit: its status, and all it wrote on stdout and stderr.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let status = self.signal_term_and_wait();
+        if let Some(sink) = self.sink.take() {
+            sink.join().unwrap();
+        }
+        let mut output = self.log().join("\n");
+        output.push('\n');
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut output).unwrap();
+        }
+        (status, output)
+    }
+
+    fn signal_term_and_wait(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -137,12 +202,7 @@ impl Server {
 
     /// SIGTERM, then waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        self.child.wait().unwrap()
+        self.signal_term_and_wait()
     }
 
     pub fn request(

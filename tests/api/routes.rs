@@ -1,0 +1,122 @@
+//! Issue 6, hostile input: every route of `http::ROUTES` (the table the router is built from)
+//! enforces its access rule. A route added to the table is probed here without a new line.
+
+use keypooler::http::{Access, ROUTES, Route};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{ADMIN_TOKEN, TestApp, expect, expect_error};
+
+/// A path parameter's sample value.
+const SAMPLE_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// The route's path with sample values, and a plausible query and body: valid for every admin
+/// body (unknown fields are ignored), so a refusal can only come from the access rule.
+fn probe(app: &TestApp, route: &Route, token: Option<&str>, body: &str) -> RequestBuilder {
+    let path = route.path.replace("{id}", SAMPLE_ID);
+    let mut request = app
+        .client
+        .request(route.method.clone(), format!("{}{path}", app.address))
+        .query(&[("feature", "chat")]);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if route.method == Method::POST || route.method == Method::PATCH {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    request
+}
+
+fn plausible_body() -> String {
+    json!({
+        "name": "probe",
+        "features": {"chat": 1},
+        "key": "sk-probe",
+        "tier": "probe",
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn every_route_enforces_its_access_rule() {
+    let app = TestApp::spawn().await;
+    let plausible = plausible_body();
+    let wrong = format!("{ADMIN_TOKEN}x");
+    let prefix = &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1];
+    for route in &ROUTES {
+        let what = format!("{} {}", route.method, route.path);
+        match route.access {
+            Access::Admin | Access::Key => {
+                // Auth comes before the body is even parsed: a malformed one changes nothing.
+                for body in [plausible.as_str(), "{", ""] {
+                    let none = probe(&app, route, None, body).send().await.unwrap();
+                    assert_eq!(none.status(), StatusCode::UNAUTHORIZED, "{what}: no token");
+                    expect_error(
+                        none,
+                        StatusCode::UNAUTHORIZED,
+                        "missing authorization header",
+                    )
+                    .await;
+                    for token in [wrong.as_str(), prefix, "Bearer"] {
+                        let response = probe(&app, route, Some(token), body).send().await.unwrap();
+                        assert_eq!(
+                            response.status(),
+                            StatusCode::UNAUTHORIZED,
+                            "{what}: {token}"
+                        );
+                        expect_error(response, StatusCode::UNAUTHORIZED, "invalid token").await;
+                    }
+                    let basic = probe(&app, route, None, body)
+                        .header("authorization", format!("Basic {ADMIN_TOKEN}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    expect_error(
+                        basic,
+                        StatusCode::UNAUTHORIZED,
+                        "invalid authorization format",
+                    )
+                    .await;
+                }
+            }
+            // `/metrics` is public unless METRICS_TOKEN is set (tests/api/metrics.rs checks that).
+            Access::Public | Access::Metrics => {
+                let response = probe(&app, route, None, &plausible).send().await.unwrap();
+                assert!(response.status().is_success(), "{what}: public");
+            }
+        }
+    }
+    // Nothing the refused probes carried was applied.
+    assert_eq!(
+        expect(app.get("/admin/tiers").await, StatusCode::OK).await,
+        json!([])
+    );
+    assert_eq!(
+        expect(app.get("/admin/keys").await, StatusCode::OK).await,
+        json!([])
+    );
+    // With the admin token the same probes reach their handlers: the table's method and path
+    // are routed (no 401, 404 "not found" or 405).
+    for route in &ROUTES {
+        let response = probe(&app, route, Some(ADMIN_TOKEN), &plausible)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        if route.access == Access::Metrics {
+            assert_eq!(status, StatusCode::OK, "/metrics");
+            continue;
+        }
+        let body = expect(response, status).await;
+        assert!(
+            status != StatusCode::UNAUTHORIZED
+                && status != StatusCode::METHOD_NOT_ALLOWED
+                && body != json!({"error": "not found"}),
+            "{} {}: {status} {body}",
+            route.method,
+            route.path
+        );
+    }
+}
