@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use indicatif::ProgressBar;
 use keypooler::compat::export::{ExportSummary, export};
@@ -979,29 +979,9 @@ fn export_refuses_an_existing_file_unless_forced_and_replaces_it_whole() {
 
 // The built binary: settings from the environment, one summary line, one error line.
 
-const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-
+/// The built binary, run to its end in `dir` with only the settings in `env`.
 fn keypooler(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = Command::new(BIN);
-    for name in [
-        "ENCRYPTION_KEY",
-        "SOURCE_ENCRYPTION_KEY",
-        "ADMIN_TOKEN",
-        "SERVER_PORT",
-        "DB_PATH",
-        "LOG_LEVEL",
-        "LOG_FORMAT",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .current_dir(dir)
-        .env("DB_PATH", dir.join("pool.redb"))
-        .envs(env.iter().copied())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    crate::process::run(dir, env, args)
 }
 
 fn text(bytes: &[u8]) -> String {

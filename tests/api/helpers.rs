@@ -190,6 +190,48 @@ impl TestApp {
     }
 }
 
+/// `clients` concurrent clients each ask `requests` times for a key for `feature`: how many
+/// times each key id was served. Every other answer must be 429.
+pub async fn hammer(
+    app: &TestApp,
+    feature: &str,
+    clients: usize,
+    requests: usize,
+) -> std::collections::HashMap<String, u32> {
+    let url = format!("{}/key?feature={feature}", app.address);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut served = Vec::new();
+                for _ in 0..requests {
+                    let response = client
+                        .get(&url)
+                        .bearer_auth(ADMIN_TOKEN)
+                        .send()
+                        .await
+                        .unwrap();
+                    if response.status() == StatusCode::OK {
+                        let body: Value = response.json().await.unwrap();
+                        served.push(body["key_id"].as_str().unwrap().to_owned());
+                    } else {
+                        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    let mut total = std::collections::HashMap::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            *total.entry(id).or_default() += 1;
+        }
+    }
+    total
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {

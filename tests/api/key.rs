@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, expect, expect_error};
+use crate::helpers::{TestApp, expect, expect_error, hammer};
 
 #[tokio::test]
 async fn the_feature_param_is_required_and_unknown_features_are_404() {
@@ -186,39 +186,7 @@ async fn concurrent_requests_never_exceed_the_budget() {
         app.add_key(&format!("k{i}"), &format!("sk-{i}"), "pro")
             .await;
     }
-    let url = format!("{}/key?feature=chat", app.address);
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let client = app.client.clone();
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut served = HashMap::<String, u32>::new();
-                for _ in 0..20 {
-                    let response = client
-                        .get(&url)
-                        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-                        .send()
-                        .await
-                        .unwrap();
-                    if response.status() == StatusCode::OK {
-                        let body: serde_json::Value = response.json().await.unwrap();
-                        *served
-                            .entry(body["key_id"].as_str().unwrap().into())
-                            .or_default() += 1;
-                    } else {
-                        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-                    }
-                }
-                served
-            })
-        })
-        .collect();
-    let mut total = HashMap::<String, u32>::new();
-    for task in tasks {
-        for (id, n) in task.await.unwrap() {
-            *total.entry(id).or_default() += n;
-        }
-    }
+    let total = hammer(&app, "chat", 16, 20).await;
     assert_eq!(total.len(), 4);
     assert!(total.values().all(|n| *n == 25), "{total:?}");
 }

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, expect_error};
+use crate::helpers::{TestApp, expect, expect_error, hammer};
 
 async fn add_capped(app: &TestApp, name: &str, limit: u64, window: Option<u64>) -> String {
     let mut body =
@@ -74,34 +74,9 @@ async fn concurrent_clients_never_pass_the_cap() {
     app.create_tier("pro", json!({"chat": 100000})).await;
     add_capped(&app, "a", 60, None).await;
     add_capped(&app, "b", 40, None).await;
-    let url = format!("{}/key?feature=chat", app.address);
-    let clients: Vec<_> = (0..16)
-        .map(|_| {
-            let client = app.client.clone();
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut served = 0;
-                for _ in 0..100 {
-                    let response = client
-                        .get(&url)
-                        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-                        .send()
-                        .await
-                        .unwrap();
-                    if response.status() == StatusCode::OK {
-                        served += 1;
-                    }
-                }
-                served
-            })
-        })
-        .collect();
-    let mut served = 0;
-    for client in clients {
-        served += client.await.unwrap();
-    }
+    let mut served: u32 = hammer(&app, "chat", 16, 100).await.values().sum();
     assert!(served <= 100, "served {served} of a cap of 100");
-    served += serve_up_to(&app, 100 - served, 10_000).await;
+    served += serve_up_to(&app, 100 - served as usize, 10_000).await as u32;
     assert_eq!(served, 100);
     assert_eq!(serve_up_to(&app, 1, 50).await, 0, "nothing past the caps");
 }
