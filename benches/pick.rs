@@ -98,7 +98,12 @@ mod baseline {
 
 /// Runs `op` `iters` times on each of `features.len()` threads started together; returns the
 /// wall time until the last one finished, and records it under `name`.
-fn run_threads(name: &str, features: &[&'static str], iters: u64, op: impl Fn(&str) + Sync) -> Duration {
+fn run_threads(
+    name: &str,
+    features: &[&'static str],
+    iters: u64,
+    op: impl Fn(&str) + Sync,
+) -> Duration {
     let start = Barrier::new(features.len() + 1);
     let elapsed = std::thread::scope(|scope| {
         for feature in features {
@@ -143,8 +148,23 @@ const WORKLOADS: [(&str, &[&str]); 3] = [
 
 fn pick(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    let ours_pool = pool(Clock::monotonic(), 10, &["chat", "image"], UNSPENDABLE.0, UNSPENDABLE.1);
+    let ours_pool = pool(
+        Clock::monotonic(),
+        10,
+        &["chat", "image"],
+        UNSPENDABLE.0,
+        UNSPENDABLE.1,
+    );
     let go_pool = baseline::Pool::new(Clock::monotonic(), 10, &["chat", "image"], UNSPENDABLE);
+    let held = ours_pool.load();
+    group.bench_function("keypooler/1 thread, snapshot held", |b| {
+        b.iter_custom(|iters| {
+            timed("keypooler/snapshot held", iters, || {
+                let picked = ours_pool.pick(&held, black_box("chat"));
+                assert!(matches!(picked, Pick::Served(_)));
+            })
+        });
+    });
     for (workload, features) in WORKLOADS {
         group.bench_function(BenchmarkId::new("keypooler", workload), |b| {
             b.iter_custom(|iters| {
@@ -160,13 +180,18 @@ fn pick(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let name = format!("baseline/{workload}");
                 if features.len() == 1 {
-                    timed(&name, iters, || assert!(go_pool.pick(black_box(features[0])).is_some()))
+                    timed(&name, iters, || {
+                        assert!(go_pool.pick(black_box(features[0])).is_some())
+                    })
                 } else {
-                    run_threads(&name, features, iters, |f| assert!(go_pool.pick(f).is_some()))
+                    run_threads(&name, features, iters, |f| {
+                        assert!(go_pool.pick(f).is_some())
+                    })
                 }
             });
         });
     }
+    drop(held);
     group.finish();
 }
 
@@ -174,14 +199,22 @@ fn pick(c: &mut Criterion) {
 fn spent(c: &mut Criterion) {
     let mut group = c.benchmark_group("spent");
     for keys in [10, 100_000] {
-        let pool = pool(Clock::monotonic(), keys, &["chat"], ONE_A_YEAR.0, ONE_A_YEAR.1);
+        let pool = pool(
+            Clock::monotonic(),
+            keys,
+            &["chat"],
+            ONE_A_YEAR.0,
+            ONE_A_YEAR.1,
+        );
         for _ in 0..keys {
             assert!(ours(&pool, "chat"), "each key serves once");
         }
         assert!(!ours(&pool, "chat"), "then every key is spent");
         group.bench_function(BenchmarkId::from_parameter(keys), |b| {
             b.iter_custom(|iters| {
-                timed(&format!("spent/{keys}"), iters, || assert!(!ours(&pool, "chat")))
+                timed(&format!("spent/{keys}"), iters, || {
+                    assert!(!ours(&pool, "chat"))
+                })
             });
         });
     }
@@ -226,7 +259,9 @@ fn clock(c: &mut Criterion) {
 
 /// Our cost next to the baseline's, from this run.
 fn report() {
-    println!("\n== pick: keypooler vs the lock-based baseline (mean ns per pick per thread, this run) ==");
+    println!(
+        "\n== pick: keypooler (snapshot load + pick) vs the lock-based baseline, mean ns per pick per thread, this run =="
+    );
     for (workload, _) in WORKLOADS {
         let ours = TALLY.mean_ns(&format!("keypooler/{workload}"));
         let base = TALLY.mean_ns(&format!("baseline/{workload}"));
@@ -236,6 +271,12 @@ fn report() {
                 base / ours
             );
         }
+    }
+    if let Some(held) = TALLY.mean_ns("keypooler/snapshot held") {
+        println!(
+            "{:<32} keypooler {held:>8.1} ns   (Pool::pick alone, target <= 25 ns)",
+            "1 thread, snapshot held"
+        );
     }
     if let (Some(small), Some(large)) = (TALLY.mean_ns("spent/10"), TALLY.mean_ns("spent/100000")) {
         println!(

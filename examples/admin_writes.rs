@@ -52,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|_| {
             let (args, next) = (Arc::clone(&args), Arc::clone(&next));
             tokio::spawn(async move {
-                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()?;
                 let mut latencies = Vec::new();
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +75,10 @@ async fn main() -> anyhow::Result<()> {
                         .await?;
                     let status = response.status();
                     if status != reqwest::StatusCode::CREATED {
-                        anyhow::bail!("POST /admin/keys answered {status}: {}", response.text().await?);
+                        anyhow::bail!(
+                            "POST /admin/keys answered {status}: {}",
+                            response.text().await?
+                        );
                     }
                     latencies.push(sent.elapsed());
                 }
