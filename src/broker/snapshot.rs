@@ -33,37 +33,9 @@ pub struct FeaturePool {
     /// other data.
     spent_until: CachePadded<AtomicU64>,
     candidates: Box<[Candidate]>,
-    /// `x % candidates.len()` without a division.
-    modulo: FastMod,
     /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
     /// expired): the shortest window of the tiers listing the feature.
     idle_retry_ms: u64,
-}
-
-/// `x % n` for a fixed `n` by two multiplications (Lemire, Kaser and Kurz, "Faster remainder by
-/// direct computation", 2019): exact for every 32-bit `x` and `n`. A 64-bit `div` took a third
-/// of `pick` on the Xeon we measured (see PERFORMANCE.md).
-#[derive(Clone, Copy, Debug)]
-struct FastMod {
-    n: u64,
-    /// `u64::MAX / n + 1`, wrapping to 0 for `n == 1` (where every remainder is 0).
-    m: u64,
-}
-
-impl FastMod {
-    fn new(n: u32) -> Self {
-        let n = u64::from(n.max(1));
-        Self {
-            n,
-            m: (u64::MAX / n).wrapping_add(1),
-        }
-    }
-
-    #[inline]
-    fn rem(self, x: u32) -> usize {
-        let low = self.m.wrapping_mul(u64::from(x));
-        ((u128::from(low) * u128::from(self.n)) >> 64) as usize
-    }
 }
 
 /// Why a pick found no key: milliseconds until one may be available.
@@ -92,14 +64,11 @@ impl FeaturePool {
         if now < spent_until {
             return Err(self.spent(spent_until, now));
         }
-        if self.candidates.is_empty() {
+        let n = self.candidates.len();
+        if n == 0 {
             return Err(self.spent(u64::MAX, now));
         }
-        // The low 32 bits of the cursor: rotation stays exact except for one jump every 2^32
-        // requests, when the truncated cursor wraps.
-        let start = self
-            .modulo
-            .rem(self.cursor.fetch_add(1, Ordering::Relaxed) as u32);
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let mut earliest = u64::MAX;
         let (tail, head) = self.candidates.split_at(start);
         for candidate in head.iter().chain(tail) {
@@ -211,35 +180,11 @@ fn build_pool(
             });
         }
     }
-    let count = u32::try_from(candidates.len()).expect("fewer than 2^32 keys fit in memory");
     (idle_retry_ms != u64::MAX).then(|| FeaturePool {
         name: Arc::clone(feature),
         cursor: CachePadded::new(AtomicUsize::new(cursor)),
         spent_until: CachePadded::new(AtomicU64::new(0)),
         candidates: candidates.into_boxed_slice(),
-        modulo: FastMod::new(count),
         idle_retry_ms,
     })
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::FastMod;
-
-    #[test]
-    fn fast_mod_agrees_with_the_remainder_at_the_edges() {
-        for n in [1, 2, 3, 7, 10, 1_000, 100_000, u32::MAX - 1, u32::MAX] {
-            let modulo = FastMod::new(n);
-            for x in [0, 1, n - 1, n, n.wrapping_add(1), u32::MAX - 1, u32::MAX] {
-                assert_eq!(modulo.rem(x), (x % n) as usize, "{x} % {n}");
-            }
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn fast_mod_is_the_remainder(n in 1u32.., x: u32) {
-            proptest::prop_assert_eq!(FastMod::new(n).rem(x), (x % n) as usize);
-        }
-    }
 }
