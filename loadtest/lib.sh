@@ -19,13 +19,26 @@ random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
 # start_server PORT: a fresh server on a temporary database, pinned to $SERVER_CPU.
 start_server() {
-    local port=$1
     WORK=$(mktemp -d -t keypooler-load.XXXXXX)
     ADMIN_TOKEN=$(random_hex 32)
     export ADMIN_TOKEN
-    BASE_URL="http://127.0.0.1:$port"
+    DATABASE_KEY=$(random_hex 32)
+    BASE_URL="http://127.0.0.1:$1"
     export BASE_URL
-    ENCRYPTION_KEY=$(random_hex 32) SERVER_PORT=$port DB_PATH="$WORK/pool.redb" LOG_LEVEL=warn \
+    PORT_IN_USE=$1
+    launch
+}
+
+# restart_server: stops the server and starts it again on the same database (what it holds
+# after loading it, without the churn of having been filled).
+restart_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    launch
+}
+
+launch() {
+    ENCRYPTION_KEY=$DATABASE_KEY SERVER_PORT=$PORT_IN_USE DB_PATH="$WORK/pool.redb" LOG_LEVEL=warn \
         taskset -c "$SERVER_CPU" "$BIN" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do

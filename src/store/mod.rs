@@ -141,8 +141,8 @@ fn decode<T: serde::de::DeserializeOwned>(
 }
 
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
-/// redb's default (1 GiB) would only grow the RSS: with 100,000 keys it held about 100 MB of
-/// pages nobody reads again. 16 MiB keeps the B-tree's upper pages hot for writes.
+/// redb's default (1 GiB) would only grow the RSS: filling a pool to 100,000 keys left the
+/// server at 253 MB with it and 188 MB with this. 16 MiB keeps the B-tree's upper pages hot.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
