@@ -97,9 +97,10 @@ impl WindowCounter {
 /// elapsed since start (from `Instant`) into an atomic every [`TICK`], and a read is one relaxed
 /// load (about 2 ns, against 20 to 55 ns for `Instant::now` on the machines we measured; see
 /// PERFORMANCE.md). Resolution: one tick, plus however late the thread is scheduled. The value
-/// never goes backwards (one writer, monotonic source) and only lags real time, which is the safe
-/// side for budgets: a window ends late, never early. Key expiry is checked on the same clock,
-/// so a key may be served up to one tick past its `expires_at`.
+/// never goes backwards (one writer, monotonic source) and only lags real time. A window is exact
+/// on this clock (never more than its limit); in real time it may last up to one lag shorter or
+/// longer than `window_seconds` (1 ms against windows of at least 1 s). Key expiry is checked on
+/// the same clock, so a key may be served up to one lag past its `expires_at`.
 #[derive(Clone, Debug)]
 pub struct Clock {
     source: Source,
