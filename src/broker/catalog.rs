@@ -171,7 +171,19 @@ pub struct TierKeys {
 /// Keys are listed and rotated in the order they were created.
 pub type KeyOrder = (i64, Arc<str>);
 
-type CounterId = (Arc<str>, Arc<str>);
+/// A key as a member of its tier: the entry and one live counter per feature the tier lists, in
+/// the order of the tier's `features` map, so a snapshot build finds a counter by position
+/// instead of a hash lookup per key.
+#[derive(Clone)]
+struct Member {
+    entry: Arc<KeyEntry>,
+    counters: Arc<[Arc<WindowCounter>]>,
+}
+
+/// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.
+fn feature_index(tier: &Tier, feature: &str) -> Option<usize> {
+    tier.features.keys().position(|name| &**name == feature)
+}
 
 #[derive(Clone, Default)]
 pub struct Catalog {
@@ -180,10 +192,9 @@ pub struct Catalog {
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
     key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
-    tier_keys: imbl::HashMap<Arc<str>, imbl::OrdSet<KeyOrder>>,
-    /// One live counter per key and feature its tier lists. Counters outlive snapshots: a
-    /// rebuild reuses them, so open windows keep their counts.
-    counters: imbl::HashMap<CounterId, Arc<WindowCounter>>,
+    /// Per tier id, its keys in rotation order with their live counters. Counters outlive
+    /// snapshots: a rebuild reuses them, so open windows keep their counts.
+    tier_keys: imbl::HashMap<Arc<str>, imbl::OrdMap<KeyOrder, Member>>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
 }
@@ -225,16 +236,36 @@ impl Catalog {
     }
 
     pub fn keys_of_tier(&self, tier_id: &str) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.members(tier_id).map(|member| &member.entry)
+    }
+
+    /// The keys of `tier` in rotation order, each with its counter for `feature` (none if the
+    /// tier does not list it).
+    pub fn candidates<'a>(
+        &'a self,
+        tier: &Tier,
+        feature: &str,
+    ) -> impl Iterator<Item = (&'a Arc<KeyEntry>, &'a Arc<WindowCounter>)> {
+        let index = feature_index(tier, feature);
+        index.into_iter().flat_map(move |i| {
+            self.members(&tier.id)
+                .map(move |m| (&m.entry, &m.counters[i]))
+        })
+    }
+
+    fn members(&self, tier_id: &str) -> impl Iterator<Item = &Member> {
         self.tier_keys
             .get(tier_id)
             .into_iter()
-            .flat_map(|orders| orders.iter())
-            .filter_map(|order| self.keys.get(order))
+            .flat_map(imbl::OrdMap::values)
     }
 
-    pub fn counter(&self, key_id: &Arc<str>, feature: &Arc<str>) -> Option<&Arc<WindowCounter>> {
-        self.counters
-            .get(&(Arc::clone(key_id), Arc::clone(feature)))
+    pub fn counter(&self, key_id: &str, feature: &str) -> Option<&Arc<WindowCounter>> {
+        let order = self.key_orders.get(key_id)?;
+        let entry = self.keys.get(order)?;
+        let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
+        let member = self.tier_keys.get(&entry.info.tier_id)?.get(order)?;
+        member.counters.get(index)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
@@ -305,27 +336,28 @@ impl Catalog {
     }
 
     /// Adds a tier or replaces the one with the same id; returns the features it touched.
+    /// Counters of the features the tier keeps are kept (open windows keep their counts).
     pub fn put_tier(&mut self, tier: Tier) -> Dirty {
         let mut dirty: Dirty = tier.features.keys().cloned().collect();
         if let Some(old) = self.tier_by_id(&tier.id).cloned() {
             dirty.extend(old.features.keys().cloned());
             self.tiers.remove(&old.name);
-            let keys: Vec<Arc<str>> = self
-                .keys_of_tier(&tier.id)
-                .map(|key| Arc::clone(&key.info.id))
-                .collect();
-            for key_id in &keys {
-                for feature in old.features.keys() {
-                    if !tier.features.contains_key(feature) {
-                        self.counters
-                            .remove(&(Arc::clone(key_id), Arc::clone(feature)));
-                    }
-                }
-                for feature in tier.features.keys() {
-                    self.counters
-                        .entry((Arc::clone(key_id), Arc::clone(feature)))
-                        .or_default();
-                }
+            if let Some(members) = self.tier_keys.get_mut(&tier.id) {
+                *members = members
+                    .iter()
+                    .map(|(order, member)| {
+                        let counters = tier
+                            .features
+                            .keys()
+                            .map(|feature| {
+                                feature_index(&old, feature)
+                                    .map_or_else(Arc::default, |i| Arc::clone(&member.counters[i]))
+                            })
+                            .collect();
+                        let entry = Arc::clone(&member.entry);
+                        (order.clone(), Member { entry, counters })
+                    })
+                    .collect();
             }
         }
         self.tier_names
@@ -341,21 +373,20 @@ impl Catalog {
             .tier_by_id(&entry.info.tier_id)
             .cloned()
             .expect("the writer checks a key's tier before adding it");
+        dirty.extend(tier.features.keys().cloned());
         let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
-        for feature in tier.features.keys() {
-            self.counters.insert(
-                (Arc::clone(&entry.info.id), Arc::clone(feature)),
-                Arc::default(),
-            );
-            dirty.insert(Arc::clone(feature));
-        }
+        let entry = Arc::new(entry);
+        let member = Member {
+            entry: Arc::clone(&entry),
+            counters: tier.features.keys().map(|_| Arc::default()).collect(),
+        };
         self.tier_keys
             .entry(Arc::clone(&entry.info.tier_id))
             .or_default()
-            .insert(order.clone());
+            .insert(order.clone(), member);
         self.key_orders
             .insert(Arc::clone(&entry.info.id), order.clone());
-        self.keys.insert(order, Arc::new(entry));
+        self.keys.insert(order, entry);
         dirty
     }
 
@@ -367,17 +398,11 @@ impl Catalog {
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };
-        if let Some(orders) = self.tier_keys.get_mut(&entry.info.tier_id) {
-            orders.remove(&order);
+        if let Some(members) = self.tier_keys.get_mut(&entry.info.tier_id) {
+            members.remove(&order);
         }
-        let features: Dirty = self
-            .tier_by_id(&entry.info.tier_id)
+        self.tier_by_id(&entry.info.tier_id)
             .map(|tier| tier.features.keys().cloned().collect())
-            .unwrap_or_default();
-        for feature in &features {
-            self.counters
-                .remove(&(Arc::clone(&entry.info.id), Arc::clone(feature)));
-        }
-        features
+            .unwrap_or_default()
     }
 }

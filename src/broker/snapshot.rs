@@ -364,13 +364,10 @@ fn build_pool(
             continue;
         };
         idle_retry_ms = idle_retry_ms.min(limit.window_ms());
-        for key in catalog.keys_of_tier(&tier.id) {
+        for (key, counter) in catalog.candidates(tier, feature) {
             if !key.servable_at_unix(now_unix) {
                 continue;
             }
-            let counter = catalog
-                .counter(&key.info.id, feature)
-                .expect("the catalog keeps a counter per key and feature");
             candidates.push(Candidate {
                 key: Arc::clone(key),
                 counter: Arc::clone(counter),

@@ -177,6 +177,11 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
+/// redb's default (1 GiB) would only grow the RSS: filling a pool to 100,000 keys left the
+/// server at 253 MB with it and 188 MB with this. 16 MiB keeps the B-tree's upper pages hot.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records always serialize")
 }
@@ -327,8 +332,10 @@ impl Store {
     }
 
     fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
         let db = if exists {
-            Database::open(path).map_err(|err| open_error(path, err))?
+            builder.open(path).map_err(|err| open_error(path, err))?
         } else {
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::create_dir_all(folder).map_err(|err| StoreError::Open {
@@ -336,7 +343,7 @@ impl Store {
                     reason: format!("cannot create folder {}: {err}", folder.display()),
                 })?;
             }
-            Database::create(path).map_err(|err| open_error(path, err))?
+            builder.create(path).map_err(|err| open_error(path, err))?
         };
         let store = Self {
             db: Some(db),

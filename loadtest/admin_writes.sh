@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# How admin writes scale, end to end over HTTP (durable commit included):
+#   1. one write at a time into a pool of 100 keys, then into a pool of --large keys (p50, p99);
+#   2. 10,000 keys added by 32 concurrent clients (group commit), timed;
+#   3. the server's RSS holding --large keys of 64-byte values: after filling it, and after a
+#      restart on the same database (start-up loads every key).
+# Server pinned to CPU 0, clients on CPU 1, temporary database; stops all it started.
+#
+#   loadtest/admin_writes.sh [--large 100000] [--probe 100] [--port N] [--no-build]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+LARGE=100000
+PROBE=100
+PORT=18081
+BUILD=1
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --large) LARGE=$2; shift 2 ;;
+        --probe) PROBE=$2; shift 2 ;;
+        --port) PORT=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+trap stop_server EXIT INT TERM
+[[ $BUILD == 1 ]] && build
+
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v f="$2" '$1 == f { print $2 }'; }
+
+start_server "$PORT"
+admin POST /admin/tiers '{"name":"pro","features":{"chat":100,"image":{"rate_limit":10,"window_seconds":10}}}' >/dev/null
+seed_keys pro 100 32 base >/dev/null
+small=$(seed_keys pro "$PROBE" 1 probe-small)
+echo "one write at a time, pool of 100:       $small"
+concurrent=$(seed_keys pro 10000 32 concurrent)
+echo "10,000 keys by 32 concurrent clients:   $concurrent"
+remaining=$((LARGE - 10000 - 100 - PROBE))
+if ((remaining > 0)); then seed_keys pro "$remaining" 32 fill >/dev/null; fi
+large=$(seed_keys pro "$PROBE" 1 probe-large)
+echo "one write at a time, pool of $LARGE:  $large"
+rss=$(( $(server_kb VmRSS) / 1024 ))
+hwm=$(( $(server_kb VmHWM) / 1024 ))
+keys=$(admin GET /admin/health | sed -E 's/.*"pool_size":([0-9]+).*/\1/')
+restart_server
+loaded=$(( $(server_kb VmRSS) / 1024 ))
+
+echo
+echo "== admin writes =="
+printf "%-44s %s\n" "single write p50, pool of 100 (ms)" "$(field "$small" p50_ms)"
+printf "%-44s %s\n" "single write p50, pool of $LARGE (ms)" "$(field "$large" p50_ms)"
+awk -v a="$(field "$small" p50_ms)" -v b="$(field "$large" p50_ms)" \
+    'BEGIN { printf "%-44s %.2f (target <= 2)\n", "large / small", b / a }'
+printf "%-44s %s (target < 5)\n" "10,000 keys, 32 clients (s)" "$(field "$concurrent" seconds)"
+printf "%-44s %s MB after filling it (peak %s MB)\n" "server RSS with $keys keys" "$rss" "$hwm"
+printf "%-44s %s MB (target < 150)\n" "server RSS, restarted on those $keys keys" "$loaded"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Throughput and latency of GET /key next to GET /health of the same server, in the same run.
+#
+# Builds the release binary, starts it pinned to CPU 0 on a temporary database, seeds one tier
+# and --keys keys through the admin API, then drives it from CPU 1 with wrk: --rounds rounds,
+# each one /health run then one /key run. Prints requests/s, p50, p99 per run, a summary table
+# (medians over the rounds), the server's peak RSS, and /key ÷ /health. Stops all it started.
+#
+#   loadtest/run.sh [--keys N] [--connections N] [--duration 10s] [--rounds N] [--port N] [--no-build]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KEYS=1000
+CONNECTIONS=64
+DURATION=10s
+ROUNDS=3
+PORT=18080
+BUILD=1
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --keys) KEYS=$2; shift 2 ;;
+        --connections) CONNECTIONS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --port) PORT=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if ! command -v wrk >/dev/null; then
+    echo "wrk is missing: installing the Debian package" >&2
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+trap stop_server EXIT INT TERM
+[[ $BUILD == 1 ]] && build
+
+start_server "$PORT"
+# Never spent: each key may serve 16,777,215 uses per second.
+admin POST /admin/tiers '{"name":"pro","features":{"chat":{"rate_limit":16777215,"window_seconds":1}}}' >/dev/null
+echo "seeding: $(seed_keys pro "$KEYS" 32 seed)"
+echo "server RSS after seeding: $(( $(server_kb VmRSS) / 1024 )) MB"
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+drive() { # drive NAME PATH ROUND
+    local line
+    line=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+        -s "$ROOT/loadtest/wrk/auth.lua" "$BASE_URL$2" | grep '^RESULT')
+    echo "$1 round=$3 ${line#RESULT }" | tee -a "$RESULTS"
+}
+for round in $(seq "$ROUNDS"); do
+    drive health /health "$round"
+    drive key "/key?feature=chat" "$round"
+done
+PEAK_MB=$(( $(server_kb VmHWM) / 1024 ))
+
+echo
+echo "== keypooler: $KEYS keys, $CONNECTIONS connections, $DURATION x $ROUNDS rounds, server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU =="
+awk -v peak="$PEAK_MB" '
+    function val(field,   i, kv) {
+        for (i = 3; i <= NF; i++) { split($i, kv, "="); if (kv[1] == field) return kv[2] }
+    }
+    function median(list, n,   sorted, i, j, t) {
+        for (i = 1; i <= n; i++) sorted[i] = list[i]
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && sorted[j-1] > sorted[j]; j--) {
+            t = sorted[j]; sorted[j] = sorted[j-1]; sorted[j-1] = t
+        }
+        return n % 2 ? sorted[(n+1)/2] : (sorted[n/2] + sorted[n/2+1]) / 2
+    }
+    {
+        name = $1; n[name]++
+        rps[name, n[name]] = val("rps"); p50[name, n[name]] = val("p50_ms"); p99[name, n[name]] = val("p99_ms")
+        bad[name] += val("non2xx") + val("socket_errors")
+    }
+    END {
+        printf "%-8s %12s %10s %10s %10s\n", "path", "req/s", "p50 ms", "p99 ms", "errors"
+        for (k = 1; k <= 2; k++) {
+            name = k == 1 ? "health" : "key"
+            for (i = 1; i <= n[name]; i++) { a[i] = rps[name, i]; b[i] = p50[name, i]; c[i] = p99[name, i] }
+            med[name] = median(a, n[name])
+            printf "%-8s %12.0f %10.3f %10.3f %10d\n", "/" name, med[name], median(b, n[name]), median(c, n[name]), bad[name]
+        }
+        printf "/key / /health throughput: %.3f (target >= 0.95)  [per round:", med["key"] / med["health"]
+        for (i = 1; i <= n["key"]; i++) printf " %.3f", rps["key", i] / rps["health", i]
+        printf "]\nserver peak RSS (VmHWM): %d MB\n", peak
+    }' "$RESULTS"
