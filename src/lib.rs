@@ -6,13 +6,17 @@
 //!
 //! ```text
 //! read path (hot, many threads, no lock, no I/O):
-//!   GET /key ─► http::key (auth) ─► broker::Pool::load (ArcSwap guard) ─► feature pool
-//!           ─► cursor.fetch_add ─► WindowCounter::try_acquire (CAS) ─► pre-encoded body
+//!   GET /key ─► http::key (admin token, or consumer by token hash) ─► broker::Pool::load
+//!           (ArcSwap guard) ─► feature pool (the consumer's scoped one) ─► cursor.fetch_add
+//!           ─► WindowCounter::try_acquire (CAS) [─► UsageCap::try_acquire (CAS, within the
+//!           committed reservation)] ─► pre-encoded body [─► audit event into a fixed queue]
 //!
 //! write path (cold, one thread, durable before it answers):
 //!   admin request ─► http::admin (validate) ─► writer::Writer (channel) ─► writer thread
 //!           ─► store::Batch (one redb transaction per drained batch) ─► commit
 //!           ─► broker::Pool::publish (next snapshot, live counters carried over) ─► reply
+//!   (the writer also takes, on the same channel, usage reservations asked by the hot path
+//!   and audit flushes, each committed before it takes effect)
 //! ```
 //!
 //! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs and the Prometheus
@@ -22,7 +26,8 @@
 //! * [`server`]: connections: the limit on open connections, header and request timeouts.
 //! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
 //! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
-//! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, the clock.
+//! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, usage caps, the
+//!   audit queue, the clock.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
 //! * [`writer`]: the single writer and the validated inputs it applies.
 //! * [`store`]: the redb tables, records, canary and schema version.
