@@ -6,7 +6,7 @@
 //! read-only handle (schema, canary, every record decoded), so a damaged, foreign or
 //! wrong-key file is left byte for byte as it was. Only a file that passed, or one a crash left
 //! needing recovery (which redb repairs), is opened for writing. redb may panic on a file
-//! altered behind its back; [`guarded`] turns that into [`StoreError::Damaged`].
+//! altered behind its back; `guard::guarded` turns that into [`StoreError::Damaged`].
 
 mod guard;
 pub mod records;

@@ -1,7 +1,7 @@
 //! The single writer: every admin change goes through one thread that owns the redb write
 //! transactions.
 //!
-//! Handlers send a [`Request`] and wait on its reply. The writer takes whatever is queued (group
+//! Handlers send a request and wait on its reply. The writer takes whatever is queued (group
 //! commit), applies it to a staged copy of the catalog and to one write transaction, commits
 //! durably, publishes the next snapshot, and only then replies. So a 2xx means the change is on
 //! disk and visible to the next `GET /key`; a failed commit changes neither disk nor pool.
