@@ -116,11 +116,7 @@ fn report() {
 }
 
 fn main() {
-    let mut criterion = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-        .configure_from_args();
+    let mut criterion = common::criterion();
     snapshot(&mut criterion);
     add_key(&mut criterion);
     crypto(&mut criterion);

@@ -105,3 +105,12 @@ impl Tally {
             .map(|(elapsed, ops)| elapsed.as_nanos() as f64 / *ops as f64)
     }
 }
+
+/// The settings every bench here runs with: short, so `cargo bench` takes minutes, not hours.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+        .sample_size(30)
+        .configure_from_args()
+}
