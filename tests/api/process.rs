@@ -40,13 +40,14 @@ pub fn keypooler(dir: &Path, env: &[(&str, &str)]) -> Command {
 /// The binary run by `wrapper` (a command that ends by running it, e.g. `prlimit --core=0`),
 /// otherwise as [`keypooler`].
 pub fn wrapped(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Command {
+    let binary = shared_binary();
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
-            command.args(args).arg(BIN);
+            command.args(args).arg(binary);
             command
         }
-        None => Command::new(BIN),
+        None => Command::new(binary),
     };
     for name in SETTINGS {
         command.env_remove(name);
@@ -57,6 +58,35 @@ pub fn wrapped(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Command {
         .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
+}
+
+/// The binary at a path every user may run, for the tests that run it as `nobody`: the built
+/// one when every folder above it lets others through (as here), else a copy in a temp folder
+/// that does (a checkout under a private home folder, say).
+pub fn shared_binary() -> &'static Path {
+    use std::os::unix::fs::PermissionsExt;
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let built = Path::new(BIN);
+        let others_may_enter = |dir: &Path| {
+            std::fs::metadata(dir).is_ok_and(|meta| meta.permissions().mode() & 0o001 != 0)
+        };
+        if built
+            .ancestors()
+            .skip(1)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .all(others_may_enter)
+        {
+            return built.to_path_buf();
+        }
+        let dir = std::env::temp_dir().join(format!("keypooler-test-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("keypooler");
+        std::fs::copy(built, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
 }
 
 /// A port nothing listens on right now.
