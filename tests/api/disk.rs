@@ -122,14 +122,7 @@ fn a_full_or_read_only_disk_fails_the_write_cleanly_and_serving_goes_on() {
     else {
         panic!("the server did not start on the tmpfs");
     };
-    let tier = json!({"name": "pro", "features": {"chat": 1000}});
-    assert_eq!(
-        server
-            .request("POST", "/admin/tiers", Some(&tier))
-            .unwrap()
-            .0,
-        201
-    );
+    server.create_tier("pro", "chat", 1000);
     for name in ["a", "b", "c"] {
         assert_eq!(add_key(&server, name, 0).0, 201);
     }

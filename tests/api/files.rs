@@ -35,14 +35,7 @@ impl Rng {
 fn base_database(dir: &Path, key: &str) -> Vec<u8> {
     let server = Server::start(dir, key);
     for tier in ["pro", "free"] {
-        let body = json!({"name": tier, "features": {"chat": 10}});
-        assert_eq!(
-            server
-                .request("POST", "/admin/tiers", Some(&body))
-                .unwrap()
-                .0,
-            201
-        );
+        server.create_tier(tier, "chat", 10);
     }
     for i in 0..5 {
         let body = json!({"name": format!("k{i}"), "key": format!("sk-{i}"), "tier": "pro",

@@ -235,6 +235,13 @@ impl Server {
         self.signal_term_and_wait()
     }
 
+    /// Creates a tier with one feature and asserts the 201.
+    pub fn create_tier(&self, name: &str, feature: &str, limit: u32) {
+        let body = serde_json::json!({"name": name, "features": {feature: limit}});
+        let (status, answer) = self.request("POST", "/admin/tiers", Some(&body)).unwrap();
+        assert_eq!(status, 201, "{answer}");
+    }
+
     pub fn request(
         &self,
         method: &str,

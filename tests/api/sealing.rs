@@ -24,14 +24,7 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// secret; returns the ids, in the order added, with their values.
 fn populate(dir: &Path, key: &str, count: usize) -> Vec<(String, String)> {
     let server = Server::start(dir, key);
-    let tier = json!({"name": "pro", "features": {"chat": 1000}});
-    assert_eq!(
-        server
-            .request("POST", "/admin/tiers", Some(&tier))
-            .unwrap()
-            .0,
-        201
-    );
+    server.create_tier("pro", "chat", 1000);
     let mut keys = Vec::new();
     for i in 0..count {
         let value = format!("sk-value-{i}-7f3a9c");
