@@ -15,7 +15,9 @@ use super::usage::{NoReserve, Reserve};
 /// What `GET /key` learns from the pool.
 #[derive(Debug)]
 pub enum Pick<'a> {
-    Served(&'a Arc<KeyEntry>),
+    /// The key, and the pool's own name of the feature (shared, so recording it copies
+    /// nothing).
+    Served(&'a Arc<KeyEntry>, &'a Arc<str>),
     Spent(Spent),
     /// No tier lists the feature.
     UnknownFeature,
@@ -107,7 +109,7 @@ impl Pool {
             ) {
                 Ok(key) => {
                     pool.outcomes().served.increment(1);
-                    Pick::Served(key)
+                    Pick::Served(key, pool.name())
                 }
                 Err(spent) => {
                     pool.outcomes().spent.increment(1);
@@ -197,7 +199,7 @@ mod tests {
     fn served_id(pool: &Pool, feature: &str) -> Option<String> {
         let snapshot = pool.load();
         match pool.pick(&snapshot, feature) {
-            Pick::Served(key) => Some(key.info.id.to_string()),
+            Pick::Served(key, _) => Some(key.info.id.to_string()),
             _ => None,
         }
     }
@@ -296,7 +298,7 @@ mod tests {
     fn the_served_body_is_the_json_of_the_key() {
         let (pool, _) = pool_with(1, 1);
         let snapshot = pool.load();
-        let Pick::Served(key) = pool.pick(&snapshot, "chat") else {
+        let Pick::Served(key, _) = pool.pick(&snapshot, "chat") else {
             panic!("expected a key");
         };
         let body: serde_json::Value = serde_json::from_slice(&key.body()).unwrap();

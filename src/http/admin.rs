@@ -306,10 +306,12 @@ pub async fn delete_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.writer().delete_key(id).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "deleted" }),
-    ))
+    Ok(deleted())
+}
+
+/// The answer to a successful `DELETE`.
+pub fn deleted() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"deleted"}"#)
 }
 
 #[derive(Serialize)]

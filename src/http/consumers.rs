@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::admin::json;
+use super::admin::{deleted, json};
 use super::auth::Admin;
 use super::error::ApiError;
 use super::json::JsonBody;
@@ -86,10 +86,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.writer().delete_consumer(id).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "deleted" }),
-    ))
+    Ok(deleted())
 }
 
 #[derive(Deserialize)]

@@ -31,11 +31,11 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
     };
     let feature = feature_param(query)?;
     match app.pool().pick_for(caller, &snapshot, &feature) {
-        Pick::Served(key) => {
+        Pick::Served(key, feature_name) => {
             if let Some(audit) = app.audit() {
                 audit.record(Event {
                     key_id: std::sync::Arc::clone(&key.info.id),
-                    feature: feature_name(caller, &snapshot, &feature),
+                    feature: std::sync::Arc::clone(feature_name),
                     consumer_id: match caller {
                         Caller::Admin => None,
                         Caller::Consumer(scoped) => {
@@ -55,16 +55,6 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
             "feature not in this consumer's tiers: {feature}"
         ))),
     }
-}
-
-/// The pool's own name of a feature that was just served (shared, so recording it copies
-/// nothing).
-fn feature_name(caller: Caller<'_>, snapshot: &Snapshot, feature: &str) -> std::sync::Arc<str> {
-    let pool = match caller {
-        Caller::Admin => snapshot.feature(feature),
-        Caller::Consumer(scoped) => scoped.feature(feature),
-    };
-    pool.map_or_else(|| feature.into(), |pool| std::sync::Arc::clone(pool.name()))
 }
 
 /// The admin, or the active consumer whose token this is.

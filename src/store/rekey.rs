@@ -115,17 +115,22 @@ mod tests {
         }
     }
 
+    /// A database at `path`, sealed under `sealer`, holding `keys`.
+    fn write_keys(path: &Path, sealer: &Sealer, keys: &[KeyRecord]) {
+        let store = Store::open(path, sealer).unwrap();
+        let batch = store.begin().unwrap();
+        for record in keys {
+            batch.put_key(record).unwrap();
+        }
+        batch.commit().unwrap();
+    }
+
     #[test]
     fn everything_is_resealed_and_the_rest_of_each_record_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.redb");
         let (old, new) = (sealer(1), sealer(2));
-        {
-            let store = Store::open(&path, &old).unwrap();
-            let batch = store.begin().unwrap();
-            batch.put_key(&key("a", &old)).unwrap();
-            batch.commit().unwrap();
-        }
+        write_keys(&path, &old, &[key("a", &old)]);
         assert_eq!(
             rekey(&path, &old, &new).unwrap(),
             Rekeyed::Done {
@@ -158,16 +163,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.redb");
         let (old, new) = (sealer(1), sealer(2));
-        {
-            let store = Store::open(&path, &old).unwrap();
-            let batch = store.begin().unwrap();
-            batch.put_key(&key("a", &old)).unwrap();
-            // Sealed for another record: does not open as "b".
-            let mut moved = key("b", &old);
-            moved.value = key("a", &old).value;
-            batch.put_key(&moved).unwrap();
-            batch.commit().unwrap();
-        }
+        // Sealed for another record: does not open as "b".
+        let mut moved = key("b", &old);
+        moved.value = key("a", &old).value;
+        write_keys(&path, &old, &[key("a", &old), moved]);
         let err = rekey(&path, &old, &new).unwrap_err();
         assert!(
             err.to_string().contains("record keys/b is unreadable"),

@@ -110,7 +110,7 @@ fn no_window_of_any_key_serves_more_than_its_limit_under_64_threads() {
                         let after = window_of(clock.now_ms());
                         tally.picks += 1;
                         match pick {
-                            Pick::Served(key) => {
+                            Pick::Served(key, _) => {
                                 let key: usize = key.info.id.parse().unwrap();
                                 assert!(after < windows, "served after the last window");
                                 if before == after {
