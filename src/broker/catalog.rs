@@ -172,16 +172,39 @@ pub struct TierKeys {
 pub type KeyOrder = (i64, Arc<str>);
 
 /// A key as a member of its tier: the entry and one live counter per feature the tier lists, in
-/// the order of the tier's `features` map, so a snapshot build finds a counter by position
-/// instead of a hash lookup per key.
+/// the order of the tier's `features` map, so a pool finds a key's counter by position instead of
+/// a hash lookup.
 #[derive(Clone)]
-struct Member {
-    entry: Arc<KeyEntry>,
+pub struct Member {
+    pub entry: Arc<KeyEntry>,
     counters: Arc<[Arc<WindowCounter>]>,
 }
 
+impl Member {
+    /// Its counter for the feature at `index` in its tier's feature order ([`feature_index`]).
+    #[inline]
+    pub fn counter(&self, index: usize) -> Option<&WindowCounter> {
+        self.counters.get(index).map(Arc::as_ref)
+    }
+
+    fn order(&self) -> (i64, &str) {
+        (self.entry.info.created_at_ms, &self.entry.info.id)
+    }
+}
+
+/// A tier's keys (active or not) in rotation order, each with its counters. Persistent
+/// (`imbl::Vector`, an RRB tree of shared 64-element chunks): a clone is O(1) and adding or
+/// removing one key copies O(log n) nodes, so every snapshot shares its tiers' rosters with the
+/// catalog and one admin write costs the same with 100 keys as with 100,000.
+pub type Roster = imbl::Vector<Member>;
+
+/// Where a key of creation order `order` is, or would be inserted, in `roster`.
+fn position(roster: &Roster, order: &KeyOrder) -> Result<usize, usize> {
+    roster.binary_search_by(|member| member.order().cmp(&(order.0, &*order.1)))
+}
+
 /// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.
-fn feature_index(tier: &Tier, feature: &str) -> Option<usize> {
+pub fn feature_index(tier: &Tier, feature: &str) -> Option<usize> {
     tier.features.keys().position(|name| &**name == feature)
 }
 
@@ -194,7 +217,7 @@ pub struct Catalog {
     key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
-    tier_keys: imbl::HashMap<Arc<str>, imbl::OrdMap<KeyOrder, Member>>,
+    tier_keys: imbl::HashMap<Arc<str>, Roster>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
 }
@@ -239,33 +262,23 @@ impl Catalog {
         self.members(tier_id).map(|member| &member.entry)
     }
 
-    /// The keys of `tier` in rotation order, each with its counter for `feature` (none if the
-    /// tier does not list it).
-    pub fn candidates<'a>(
-        &'a self,
-        tier: &Tier,
-        feature: &str,
-    ) -> impl Iterator<Item = (&'a Arc<KeyEntry>, &'a Arc<WindowCounter>)> {
-        let index = feature_index(tier, feature);
-        index.into_iter().flat_map(move |i| {
-            self.members(&tier.id)
-                .map(move |m| (&m.entry, &m.counters[i]))
-        })
+    /// The keys of a tier in rotation order with their counters (none if it has no keys).
+    pub fn roster(&self, tier_id: &str) -> Option<&Roster> {
+        self.tier_keys.get(tier_id)
     }
 
     fn members(&self, tier_id: &str) -> impl Iterator<Item = &Member> {
-        self.tier_keys
-            .get(tier_id)
+        self.roster(tier_id)
             .into_iter()
-            .flat_map(imbl::OrdMap::values)
+            .flat_map(imbl::Vector::iter)
     }
 
-    pub fn counter(&self, key_id: &str, feature: &str) -> Option<&Arc<WindowCounter>> {
+    pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
         let order = self.key_orders.get(key_id)?;
         let entry = self.keys.get(order)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
-        let member = self.tier_keys.get(&entry.info.tier_id)?.get(order)?;
-        member.counters.get(index)
+        let roster = self.roster(&entry.info.tier_id)?;
+        roster.get(position(roster, order).ok()?)?.counter(index)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
@@ -345,7 +358,7 @@ impl Catalog {
             if let Some(members) = self.tier_keys.get_mut(&tier.id) {
                 *members = members
                     .iter()
-                    .map(|(order, member)| {
+                    .map(|member| {
                         let counters = tier
                             .features
                             .keys()
@@ -355,7 +368,7 @@ impl Catalog {
                             })
                             .collect();
                         let entry = Arc::clone(&member.entry);
-                        (order.clone(), Member { entry, counters })
+                        Member { entry, counters }
                     })
                     .collect();
             }
@@ -380,10 +393,16 @@ impl Catalog {
             entry: Arc::clone(&entry),
             counters: tier.features.keys().map(|_| Arc::default()).collect(),
         };
-        self.tier_keys
+        let roster = self
+            .tier_keys
             .entry(Arc::clone(&entry.info.tier_id))
-            .or_default()
-            .insert(order.clone(), member);
+            .or_default();
+        match position(roster, &order) {
+            Ok(at) => {
+                roster.set(at, member);
+            }
+            Err(at) => roster.insert(at, member),
+        }
         self.key_orders
             .insert(Arc::clone(&entry.info.id), order.clone());
         self.keys.insert(order, entry);
@@ -398,8 +417,10 @@ impl Catalog {
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };
-        if let Some(members) = self.tier_keys.get_mut(&entry.info.tier_id) {
-            members.remove(&order);
+        if let Some(roster) = self.tier_keys.get_mut(&entry.info.tier_id)
+            && let Ok(at) = position(roster, &order)
+        {
+            roster.remove(at);
         }
         self.tier_by_id(&entry.info.tier_id)
             .map(|tier| tier.features.keys().cloned().collect())

@@ -165,13 +165,23 @@ mod tests {
     }
 
     fn key(id: &str, tier: &str, created_at_ms: i64, expires_at_ms: Option<i64>) -> KeyEntry {
+        key_of(id, tier, created_at_ms, expires_at_ms, true)
+    }
+
+    fn key_of(
+        id: &str,
+        tier: &str,
+        created_at_ms: i64,
+        expires_at_ms: Option<i64>,
+        active: bool,
+    ) -> KeyEntry {
         let secrets = BTreeMap::<String, Zeroizing<String>>::new();
         KeyEntry::new(
             KeyInfo {
                 id: id.into(),
                 name: id.into(),
                 tier_id: format!("tier-{tier}").into(),
-                active: true,
+                active,
                 created_at_ms,
                 expires_at_ms,
             },
@@ -362,5 +372,110 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} not in {text}");
         }
         assert!(!text.contains("random"));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Change {
+        /// A key in tier `a`, `b` or `c` (`c` does not list `chat`), created at `created`.
+        Add {
+            tier: usize,
+            created: i64,
+            active: bool,
+        },
+        /// Removes the key at this index (modulo) of the keys added so far.
+        Remove(usize),
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..3usize, 0..50i64, proptest::bool::weighted(0.8))
+                .prop_map(|(tier, created, active)| Change::Add { tier, created, active }),
+            1 => any::<usize>().prop_map(Change::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the adds and deletes, the pool of a feature is the keys of the tiers listing
+        /// it, by tier name then creation, and `len` picks serve each active key once plus once
+        /// for every inactive key just before it in the rotation (whose turn it takes).
+        #[test]
+        fn the_rotation_follows_the_catalog_through_any_adds_and_deletes(
+            changes in proptest::collection::vec(change(), 1..400),
+        ) {
+            const TIERS: [&str; 3] = ["a", "b", "c"];
+            let (clock, _) = Clock::manual();
+            let pool = Pool::new(clock);
+            let mut catalog = Catalog::default();
+            let mut dirty = catalog.put_tier(tier("b", &[("chat", 1_000, 60)]));
+            dirty.extend(catalog.put_tier(tier("a", &[("image", 1, 60), ("chat", 1_000, 60)])));
+            dirty.extend(catalog.put_tier(tier("c", &[("image", 1, 60)])));
+            pool.publish(catalog, &dirty);
+            // The model: (tier name, created, id) -> active.
+            let mut model = std::collections::BTreeMap::<(&str, i64, String), bool>::new();
+            let mut added = Vec::new();
+            for (n, change) in changes.into_iter().enumerate() {
+                let mut catalog = pool.load().catalog.clone();
+                let dirty = match change {
+                    Change::Add { tier, created, active } => {
+                        let id = format!("k{n:03}");
+                        model.insert((TIERS[tier], created, id.clone()), active);
+                        added.push((TIERS[tier], created, id.clone()));
+                        catalog.put_key(key_of(&id, TIERS[tier], created, None, active))
+                    }
+                    Change::Remove(_) if added.is_empty() => continue,
+                    Change::Remove(at) => {
+                        let gone = added.swap_remove(at % added.len());
+                        model.remove(&gone);
+                        catalog.remove_key(&gone.2)
+                    }
+                };
+                pool.publish(catalog, &dirty);
+            }
+            let expected: Vec<(&String, bool)> = model
+                .iter()
+                .filter(|((tier, _, _), _)| *tier != "c")
+                .map(|((_, _, id), active)| (id, *active))
+                .collect();
+            let snapshot = pool.load();
+            let Some(chat) = snapshot.feature("chat") else {
+                proptest::prop_assert!(false, "chat has no pool");
+                return Ok(());
+            };
+            let rotation = chat.rotation();
+            proptest::prop_assert_eq!(
+                rotation.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                expected.iter().map(|(id, _)| (*id).clone()).collect::<Vec<_>>()
+            );
+
+            let mut served = std::collections::HashMap::<String, usize>::new();
+            for _ in 0..expected.len() {
+                if let Pick::Served(key, feature) = pool.pick(&snapshot, "chat") {
+                    proptest::prop_assert_eq!(&**feature, "chat");
+                    *served.entry(key.info.id.to_string()).or_default() += 1;
+                }
+            }
+            let mut wanted = std::collections::HashMap::<String, usize>::new();
+            if expected.iter().any(|(_, active)| *active) {
+                for (at, (id, active)) in expected.iter().enumerate() {
+                    if !active {
+                        continue;
+                    }
+                    let inactive_before = (1..expected.len())
+                        .map(|back| &expected[(at + expected.len() - back) % expected.len()])
+                        .take_while(|(_, active)| !active)
+                        .count();
+                    wanted.insert((*id).clone(), 1 + inactive_before);
+                }
+            }
+            // The admin view finds each key's counter in its roster.
+            let now = pool.clock().now_ms();
+            for (id, _) in &expected {
+                let used = snapshot.catalog.counter(id, "chat").map(|c| c.used(now, 60_000));
+                proptest::prop_assert_eq!(used, Some(wanted.get(*id).copied().unwrap_or(0) as u32));
+            }
+            proptest::prop_assert_eq!(served, wanted);
+        }
     }
 }
