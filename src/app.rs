@@ -130,8 +130,7 @@ impl App {
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new(&options.metrics);
         let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
-        let contents = store.load()?;
-        let (catalog, skipped) = writer::load::catalog(&contents, &sealer, &clock);
+        let (catalog, skipped) = writer::load::catalog(&store, &sealer, &clock)?;
         for skip in &skipped {
             tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");
         }

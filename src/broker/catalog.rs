@@ -380,12 +380,14 @@ impl Catalog {
     }
 
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
-    pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
+    pub fn put_key(&mut self, mut entry: KeyEntry) -> Dirty {
         let mut dirty = self.remove_key(&entry.info.id);
         let tier = self
             .tier_by_id(&entry.info.tier_id)
             .cloned()
             .expect("the writer checks a key's tier before adding it");
+        // Every key of a tier shares the tier's id string.
+        entry.info.tier_id = Arc::clone(&tier.id);
         dirty.extend(tier.features.keys().cloned());
         let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
         let entry = Arc::new(entry);

@@ -20,7 +20,7 @@ pub const MAX_RATE_LIMIT: u32 = COUNT_MASK as u32;
 ///
 /// The whole state is one `AtomicU64` packing `(window start ms << 24) | uses`, moved by a short
 /// compare-exchange loop, so a grant is exact under any contention: two threads can never both
-/// take the last use of a window. The word sits alone on its cache line (`CachePadded`) so hot
+/// take the last use of a window. The word sits alone on its 64-byte cache line ([`Line`]) so hot
 /// counters of neighbouring keys do not false-share.
 ///
 /// Ordering: `Relaxed` throughout. The word publishes no other memory; all that matters is that
@@ -28,7 +28,26 @@ pub const MAX_RATE_LIMIT: u32 = COUNT_MASK as u32;
 /// any ordering.
 #[derive(Default)]
 pub struct WindowCounter {
-    state: CachePadded<AtomicU64>,
+    state: Line,
+}
+
+/// An atomic word alone on a 64-byte cache line, the line size of x86-64 and of most ARM cores.
+///
+/// Not `crossbeam_utils::CachePadded`, which pads to 128 bytes on x86-64 against the adjacent-line
+/// prefetcher: there is one counter per key and feature, each behind its own `Arc`, and 128-byte
+/// alignment makes each of those a 256-byte allocation (51 MB for 100,000 keys with two features)
+/// where this makes it 128 bytes. Consecutive counters still never share a line, and the two
+/// threads of `cargo bench --bench pick` show no difference (see PERFORMANCE.md).
+#[derive(Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
+impl std::ops::Deref for Line {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for WindowCounter {

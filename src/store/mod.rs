@@ -265,29 +265,43 @@ fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Lay
     }
 }
 
-/// Reads and decodes every record.
-fn read_contents(db: &impl ReadableDatabase) -> Result<Contents, StoreError> {
+/// One stored record. [`Store::load_each`] hands over every tier first, then every key, then
+/// every consumer.
+pub enum Record {
+    Tier(TierRecord),
+    Key(KeyRecord),
+    Consumer(ConsumerRecord),
+}
+
+impl Contents {
+    fn push(&mut self, record: Record) {
+        match record {
+            Record::Tier(tier) => self.tiers.push(tier),
+            Record::Key(key) => self.keys.push(key),
+            Record::Consumer(consumer) => self.consumers.push(consumer),
+        }
+    }
+}
+
+/// Reads and decodes every record, one at a time, handing each to `each`.
+fn read_each(
+    db: &impl ReadableDatabase,
+    each: &mut dyn FnMut(Record),
+) -> Result<(), StoreError> {
     let read = db.begin_read()?;
-    let mut contents = Contents::default();
     for entry in read.open_table(TIERS)?.iter()? {
         let (id, bytes) = entry?;
-        contents
-            .tiers
-            .push(decode("tiers", id.value(), bytes.value())?);
+        each(Record::Tier(decode("tiers", id.value(), bytes.value())?));
     }
     for entry in read.open_table(KEYS)?.iter()? {
         let (id, bytes) = entry?;
-        contents
-            .keys
-            .push(decode("keys", id.value(), bytes.value())?);
+        each(Record::Key(decode("keys", id.value(), bytes.value())?));
     }
     for entry in read.open_table(CONSUMERS)?.iter()? {
         let (id, bytes) = entry?;
-        contents
-            .consumers
-            .push(decode("consumers", id.value(), bytes.value())?);
+        each(Record::Consumer(decode("consumers", id.value(), bytes.value())?));
     }
-    Ok(contents)
+    Ok(())
 }
 
 /// Checks an existing file through a read-only handle, which never writes: a file refused here
@@ -303,7 +317,7 @@ fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
         Err(err) => return Err(open_error(path, err)),
     };
     if let Layout::Keypooler = check(&db, path, sealer)? {
-        read_contents(&db)?;
+        read_each(&db, &mut drop)?;
     }
     Ok(())
 }
@@ -382,7 +396,15 @@ impl Store {
 
     /// Reads every record.
     pub fn load(&self) -> Result<Contents, StoreError> {
-        guarded(&self.path, || read_contents(self.db()))
+        let mut contents = Contents::default();
+        self.load_each(|record| contents.push(record))?;
+        Ok(contents)
+    }
+
+    /// Reads every record, handing each to `each` as it is decoded, so no more than one is held
+    /// at a time (start-up's memory peak is the catalog, not the catalog plus every record).
+    pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
+        guarded(&self.path, || read_each(self.db(), &mut each))
     }
 
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.

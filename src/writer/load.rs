@@ -10,7 +10,7 @@ use crate::broker::{
 };
 use crate::crypto::{CryptoError, Sealer};
 use crate::store::{
-    ConsumerRecord, Contents, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, Record, Store, StoreError, TierRecord, secret_aad, value_aad,
 };
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.
@@ -154,45 +154,46 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
     }
 }
 
-/// Builds the catalog from everything stored. A key whose tier is missing or whose value does
-/// not open is left out and reported; every other key is served.
-pub fn catalog(contents: &Contents, sealer: &Sealer, clock: &Clock) -> (Catalog, Vec<Skipped>) {
+/// Builds the catalog from everything stored, reading one record at a time. A key whose tier is
+/// missing or whose value does not open is left out and reported; every other key is served.
+pub fn catalog(
+    store: &Store,
+    sealer: &Sealer,
+    clock: &Clock,
+) -> Result<(Catalog, Vec<Skipped>), StoreError> {
     let mut catalog = Catalog::default();
-    for record in &contents.tiers {
-        catalog.put_tier(tier_from_record(record));
-    }
     let mut skipped = Vec::new();
-    for record in &contents.keys {
-        if catalog.tier_by_id(&record.tier_id).is_none() {
+    store.load_each(|record| match record {
+        Record::Tier(record) => {
+            catalog.put_tier(tier_from_record(&record));
+        }
+        Record::Key(record) if catalog.tier_by_id(&record.tier_id).is_none() => {
             skipped.push(Skipped {
                 table: "keys",
-                id: record.id.clone(),
                 reason: format!("its tier {} does not exist", record.tier_id),
+                id: record.id,
             });
-            continue;
         }
-        match open_key(record, sealer) {
+        Record::Key(record) => match open_key(&record, sealer) {
             Ok(opened) => {
-                catalog.put_key(key_entry(record, &opened, clock));
+                catalog.put_key(key_entry(&record, &opened, clock));
             }
             Err(err) => skipped.push(Skipped {
                 table: "keys",
-                id: record.id.clone(),
                 reason: err.to_string(),
+                id: record.id,
             }),
-        }
-    }
-    for record in &contents.consumers {
-        match consumer_from_record(record) {
+        },
+        Record::Consumer(record) => match consumer_from_record(&record) {
             Ok(consumer) => catalog.put_consumer(consumer),
             Err(reason) => skipped.push(Skipped {
                 table: "consumers",
-                id: record.id.clone(),
+                id: record.id,
                 reason,
             }),
-        }
-    }
-    (catalog, skipped)
+        },
+    })?;
+    Ok((catalog, skipped))
 }
 
 /// A key's stored record, sealing its plaintext for its id.
