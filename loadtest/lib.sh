@@ -71,5 +71,8 @@ seed_keys() {
     taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --tier "$1" --keys "$2" --clients "$3" --prefix "$4"
 }
 
+# server_cpu_ticks: the server's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
+server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+
 # server_kb FIELD: a memory figure of the server (VmHWM: peak RSS, VmRSS: current), in kB.
 server_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$SERVER_PID/status"; }

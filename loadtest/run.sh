@@ -44,11 +44,17 @@ echo "server RSS after seeding: $(( $(server_kb VmRSS) / 1024 )) MB"
 
 RESULTS=$WORK/results
 : >"$RESULTS"
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 drive() { # drive NAME PATH ROUND
-    local line
+    local line before requests us
+    before=$(server_cpu_ticks)
     line=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
         -s "$ROOT/loadtest/wrk/auth.lua" "$BASE_URL$2" | grep '^RESULT')
-    echo "$1 round=$3 ${line#RESULT }" | tee -a "$RESULTS"
+    requests=$(tr ' ' '\n' <<<"$line" | awk -F= '$1 == "requests" { print $2 }')
+    # The server's CPU time per request: what a request costs, whatever else the machine runs.
+    us=$(awk -v t="$(( $(server_cpu_ticks) - before ))" -v tick="$TICK_US" -v n="$requests" \
+        'BEGIN { printf "%.2f", t * tick / n }')
+    echo "$1 round=$3 ${line#RESULT } server_cpu_us_per_req=$us" | tee -a "$RESULTS"
 }
 for round in $(seq "$ROUNDS"); do
     drive health /health "$round"
@@ -72,17 +78,19 @@ awk -v peak="$PEAK_MB" '
     {
         name = $1; n[name]++
         rps[name, n[name]] = val("rps"); p50[name, n[name]] = val("p50_ms"); p99[name, n[name]] = val("p99_ms")
+        cpu[name, n[name]] = val("server_cpu_us_per_req")
         bad[name] += val("non2xx") + val("socket_errors")
     }
     END {
-        printf "%-8s %12s %10s %10s %10s\n", "path", "req/s", "p50 ms", "p99 ms", "errors"
+        printf "%-8s %12s %10s %10s %14s %10s\n", "path", "req/s", "p50 ms", "p99 ms", "server us/req", "errors"
         for (k = 1; k <= 2; k++) {
             name = k == 1 ? "health" : "key"
-            for (i = 1; i <= n[name]; i++) { a[i] = rps[name, i]; b[i] = p50[name, i]; c[i] = p99[name, i] }
-            med[name] = median(a, n[name])
-            printf "%-8s %12.0f %10.3f %10.3f %10d\n", "/" name, med[name], median(b, n[name]), median(c, n[name]), bad[name]
+            for (i = 1; i <= n[name]; i++) { a[i] = rps[name, i]; b[i] = p50[name, i]; c[i] = p99[name, i]; d[i] = cpu[name, i] }
+            med[name] = median(a, n[name]); us[name] = median(d, n[name])
+            printf "%-8s %12.0f %10.3f %10.3f %14.2f %10d\n", "/" name, med[name], median(b, n[name]), median(c, n[name]), us[name], bad[name]
         }
         printf "/key / /health throughput: %.3f (target >= 0.95)  [per round:", med["key"] / med["health"]
         for (i = 1; i <= n["key"]; i++) printf " %.3f", rps["key", i] / rps["health", i]
-        printf "]\nserver peak RSS (VmHWM): %d MB\n", peak
+        printf "]\n/health / /key server CPU per request: %.3f (the same ratio, measured as cost)\n", us["health"] / us["key"]
+        printf "server peak RSS (VmHWM): %d MB\n", peak
     }' "$RESULTS"

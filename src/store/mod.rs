@@ -284,10 +284,7 @@ impl Contents {
 }
 
 /// Reads and decodes every record, one at a time, handing each to `each`.
-fn read_each(
-    db: &impl ReadableDatabase,
-    each: &mut dyn FnMut(Record),
-) -> Result<(), StoreError> {
+fn read_each(db: &impl ReadableDatabase, each: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
     let read = db.begin_read()?;
     for entry in read.open_table(TIERS)?.iter()? {
         let (id, bytes) = entry?;
@@ -299,7 +296,11 @@ fn read_each(
     }
     for entry in read.open_table(CONSUMERS)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Consumer(decode("consumers", id.value(), bytes.value())?));
+        each(Record::Consumer(decode(
+            "consumers",
+            id.value(),
+            bytes.value(),
+        )?));
     }
     Ok(())
 }

@@ -10,7 +10,8 @@ use crate::broker::{
 };
 use crate::crypto::{CryptoError, Sealer};
 use crate::store::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, Record, Store, StoreError, TierRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, Record, Store, StoreError, TierRecord, secret_aad,
+    value_aad,
 };
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.

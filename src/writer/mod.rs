@@ -422,8 +422,31 @@ pub fn spawn(
     };
     let handle = std::thread::Builder::new()
         .name("keypooler-writer".into())
-        .spawn(move || state.run(requests))?;
+        .spawn(move || {
+            yield_to_requests();
+            state.run(requests)
+        })?;
     Ok((Writer { queue }, WriterThread(handle)))
+}
+
+/// The writer's niceness: above the request threads', so that on a saturated core its work (the
+/// audit trail's flush of up to 8,192 events a second, reservations, admin writes) waits for
+/// `GET /key` instead of taking turns with it. With `/key` saturating one core, the flushes cost
+/// the writer about 15 ms of CPU a second, and at this niceness the scheduler preempts it rather
+/// than let a flush hold the core (PERFORMANCE.md). Admin writes under full load take longer
+/// instead.
+const WRITER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority to [`WRITER_NICENESS`] (Linux schedules threads
+/// separately; elsewhere this would renice the whole process, so it does nothing). Raising one's
+/// own niceness is always allowed; a failure is logged and changes nothing else.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS)
+    {
+        tracing::warn!(error = %err, "cannot lower the writer thread's priority");
+    }
 }
 
 /// A committed batch: the catalog it leads to, the features it touched, each request's result,

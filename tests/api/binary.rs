@@ -188,3 +188,46 @@ fn a_database_in_use_by_a_running_server_is_refused() {
     assert_one_clear_line(&output, 1, "in use by another process");
     assert!(server.terminate().success());
 }
+
+/// Each thread of process `pid` by name, with its niceness (field 19 of its /proc stat; the name
+/// in parentheses before it may hold spaces, so fields are counted after it).
+fn thread_niceness(pid: u32) -> Vec<(String, i32)> {
+    let mut threads: Vec<(String, i32)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_owned();
+            // After the name: state is field 3, so niceness (19) is the 17th.
+            let nice = tail.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name, nice)
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+/// The writer yields the core to request threads: its work (audit flushes, admin writes) never
+/// holds up `GET /key` on a saturated core, and the request threads keep the default priority.
+#[test]
+fn the_writer_thread_runs_below_the_request_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &hex_key(0x33));
+    let threads = thread_niceness(server.pid());
+    let writer: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name == "keypooler-write")
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert_eq!(writer, [10], "{threads:?}");
+    let http: Vec<i32> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("keypooler-http"))
+        .map(|&(_, nice)| nice)
+        .collect();
+    assert!(
+        !http.is_empty() && http.iter().all(|&nice| nice == 0),
+        "{threads:?}"
+    );
+    assert!(server.terminate().success());
+}
