@@ -181,6 +181,21 @@ pub struct Member {
 }
 
 impl Member {
+    /// A new member of `tier`, with fresh counters.
+    fn new(entry: Arc<KeyEntry>, tier: &Tier) -> Self {
+        Self {
+            entry,
+            counters: tier.features.keys().map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn key_order(&self) -> KeyOrder {
+        (
+            self.entry.info.created_at_ms,
+            Arc::clone(&self.entry.info.id),
+        )
+    }
+
     /// Its counter for the feature at `index` in its tier's feature order ([`feature_index`]).
     #[inline]
     pub fn counter(&self, index: usize) -> Option<&WindowCounter> {
@@ -202,6 +217,10 @@ pub type Roster = imbl::Vector<Member>;
 fn position(roster: &Roster, order: &KeyOrder) -> Result<usize, usize> {
     roster.binary_search_by(|member| member.order().cmp(&(order.0, &*order.1)))
 }
+
+/// Keys added by [`Catalog::put_key_unplaced`], by tier id, waiting for [`Catalog::place`].
+#[derive(Default)]
+pub struct Unplaced(std::collections::HashMap<Arc<str>, Vec<Arc<KeyEntry>>>);
 
 /// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.
 pub fn feature_index(tier: &Tier, feature: &str) -> Option<usize> {
@@ -380,35 +399,73 @@ impl Catalog {
     }
 
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
-    pub fn put_key(&mut self, mut entry: KeyEntry) -> Dirty {
-        let mut dirty = self.remove_key(&entry.info.id);
-        let tier = self
-            .tier_by_id(&entry.info.tier_id)
-            .cloned()
-            .expect("the writer checks a key's tier before adding it");
-        // Every key of a tier shares the tier's id string.
-        entry.info.tier_id = Arc::clone(&tier.id);
-        dirty.extend(tier.features.keys().cloned());
-        let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
-        let entry = Arc::new(entry);
-        let member = Member {
-            entry: Arc::clone(&entry),
-            counters: tier.features.keys().map(|_| Arc::default()).collect(),
-        };
-        let roster = self
-            .tier_keys
-            .entry(Arc::clone(&entry.info.tier_id))
-            .or_default();
-        match position(roster, &order) {
+    pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
+        let (dirty, tier, entry) = self.admit(entry);
+        let member = Member::new(entry, &tier);
+        let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
+        match position(roster, &member.key_order()) {
             Ok(at) => {
                 roster.set(at, member);
             }
             Err(at) => roster.insert(at, member),
         }
+        dirty
+    }
+
+    /// Adds a key like [`put_key`](Self::put_key), but leaves it out of its tier's roster:
+    /// `unplaced` collects it until [`place`](Self::place) puts every collected key in place at
+    /// once. For many keys in any order (start-up reads them by id, not by creation): one
+    /// insertion into the middle of a persistent vector costs O(log n) with a large constant,
+    /// which made start-up take 8 s for 100,000 keys.
+    pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
+        let (dirty, tier, entry) = self.admit(entry);
+        unplaced
+            .0
+            .entry(Arc::clone(&tier.id))
+            .or_default()
+            .push(entry);
+        dirty
+    }
+
+    /// Rebuilds the roster of each tier with unplaced keys once, in rotation order. A key
+    /// replaced or removed since it was collected is left out.
+    pub fn place(&mut self, unplaced: Unplaced) {
+        for (tier_id, entries) in unplaced.0 {
+            let Some(tier) = self.tier_by_id(&tier_id).cloned() else {
+                continue;
+            };
+            let current = |entry: &Arc<KeyEntry>| {
+                self.key(&entry.info.id)
+                    .is_some_and(|kept| Arc::ptr_eq(kept, entry))
+            };
+            let added: Vec<Member> = entries
+                .into_iter()
+                .filter(current)
+                .map(|entry| Member::new(entry, &tier))
+                .collect();
+            let roster = self.tier_keys.entry(tier_id).or_default();
+            let mut members: Vec<Member> = roster.iter().cloned().chain(added).collect();
+            members.sort_by(|a, b| a.order().cmp(&b.order()));
+            *roster = members.into_iter().collect();
+        }
+    }
+
+    /// Puts a key in the maps by id and by order (replacing one with the same id) with its
+    /// tier's id string shared; returns the features it touches, its tier and the entry.
+    fn admit(&mut self, mut entry: KeyEntry) -> (Dirty, Arc<Tier>, Arc<KeyEntry>) {
+        let mut dirty = self.remove_key(&entry.info.id);
+        let tier = self
+            .tier_by_id(&entry.info.tier_id)
+            .cloned()
+            .expect("the writer checks a key's tier before adding it");
+        entry.info.tier_id = Arc::clone(&tier.id);
+        dirty.extend(tier.features.keys().cloned());
+        let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
+        let entry = Arc::new(entry);
         self.key_orders
             .insert(Arc::clone(&entry.info.id), order.clone());
-        self.keys.insert(order, entry);
-        dirty
+        self.keys.insert(order, Arc::clone(&entry));
+        (dirty, tier, entry)
     }
 
     /// Removes a key if present; returns the features it was a candidate for.

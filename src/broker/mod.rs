@@ -13,7 +13,7 @@ pub mod usage;
 
 pub use audit::{AuditLog, Event};
 pub use catalog::{
-    Budget, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys,
+    Budget, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys, Unplaced,
 };
 pub use meter::{Meter, Outcomes};
 pub use pool::{Caller, Pick, Pool};

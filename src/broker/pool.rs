@@ -478,4 +478,46 @@ mod tests {
             proptest::prop_assert_eq!(served, wanted);
         }
     }
+
+    proptest::proptest! {
+        /// Keys placed in bulk (start-up) end up exactly where one `put_key` each puts them,
+        /// including an id added twice (the later one wins).
+        #[test]
+        fn bulk_placed_keys_match_keys_put_one_by_one(
+            keys in proptest::collection::vec((0..2usize, 0..40i64, 0..150usize), 0..300),
+        ) {
+            const TIERS: [&str; 2] = ["a", "b"];
+            let mut one_by_one = Catalog::default();
+            let mut bulk = Catalog::default();
+            for catalog in [&mut one_by_one, &mut bulk] {
+                catalog.put_tier(tier("a", &[("chat", 5, 60)]));
+                catalog.put_tier(tier("b", &[("chat", 5, 60), ("image", 1, 60)]));
+            }
+            // Half go in one by one first, as if the pool already held keys.
+            let (first, rest) = keys.split_at(keys.len() / 2);
+            let entry = |&(tier, created, id): &(usize, i64, usize)| {
+                key(&format!("k{id:03}"), TIERS[tier], created, None)
+            };
+            for spec in first {
+                one_by_one.put_key(entry(spec));
+                bulk.put_key(entry(spec));
+            }
+            let mut unplaced = crate::broker::Unplaced::default();
+            for spec in rest {
+                one_by_one.put_key(entry(spec));
+                bulk.put_key_unplaced(entry(spec), &mut unplaced);
+            }
+            bulk.place(unplaced);
+            let ids = |catalog: &Catalog, tier: &str| -> Vec<String> {
+                catalog.keys_of_tier(tier).map(|key| key.info.id.to_string()).collect()
+            };
+            for tier in ["tier-a", "tier-b"] {
+                proptest::prop_assert_eq!(ids(&bulk, tier), ids(&one_by_one, tier));
+            }
+            proptest::prop_assert_eq!(bulk.key_count(), one_by_one.key_count());
+            for key in one_by_one.keys() {
+                proptest::prop_assert!(bulk.counter(&key.info.id, "chat").is_some());
+            }
+        }
+    }
 }

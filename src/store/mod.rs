@@ -179,8 +179,10 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
 /// redb's default (1 GiB) would only grow the RSS: filling a pool to 100,000 keys left the
-/// server at 253 MB with it and 188 MB with this. 16 MiB keeps the B-tree's upper pages hot.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// server at 253 MB with it. 8 MiB keeps the B-tree's upper pages hot: against 16 MiB it saved
+/// 8 MB of RSS at 100,000 keys with the same single-write latency and group-commit throughput
+/// (`loadtest/admin_writes.sh`).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("records always serialize")

@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
-    Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, UsageCap,
+    Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
 };
 use crate::crypto::{CryptoError, Sealer};
 use crate::store::{
@@ -163,6 +163,7 @@ pub fn catalog(
     clock: &Clock,
 ) -> Result<(Catalog, Vec<Skipped>), StoreError> {
     let mut catalog = Catalog::default();
+    let mut unplaced = Unplaced::default();
     let mut skipped = Vec::new();
     store.load_each(|record| match record {
         Record::Tier(record) => {
@@ -177,7 +178,7 @@ pub fn catalog(
         }
         Record::Key(record) => match open_key(&record, sealer) {
             Ok(opened) => {
-                catalog.put_key(key_entry(&record, &opened, clock));
+                catalog.put_key_unplaced(key_entry(&record, &opened, clock), &mut unplaced);
             }
             Err(err) => skipped.push(Skipped {
                 table: "keys",
@@ -194,6 +195,7 @@ pub fn catalog(
             }),
         },
     })?;
+    catalog.place(unplaced);
     Ok((catalog, skipped))
 }
 
