@@ -76,6 +76,35 @@ fn add_key(c: &mut Criterion) {
     group.finish();
 }
 
+/// One delete in memory, of a key from the middle of the pool (the costliest place in a
+/// persistent vector), then the key put back untimed.
+fn delete_key(c: &mut Criterion) {
+    let mut group = c.benchmark_group("delete one key");
+    group.sample_size(20);
+    for keys in [100, 100_000] {
+        let pool = pool(Clock::monotonic(), keys, &["chat", "image"], 100, 60);
+        let middle = keys / 2;
+        group.bench_function(BenchmarkId::from_parameter(keys), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let started = Instant::now();
+                    let mut staged = pool.load().catalog.clone();
+                    let dirty = staged.remove_key(&format!("key-{middle:08}"));
+                    pool.publish(staged, &dirty);
+                    elapsed += started.elapsed();
+                    let mut staged = pool.load().catalog.clone();
+                    let dirty = staged.put_key(key(middle, "pro"));
+                    pool.publish(staged, &dirty);
+                }
+                TALLY.record(&format!("delete/{keys}"), elapsed, iters);
+                elapsed
+            });
+        });
+    }
+    group.finish();
+}
+
 fn crypto(c: &mut Criterion) {
     let mut group = c.benchmark_group("crypto");
     let sealer = Sealer::new(&EncryptionKey::generate());
@@ -114,14 +143,18 @@ fn encode(c: &mut Criterion) {
 }
 
 fn report() {
-    if let (Some(small), Some(large)) = (TALLY.mean_ns("add/100"), TALLY.mean_ns("add/100000")) {
-        println!(
-            "\n== add one key (in memory: clone, put, publish), this run ==\n\
-             pool of 100 {:>10.1} us   pool of 100,000 {:>10.1} us   ratio {:.2} (target <= 2)",
-            small / 1e3,
-            large / 1e3,
-            large / small
-        );
+    for (write, name) in [("add", "add one key"), ("delete", "delete one key")] {
+        let small = TALLY.mean_ns(&format!("{write}/100"));
+        let large = TALLY.mean_ns(&format!("{write}/100000"));
+        if let (Some(small), Some(large)) = (small, large) {
+            println!(
+                "\n== {name} (in memory: clone, change, publish), this run ==\n\
+                 pool of 100 {:>10.1} us   pool of 100,000 {:>10.1} us   ratio {:.2} (target <= 2)",
+                small / 1e3,
+                large / 1e3,
+                large / small
+            );
+        }
     }
 }
 
@@ -129,6 +162,7 @@ fn main() {
     let mut criterion = common::criterion();
     snapshot(&mut criterion);
     add_key(&mut criterion);
+    delete_key(&mut criterion);
     crypto(&mut criterion);
     encode(&mut criterion);
     criterion.final_summary();
