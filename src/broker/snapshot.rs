@@ -142,14 +142,6 @@ impl FeaturePool {
         &self.name
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The ids of its keys in rotation order, servable or not.
     #[cfg(test)]
     pub(crate) fn rotation(&self) -> Vec<Arc<str>> {
