@@ -33,7 +33,7 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, ApiError> {
     match app.pool().pick_for(caller, &snapshot, &feature) {
         Pick::Served(key, feature_name) => {
             if let Some(audit) = app.audit() {
-                audit.record(Event {
+                audit.record(|| Event {
                     key_id: std::sync::Arc::clone(&key.info.id),
                     feature: std::sync::Arc::clone(feature_name),
                     consumer_id: match caller {
