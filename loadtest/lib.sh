@@ -71,6 +71,12 @@ seed_keys() {
     taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --tier "$1" --keys "$2" --clients "$3" --prefix "$4"
 }
 
+# delete_keys COUNT: deletes COUNT keys from the middle of the pool, one at a time, from
+# $CLIENT_CPU; prints the seeder's line.
+delete_keys() {
+    taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --keys "$1" --clients 1 --delete
+}
+
 # server_cpu_ticks: the server's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
 server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 
