@@ -207,10 +207,12 @@ impl Member {
     }
 }
 
-/// A tier's keys (active or not) in rotation order, each with its counters. Persistent
-/// (`imbl::Vector`, an RRB tree of shared 64-element chunks): a clone is O(1) and adding or
-/// removing one key copies O(log n) nodes, so every snapshot shares its tiers' rosters with the
-/// catalog and one admin write costs the same with 100 keys as with 100,000.
+/// A tier's active keys in rotation order, each with its counters. An inactive key never
+/// changes (keys are only added and deleted), so it is kept out: it would only be skipped, and a
+/// run of them would give its whole share to the next active key. Persistent (`imbl::Vector`, an
+/// RRB tree of shared 64-element chunks): a clone is O(1) and adding one key copies O(log n)
+/// nodes, so every snapshot shares its tiers' rosters with the catalog and adding a key costs
+/// the same with 100 keys as with 100,000.
 pub type Roster = imbl::Vector<Member>;
 
 /// Where a key of creation order `order` is, or would be inserted, in `roster`.
@@ -277,19 +279,9 @@ impl Catalog {
             .and_then(|order| self.keys.get(order))
     }
 
-    pub fn keys_of_tier(&self, tier_id: &str) -> impl Iterator<Item = &Arc<KeyEntry>> {
-        self.members(tier_id).map(|member| &member.entry)
-    }
-
-    /// The keys of a tier in rotation order with their counters (none if it has no keys).
+    /// The active keys of a tier in rotation order with their counters (none if it has none).
     pub fn roster(&self, tier_id: &str) -> Option<&Roster> {
         self.tier_keys.get(tier_id)
-    }
-
-    fn members(&self, tier_id: &str) -> impl Iterator<Item = &Member> {
-        self.roster(tier_id)
-            .into_iter()
-            .flat_map(imbl::Vector::iter)
     }
 
     pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
@@ -346,17 +338,18 @@ impl Catalog {
 
     /// Each tier (by name) with its key counts at unix time `unix_now_ms`.
     pub fn tier_keys(&self, unix_now_ms: i64) -> impl Iterator<Item = (&Arc<Tier>, TierKeys)> {
-        self.tiers().map(move |tier| {
-            let (total, active) =
-                self.keys_of_tier(&tier.id)
-                    .fold((0, 0), |(total, active), key| {
-                        (
-                            total + 1,
-                            active + usize::from(key.servable_at_unix(unix_now_ms)),
-                        )
-                    });
-            (tier, TierKeys { total, active })
-        })
+        let none = TierKeys {
+            total: 0,
+            active: 0,
+        };
+        let mut counts = std::collections::HashMap::<&str, TierKeys>::new();
+        for key in self.keys.values() {
+            let count = counts.entry(&key.info.tier_id).or_insert(none);
+            count.total += 1;
+            count.active += usize::from(key.servable_at_unix(unix_now_ms));
+        }
+        self.tiers()
+            .map(move |tier| (tier, counts.get(&*tier.id).copied().unwrap_or(none)))
     }
 
     /// Every feature some tier lists.
@@ -374,7 +367,10 @@ impl Catalog {
         if let Some(old) = self.tier_by_id(&tier.id).cloned() {
             dirty.extend(old.features.keys().cloned());
             self.tiers.remove(&old.name);
-            if let Some(members) = self.tier_keys.get_mut(&tier.id) {
+            // Limits live in the pools, not the members: only a change to the set of features
+            // moves counters (O(keys in the tier); a PATCH of limits or description is O(1)).
+            let same_features = old.features.keys().eq(tier.features.keys());
+            if let Some(members) = self.tier_keys.get_mut(&tier.id).filter(|_| !same_features) {
                 *members = members
                     .iter()
                     .map(|member| {
@@ -401,6 +397,9 @@ impl Catalog {
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
     pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
+        if !entry.info.active {
+            return dirty;
+        }
         let member = Member::new(entry, &tier);
         let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
         match position(roster, &member.key_order()) {
@@ -419,11 +418,13 @@ impl Catalog {
     /// which made start-up take 8 s for 100,000 keys.
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
-        unplaced
-            .0
-            .entry(Arc::clone(&tier.id))
-            .or_default()
-            .push(entry);
+        if entry.info.active {
+            unplaced
+                .0
+                .entry(Arc::clone(&tier.id))
+                .or_default()
+                .push(entry);
+        }
         dirty
     }
 

@@ -68,6 +68,16 @@ pub(super) fn guarded<T>(
     }
 }
 
+/// Runs code of ours from inside [`guarded`] (a callback fed by a redb read) outside its reach:
+/// a panic in it is reported by the panic hook as usual and handed back, for the caller to
+/// resume once the redb operation has ended, instead of being taken for a damaged file.
+pub(super) fn unguarded<T>(run: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let outer = GUARDED.with(|flag| flag.replace(false));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(run));
+    GUARDED.with(|flag| flag.set(outer));
+    outcome
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -94,5 +104,19 @@ mod tests {
             "{err}"
         );
         assert_eq!(guarded(path, || Ok(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_panic_of_our_own_inside_a_guarded_read_is_not_a_damaged_file() {
+        let path = Path::new("x.redb");
+        let mut escaped = None;
+        let result = guarded(path, || {
+            escaped = unguarded(|| panic!("a bug of ours")).err();
+            Ok(())
+        });
+        assert!(result.is_ok());
+        let payload = escaped.expect("the panic is handed back");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug of ours"));
+        assert!(!GUARDED.with(Cell::get));
     }
 }

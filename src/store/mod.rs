@@ -406,8 +406,23 @@ impl Store {
 
     /// Reads every record, handing each to `each` as it is decoded, so no more than one is held
     /// at a time (start-up's memory peak is the catalog, not the catalog plus every record).
+    ///
+    /// A panic in `each` (the caller's code, not redb's) is not taken for a damaged file: the
+    /// records after it are not handed over, and the panic resumes once redb's handles are
+    /// dropped.
     pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
-        guarded(&self.path, || read_each(self.db(), &mut each))
+        let mut escaped = None;
+        let read = guarded(&self.path, || {
+            read_each(self.db(), &mut |record| {
+                if escaped.is_none() {
+                    escaped = guard::unguarded(|| each(record)).err();
+                }
+            })
+        });
+        if let Some(panic) = escaped {
+            std::panic::resume_unwind(panic);
+        }
+        read
     }
 
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.

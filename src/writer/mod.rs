@@ -429,7 +429,7 @@ pub fn spawn(
     Ok((Writer { queue }, WriterThread(handle)))
 }
 
-/// The writer's niceness: above the request threads', so that on a saturated core its work (the
+/// How much nicer the writer is than the request threads, so that on a saturated core its work (the
 /// audit trail's flush of up to 8,192 events a second, reservations, admin writes) waits for
 /// `GET /key` instead of taking turns with it. With `/key` saturating one core, the flushes cost
 /// the writer about 15 ms of CPU a second, and at this niceness the scheduler preempts it rather
@@ -437,15 +437,20 @@ pub fn spawn(
 /// instead.
 const WRITER_NICENESS: i32 = 10;
 
-/// Lowers the calling thread's priority to [`WRITER_NICENESS`] (Linux schedules threads
-/// separately; elsewhere this would renice the whole process, so it does nothing). Raising one's
-/// own niceness is always allowed; a failure is logged and changes nothing else.
+/// Lowers the calling thread's priority by [`WRITER_NICENESS`] from the process's (at most to
+/// 19). Linux schedules threads separately; elsewhere this would renice the whole process, so it
+/// does nothing. Raising one's own niceness is always allowed; a failure is logged and changes
+/// nothing else.
 fn yield_to_requests() {
     #[cfg(target_os = "linux")]
-    if let Err(err) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICENESS)
     {
-        tracing::warn!(error = %err, "cannot lower the writer thread's priority");
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = rustix::thread::gettid();
+        let lowered = getpriority_process(Some(tid))
+            .and_then(|now| setpriority_process(Some(tid), (now + WRITER_NICENESS).min(19)));
+        if let Err(err) = lowered {
+            tracing::warn!(error = %err, "cannot lower the writer thread's priority");
+        }
     }
 }
 
