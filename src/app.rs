@@ -130,7 +130,8 @@ impl App {
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new(&options.metrics);
         let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
-        let (catalog, skipped) = writer::load::catalog(&store, &sealer, &clock)?;
+        let (mut catalog, skipped) = writer::load::catalog(&store, &sealer, &clock)?;
+        catalog.expire(clock.unix_now_ms());
         for skip in &skipped {
             tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");
         }
@@ -239,10 +240,11 @@ impl App {
             }
         };
         let flusher = state_audit_flusher(&api_state);
+        let sweeper = expiry_sweeper(&api_state);
         let served = crate::server::serve(listener, api, limits, shutdown).await;
-        if let Some(flusher) = flusher {
-            flusher.abort();
-            let _ = flusher.await;
+        for task in flusher.into_iter().chain([sweeper]) {
+            task.abort();
+            let _ = task.await;
         }
         // What was served until the end is written before the database closes.
         api_state.writer().flush_audit();
@@ -258,6 +260,29 @@ impl App {
             .await
             .map_err(std::io::Error::other)
     }
+}
+
+/// Asks the writer, about once a second, to take keys that have expired out of the rotation
+/// (until then `GET /key` skips them).
+fn expiry_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = state.pool().clock().unix_now_ms();
+            if state
+                .pool()
+                .load()
+                .catalog
+                .next_expiry()
+                .is_some_and(|at| at <= now)
+            {
+                state.writer().expire_keys();
+            }
+        }
+    })
 }
 
 /// Asks the writer to write the audit queue about once a second, while there is something in it.

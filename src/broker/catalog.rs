@@ -239,6 +239,9 @@ pub struct Catalog {
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
+    /// The keys in rosters that expire, by expiry (unix ms), so [`Catalog::expire`] finds the
+    /// ones due without a scan.
+    expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
 }
@@ -400,6 +403,7 @@ impl Catalog {
         if !entry.info.active {
             return dirty;
         }
+        self.note_expiry(&entry);
         let member = Member::new(entry, &tier);
         let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
         match position(roster, &member.key_order()) {
@@ -444,6 +448,9 @@ impl Catalog {
                 .filter(current)
                 .map(|entry| Member::new(entry, &tier))
                 .collect();
+            for member in &added {
+                self.note_expiry(&member.entry);
+            }
             let roster = self.tier_keys.entry(tier_id).or_default();
             let mut members: Vec<Member> = roster.iter().cloned().chain(added).collect();
             members.sort_by(|a, b| a.order().cmp(&b.order()));
@@ -469,6 +476,48 @@ impl Catalog {
         (dirty, tier, entry)
     }
 
+    fn note_expiry(&mut self, entry: &KeyEntry) {
+        if let Some(at) = entry.info.expires_at_ms {
+            self.expiries.insert((at, Arc::clone(&entry.info.id)));
+        }
+    }
+
+    /// When the next key in a roster expires (unix ms).
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.expiries.get_min().map(|(at, _)| *at)
+    }
+
+    /// Takes the keys expired at `unix_now_ms` out of their rosters (they stay listed, never
+    /// served) and returns the features whose pools change. Until then `pick` skips them, and
+    /// each takes its turn to the next key.
+    pub fn expire(&mut self, unix_now_ms: i64) -> Dirty {
+        let mut dirty = Dirty::new();
+        while let Some((at, id)) = self.expiries.get_min().cloned()
+            && at <= unix_now_ms
+        {
+            self.expiries.remove(&(at, Arc::clone(&id)));
+            let Some(order) = self.key_orders.get(&id).cloned() else {
+                continue;
+            };
+            let Some(tier_id) = self
+                .keys
+                .get(&order)
+                .map(|key| Arc::clone(&key.info.tier_id))
+            else {
+                continue;
+            };
+            if let Some(roster) = self.tier_keys.get_mut(&tier_id)
+                && let Ok(at) = position(roster, &order)
+            {
+                roster.remove(at);
+            }
+            if let Some(tier) = self.tier_by_id(&tier_id) {
+                dirty.extend(tier.features.keys().cloned());
+            }
+        }
+        dirty
+    }
+
     /// Removes a key if present; returns the features it was a candidate for.
     pub fn remove_key(&mut self, id: &str) -> Dirty {
         let Some(order) = self.key_orders.remove(id) else {
@@ -477,6 +526,9 @@ impl Catalog {
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };
+        if let Some(at) = entry.info.expires_at_ms {
+            self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
+        }
         if let Some(roster) = self.tier_keys.get_mut(&entry.info.tier_id)
             && let Ok(at) = position(roster, &order)
         {

@@ -293,6 +293,48 @@ mod tests {
         assert_eq!(served_id(&pool, "chat"), None);
     }
 
+    /// An expired key is skipped at once, and leaves the rotation at the next sweep, so its
+    /// turns stop going to the key after it; it stays listed.
+    #[test]
+    fn expired_keys_leave_the_rotation_at_the_next_sweep() {
+        let (clock, hand) = Clock::manual();
+        let soon = clock.unix_now_ms() + 5_000;
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 100, 60)]));
+        dirty.extend(catalog.put_key(key("a", "pro", 0, Some(soon))));
+        dirty.extend(catalog.put_key(key("b", "pro", 1, None)));
+        dirty.extend(catalog.put_key(key("c", "pro", 2, Some(soon + 1))));
+        assert_eq!(catalog.next_expiry(), Some(soon));
+        pool.publish(catalog, &dirty);
+        hand.advance_ms(5_000);
+        let ids = |pool: &Pool| -> Vec<String> {
+            let snapshot = pool.load();
+            let chat = snapshot.feature("chat").unwrap();
+            chat.rotation().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(ids(&pool), ["a", "b", "c"]);
+        // Skipped before the sweep: "b" takes "a"'s turn.
+        let served: Vec<_> = (0..3).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert_eq!(served, ["b", "b", "c"]);
+
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.expire(pool.clock().unix_now_ms());
+        assert!(dirty.contains("chat"));
+        assert_eq!(catalog.next_expiry(), Some(soon + 1), "c is not due yet");
+        pool.publish(catalog, &dirty);
+        assert_eq!(ids(&pool), ["b", "c"]);
+        let snapshot = pool.load();
+        assert!(snapshot.catalog.key("a").is_some(), "still listed");
+        assert!(snapshot.catalog.counter("a", "chat").is_none());
+
+        // A deleted key's expiry goes with it.
+        let mut catalog = snapshot.catalog.clone();
+        catalog.remove_key("c");
+        assert_eq!(catalog.next_expiry(), None);
+        assert!(catalog.expire(i64::MAX).is_empty());
+    }
+
     #[test]
     fn a_deleted_key_leaves_the_rotation() {
         let (pool, _) = pool_with(2, 100);

@@ -48,7 +48,7 @@ pub const COMMANDS: &str = "keypooler_writer_commands_total";
 pub const COMMIT_DURATION: &str = "keypooler_writer_commit_duration_seconds";
 /// The `kind` label values of [`COMMANDS`]: admin changes, then the writer's own work
 /// (usage reservations and audit flushes, and reads of the audit trail).
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "create_tier",
     "update_tier",
     "add_key",
@@ -59,6 +59,7 @@ pub const KINDS: [&str; 10] = [
     "reserve_usage",
     "flush_audit",
     "recent_usage",
+    "expire_keys",
 ];
 /// The `outcome` label values of [`COMMANDS`]: committed; refused as invalid or conflicting
 /// (a 4xx); not saved because storage failed or the writer stopped (a 5xx).
@@ -105,6 +106,8 @@ enum Op {
     FlushAudit,
     /// Write the queued audit events, then read the newest ones.
     RecentUsage(usize),
+    /// Take expired keys out of the rotation (every batch does; this one has nothing else).
+    ExpireKeys,
 }
 
 impl Op {
@@ -121,6 +124,7 @@ impl Op {
             Op::Reserve(_) => 7,
             Op::FlushAudit => 8,
             Op::RecentUsage(_) => 9,
+            Op::ExpireKeys => 10,
         }
     }
 
@@ -348,6 +352,14 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
+    /// Asks the writer to take expired keys out of the rotation, without waiting.
+    pub fn expire_keys(&self) {
+        let _ = self.queue.try_send(Request {
+            op: Op::ExpireKeys,
+            reply: None,
+        });
+    }
+
     /// Asks the writer to write the queued audit events, without waiting.
     pub fn flush_audit(&self) {
         let _ = self.queue.try_send(Request {
@@ -557,6 +569,8 @@ impl State {
                 result => results.push(result),
             }
         }
+        // Expired keys leave the rotation with whatever batch comes first.
+        dirty.extend(staged.expire(self.pool.clock().unix_now_ms()));
         let started = Instant::now();
         txn.commit()?;
         self.meters.commit.record(started.elapsed().as_secs_f64());
@@ -732,6 +746,7 @@ impl State {
                 self.flush_audit(txn)?;
                 Ok(Done::Nothing)
             }
+            Op::ExpireKeys => Ok(Done::Nothing),
             Op::RecentUsage(limit) => {
                 self.flush_audit(txn)?;
                 Ok(Done::Usage(txn.recent_usage(*limit)?))
