@@ -279,15 +279,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_expired_key_is_never_served() {
+    /// A pool of one tier listing "chat", with keys that expire this many ms from now (or
+    /// never), created in this order; and the unix time now.
+    fn expiring(keys: &[(&str, Option<i64>)]) -> (Pool, ManualClock, i64) {
         let (clock, hand) = Clock::manual();
-        let expiry = clock.unix_now_ms() + 5_000;
+        let now = clock.unix_now_ms();
         let pool = Pool::new(clock);
         let mut catalog = Catalog::default();
         let mut dirty = catalog.put_tier(tier("pro", &[("chat", 100, 60)]));
-        dirty.extend(catalog.put_key(key("soon", "pro", 0, Some(expiry))));
+        for (created, (id, expires_in)) in keys.iter().enumerate() {
+            let expiry = expires_in.map(|ms| now + ms);
+            dirty.extend(catalog.put_key(key(id, "pro", created as i64, expiry)));
+        }
         pool.publish(catalog, &dirty);
+        (pool, hand, now)
+    }
+
+    #[test]
+    fn an_expired_key_is_never_served() {
+        let (pool, hand, _) = expiring(&[("soon", Some(5_000))]);
         assert_eq!(served_id(&pool, "chat").as_deref(), Some("soon"));
         hand.advance_ms(5_000);
         assert_eq!(served_id(&pool, "chat"), None);
@@ -297,16 +307,9 @@ mod tests {
     /// turns stop going to the key after it; it stays listed.
     #[test]
     fn expired_keys_leave_the_rotation_at_the_next_sweep() {
-        let (clock, hand) = Clock::manual();
-        let soon = clock.unix_now_ms() + 5_000;
-        let pool = Pool::new(clock);
-        let mut catalog = Catalog::default();
-        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 100, 60)]));
-        dirty.extend(catalog.put_key(key("a", "pro", 0, Some(soon))));
-        dirty.extend(catalog.put_key(key("b", "pro", 1, None)));
-        dirty.extend(catalog.put_key(key("c", "pro", 2, Some(soon + 1))));
-        assert_eq!(catalog.next_expiry(), Some(soon));
-        pool.publish(catalog, &dirty);
+        let (pool, hand, now) = expiring(&[("a", Some(5_000)), ("b", None), ("c", Some(5_001))]);
+        let soon = now + 5_000;
+        assert_eq!(pool.load().catalog.next_expiry(), Some(soon));
         hand.advance_ms(5_000);
         let ids = |pool: &Pool| -> Vec<String> {
             let snapshot = pool.load();
