@@ -239,13 +239,10 @@ impl App {
                 (crate::http::api_router(state), Some(tokio::spawn(scrape)))
             }
         };
-        let flusher = state_audit_flusher(&api_state);
-        let sweeper = expiry_sweeper(&api_state);
+        let chores = writer_chores(&api_state);
         let served = crate::server::serve(listener, api, limits, shutdown).await;
-        for task in flusher.into_iter().chain([sweeper]) {
-            task.abort();
-            let _ = task.await;
-        }
+        chores.abort();
+        let _ = chores.await;
         // What was served until the end is written before the database closes.
         api_state.writer().flush_audit();
         drop(api_state);
@@ -262,34 +259,12 @@ impl App {
     }
 }
 
-/// Asks the writer, about once a second, to take keys that have expired out of the rotation
-/// (until then `GET /key` skips them).
-fn expiry_sweeper(state: &AppState) -> tokio::task::JoinHandle<()> {
+/// Once a second, asks the writer for its periodic work when there is some: writing the audit
+/// queue when something is in it, and taking keys that have expired out of the rotation (until
+/// then `GET /key` skips them).
+fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = state.pool().clock().unix_now_ms();
-            if state
-                .pool()
-                .load()
-                .catalog
-                .next_expiry()
-                .is_some_and(|at| at <= now)
-            {
-                state.writer().expire_keys();
-            }
-        }
-    })
-}
-
-/// Asks the writer to write the audit queue about once a second, while there is something in it.
-fn state_audit_flusher(state: &AppState) -> Option<tokio::task::JoinHandle<()>> {
-    state.audit()?;
-    let state = state.clone();
-    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -297,8 +272,13 @@ fn state_audit_flusher(state: &AppState) -> Option<tokio::task::JoinHandle<()>> 
             if state.audit().is_some_and(|audit| !audit.is_empty()) {
                 state.writer().flush_audit();
             }
+            let now = state.pool().clock().unix_now_ms();
+            let next_expiry = state.pool().load().catalog.next_expiry();
+            if next_expiry.is_some_and(|at| at <= now) {
+                state.writer().expire_keys();
+            }
         }
-    }))
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (inside the

@@ -189,13 +189,6 @@ impl Member {
         }
     }
 
-    fn key_order(&self) -> KeyOrder {
-        (
-            self.entry.info.created_at_ms,
-            Arc::clone(&self.entry.info.id),
-        )
-    }
-
     /// Its counter for the feature at `index` in its tier's feature order ([`feature_index`]).
     #[inline]
     pub fn counter(&self, index: usize) -> Option<&WindowCounter> {
@@ -216,8 +209,8 @@ impl Member {
 pub type Roster = imbl::Vector<Member>;
 
 /// Where a key of creation order `order` is, or would be inserted, in `roster`.
-fn position(roster: &Roster, order: &KeyOrder) -> Result<usize, usize> {
-    roster.binary_search_by(|member| member.order().cmp(&(order.0, &*order.1)))
+fn position(roster: &Roster, order: (i64, &str)) -> Result<usize, usize> {
+    roster.binary_search_by(|member| member.order().cmp(&order))
 }
 
 /// Keys added by [`Catalog::put_key_unplaced`], by tier id, waiting for [`Catalog::place`].
@@ -292,7 +285,9 @@ impl Catalog {
         let entry = self.keys.get(order)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
         let roster = self.roster(&entry.info.tier_id)?;
-        roster.get(position(roster, order).ok()?)?.counter(index)
+        roster
+            .get(position(roster, (order.0, &order.1)).ok()?)?
+            .counter(index)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
@@ -406,7 +401,7 @@ impl Catalog {
         self.note_expiry(&entry);
         let member = Member::new(entry, &tier);
         let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
-        match position(roster, &member.key_order()) {
+        match position(roster, member.order()) {
             Ok(at) => {
                 roster.set(at, member);
             }
@@ -506,16 +501,22 @@ impl Catalog {
             else {
                 continue;
             };
-            if let Some(roster) = self.tier_keys.get_mut(&tier_id)
-                && let Ok(at) = position(roster, &order)
-            {
-                roster.remove(at);
-            }
-            if let Some(tier) = self.tier_by_id(&tier_id) {
-                dirty.extend(tier.features.keys().cloned());
-            }
+            dirty.extend(self.leave_roster(&tier_id, &order));
         }
         dirty
+    }
+
+    /// Takes the key at `order` out of its tier's roster, if it is there; returns the features
+    /// of the tier.
+    fn leave_roster(&mut self, tier_id: &str, order: &KeyOrder) -> Dirty {
+        if let Some(roster) = self.tier_keys.get_mut(tier_id)
+            && let Ok(at) = position(roster, (order.0, &order.1))
+        {
+            roster.remove(at);
+        }
+        self.tier_by_id(tier_id)
+            .map(|tier| tier.features.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Removes a key if present; returns the features it was a candidate for.
@@ -529,13 +530,6 @@ impl Catalog {
         if let Some(at) = entry.info.expires_at_ms {
             self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
         }
-        if let Some(roster) = self.tier_keys.get_mut(&entry.info.tier_id)
-            && let Ok(at) = position(roster, &order)
-        {
-            roster.remove(at);
-        }
-        self.tier_by_id(&entry.info.tier_id)
-            .map(|tier| tier.features.keys().cloned().collect())
-            .unwrap_or_default()
+        self.leave_roster(&entry.info.tier_id, &order)
     }
 }

@@ -103,8 +103,9 @@ impl Segment {
 /// The keys that can serve one feature, in rotation order (tiers by name, keys by creation).
 ///
 /// A pool is the concatenation of the rosters of the tiers listing the feature, so building one
-/// is O(tiers), whatever the number of keys. Keys that are inactive or expired stay in their
-/// roster and are skipped by `pick` (their turn goes to the next key).
+/// is O(tiers), whatever the number of keys. Inactive keys are in no roster; a key that has
+/// expired is skipped by `pick` (its turn goes to the next key) until the writer's next sweep
+/// takes it out of its roster.
 pub struct FeaturePool {
     name: Arc<str>,
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
@@ -142,7 +143,7 @@ impl FeaturePool {
         &self.name
     }
 
-    /// The ids of its keys in rotation order, servable or not.
+    /// The ids of its keys in rotation order, expired ones not yet swept out included.
     #[cfg(test)]
     pub(crate) fn rotation(&self) -> Vec<Arc<str>> {
         self.segments
