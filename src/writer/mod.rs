@@ -432,12 +432,20 @@ pub fn spawn(
         catalog,
         meters: Meters::new(meter),
     };
+    // Returns only once the thread runs, named and at its lower priority, so the server never
+    // serves a request before the writer has taken its place below the request threads.
+    let (started, running) = std::sync::mpsc::sync_channel(1);
     let handle = std::thread::Builder::new()
         .name("keypooler-writer".into())
         .spawn(move || {
             yield_to_requests();
+            // The receiver waits right below; it can only be gone if `spawn`'s caller unwound.
+            let _ = started.send(());
             state.run(requests)
         })?;
+    // An error means the thread ended before signalling, which only a panic can do; `join`
+    // reports it.
+    let _ = running.recv();
     Ok((Writer { queue }, WriterThread(handle)))
 }
 
