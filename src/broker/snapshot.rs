@@ -144,7 +144,7 @@ impl FeaturePool {
     }
 
     /// The ids of its keys in rotation order, expired ones not yet swept out included.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn rotation(&self) -> Vec<Arc<str>> {
         self.segments
             .iter()
