@@ -2,7 +2,6 @@
 //! The work (one redb transaction) is [`crate::store::rekey`].
 
 use clap::Args;
-use subtle::ConstantTimeEq;
 
 use crate::cli::Failure;
 use crate::config::{ConfigError, Settings, encryption_key_setting};
@@ -32,7 +31,7 @@ impl std::fmt::Debug for RekeyArgs {
 pub fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> {
     let old = settings.encryption_key()?;
     let new = encryption_key_setting("NEW_ENCRYPTION_KEY", args.new_encryption_key.as_ref())?;
-    if bool::from(old.to_hex().as_bytes().ct_eq(new.to_hex().as_bytes())) {
+    if constant_time_eq::constant_time_eq(old.to_hex().as_bytes(), new.to_hex().as_bytes()) {
         return Err(
             ConfigError("NEW_ENCRYPTION_KEY must differ from ENCRYPTION_KEY".into()).into(),
         );

@@ -6,7 +6,6 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::{ExposeSecret, SecretString};
-use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::app::AppState;
@@ -32,10 +31,11 @@ pub fn is_admin(token: &[u8], admin: &SecretString) -> bool {
     same_token(token, admin)
 }
 
-/// Compares in time that depends only on the lengths, never on where the bytes differ.
+/// Compares in time that depends only on the lengths, never on where the bytes differ
+/// (`constant_time_eq` compares a word or a vector at a time; `subtle`'s byte-at-a-time loop
+/// cost more than the rest of `GET /key`'s own work).
 pub fn same_token(token: &[u8], expected: &SecretString) -> bool {
-    let expected = expected.expose_secret().as_bytes();
-    token.len() == expected.len() && bool::from(token.ct_eq(expected))
+    constant_time_eq::constant_time_eq(token, expected.expose_secret().as_bytes())
 }
 
 /// Proof that a request carries the admin token; extracting it answers 401 otherwise.
@@ -50,5 +50,36 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::Unauthorized("invalid token"))
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        let expected = SecretString::from("0123456789abcdef0123456789abcdef".to_owned());
+        assert!(same_token(b"0123456789abcdef0123456789abcdef", &expected));
+        for wrong in [
+            &b"x123456789abcdef0123456789abcdef"[..],
+            b"0123456789abcdef0123456789abcdex",
+            b"0123456789abcdef0123456789abcde",
+            b"0123456789abcdef0123456789abcdef0",
+            b"",
+        ] {
+            assert!(!same_token(wrong, &expected), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_blind_and_the_token_trimmed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "bEaReR  tok ".parse().unwrap());
+        assert_eq!(bearer(&headers).unwrap(), b"tok");
+        headers.insert(AUTHORIZATION, "Basic tok".parse().unwrap());
+        assert!(bearer(&headers).is_err());
+        headers.insert(AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert!(bearer(&headers).is_err());
     }
 }

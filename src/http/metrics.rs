@@ -129,6 +129,10 @@ impl RequestMeters {
 }
 
 fn matches(template: &str, path: &str) -> bool {
+    // Most templates have no parameter: one comparison, no split (this runs on every request).
+    if !template.contains('{') {
+        return template == path;
+    }
     let mut path = path.split('/');
     template.split('/').all(|part| {
         path.next().is_some_and(|segment| {
@@ -231,6 +235,8 @@ mod route_tests {
         assert!(!matches("/admin/keys/{id}", "/admin/keys/a/b"));
         assert!(matches("/key", "/key"));
         assert!(!matches("/key", "/keys"));
+        assert!(!matches("/key", "/key/"));
+        assert!(!matches("/health", "//health"));
         assert!(matches(
             "/admin/consumers/{id}/scopes",
             "/admin/consumers/x/scopes"
