@@ -9,6 +9,8 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SERVER_PID=""
 WORK=""
+# Words put before the binary when it is launched (instructions.sh runs it under valgrind).
+SERVER_WRAPPER=()
 
 build() {
     echo "building the release binary and the seeder..." >&2
@@ -39,9 +41,9 @@ restart_server() {
 
 launch() {
     ENCRYPTION_KEY=$DATABASE_KEY SERVER_PORT=$PORT_IN_USE DB_PATH="$WORK/pool.redb" LOG_LEVEL=warn \
-        taskset -c "$SERVER_CPU" "$BIN" >"$WORK/server.log" 2>&1 &
+        taskset -c "$SERVER_CPU" "${SERVER_WRAPPER[@]}" "$BIN" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do
         curl -fsS -o /dev/null "$BASE_URL/health" 2>/dev/null && return 0
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.1
@@ -77,8 +79,8 @@ delete_keys() {
     taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --keys "$1" --clients 1 --delete
 }
 
-# server_cpu_ticks: the server's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
-server_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+# cpu_ticks PID: a process's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # server_kb FIELD: a memory figure of the server (VmHWM: peak RSS, VmRSS: current), in kB.
 server_kb() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$SERVER_PID/status"; }

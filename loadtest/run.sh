@@ -5,8 +5,10 @@
 # and --keys keys through the admin API, then drives it from CPU 1 with wrk: --rounds rounds,
 # each one /health run then one /key run. Prints requests/s, p50, p99 per run, a summary table
 # (medians over the rounds), the server's peak RSS, and /key ÷ /health. Stops all it started.
+# With --bare, each round first drives the bare axum server of examples/bare_axum.rs on the same
+# CPU (port + 10): what HTTP alone reaches on this machine, the ceiling for both paths.
 #
-#   loadtest/run.sh [--keys N] [--connections N] [--duration 10s] [--rounds N] [--port N] [--no-build]
+#   loadtest/run.sh [--keys N] [--connections N] [--duration 10s] [--rounds N] [--port N] [--bare] [--no-build]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -16,6 +18,8 @@ DURATION=10s
 ROUNDS=3
 PORT=18080
 BUILD=1
+BARE=0
+BARE_PID=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --keys) KEYS=$2; shift 2 ;;
@@ -24,7 +28,8 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        --bare) BARE=1; shift ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,8 +38,21 @@ if ! command -v wrk >/dev/null; then
     echo "wrk is missing: installing the Debian package" >&2
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-trap stop_server EXIT INT TERM
-[[ $BUILD == 1 ]] && build
+stop_all() {
+    if [[ -n $BARE_PID ]]; then kill "$BARE_PID" 2>/dev/null || true; wait "$BARE_PID" 2>/dev/null || true; fi
+    stop_server
+}
+trap stop_all EXIT INT TERM
+if [[ $BUILD == 1 ]]; then
+    build
+    [[ $BARE == 1 ]] && (cd "$ROOT" && cargo build --release --quiet --example bare_axum)
+fi
+if [[ $BARE == 1 ]]; then
+    BARE_URL="http://127.0.0.1:$((PORT + 10))"
+    taskset -c "$SERVER_CPU" "$ROOT/target/release/examples/bare_axum" $((PORT + 10)) &
+    BARE_PID=$!
+    for _ in $(seq 50); do curl -fsS -o /dev/null "$BARE_URL/health" 2>/dev/null && break; sleep 0.1; done
+fi
 
 start_server "$PORT"
 # Never spent: each key may serve 16,777,215 uses per second.
@@ -45,20 +63,21 @@ echo "server RSS after seeding: $(( $(server_kb VmRSS) / 1024 )) MB"
 RESULTS=$WORK/results
 : >"$RESULTS"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-drive() { # drive NAME PATH ROUND
+drive() { # drive NAME URL ROUND PID
     local line before requests us
-    before=$(server_cpu_ticks)
+    before=$(cpu_ticks "$4")
     line=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
-        -s "$ROOT/loadtest/wrk/auth.lua" "$BASE_URL$2" | grep '^RESULT')
+        -s "$ROOT/loadtest/wrk/auth.lua" "$2" | grep '^RESULT')
     requests=$(tr ' ' '\n' <<<"$line" | awk -F= '$1 == "requests" { print $2 }')
     # The server's CPU time per request: what a request costs, whatever else the machine runs.
-    us=$(awk -v t="$(( $(server_cpu_ticks) - before ))" -v tick="$TICK_US" -v n="$requests" \
+    us=$(awk -v t="$(( $(cpu_ticks "$4") - before ))" -v tick="$TICK_US" -v n="$requests" \
         'BEGIN { printf "%.2f", t * tick / n }')
     echo "$1 round=$3 ${line#RESULT } server_cpu_us_per_req=$us" | tee -a "$RESULTS"
 }
 for round in $(seq "$ROUNDS"); do
-    drive health /health "$round"
-    drive key "/key?feature=chat" "$round"
+    [[ $BARE == 1 ]] && drive bare "$BARE_URL/health" "$round" "$BARE_PID"
+    drive health "$BASE_URL/health" "$round" "$SERVER_PID"
+    drive key "$BASE_URL/key?feature=chat" "$round" "$SERVER_PID"
 done
 PEAK_MB=$(( $(server_kb VmHWM) / 1024 ))
 
@@ -83,14 +102,17 @@ awk -v peak="$PEAK_MB" '
     }
     END {
         printf "%-8s %12s %10s %10s %14s %10s\n", "path", "req/s", "p50 ms", "p99 ms", "server us/req", "errors"
-        for (k = 1; k <= 2; k++) {
-            name = k == 1 ? "health" : "key"
+        split("bare health key", names, " ")
+        for (k = 1; k <= 3; k++) {
+            name = names[k]
+            if (!n[name]) continue
             for (i = 1; i <= n[name]; i++) { a[i] = rps[name, i]; b[i] = p50[name, i]; c[i] = p99[name, i]; d[i] = cpu[name, i] }
             med[name] = median(a, n[name]); us[name] = median(d, n[name])
-            printf "%-8s %12.0f %10.3f %10.3f %14.2f %10d\n", "/" name, med[name], median(b, n[name]), median(c, n[name]), us[name], bad[name]
+            printf "%-8s %12.0f %10.3f %10.3f %14.2f %10d\n", name == "bare" ? "bare" : "/" name, med[name], median(b, n[name]), median(c, n[name]), us[name], bad[name]
         }
         printf "/key / /health throughput: %.3f (target >= 0.95)  [per round:", med["key"] / med["health"]
         for (i = 1; i <= n["key"]; i++) printf " %.3f", rps["key", i] / rps["health", i]
         printf "]\n/health / /key server CPU per request: %.3f (the same ratio, measured as cost)\n", us["health"] / us["key"]
+        if (n["bare"]) printf "/health / bare axum throughput: %.3f, /key / bare axum: %.3f\n", med["health"] / med["bare"], med["key"] / med["bare"]
         printf "server peak RSS (VmHWM): %d MB\n", peak
     }' "$RESULTS"
