@@ -22,7 +22,6 @@ ROUNDS=3
 PORT=18084
 BUILD=1
 BARE=0
-BARE_PID=""
 export AUDIT=off
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -38,37 +37,20 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-for tool in wrk valgrind; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "$tool is missing: installing the Debian package" >&2
-        apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
-    fi
-done
-stop_all() {
-    if [[ -n $BARE_PID ]]; then kill "$BARE_PID" 2>/dev/null || true; wait "$BARE_PID" 2>/dev/null || true; fi
-    stop_server
-}
-trap stop_all EXIT INT TERM
+need wrk valgrind
+trap stop_server EXIT INT TERM
 if [[ $BUILD == 1 ]]; then
-    build
-    [[ $BARE == 1 ]] && (cd "$ROOT" && cargo build --release --quiet --example bare_axum)
+    if [[ $BARE == 1 ]]; then build bare_axum; else build; fi
 fi
 
 # Counting starts off (`--instr-atstart=no`) and is switched on around each wrk run.
 # ALLOW_CORE_DUMPS=on leaves the process dumpable, which callgrind_control needs to reach it.
 export ALLOW_CORE_DUMPS=on
-CALLGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null)
-SERVER_WRAPPER=("${CALLGRIND[@]}")
+SERVER_WRAPPER=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=/dev/null)
 start_server "$PORT"
 admin POST /admin/tiers '{"name":"pro","features":{"chat":{"rate_limit":16777215,"window_seconds":1}}}' >/dev/null
 echo "seeding: $(seed_keys pro "$KEYS" 4 seed)"
-if [[ $BARE == 1 ]]; then
-    BARE_URL="http://127.0.0.1:$((PORT + 10))"
-    taskset -c "$SERVER_CPU" "${CALLGRIND[@]}" "$ROOT/target/release/examples/bare_axum" \
-        $((PORT + 10)) >"$WORK/bare.log" 2>&1 &
-    BARE_PID=$!
-    for _ in $(seq 300); do curl -fsS -o /dev/null "$BARE_URL/health" 2>/dev/null && break; sleep 0.1; done
-fi
+if [[ $BARE == 1 ]]; then start_bare $((PORT + 10)); fi
 
 RESULTS=$WORK/results
 : >"$RESULTS"

@@ -8,13 +8,26 @@ SEEDER=$ROOT/target/release/examples/admin_writes
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SERVER_PID=""
+BARE_PID=""
 WORK=""
-# Words put before the binary when it is launched (instructions.sh runs it under valgrind).
+# Words put before the binaries when they are launched (instructions.sh runs them under valgrind).
 SERVER_WRAPPER=()
 
+# build [EXAMPLE]: the release binary, the seeder, and EXAMPLE if given.
 build() {
     echo "building the release binary and the seeder..." >&2
-    (cd "$ROOT" && cargo build --release --quiet --bin keypooler --example admin_writes)
+    (cd "$ROOT" && cargo build --release --quiet --bin keypooler --example admin_writes ${1:+--example "$1"})
+}
+
+# need TOOL...: installs each missing tool from the Debian package of the same name.
+need() {
+    local tool
+    for tool in "$@"; do
+        if ! command -v "$tool" >/dev/null; then
+            echo "$tool is missing: installing the Debian package" >&2
+            apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
+        fi
+    done
 }
 
 random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
@@ -43,22 +56,42 @@ launch() {
     ENCRYPTION_KEY=$DATABASE_KEY SERVER_PORT=$PORT_IN_USE DB_PATH="$WORK/pool.redb" LOG_LEVEL=warn \
         taskset -c "$SERVER_CPU" "${SERVER_WRAPPER[@]}" "$BIN" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
+    await "$BASE_URL" "$SERVER_PID" "$WORK/server.log"
+}
+
+# start_bare PORT: examples/bare_axum.rs (built by `build bare_axum`) on PORT, pinned and wrapped
+# like the server, as the ceiling HTTP alone reaches; after start_server. Sets BARE_URL.
+start_bare() {
+    BARE_URL="http://127.0.0.1:$1"
+    taskset -c "$SERVER_CPU" "${SERVER_WRAPPER[@]}" "$ROOT/target/release/examples/bare_axum" "$1" \
+        >"$WORK/bare.log" 2>&1 &
+    BARE_PID=$!
+    await "$BARE_URL" "$BARE_PID" "$WORK/bare.log"
+}
+
+# await URL PID LOG: waits up to 30 s for URL/health to answer; shows LOG if PID dies or it never does.
+await() {
     for _ in $(seq 300); do
-        curl -fsS -o /dev/null "$BASE_URL/health" 2>/dev/null && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        curl -fsS -o /dev/null "$1/health" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || break
         sleep 0.1
     done
-    echo "the server did not start:" >&2
-    cat "$WORK/server.log" >&2
+    echo "$1 did not start:" >&2
+    cat "$3" >&2
     return 1
 }
 
+# stop_server: stops the server and the bare server, and removes the temporary folder.
 stop_server() {
-    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in "$SERVER_PID" "$BARE_PID"; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     SERVER_PID=""
+    BARE_PID=""
     if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
     WORK=""
 }

@@ -19,7 +19,6 @@ ROUNDS=3
 PORT=18080
 BUILD=1
 BARE=0
-BARE_PID=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --keys) KEYS=$2; shift 2 ;;
@@ -34,30 +33,17 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-if ! command -v wrk >/dev/null; then
-    echo "wrk is missing: installing the Debian package" >&2
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
-stop_all() {
-    if [[ -n $BARE_PID ]]; then kill "$BARE_PID" 2>/dev/null || true; wait "$BARE_PID" 2>/dev/null || true; fi
-    stop_server
-}
-trap stop_all EXIT INT TERM
+need wrk
+trap stop_server EXIT INT TERM
 if [[ $BUILD == 1 ]]; then
-    build
-    [[ $BARE == 1 ]] && (cd "$ROOT" && cargo build --release --quiet --example bare_axum)
-fi
-if [[ $BARE == 1 ]]; then
-    BARE_URL="http://127.0.0.1:$((PORT + 10))"
-    taskset -c "$SERVER_CPU" "$ROOT/target/release/examples/bare_axum" $((PORT + 10)) &
-    BARE_PID=$!
-    for _ in $(seq 50); do curl -fsS -o /dev/null "$BARE_URL/health" 2>/dev/null && break; sleep 0.1; done
+    if [[ $BARE == 1 ]]; then build bare_axum; else build; fi
 fi
 
 start_server "$PORT"
 # Never spent: each key may serve 16,777,215 uses per second.
 admin POST /admin/tiers '{"name":"pro","features":{"chat":{"rate_limit":16777215,"window_seconds":1}}}' >/dev/null
 echo "seeding: $(seed_keys pro "$KEYS" 32 seed)"
+if [[ $BARE == 1 ]]; then start_bare $((PORT + 10)); fi
 echo "server RSS after seeding: $(( $(server_kb VmRSS) / 1024 )) MB"
 
 RESULTS=$WORK/results
