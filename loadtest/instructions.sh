@@ -60,9 +60,15 @@ count() { # count NAME URL ROUND PID
     callgrind_control --instr=on "$4" >/dev/null 2>&1
     requests=$(taskset -c "$CLIENT_CPU" wrk -t1 -c16 -d"$DURATION" -s "$ROOT/loadtest/wrk/auth.lua" "$2" \
         | grep '^RESULT' | tr ' ' '\n' | awk -F= '$1 == "requests" { print $2 }')
-    # Every thread's count (the figures carry thousands separators), read before counting stops.
-    instructions=$(callgrind_control -e "$4" 2>/dev/null | awk '$1 == "Th" { gsub(",", "", $3); n += $3 } END { print n }')
+    # Every thread's count, read before counting stops. Rows read `Th 1   1,234` or, from thread
+    # 10 on, `Th10  1,234`: the count is the last field, with thousands separators.
+    instructions=$(callgrind_control -e "$4" 2>/dev/null \
+        | awk '$1 ~ /^Th/ { gsub(",", "", $NF); n += $NF } END { print n + 0 }')
     callgrind_control --instr=off "$4" >/dev/null 2>&1
+    if ! [[ ${requests:-0} -gt 0 && $instructions -gt 0 ]]; then
+        echo "no count for $1 (requests: ${requests:-none}, instructions: $instructions): is callgrind_control able to reach process $4?" >&2
+        exit 1
+    fi
     echo "$1 round=$3 requests=$requests instructions=$instructions per_request=$((instructions / requests))" \
         | tee -a "$RESULTS"
 }

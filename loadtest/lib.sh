@@ -3,8 +3,9 @@
 # database, seed it through the admin API, and stop everything on exit. Targets 127.0.0.1 only.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/target/release/keypooler
-SEEDER=$ROOT/target/release/examples/admin_writes
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release/keypooler
+SEEDER=$TARGET/release/examples/admin_writes
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SERVER_PID=""
@@ -54,7 +55,7 @@ restart_server() {
 
 launch() {
     ENCRYPTION_KEY=$DATABASE_KEY SERVER_PORT=$PORT_IN_USE DB_PATH="$WORK/pool.redb" LOG_LEVEL=warn \
-        taskset -c "$SERVER_CPU" "${SERVER_WRAPPER[@]}" "$BIN" >"$WORK/server.log" 2>&1 &
+        taskset -c "$SERVER_CPU" ${SERVER_WRAPPER[@]+"${SERVER_WRAPPER[@]}"} "$BIN" >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     await "$BASE_URL" "$SERVER_PID" "$WORK/server.log"
 }
@@ -63,7 +64,7 @@ launch() {
 # like the server, as the ceiling HTTP alone reaches; after start_server. Sets BARE_URL.
 start_bare() {
     BARE_URL="http://127.0.0.1:$1"
-    taskset -c "$SERVER_CPU" "${SERVER_WRAPPER[@]}" "$ROOT/target/release/examples/bare_axum" "$1" \
+    taskset -c "$SERVER_CPU" ${SERVER_WRAPPER[@]+"${SERVER_WRAPPER[@]}"} "$TARGET/release/examples/bare_axum" "$1" \
         >"$WORK/bare.log" 2>&1 &
     BARE_PID=$!
     await "$BARE_URL" "$BARE_PID" "$WORK/bare.log"

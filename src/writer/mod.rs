@@ -443,9 +443,13 @@ pub fn spawn(
             let _ = started.send(());
             state.run(requests)
         })?;
-    // An error means the thread ended before signalling, which only a panic can do; `join`
-    // reports it.
-    let _ = running.recv();
+    // An error means the thread ended before signalling, which only a panic can do.
+    if running.recv().is_err() {
+        let _ = handle.join();
+        return Err(std::io::Error::other(
+            "the writer thread stopped while starting",
+        ));
+    }
     Ok((Writer { queue }, WriterThread(handle)))
 }
 
