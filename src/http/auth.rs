@@ -32,8 +32,8 @@ pub fn is_admin(token: &[u8], admin: &SecretString) -> bool {
 }
 
 /// Compares in time that depends only on the lengths, never on where the bytes differ
-/// (`constant_time_eq` compares a word or a vector at a time; `subtle`'s byte-at-a-time loop
-/// cost more than the rest of `GET /key`'s own work).
+/// (`constant_time_eq` compares a vector at a time; `subtle`'s byte-at-a-time loop took more
+/// instructions per `GET /key` than the pick itself, PERFORMANCE.md).
 pub fn same_token(token: &[u8], expected: &SecretString) -> bool {
     constant_time_eq::constant_time_eq(token, expected.expose_secret().as_bytes())
 }

@@ -85,7 +85,7 @@ fn feature_param(query: Option<&str>) -> Result<Cow<'_, str>, ApiError> {
             .map(|(_, value)| value)
     } else {
         // Nothing to decode (the usual query): the same pairs, without the decoder's copies
-        // and UTF-8 checks, which cost more than the rest of `GET /key`'s own work.
+        // and UTF-8 checks, which took more instructions than the pick itself.
         query
             .split('&')
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
