@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use criterion::{BatchSize, BenchmarkId, Criterion};
-use keypooler::broker::{Catalog, Clock, Meter, Snapshot};
+use keypooler::broker::{Clock, Meter, Snapshot};
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::http::ApiError;
 use keypooler::http::error::json_response;
 use keypooler::store::value_aad;
 
-use common::{Tally, VALUE_64, key, pool, tier};
+use common::{Tally, VALUE_64, catalog, key, pool};
 
 static TALLY: LazyLock<Tally> = LazyLock::new(Tally::default);
 
@@ -33,11 +33,7 @@ fn snapshot(c: &mut Criterion) {
             b.iter_batched(
                 || (0..keys).map(|i| key(i, "pro")).collect::<Vec<_>>(),
                 |entries| {
-                    let mut catalog = Catalog::default();
-                    let mut dirty = catalog.put_tier(tier("pro", &["chat", "image"], 100, 60));
-                    for entry in entries {
-                        dirty.extend(catalog.put_key(entry));
-                    }
+                    let (catalog, dirty) = catalog(entries, &["chat", "image"], 100, 60);
                     Snapshot::empty(&clock, &meter).next(catalog, &dirty, &clock, &meter)
                 },
                 BatchSize::PerIteration,

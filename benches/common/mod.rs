@@ -54,23 +54,23 @@ pub fn key(i: usize, tier: &str) -> KeyEntry {
     )
 }
 
-/// A catalog with one tier "pro" listing `features`, and `keys` keys in it; with the features
-/// a first snapshot must build.
+/// A catalog with one tier "pro" listing `features`, and `keys` (of tier "pro") in it; with the
+/// features a first snapshot must build.
 pub fn catalog(
-    keys: usize,
+    keys: impl IntoIterator<Item = KeyEntry>,
     features: &[&str],
     rate_limit: u32,
     window_seconds: u32,
 ) -> (Catalog, Dirty) {
     let mut catalog = Catalog::default();
     let mut dirty = catalog.put_tier(tier("pro", features, rate_limit, window_seconds));
-    for i in 0..keys {
-        dirty.extend(catalog.put_key(key(i, "pro")));
+    for key in keys {
+        dirty.extend(catalog.put_key(key));
     }
     (catalog, dirty)
 }
 
-/// A published pool over [`catalog`], on `clock`.
+/// A published pool over [`catalog`] of `keys` keys, on `clock`.
 pub fn pool(
     clock: Clock,
     keys: usize,
@@ -79,7 +79,8 @@ pub fn pool(
     window_seconds: u32,
 ) -> Pool {
     let pool = Pool::new(clock);
-    let (catalog, dirty) = catalog(keys, features, rate_limit, window_seconds);
+    let entries = (0..keys).map(|i| key(i, "pro"));
+    let (catalog, dirty) = catalog(entries, features, rate_limit, window_seconds);
     pool.publish(catalog, &dirty);
     pool
 }

@@ -354,18 +354,18 @@ impl Writer {
 
     /// Asks the writer to take expired keys out of the rotation, without waiting.
     pub fn expire_keys(&self) {
-        let _ = self.queue.try_send(Request {
-            op: Op::ExpireKeys,
-            reply: None,
-        });
+        self.nudge(Op::ExpireKeys);
     }
 
     /// Asks the writer to write the queued audit events, without waiting.
     pub fn flush_audit(&self) {
-        let _ = self.queue.try_send(Request {
-            op: Op::FlushAudit,
-            reply: None,
-        });
+        self.nudge(Op::FlushAudit);
+    }
+
+    /// Queues the writer's own work with no one waiting for it; a full queue drops it (the next
+    /// tick asks again).
+    fn nudge(&self, op: Op) {
+        let _ = self.queue.try_send(Request { op, reply: None });
     }
 
     pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
