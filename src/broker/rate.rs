@@ -148,6 +148,9 @@ pub struct Clock {
     unix_at_zero_ms: i64,
 }
 
+/// Where a [`Clock::manual`] starts on the wall clock: 2026-06-01T00:00:00Z.
+const MANUAL_START_UNIX_MS: i64 = 1_780_272_000_000;
+
 /// How often the production clock's thread advances it.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -209,12 +212,18 @@ impl Clock {
     }
 
     /// A clock that stands still until its [`ManualClock`] moves it; starts at instant 1 s and
-    /// at the current wall time.
+    /// at 2026-06-01T00:00:00Z, never at today's date, so that nothing measured on it
+    /// depends on the calendar.
     pub fn manual() -> (Self, ManualClock) {
+        Self::manual_at(MANUAL_START_UNIX_MS)
+    }
+
+    /// A manual clock whose wall time starts at `unix_ms` (at instant 1 s).
+    pub fn manual_at(unix_ms: i64) -> (Self, ManualClock) {
         let cell = Arc::new(AtomicU64::new(1_000));
         let clock = Self {
             source: Source::Manual(Arc::clone(&cell)),
-            unix_at_zero_ms: unix_now_ms() - 1_000,
+            unix_at_zero_ms: unix_ms - 1_000,
         };
         (clock, ManualClock(cell))
     }

@@ -69,8 +69,17 @@ fn ours() -> Sealer {
     sealer(&hex_key(OURS))
 }
 
-fn now_ms() -> i64 {
-    keypooler::broker::Clock::monotonic().unix_now_ms()
+/// The wall times of tests whose verdict could depend on the date, never today's date: inside
+/// the latest fixture's usage window (key fc-01: 30 days from 2026-11-01), and years after it.
+/// Every test that reads a fixture's dates runs at both; expiry, usage windows and the seed
+/// export's judgement of expired keys all come from this injected time. (The import itself
+/// reads no clock: it stores the dates as the file gives them.)
+const IN_WINDOW: &str = "2026-11-15T00:00:00Z";
+const YEARS_LATER: &str = "2031-01-01T00:00:00Z";
+const TIMES: [&str; 2] = [IN_WINDOW, YEARS_LATER];
+
+fn at(time: &str) -> i64 {
+    keypooler::compat::time::parse_ms(time).unwrap()
 }
 
 /// Imports `from` (sealed under `source_key`) into the redb file at `db`, as the CLI does.
@@ -90,11 +99,22 @@ fn import_fixture(name: &str, db: &Path) -> ImportSummary {
     import_into(&from, &fixture_key(name), db, Mode::Refuse).unwrap()
 }
 
+/// Exports as the CLI does, with the clock at [`IN_WINDOW`].
 fn export_to(
     db: &Path,
     to: &Path,
     schema: Schema,
     force: bool,
+) -> Result<ExportSummary, CompatError> {
+    export_at(db, to, schema, force, at(IN_WINDOW))
+}
+
+fn export_at(
+    db: &Path,
+    to: &Path,
+    schema: Schema,
+    force: bool,
+    now_ms: i64,
 ) -> Result<ExportSummary, CompatError> {
     let contents = Store::open(db, &ours())?.load()?;
     export(
@@ -103,7 +123,7 @@ fn export_to(
         to,
         schema,
         force,
-        now_ms(),
+        now_ms,
         &ProgressBar::hidden(),
     )
 }
@@ -292,7 +312,7 @@ async fn imported_seed_keys_are_served_but_never_the_inactive_one() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
     import_fixture(SEED, &db);
-    let app = TestApp::on_database(dir, db, &hex_key(OURS)).await;
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
     assert_eq!(
         served(&app, "image-generation", 20).await,
         set(&[
@@ -320,67 +340,108 @@ async fn imported_seed_keys_are_served_but_never_the_inactive_one() {
 
 #[tokio::test]
 async fn imported_latest_keys_are_served_with_metadata_and_secrets_never_expired_or_inactive() {
-    // fc-02 expires in an hour (the fixture says 2099: too far for the test clock).
-    let in_an_hour = keypooler::compat::time::format_ms(now_ms() + 3_600_000);
-    let (dir, from) = altered(
-        LATEST,
-        &format!("UPDATE keys SET expires_at = '{in_an_hour}' WHERE name = 'fc-02'"),
-    );
-    let db = dir.path().join("pool.redb");
-    import_into(&from, &fixture_key(LATEST), &db, Mode::Refuse).unwrap();
-    let app = TestApp::on_database(dir, db, &hex_key(OURS)).await;
-    assert_eq!(
-        served(&app, "firecrawl_scrape", 6).await,
-        set(&["fc-aaaa1111", "fc-bbbb2222"]),
-        "fc-expired expired in 2001"
-    );
-    let (status, body) = app.key("chat").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        body,
-        json!({
-            "key_id": "9b810e76-6ec9-d286-63ca-828dd5f4b3b2", "value": "sk-proj-dddd4444",
-            "metadata": {"org": "acme", "weight": 3},
-            "secrets": {"org_id": "org-123", "project": "p-9"},
-        }),
-        "oa-2-inactive is never served"
-    );
-    // Two hours later, fc-02 has expired too.
-    app.clock.advance_ms(2 * 3_600_000);
-    assert_eq!(
-        served(&app, "firecrawl_scrape", 4).await,
-        set(&["fc-aaaa1111"])
-    );
+    for time in TIMES {
+        // fc-02 expires an hour after the test's clock (the fixture says 2099).
+        let in_an_hour = keypooler::compat::time::format_ms(at(time) + 3_600_000);
+        let (dir, from) = altered(
+            LATEST,
+            &format!("UPDATE keys SET expires_at = '{in_an_hour}' WHERE name = 'fc-02'"),
+        );
+        let db = dir.path().join("pool.redb");
+        import_into(&from, &fixture_key(LATEST), &db, Mode::Refuse).unwrap();
+        let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(time)).await;
+        assert_eq!(
+            served(&app, "firecrawl_scrape", 6).await,
+            set(&["fc-aaaa1111", "fc-bbbb2222"]),
+            "at {time}: fc-expired expired in 2001"
+        );
+        let (status, body) = app.key("chat").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({
+                "key_id": "9b810e76-6ec9-d286-63ca-828dd5f4b3b2", "value": "sk-proj-dddd4444",
+                "metadata": {"org": "acme", "weight": 3},
+                "secrets": {"org_id": "org-123", "project": "p-9"},
+            }),
+            "at {time}: oa-2-inactive is never served"
+        );
+        // Two hours later, fc-02 has expired too.
+        app.clock.advance_ms(2 * 3_600_000);
+        assert_eq!(
+            served(&app, "firecrawl_scrape", 4).await,
+            set(&["fc-aaaa1111"]),
+            "at {time}"
+        );
+    }
 }
 
-/// The consumer's token from the Go service keeps working after the import: only its hash
-/// moved, and its scope (firecrawl) is all it may draw from. Its keys' usage caps carry over.
-#[tokio::test]
-async fn an_imported_consumer_token_draws_from_its_scoped_tier_only() {
+/// The imported database served with the clock at `time`; the consumer's token, and fc-01's
+/// listing entry before any draw.
+async fn latest_served_at(time: &str) -> (TestApp, String, Value) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
     import_fixture(LATEST, &db);
-    let app = TestApp::on_database(dir, db, &hex_key(OURS)).await;
-    let fixture = expected(LATEST);
-    let token = fixture["consumers"][0]["token"].as_str().unwrap();
-    let ask = |feature: &'static str| {
-        app.client
-            .get(format!("{}/key?feature={feature}", app.address))
-            .bearer_auth(token)
-            .send()
-    };
-    let response = ask("firecrawl_scrape").await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(ask("chat").await.unwrap().status(), StatusCode::FORBIDDEN);
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(time)).await;
+    let token = expected(LATEST)["consumers"][0]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let keys: Value = app.get("/admin/keys").await.json().await.unwrap();
     let fc01 = keys
         .as_array()
         .unwrap()
         .iter()
         .find(|k| k["name"] == "fc-01")
-        .unwrap();
+        .unwrap()
+        .clone();
+    (app, token, fc01)
+}
+
+/// The consumer's token from the Go service keeps working after the import: only its hash
+/// moved, and its scope (firecrawl) is all it may draw from.
+#[tokio::test]
+async fn an_imported_consumer_token_draws_from_its_scoped_tier_only() {
+    for time in TIMES {
+        let (app, token, _) = latest_served_at(time).await;
+        let ask = |feature: &'static str| {
+            app.client
+                .get(format!("{}/key?feature={feature}", app.address))
+                .bearer_auth(&token)
+                .send()
+        };
+        let response = ask("firecrawl_scrape").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "at {time}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            ["fc-aaaa1111", "fc-bbbb2222"].contains(&body["value"].as_str().unwrap()),
+            "at {time}: {body}"
+        );
+        assert_eq!(
+            ask("chat").await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "at {time}"
+        );
+    }
+}
+
+/// fc-01's usage window (30 days from 2026-11-01, 7 of its 1,000 uses counted) carries over
+/// while it is open.
+#[tokio::test]
+async fn an_imported_usage_count_carries_over_inside_its_window() {
+    let (_app, _, fc01) = latest_served_at(IN_WINDOW).await;
     assert_eq!(fc01["usage_limit"], 1000);
-    assert!(fc01["usage_count"].as_u64().unwrap() >= 7, "{fc01}");
+    assert_eq!(fc01["usage_window_seconds"], 2_592_000);
+    assert_eq!(fc01["usage_count"], 7, "{fc01}");
+}
+
+/// Once fc-01's usage window has ended, the imported count no longer applies: a fresh window
+/// starts with a count of 0.
+#[tokio::test]
+async fn an_imported_usage_window_that_has_ended_starts_fresh() {
+    let (_app, _, fc01) = latest_served_at(YEARS_LATER).await;
+    assert_eq!(fc01["usage_limit"], 1000);
+    assert_eq!(fc01["usage_count"], 0, "{fc01}");
 }
 
 #[test]
@@ -425,11 +486,17 @@ fn seed_round_trip_export_then_import_gives_back_the_same_database() {
 
 #[test]
 fn latest_round_trip_keeps_everything_including_expiry_usage_and_consumers() {
+    for time in TIMES {
+        latest_round_trip_at(at(time));
+    }
+}
+
+fn latest_round_trip_at(now_ms: i64) {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.redb");
     import_fixture(LATEST, &first);
     let file = dir.path().join("export.db");
-    let summary = export_to(&first, &file, Schema::Latest, false).unwrap();
+    let summary = export_at(&first, &file, Schema::Latest, false, now_ms).unwrap();
     assert_eq!((summary.tiers, summary.keys, summary.consumers), (2, 5, 1));
     let second = dir.path().join("second.redb");
     let again = import_into(&file, &hex_key(OURS), &second, Mode::Refuse).unwrap();
@@ -437,7 +504,7 @@ fn latest_round_trip_keeps_everything_including_expiry_usage_and_consumers() {
     assert_eq!(view(&second), view(&first));
     // And once more: import, export, import is stable.
     let file2 = dir.path().join("export2.db");
-    export_to(&second, &file2, Schema::Latest, false).unwrap();
+    export_at(&second, &file2, Schema::Latest, false, now_ms).unwrap();
     let third = dir.path().join("third.redb");
     import_into(&file2, &hex_key(OURS), &third, Mode::Refuse).unwrap();
     assert_eq!(view(&third), view(&first));
@@ -454,11 +521,17 @@ fn latest_round_trip_keeps_everything_including_expiry_usage_and_consumers() {
 
 #[test]
 fn the_seed_export_refuses_what_would_serve_a_key_more_and_writes_expired_keys_inactive() {
+    for time in TIMES {
+        seed_export_at(at(time));
+    }
+}
+
+fn seed_export_at(now_ms: i64) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
     import_fixture(LATEST, &db);
     let file = dir.path().join("export.db");
-    let err = export_to(&db, &file, Schema::Seed, false).unwrap_err();
+    let err = export_at(&db, &file, Schema::Seed, false, now_ms).unwrap_err();
     assert_eq!(
         err.to_string(),
         "tiers row 1e2feb89-414c-343c-1027-c4d1c386bbc4: feature \"image-generation\" has a 3600 s window; the seed schema cannot hold it (export with --schema latest)"
@@ -481,7 +554,7 @@ fn the_seed_export_refuses_what_would_serve_a_key_more_and_writes_expired_keys_i
     );
     let db2 = src_dir.path().join("pool.redb");
     import_into(&from, &fixture_key(LATEST), &db2, Mode::Refuse).unwrap();
-    let summary = export_to(&db2, &file, Schema::Seed, false).unwrap();
+    let summary = export_at(&db2, &file, Schema::Seed, false, now_ms).unwrap();
     assert_eq!(summary.expired_as_inactive, 1);
     assert_eq!(
         summary.left_out,
@@ -557,7 +630,7 @@ async fn values_with_unicode_quotes_and_4_kb_survive_both_round_trips_and_are_se
     let served_dir = tempfile::tempdir().unwrap();
     let db = served_dir.path().join("pool.redb");
     std::fs::copy(&from_seed, &db).unwrap();
-    let app = TestApp::on_database(served_dir, db, &hex_key(OURS)).await;
+    let app = TestApp::on_database_at(served_dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
     assert_eq!(served(&app, "chat", 6).await, set(&values));
 }
 

@@ -24,6 +24,8 @@ pub struct TestApp {
     pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     pub clock: ManualClock,
+    /// The server's clock, to read its wall time ([`Clock::unix_now_ms`]).
+    pub wall: Clock,
     pub db_path: PathBuf,
     pub key_hex: String,
     options: Options,
@@ -41,17 +43,26 @@ impl TestApp {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let db_path = dir.path().join("data/pool.redb");
         let key_hex = hex_key(0x5a);
-        Self::start(dir, db_path, key_hex, options).await
+        let (clock, hand) = Clock::manual();
+        Self::start(dir, db_path, key_hex, options, clock, hand).await
     }
 
-    /// The server over an existing database (e.g. one an import wrote), opened with `key_hex`.
-    /// `dir` is kept alive as long as the app.
-    pub async fn on_database(dir: tempfile::TempDir, db_path: PathBuf, key_hex: &str) -> Self {
+    /// The server over an existing database (e.g. one an import wrote), opened with `key_hex`,
+    /// its clock starting at the wall time `unix_ms`. `dir` is kept alive as long as the app.
+    pub async fn on_database_at(
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        key_hex: &str,
+        unix_ms: i64,
+    ) -> Self {
+        let (clock, hand) = Clock::manual_at(unix_ms);
         Self::start(
             Arc::new(dir),
             db_path,
             key_hex.to_owned(),
             Options::default(),
+            clock,
+            hand,
         )
         .await
     }
@@ -80,8 +91,10 @@ impl TestApp {
         db_path: PathBuf,
         key_hex: String,
         options: Options,
+        clock: Clock,
+        hand: ManualClock,
     ) -> Self {
-        let (app, hand) = start_app(&db_path, &key_hex, options.clone());
+        let app = start_app_on(&db_path, &key_hex, options.clone(), clock.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -101,6 +114,7 @@ impl TestApp {
             metrics_address,
             client: reqwest::Client::new(),
             clock: hand,
+            wall: clock,
             db_path,
             key_hex,
             options,
@@ -123,11 +137,15 @@ impl TestApp {
     /// Stops and starts a new server on the same database file.
     pub async fn restart(mut self) -> Self {
         self.stop().await;
+        // The new process starts where the old one's wall clock stood.
+        let (clock, hand) = Clock::manual_at(self.wall.unix_now_ms());
         Self::start(
             Arc::clone(&self.dir),
             self.db_path.clone(),
             self.key_hex.clone(),
             self.options.clone(),
+            clock,
+            hand,
         )
         .await
     }
@@ -242,13 +260,16 @@ impl Drop for TestApp {
 
 /// A started broker (not yet serving) over the redb file at `db_path`, on a manual clock.
 pub fn start_app(db_path: &Path, key_hex: &str, options: Options) -> (App, ManualClock) {
+    let (clock, hand) = Clock::manual();
+    (start_app_on(db_path, key_hex, options, clock), hand)
+}
+
+fn start_app_on(db_path: &Path, key_hex: &str, options: Options, clock: Clock) -> App {
     let key = EncryptionKey::parse_hex(key_hex).unwrap();
     let sealer = Sealer::new(&key);
     let store = Store::open(db_path, &sealer).expect("open store");
-    let (clock, hand) = Clock::manual();
     let token = SecretString::from(ADMIN_TOKEN);
-    let app = App::start_with(store, sealer, clock, token, options).unwrap();
-    (app, hand)
+    App::start_with(store, sealer, clock, token, options).unwrap()
 }
 
 pub fn hex_key(byte: u8) -> String {

@@ -161,8 +161,8 @@ async fn a_percent_encoded_feature_name_is_decoded() {
 async fn an_expired_key_is_never_served() {
     let app = TestApp::spawn().await;
     app.create_tier("pro", json!({"chat": 10})).await;
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
-    let soon = soon
+    let soon = time::OffsetDateTime::from_unix_timestamp(app.wall.unix_now_ms() / 1000 + 5 * 60)
+        .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let response = app
