@@ -16,8 +16,7 @@ use keypooler::compat::export::export;
 use keypooler::compat::import::{Mode, import};
 use keypooler::compat::source::read;
 use keypooler::crypto::{EncryptionKey, Sealer};
-use keypooler::store::{LimitRecord, Store, TierRecord};
-use keypooler::writer::load::key_record;
+use keypooler::store::{LimitRecord, Store, TierRecord, key_record};
 
 const KEYS: usize = 100_000;
 const TIERS: usize = 10;

@@ -12,7 +12,7 @@ use crate::broker::{AuditLog, Clock, Meter, Pool};
 use crate::config::MetricsConfig;
 use crate::crypto::Sealer;
 use crate::server::Limits;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, load_catalog};
 use crate::telemetry::prometheus::Metrics;
 use crate::writer::{self, Writer, WriterThread};
 
@@ -130,7 +130,7 @@ impl App {
     ) -> Result<Self, StartError> {
         let metrics = Metrics::new(&options.metrics);
         let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
-        let (mut catalog, skipped) = writer::load::catalog(&store, &sealer, &clock)?;
+        let (mut catalog, skipped) = load_catalog(&store, &sealer, &clock)?;
         catalog.expire(clock.unix_now_ms());
         for skip in &skipped {
             tracing::error!(table = skip.table, id = %skip.id, reason = %skip.reason, "record left out of the pool");

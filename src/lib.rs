@@ -12,7 +12,7 @@
 //!           committed reservation)] ─► pre-encoded body [─► audit event into a fixed queue]
 //!
 //! write path (cold, one thread, durable before it answers):
-//!   admin request ─► http::admin (validate) ─► writer::Writer (channel) ─► writer thread
+//!   admin request ─► http::admin (parse into broker inputs) ─► writer::Writer (channel) ─► writer thread
 //!           ─► store::Batch (one redb transaction per drained batch) ─► commit
 //!           ─► broker::Pool::publish (next snapshot, live counters carried over) ─► reply
 //!   (the writer also takes, on the same channel, usage reservations asked by the hot path
@@ -27,10 +27,10 @@
 //! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
 //! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
 //! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, usage caps, the
-//!   audit queue, the clock.
+//!   audit queue, the clock; the validated admin inputs and the rules they obey.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
-//! * [`writer`]: the single writer and the validated inputs it applies.
-//! * [`store`]: the redb tables, records, canary and schema version.
+//! * [`writer`]: the single writer: typed requests, the batch loop, one function per change.
+//! * [`store`]: the redb tables, records and their codec, canary and schema version.
 //! * [`compat`]: import from and export to the Go keypooler's SQLite database (offline).
 //! * [`rekey`]: the `rekey` command, rotating `ENCRYPTION_KEY` in one transaction.
 

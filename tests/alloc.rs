@@ -13,10 +13,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use keypooler::app::{App, Options};
-use keypooler::broker::{Clock, Limit};
+use keypooler::broker::{Clock, Limit, NewKey, TierSpec};
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::Store;
-use keypooler::writer::{NewKey, TierSpec};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 

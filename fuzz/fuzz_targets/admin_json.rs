@@ -7,9 +7,8 @@
 #![no_main]
 
 use keypooler::http::ApiError;
-use keypooler::http::admin::{KeyBody, TierBody};
 use keypooler::http::json::parse;
-use keypooler::writer::{NewKey, TierSpec};
+use keypooler::broker::{KeyBody, NewKey, TierBody, TierSpec};
 use libfuzzer_sys::fuzz_target;
 
 fn check(result: Result<(), ApiError>, data: &[u8]) {

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod catalog;
+mod input;
 pub mod meter;
 pub mod pool;
 pub mod rate;
@@ -14,6 +15,10 @@ pub mod usage;
 pub use audit::{AuditLog, Event};
 pub use catalog::{
     Budget, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys, Unplaced,
+};
+pub use input::{
+    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
+    ScopeBody, TierBody, TierSpec, parse_limit, parse_name,
 };
 pub use meter::{Meter, Outcomes};
 pub use pool::{Caller, Pick, Pool};

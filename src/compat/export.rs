@@ -11,11 +11,10 @@ use indicatif::ProgressBar;
 use rusqlite::{Connection, params};
 
 use super::{CompatError, Schema, time};
+use crate::broker::DEFAULT_WINDOW_SECONDS;
 use crate::crypto::Sealer;
 use crate::crypto::go::GCM_PREFIX;
-use crate::store::{Contents, KeyRecord};
-use crate::writer::load::open_key;
-use crate::writer::spec::DEFAULT_WINDOW_SECONDS;
+use crate::store::{Contents, KeyRecord, open_key};
 
 /// The Go service's migration bookkeeping table, byte for byte as its runner creates it.
 const SCHEMA_MIGRATIONS_SQL: &str = include_str!("../../migrations/schema_migrations.sql");

@@ -8,8 +8,7 @@ use super::source::Source;
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
-use crate::store::{Contents, KeyRecord, Store};
-use crate::writer::load::key_record;
+use crate::store::{Contents, KeyRecord, Store, key_record};
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,10 +12,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use zeroize::Zeroizing;
 
 use super::{CompatError, Schema, time};
-use crate::broker::KeyInfo;
+use crate::broker::{DEFAULT_WINDOW_SECONDS, KeyInfo, parse_limit, parse_name};
 use crate::crypto::{CryptoError, Sealer};
 use crate::store::{ConsumerRecord, Hex, LimitRecord, TierRecord};
-use crate::writer::spec::{self, DEFAULT_WINDOW_SECONDS};
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// Byte 18 of the header (file format write version): 2 means WAL journal mode.
@@ -228,7 +227,7 @@ impl Cells<'_, '_> {
     }
 
     fn name(&self, index: usize, column: &str) -> Result<String, CompatError> {
-        spec::name(column, self.text(index, column)?).map_err(|err| self.fail(err.0))
+        parse_name(column, self.text(index, column)?).map_err(|err| self.fail(err.0))
     }
 
     /// An id, kept exactly as it is: no surrounding spaces, no control characters.
@@ -575,7 +574,7 @@ impl Reader<'_> {
             let window = cells
                 .opt_int(4, "window_seconds")?
                 .unwrap_or(i64::from(DEFAULT_WINDOW_SECONDS));
-            let limit = spec::limit("limit", i128::from(rate), i128::from(window))
+            let limit = parse_limit("limit", i128::from(rate), i128::from(window))
                 .map_err(|err| cells.fail(err.0))?;
             let record = LimitRecord {
                 rate_limit: limit.rate_limit,

@@ -6,16 +6,13 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use serde::Serialize;
 
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::json::JsonBody;
 use crate::app::AppState;
-use crate::broker::{Catalog, KeyEntry, Limit, Tier};
-use crate::writer::spec::{self, DEFAULT_WINDOW_SECONDS, Invalid};
-use crate::writer::{NewKey, TierSpec};
+use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(
@@ -56,72 +53,12 @@ impl<'a> From<&'a Tier> for TierView<'a> {
     }
 }
 
-#[derive(Deserialize)]
-pub struct TierBody {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-    features: BTreeMap<String, serde_json::Value>,
-}
-
-fn integer(field: &str, value: &serde_json::Value) -> Result<i128, Invalid> {
-    value
-        .as_i64()
-        .map(i128::from)
-        .or_else(|| value.as_u64().map(i128::from))
-        .ok_or_else(|| Invalid(format!("{field} must be an integer")))
-}
-
-/// A feature's limit: a bare number (per minute) or `{"rate_limit", "window_seconds"?}`.
-fn feature_limit(feature: &str, value: &serde_json::Value) -> Result<Limit, Invalid> {
-    let field = format!("features.{feature}");
-    match value {
-        serde_json::Value::Number(_) => spec::limit(
-            &field,
-            integer(&field, value)?,
-            DEFAULT_WINDOW_SECONDS.into(),
-        ),
-        serde_json::Value::Object(fields) => {
-            let rate = fields
-                .get("rate_limit")
-                .ok_or_else(|| Invalid(format!("{field}.rate_limit is required")))?;
-            let rate = integer(&format!("{field}.rate_limit"), rate)?;
-            let window = match fields.get("window_seconds") {
-                None | Some(serde_json::Value::Null) => DEFAULT_WINDOW_SECONDS.into(),
-                Some(window) => integer(&format!("{field}.window_seconds"), window)?,
-            };
-            spec::limit(&field, rate, window)
-        }
-        _ => Err(Invalid(format!(
-            "{field} must be an integer or an object {{\"rate_limit\", \"window_seconds\"}}"
-        ))),
-    }
-}
-
-impl TryFrom<TierBody> for TierSpec {
-    type Error = Invalid;
-
-    fn try_from(body: TierBody) -> Result<Self, Invalid> {
-        let features = body
-            .features
-            .iter()
-            .map(|(feature, value)| {
-                // The name first: the limit's error repeats it.
-                let feature = spec::name("feature name", feature)?;
-                let limit = feature_limit(&feature, value)?;
-                Ok((feature, limit))
-            })
-            .collect::<Result<_, Invalid>>()?;
-        TierSpec::new(&body.name, body.description, features)
-    }
-}
-
 pub async fn create_tier(
     _: Admin,
     State(app): State<AppState>,
     JsonBody(body): JsonBody<TierBody>,
 ) -> Result<Response, ApiError> {
-    let tier = app.writer().create_tier(body.try_into()?).await?;
+    let tier = app.writer().create_tier(TierSpec::try_from(body)?).await?;
     Ok(json(StatusCode::CREATED, &TierView::from(&*tier)))
 }
 
@@ -130,7 +67,7 @@ pub async fn update_tier(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<TierBody>,
 ) -> Result<Response, ApiError> {
-    let tier = app.writer().update_tier(body.try_into()?).await?;
+    let tier = app.writer().update_tier(TierSpec::try_from(body)?).await?;
     Ok(json(StatusCode::OK, &TierView::from(&*tier)))
 }
 
@@ -142,60 +79,6 @@ pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
         .map(|tier| TierView::from(&**tier))
         .collect();
     json(StatusCode::OK, &tiers)
-}
-
-#[derive(Deserialize)]
-pub struct KeyBody {
-    name: String,
-    key: String,
-    tier: String,
-    #[serde(default)]
-    expires_at: Option<String>,
-    #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    secrets: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    usage_limit: Option<serde_json::Value>,
-    #[serde(default)]
-    usage_window_seconds: Option<serde_json::Value>,
-}
-
-/// Unix ms of an RFC 3339 instant.
-fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
-        .map_err(|_| {
-            Invalid(format!(
-                "{field} must be an RFC 3339 time, e.g. 2030-01-31T00:00:00Z"
-            ))
-        })
-}
-
-impl TryFrom<KeyBody> for NewKey {
-    type Error = Invalid;
-
-    fn try_from(body: KeyBody) -> Result<Self, Invalid> {
-        let optional = |field: &str, value: &Option<serde_json::Value>| match value {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(value) => integer(field, value).map(Some),
-        };
-        let usage_limit = optional("usage_limit", &body.usage_limit)?;
-        let usage_window = optional("usage_window_seconds", &body.usage_window_seconds)?;
-        let mut key = NewKey::new(&body.name, &body.tier, Zeroizing::new(body.key))?
-            .with_usage(usage_limit, usage_window)?;
-        key.expires_at_ms = body
-            .expires_at
-            .as_deref()
-            .map(|text| parse_instant("expires_at", text))
-            .transpose()?;
-        key.metadata = body.metadata.unwrap_or_default();
-        for (name, value) in body.secrets.unwrap_or_default() {
-            let name = spec::name("secrets name", &name)?;
-            key.secrets.insert(name, Zeroizing::new(value));
-        }
-        Ok(key)
-    }
 }
 
 #[derive(Serialize)]
@@ -210,7 +93,7 @@ pub async fn add_key(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<KeyBody>,
 ) -> Result<Response, ApiError> {
-    let key = app.writer().add_key(body.try_into()?).await?;
+    let key = app.writer().add_key(NewKey::try_from(body)?).await?;
     let snapshot = app.pool().load();
     let tier = snapshot
         .catalog

@@ -3,22 +3,14 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::admin::{deleted, json};
 use super::auth::Admin;
 use super::error::ApiError;
 use super::json::JsonBody;
 use crate::app::AppState;
-use crate::broker::{Catalog, Consumer};
-use crate::writer::spec;
-
-#[derive(Deserialize)]
-pub struct ConsumerBody {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-}
+use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
 
 #[derive(Serialize)]
 struct Created<'a> {
@@ -33,9 +25,8 @@ pub async fn create(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<ConsumerBody>,
 ) -> Result<Response, ApiError> {
-    let name = spec::name("name", &body.name)?;
-    let description = body.description.unwrap_or_default();
-    let (consumer, token) = app.writer().create_consumer(name, description).await?;
+    let new = NewConsumer::try_from(body)?;
+    let (consumer, token) = app.writer().create_consumer(new).await?;
     let created = Created {
         id: &consumer.id,
         name: &consumer.name,
@@ -89,19 +80,14 @@ pub async fn delete(
     Ok(deleted())
 }
 
-#[derive(Deserialize)]
-pub struct ScopeBody {
-    tier: String,
-}
-
 pub async fn add_scope(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ScopeBody>,
 ) -> Result<Response, ApiError> {
-    let tier = spec::name("tier", &body.tier)?;
-    let consumer = app.writer().add_scope(id, tier).await?;
+    let scope = NewScope::try_from(body)?;
+    let consumer = app.writer().add_scope(id, scope).await?;
     let snapshot = app.pool().load();
     Ok(json(StatusCode::OK, &view(&snapshot.catalog, &consumer)))
 }

@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::broker::Invalid;
 use crate::writer::WriteError;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +84,6 @@ impl IntoResponse for ApiError {
 impl From<WriteError> for ApiError {
     fn from(err: WriteError) -> Self {
         match err {
-            WriteError::Invalid(invalid) => ApiError::BadRequest(invalid.0),
             WriteError::TierExists(_) => ApiError::Conflict(err.to_string()),
             WriteError::TierNotFound(_)
             | WriteError::KeyNotFound(_)
@@ -94,8 +94,8 @@ impl From<WriteError> for ApiError {
     }
 }
 
-impl From<crate::writer::Invalid> for ApiError {
-    fn from(invalid: crate::writer::Invalid) -> Self {
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
         ApiError::BadRequest(invalid.0)
     }
 }

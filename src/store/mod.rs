@@ -1,6 +1,8 @@
 //! The redb file: tables, the encryption canary, the schema version.
 //!
 //! Only the writer thread writes; start-up and the offline commands (import, export, rekey) read.
+//! Records and domain values convert in `codec`: a key's plaintext is sealed for its id on the
+//! way in and opened on the way out, and the first catalog is built from everything stored.
 //!
 //! Opening is careful with files it refuses: an existing file is first checked through a
 //! read-only handle (schema, canary, every record decoded), so a damaged, foreign or
@@ -8,6 +10,7 @@
 //! needing recovery (which redb repairs), is opened for writing. redb may panic on a file
 //! altered behind its back; `guard::guarded` turns that into [`StoreError::Damaged`].
 
+mod codec;
 mod guard;
 pub mod records;
 pub mod rekey;
@@ -21,6 +24,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableErro
 use guard::guarded;
 
 use crate::crypto::Sealer;
+pub use codec::{
+    Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
+};
 pub use records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
 };

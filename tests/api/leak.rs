@@ -397,11 +397,9 @@ fn debug_output_of_every_type_holding_a_secret_hides_it() {
         ..Settings::default()
     };
     let config = ServeConfig::from_settings(&settings).unwrap();
-    let mut new_key =
-        keypooler::writer::NewKey::new("k", "pro", Zeroizing::new(canaries.key.clone())).unwrap();
-    new_key
-        .secrets
-        .insert("sig".into(), Zeroizing::new(canaries.secret.clone()));
+    let new_key = keypooler::broker::NewKey::new("k", "pro", Zeroizing::new(canaries.key.clone()))
+        .and_then(|key| key.with_secret("sig", Zeroizing::new(canaries.secret.clone())))
+        .unwrap();
     let secrets = [("sig".to_owned(), Zeroizing::new(canaries.secret.clone()))].into();
     let entry = KeyEntry::new(
         KeyInfo {

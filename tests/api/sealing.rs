@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use keypooler::broker::{KeyInfo, Plaintext};
 use keypooler::crypto::{EncryptionKey, Sealer};
-use keypooler::store::{Store, TierRecord};
-use keypooler::writer::load;
+use keypooler::store::{Store, TierRecord, key_record, load_catalog};
 use redb::{ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -239,9 +238,7 @@ fn large_database(path: &Path, sealer: &Sealer, count: usize) {
             metadata: &serde_json::Map::new(),
             secrets: &secrets,
         };
-        batch
-            .put_key(&load::key_record(&info, &plain, sealer))
-            .unwrap();
+        batch.put_key(&key_record(&info, &plain, sealer)).unwrap();
     }
     batch.commit().unwrap();
 }
@@ -252,7 +249,7 @@ fn opens_entirely(path: &Path, sealer: &Sealer, count: usize) -> bool {
         return false;
     };
     let (catalog, skipped) =
-        load::catalog(&store, sealer, &keypooler::broker::Clock::manual().0).unwrap();
+        load_catalog(&store, sealer, &keypooler::broker::Clock::manual().0).unwrap();
     assert!(
         skipped.is_empty(),
         "a mix: {} keys do not open under the key that opens the canary",

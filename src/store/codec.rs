@@ -1,18 +1,19 @@
-//! From stored records to the catalog: opens every sealed value.
+//! The record codec: domain values to stored records (sealing plaintext for its id) and back
+//! (opening every sealed value), and the catalog built from everything stored.
 
 use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
+use super::records::{
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
+};
+use super::{Record, Store, StoreError};
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
     Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
 };
 use crate::crypto::{CryptoError, Sealer};
-use crate::store::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, Record, Store, StoreError, TierRecord, secret_aad,
-    value_aad,
-};
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub struct Skipped {
     pub reason: String,
 }
 
-pub fn tier_from_record(record: &TierRecord) -> Tier {
+fn tier_from_record(record: &TierRecord) -> Tier {
     Tier {
         id: record.id.as_str().into(),
         name: record.name.as_str().into(),
@@ -66,7 +67,7 @@ pub fn tier_record(tier: &Tier) -> TierRecord {
     }
 }
 
-pub fn key_info(record: &KeyRecord) -> KeyInfo {
+fn key_info(record: &KeyRecord) -> KeyInfo {
     KeyInfo {
         id: record.id.as_str().into(),
         name: record.name.as_str().into(),
@@ -97,7 +98,7 @@ pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoErr
 }
 
 /// The usage cap a stored key resumes with: every reserved use counts as used.
-pub fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
+fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let limit = u32::try_from(record.usage_limit?).unwrap_or(LIFETIME - 1);
     let reserved = u32::try_from(record.usage_count)
         .unwrap_or(limit)
@@ -116,7 +117,7 @@ pub fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     Some(UsageCap::resume(limit, window_s, end_s, reserved))
 }
 
-pub fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
+fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
     KeyEntry::new(
         key_info(record),
         &Plaintext {
@@ -129,7 +130,7 @@ pub fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry
 }
 
 /// A stored consumer, or why it cannot be loaded.
-pub fn consumer_from_record(record: &ConsumerRecord) -> Result<Consumer, String> {
+fn consumer_from_record(record: &ConsumerRecord) -> Result<Consumer, String> {
     let token_hash = <[u8; 32]>::try_from(record.token_hash.0.as_slice())
         .map_err(|_| "its token hash is not 32 bytes".to_owned())?;
     Ok(Consumer {
@@ -157,7 +158,7 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
 
 /// Builds the catalog from everything stored, reading one record at a time. A key whose tier is
 /// missing or whose value does not open is left out and reported; every other key is served.
-pub fn catalog(
+pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
     clock: &Clock,

@@ -1,0 +1,472 @@
+//! Admin inputs ("parse, don't validate"): the JSON bodies as they arrive, the rules every
+//! field obeys, and the validated values the writer applies. A [`TierSpec`], [`NewKey`],
+//! [`NewConsumer`] or [`NewScope`] can only be built here, each field checked once on the way,
+//! so whoever holds one applies it without checking its shape again.
+//!
+//! The name and limit rules are also what the SQLite import holds every row to.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::catalog::{Limit, Plaintext};
+use super::rate::MAX_RATE_LIMIT;
+use super::usage::MAX_USAGE_LIMIT;
+
+/// The longest window a tier may set: one leap year.
+const MAX_WINDOW_SECONDS: u32 = 366 * 24 * 3600;
+/// The longest usage window a key may set: ten tier windows.
+const MAX_USAGE_WINDOW_SECONDS: u32 = 10 * MAX_WINDOW_SECONDS;
+/// The longest name (tier, key, feature, secret) accepted, in characters.
+const MAX_NAME_CHARS: usize = 256;
+/// Window of a feature given as a bare number (`{"chat": 100}` means 100 per minute).
+pub const DEFAULT_WINDOW_SECONDS: u32 = 60;
+
+/// Why an input is refused; the text names the field and never repeats a secret.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A name (of a tier, key, feature, secret, consumer), trimmed: required, at most
+/// [`MAX_NAME_CHARS`] characters, no control characters. `field` names it in the error.
+pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(Invalid(format!("{field} is required")));
+    }
+    if trimmed.chars().count() > MAX_NAME_CHARS {
+        return Err(Invalid(format!(
+            "{field} is longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Invalid(format!("{field} contains control characters")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A feature's limit: 1 to [`MAX_RATE_LIMIT`] uses per 1 to [`MAX_WINDOW_SECONDS`] seconds.
+pub fn parse_limit(field: &str, rate_limit: i128, window_seconds: i128) -> Result<Limit, Invalid> {
+    let rate_limit = u32::try_from(rate_limit)
+        .ok()
+        .filter(|n| (1..=MAX_RATE_LIMIT).contains(n))
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field}: rate_limit must be an integer from 1 to {MAX_RATE_LIMIT}"
+            ))
+        })?;
+    let window_seconds = u32::try_from(window_seconds)
+        .ok()
+        .filter(|n| (1..=MAX_WINDOW_SECONDS).contains(n))
+        .ok_or_else(|| {
+            Invalid(format!(
+                "{field}: window_seconds must be an integer from 1 to {MAX_WINDOW_SECONDS}"
+            ))
+        })?;
+    Ok(Limit {
+        rate_limit,
+        window_seconds,
+    })
+}
+
+fn integer(field: &str, value: &serde_json::Value) -> Result<i128, Invalid> {
+    value
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| value.as_u64().map(i128::from))
+        .ok_or_else(|| Invalid(format!("{field} must be an integer")))
+}
+
+/// An integer field that may be absent or `null`.
+fn optional_integer(
+    field: &str,
+    value: Option<&serde_json::Value>,
+) -> Result<Option<i128>, Invalid> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => integer(field, value).map(Some),
+    }
+}
+
+/// A feature's limit as a body gives it: a bare number (per minute) or
+/// `{"rate_limit", "window_seconds"?}`.
+fn feature_limit(feature: &str, value: &serde_json::Value) -> Result<Limit, Invalid> {
+    let field = format!("features.{feature}");
+    match value {
+        serde_json::Value::Number(_) => parse_limit(
+            &field,
+            integer(&field, value)?,
+            DEFAULT_WINDOW_SECONDS.into(),
+        ),
+        serde_json::Value::Object(fields) => {
+            let rate = fields
+                .get("rate_limit")
+                .ok_or_else(|| Invalid(format!("{field}.rate_limit is required")))?;
+            let rate = integer(&format!("{field}.rate_limit"), rate)?;
+            let window = optional_integer(
+                &format!("{field}.window_seconds"),
+                fields.get("window_seconds"),
+            )?
+            .unwrap_or(DEFAULT_WINDOW_SECONDS.into());
+            parse_limit(&field, rate, window)
+        }
+        _ => Err(Invalid(format!(
+            "{field} must be an integer or an object {{\"rate_limit\", \"window_seconds\"}}"
+        ))),
+    }
+}
+
+/// Unix ms of an RFC 3339 instant.
+fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| {
+            Invalid(format!(
+                "{field} must be an RFC 3339 time, e.g. 2030-01-31T00:00:00Z"
+            ))
+        })
+}
+
+/// The body of `POST /admin/tiers` and `PATCH /admin/tiers/{name}`.
+#[derive(Deserialize)]
+pub struct TierBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    features: BTreeMap<String, serde_json::Value>,
+}
+
+/// A tier to create, or the new content of one (`PATCH`): a name and at least one feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierSpec {
+    name: String,
+    description: Option<String>,
+    features: BTreeMap<String, Limit>,
+}
+
+impl TierSpec {
+    /// A tier whose features' limits are already typed.
+    pub fn new(
+        name: &str,
+        description: Option<String>,
+        features: BTreeMap<String, Limit>,
+    ) -> Result<Self, Invalid> {
+        let features = features
+            .into_iter()
+            .map(|(feature, limit)| Ok((parse_name("feature name", &feature)?, limit)))
+            .collect::<Result<_, Invalid>>()?;
+        Self::with_features(name, description, features)
+    }
+
+    /// Checks the tier's own fields; `features` are checked already.
+    fn with_features(
+        name: &str,
+        description: Option<String>,
+        features: BTreeMap<String, Limit>,
+    ) -> Result<Self, Invalid> {
+        let name = parse_name("name", name)?;
+        if features.is_empty() {
+            return Err(Invalid("features must list at least one feature".into()));
+        }
+        Ok(Self {
+            name,
+            description,
+            features,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `None` keeps the description a `PATCH` finds.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    pub fn features(&self) -> &BTreeMap<String, Limit> {
+        &self.features
+    }
+}
+
+impl TryFrom<TierBody> for TierSpec {
+    type Error = Invalid;
+
+    fn try_from(body: TierBody) -> Result<Self, Invalid> {
+        let features = body
+            .features
+            .iter()
+            .map(|(feature, value)| {
+                // The name first: the limit's error repeats it.
+                let feature = parse_name("feature name", feature)?;
+                let limit = feature_limit(&feature, value)?;
+                Ok((feature, limit))
+            })
+            .collect::<Result<_, Invalid>>()?;
+        Self::with_features(&body.name, body.description, features)
+    }
+}
+
+/// The body of `POST /admin/keys`.
+#[derive(Deserialize)]
+pub struct KeyBody {
+    name: String,
+    key: String,
+    tier: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    secrets: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    usage_limit: Option<serde_json::Value>,
+    #[serde(default)]
+    usage_window_seconds: Option<serde_json::Value>,
+}
+
+/// A key to add. Its value and secrets are plaintext, held in zeroizing buffers.
+pub struct NewKey {
+    name: String,
+    /// The tier's name or id.
+    tier: String,
+    value: Zeroizing<String>,
+    expires_at_ms: Option<i64>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<String, Zeroizing<String>>,
+    /// Total uses allowed, per `usage_window_seconds` or for the key's lifetime.
+    usage_limit: Option<u32>,
+    usage_window_seconds: Option<u32>,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey")
+            .field("name", &self.name)
+            .field("tier", &self.tier)
+            .field("value", &"[REDACTED]")
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewKey {
+    /// A key named `name` in `tier` (its name or id), with no expiry, metadata, secrets or cap.
+    pub fn new(name: &str, tier: &str, value: Zeroizing<String>) -> Result<Self, Invalid> {
+        let name = parse_name("name", name)?;
+        let tier = parse_name("tier", tier)?;
+        if value.is_empty() {
+            return Err(Invalid("key is required".into()));
+        }
+        Ok(Self {
+            name,
+            tier,
+            value,
+            expires_at_ms: None,
+            metadata: serde_json::Map::new(),
+            secrets: BTreeMap::new(),
+            usage_limit: None,
+            usage_window_seconds: None,
+        })
+    }
+
+    /// Sets a usage cap: `limit` total uses, per `window_seconds` when given.
+    pub fn with_usage(
+        mut self,
+        limit: Option<i128>,
+        window_seconds: Option<i128>,
+    ) -> Result<Self, Invalid> {
+        let max = i128::from(MAX_USAGE_LIMIT);
+        self.usage_limit = limit
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=max).contains(&i128::from(*n)))
+                    .ok_or_else(|| {
+                        Invalid(format!("usage_limit must be an integer from 1 to {max}"))
+                    })
+            })
+            .transpose()?;
+        self.usage_window_seconds = window_seconds
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=MAX_USAGE_WINDOW_SECONDS).contains(n))
+                    .ok_or_else(|| {
+                        Invalid(format!(
+                            "usage_window_seconds must be an integer from 1 to {MAX_USAGE_WINDOW_SECONDS}"
+                        ))
+                    })
+            })
+            .transpose()?;
+        if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
+            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+        }
+        Ok(self)
+    }
+
+    /// Binds a secret to the key; a second secret of the same name replaces the first.
+    pub fn with_secret(mut self, name: &str, value: Zeroizing<String>) -> Result<Self, Invalid> {
+        self.secrets
+            .insert(parse_name("secrets name", name)?, value);
+        Ok(self)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tier's name or id.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    /// Unix ms after which the key is never served.
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        self.expires_at_ms
+    }
+
+    /// Total uses allowed, per [`NewKey::usage_window_seconds`] or for the key's lifetime.
+    pub fn usage_limit(&self) -> Option<u32> {
+        self.usage_limit
+    }
+
+    pub fn usage_window_seconds(&self) -> Option<u32> {
+        self.usage_window_seconds
+    }
+
+    /// The value, metadata and secrets the key carries to its callers.
+    pub fn plaintext(&self) -> Plaintext<'_> {
+        Plaintext {
+            value: &self.value,
+            metadata: &self.metadata,
+            secrets: &self.secrets,
+        }
+    }
+}
+
+impl TryFrom<KeyBody> for NewKey {
+    type Error = Invalid;
+
+    fn try_from(body: KeyBody) -> Result<Self, Invalid> {
+        let usage_limit = optional_integer("usage_limit", body.usage_limit.as_ref())?;
+        let usage_window =
+            optional_integer("usage_window_seconds", body.usage_window_seconds.as_ref())?;
+        let mut key = NewKey::new(&body.name, &body.tier, Zeroizing::new(body.key))?
+            .with_usage(usage_limit, usage_window)?;
+        key.expires_at_ms = body
+            .expires_at
+            .as_deref()
+            .map(|text| parse_instant("expires_at", text))
+            .transpose()?;
+        key.metadata = body.metadata.unwrap_or_default();
+        body.secrets
+            .unwrap_or_default()
+            .into_iter()
+            .try_fold(key, |key, (name, value)| {
+                key.with_secret(&name, Zeroizing::new(value))
+            })
+    }
+}
+
+/// The body of `POST /admin/consumers`.
+#[derive(Deserialize)]
+pub struct ConsumerBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// A consumer to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewConsumer {
+    name: String,
+    description: String,
+}
+
+impl NewConsumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+impl TryFrom<ConsumerBody> for NewConsumer {
+    type Error = Invalid;
+
+    fn try_from(body: ConsumerBody) -> Result<Self, Invalid> {
+        Ok(Self {
+            name: parse_name("name", &body.name)?,
+            description: body.description.unwrap_or_default(),
+        })
+    }
+}
+
+/// The body of `POST /admin/consumers/{id}/scopes`.
+#[derive(Deserialize)]
+pub struct ScopeBody {
+    tier: String,
+}
+
+/// A tier (its name or id) to let a consumer draw from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewScope {
+    tier: String,
+}
+
+impl NewScope {
+    /// The tier's name or id.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+}
+
+impl TryFrom<ScopeBody> for NewScope {
+    type Error = Invalid;
+
+    fn try_from(body: ScopeBody) -> Result<Self, Invalid> {
+        Ok(Self {
+            tier: parse_name("tier", &body.tier)?,
+        })
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(parse_name("name", "  pro ").unwrap(), "pro");
+        assert_eq!(parse_name("name", "  ").unwrap_err().0, "name is required");
+        assert!(parse_name("name", &"x".repeat(257)).is_err());
+        assert!(parse_name("name", "a\u{7}b").is_err());
+        assert_eq!(parse_name("name", "ünï").unwrap(), "ünï");
+    }
+
+    #[test]
+    fn limits_must_be_positive_and_representable() {
+        assert!(parse_limit("f", 1, 1).is_ok());
+        assert!(parse_limit("f", 0, 60).is_err());
+        assert!(parse_limit("f", -1, 60).is_err());
+        assert!(parse_limit("f", i128::from(MAX_RATE_LIMIT) + 1, 60).is_err());
+        assert!(parse_limit("f", 5, 0).is_err());
+        assert!(parse_limit("f", 5, i128::from(MAX_WINDOW_SECONDS) + 1).is_err());
+    }
+
+    #[test]
+    fn a_tier_needs_features() {
+        assert!(TierSpec::new("pro", None, BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn new_key_debug_hides_the_value() {
+        let key = NewKey::new("k", "pro", Zeroizing::new("sk-hidden".into())).unwrap();
+        assert!(!format!("{key:?}").contains("sk-hidden"));
+        assert!(NewKey::new("k", "pro", Zeroizing::new(String::new())).is_err());
+    }
+}

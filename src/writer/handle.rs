@@ -1,0 +1,116 @@
+//! The handle handlers use to queue changes, and the hot path's way to ask for reservations.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use super::WriteError;
+use super::request::{Call, Request};
+use crate::broker::{Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec};
+use crate::store::UsageRecord;
+
+/// The handle handlers use to queue changes. Cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Request>,
+}
+
+impl Writer {
+    pub(super) fn new(queue: mpsc::Sender<Request>) -> Self {
+        Self { queue }
+    }
+
+    /// Queues `input` as the request `request` builds and waits for its answer.
+    async fn ask<I, O>(
+        &self,
+        request: fn(Call<I, O>) -> Request,
+        input: I,
+    ) -> Result<O, WriteError> {
+        let (call, answer) = Call::ask(input);
+        self.queue
+            .send(request(call))
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Queues the writer's own work with no one waiting for it; a full queue drops it (the next
+    /// tick asks again).
+    fn nudge(&self, request: fn(Call<(), ()>) -> Request) {
+        let _ = self.queue.try_send(request(Call::nudge(())));
+    }
+
+    pub async fn create_tier(&self, spec: TierSpec) -> Result<Arc<Tier>, WriteError> {
+        self.ask(Request::CreateTier, spec).await
+    }
+
+    /// Replaces a tier's features (and description, when given), found by name.
+    pub async fn update_tier(&self, spec: TierSpec) -> Result<Arc<Tier>, WriteError> {
+        self.ask(Request::UpdateTier, spec).await
+    }
+
+    pub async fn add_key(&self, key: NewKey) -> Result<Arc<KeyEntry>, WriteError> {
+        self.ask(Request::AddKey, Box::new(key)).await
+    }
+
+    pub async fn delete_key(&self, id: String) -> Result<(), WriteError> {
+        self.ask(Request::DeleteKey, id).await
+    }
+
+    /// Creates a consumer; returns it with its token, which exists nowhere else afterwards.
+    pub async fn create_consumer(
+        &self,
+        consumer: NewConsumer,
+    ) -> Result<(Arc<Consumer>, Zeroizing<String>), WriteError> {
+        self.ask(Request::CreateConsumer, consumer).await
+    }
+
+    /// Lets a consumer draw from a tier (found by name or id); adding it twice is harmless.
+    pub async fn add_scope(
+        &self,
+        consumer_id: String,
+        scope: NewScope,
+    ) -> Result<Arc<Consumer>, WriteError> {
+        self.ask(Request::AddScope, (consumer_id, scope)).await
+    }
+
+    pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
+        self.ask(Request::DeleteConsumer, id).await
+    }
+
+    /// The newest `limit` audit events, newest first, including those still queued.
+    pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
+        self.ask(Request::RecentUsage, limit).await
+    }
+
+    /// Changes queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Asks the writer to take expired keys out of the rotation, without waiting.
+    pub fn expire_keys(&self) {
+        self.nudge(Request::ExpireKeys);
+    }
+
+    /// Asks the writer to write the queued audit events, without waiting.
+    pub fn flush_audit(&self) {
+        self.nudge(Request::FlushAudit);
+    }
+}
+
+/// The hot path's way to ask for reservations: a non-blocking send on the writer's queue. The
+/// sender is weak so that the pool (which the writer owns) does not keep the writer's queue
+/// open: the writer stops once every [`Writer`] handle is gone.
+pub(super) struct ReserveSink(pub(super) mpsc::WeakSender<Request>);
+
+impl Reserve for ReserveSink {
+    fn reserve(&self, key_id: &Arc<str>) -> bool {
+        self.0.upgrade().is_some_and(|queue| {
+            queue
+                .try_send(Request::Reserve(Call::nudge(Arc::clone(key_id))))
+                .is_ok()
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! One function per operation, each applied to the batch being staged: a copy of the catalog
+//! and one write transaction, committed together by the writer thread.
+
+mod consumers;
+mod keys;
+mod tiers;
+mod usage;
+
+use std::time::Instant;
+
+use metrics::Histogram;
+
+use super::change_log::Change;
+use super::request::Request;
+use crate::broker::{AuditLog, Catalog, Clock, Dirty};
+use crate::crypto::Sealer;
+use crate::store::{Batch, StoreError};
+
+pub(super) use usage::Reservation;
+pub use usage::reserve_all;
+
+/// A batch being applied: a copy of the catalog, the write transaction, and what they changed.
+pub(super) struct Staging<'a> {
+    catalog: Catalog,
+    /// The features whose pools the batch changed.
+    dirty: Dirty,
+    changes: Vec<Change>,
+    txn: Batch,
+    clock: &'a Clock,
+    sealer: &'a Sealer,
+    audit: Option<&'a AuditLog>,
+    /// Unix ms given to the last key created: creation times are kept strictly increasing so
+    /// that keys rotate in the order they were added, even within one millisecond.
+    last_created_ms: &'a mut i64,
+}
+
+/// A committed batch: the catalog it leads to, the features it touched, and the changes to log.
+pub(super) struct Staged {
+    pub(super) catalog: Catalog,
+    pub(super) dirty: Dirty,
+    pub(super) changes: Vec<Change>,
+}
+
+impl<'a> Staging<'a> {
+    /// Stages on a copy of `catalog`, writing into `txn`.
+    pub(super) fn new(
+        txn: Batch,
+        catalog: &Catalog,
+        clock: &'a Clock,
+        sealer: &'a Sealer,
+        audit: Option<&'a AuditLog>,
+        last_created_ms: &'a mut i64,
+    ) -> Self {
+        Self {
+            catalog: catalog.clone(),
+            dirty: Dirty::new(),
+            changes: Vec::new(),
+            txn,
+            clock,
+            sealer,
+            audit,
+            last_created_ms,
+        }
+    }
+
+    /// Applies `request`, keeping its answer in it. A storage error aborts the batch.
+    pub(super) fn apply(&mut self, request: &mut Request) -> Result<(), StoreError> {
+        match request {
+            Request::CreateTier(call) => call.stage(|spec| tiers::create_tier(self, spec)),
+            Request::UpdateTier(call) => call.stage(|spec| tiers::update_tier(self, spec)),
+            Request::AddKey(call) => call.stage(|key| keys::add_key(self, key)),
+            Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
+            Request::CreateConsumer(call) => {
+                call.stage(|consumer| consumers::create_consumer(self, consumer))
+            }
+            Request::AddScope(call) => {
+                call.stage(|(consumer_id, scope)| consumers::add_scope(self, consumer_id, scope))
+            }
+            Request::DeleteConsumer(call) => call.stage(|id| consumers::delete_consumer(self, id)),
+            Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
+            Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
+            Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
+            // Every batch takes expired keys out when it commits; this request asks nothing more.
+            Request::ExpireKeys(call) => call.stage(|()| Ok(())),
+        }
+    }
+
+    /// Takes expired keys out of the rotation and commits durably, timing the commit.
+    pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
+        let Self {
+            mut catalog,
+            mut dirty,
+            changes,
+            txn,
+            clock,
+            ..
+        } = self;
+        // Expired keys leave the rotation with whatever batch comes first.
+        dirty.extend(catalog.expire(clock.unix_now_ms()));
+        let started = Instant::now();
+        txn.commit()?;
+        commit_time.record(started.elapsed().as_secs_f64());
+        Ok(Staged {
+            catalog,
+            dirty,
+            changes,
+        })
+    }
+
+    fn next_created_ms(&mut self) -> i64 {
+        let now = self.clock.unix_now_ms();
+        *self.last_created_ms = now.max(self.last_created_ms.saturating_add(1));
+        *self.last_created_ms
+    }
+}

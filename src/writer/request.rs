@@ -1,0 +1,148 @@
+//! What the writer's queue carries: one variant per operation, each a [`Call`] whose reply is
+//! typed by what that operation answers.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+use super::WriteError;
+use super::meters::{Kind, Meters};
+use super::ops::Reservation;
+use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
+use crate::store::{StoreError, UsageRecord};
+
+/// Where a call's answer goes.
+type Reply<O> = oneshot::Sender<Result<O, WriteError>>;
+
+/// One operation: its input, and its answer once the batch holding it is staged.
+pub(super) struct Call<I, O> {
+    pub(super) input: I,
+    /// `None` for the writer's own work, which nobody waits for.
+    reply: Option<Reply<O>>,
+    /// Set when staged; sent once the batch has committed (or replaced if it failed).
+    answer: Option<Result<O, WriteError>>,
+}
+
+impl<I, O> Call<I, O> {
+    /// A call whose caller waits on the receiver.
+    pub(super) fn ask(input: I) -> (Self, oneshot::Receiver<Result<O, WriteError>>) {
+        let (reply, answer) = oneshot::channel();
+        let call = Self {
+            input,
+            reply: Some(reply),
+            answer: None,
+        };
+        (call, answer)
+    }
+
+    /// A call nobody waits for.
+    pub(super) fn nudge(input: I) -> Self {
+        Self {
+            input,
+            reply: None,
+            answer: None,
+        }
+    }
+
+    /// Applies the call to the batch being staged. A storage error aborts the whole batch, so it
+    /// is returned instead of kept as this call's answer.
+    pub(super) fn stage(
+        &mut self,
+        apply: impl FnOnce(&I) -> Result<O, WriteError>,
+    ) -> Result<(), StoreError> {
+        match apply(&self.input) {
+            Err(WriteError::Storage(err)) => Err(*err),
+            answer => {
+                self.answer = Some(answer);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn answer(&self) -> Option<&Result<O, WriteError>> {
+        self.answer.as_ref()
+    }
+
+    /// Counts the call and replies; `failure` is why the batch was not saved, if it was not.
+    pub(super) fn finish(self, kind: Kind, failure: Option<&str>, meters: &Meters) {
+        self.finish_or(kind, failure, meters, |_| ());
+    }
+
+    /// [`Call::finish`], calling `unapplied` with the input when the call changed nothing.
+    pub(super) fn finish_or(
+        self,
+        kind: Kind,
+        failure: Option<&str>,
+        meters: &Meters,
+        unapplied: impl FnOnce(&I),
+    ) {
+        let answer = match failure {
+            Some(message) => Err(WriteError::Unsaved(message.to_owned())),
+            // Staged with the batch that committed; without an answer, the reply is dropped and
+            // its caller reads that as the writer stopping.
+            None => match self.answer {
+                Some(answer) => answer,
+                None => return,
+            },
+        };
+        meters.count(kind, &answer);
+        if let Err(err) = &answer {
+            tracing::debug!(kind = kind.label(), error = %err, "admin change refused");
+            unapplied(&self.input);
+        }
+        // The caller may have gone away; its change stands either way.
+        if let Some(reply) = self.reply {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// A queued request.
+pub(super) enum Request {
+    CreateTier(Call<TierSpec, Arc<Tier>>),
+    /// Replaces a tier's features (and description, when given), found by name.
+    UpdateTier(Call<TierSpec, Arc<Tier>>),
+    /// Boxed: the largest input would otherwise set the size every queued request is copied at,
+    /// the hot path's reservation requests included.
+    AddKey(Call<Box<NewKey>, Arc<KeyEntry>>),
+    DeleteKey(Call<String, ()>),
+    /// Answers with the consumer's token, which exists nowhere else afterwards.
+    CreateConsumer(Call<NewConsumer, (Arc<Consumer>, Zeroizing<String>)>),
+    /// The consumer's id and the tier it may draw from.
+    AddScope(Call<(String, NewScope), Arc<Consumer>>),
+    DeleteConsumer(Call<String, ()>),
+    /// Write the queued audit events, then read the newest ones.
+    RecentUsage(Call<usize, Vec<UsageRecord>>),
+    /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
+    Reserve(Call<Arc<str>, Option<Reservation>>),
+    /// Write the queued audit events.
+    FlushAudit(Call<(), ()>),
+    /// Take expired keys out of the rotation (every batch does; this one has nothing else).
+    ExpireKeys(Call<(), ()>),
+}
+
+impl Request {
+    /// Counts the request and replies once its batch is over: committed into `catalog`, or not
+    /// saved for the reason `failure` gives.
+    pub(super) fn finish(self, failure: Option<&str>, catalog: &Catalog, meters: &Meters) {
+        match self {
+            Request::CreateTier(call) => call.finish(Kind::CreateTier, failure, meters),
+            Request::UpdateTier(call) => call.finish(Kind::UpdateTier, failure, meters),
+            Request::AddKey(call) => call.finish(Kind::AddKey, failure, meters),
+            Request::DeleteKey(call) => call.finish(Kind::DeleteKey, failure, meters),
+            Request::CreateConsumer(call) => call.finish(Kind::CreateConsumer, failure, meters),
+            Request::AddScope(call) => call.finish(Kind::AddScope, failure, meters),
+            Request::DeleteConsumer(call) => call.finish(Kind::DeleteConsumer, failure, meters),
+            Request::RecentUsage(call) => call.finish(Kind::RecentUsage, failure, meters),
+            // A reservation not written lets the key ask again.
+            Request::Reserve(call) => call.finish_or(Kind::ReserveUsage, failure, meters, |id| {
+                if let Some(cap) = catalog.key(id).and_then(|key| key.usage.as_ref()) {
+                    cap.clear_pending();
+                }
+            }),
+            Request::FlushAudit(call) => call.finish(Kind::FlushAudit, failure, meters),
+            Request::ExpireKeys(call) => call.finish(Kind::ExpireKeys, failure, meters),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The writer thread and its batch loop: drain what is queued into one write transaction,
+//! commit, publish the next snapshot, then reply to each request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc;
+
+use super::handle::{ReserveSink, Writer};
+use super::meters::Meters;
+use super::ops::{Staged, Staging};
+use super::request::Request;
+use crate::broker::{AuditLog, Catalog, Meter, Pool};
+use crate::crypto::Sealer;
+use crate::store::{Store, StoreError};
+
+/// Requests a handler may queue before `send` waits.
+const QUEUE_DEPTH: usize = 4_096;
+/// Most requests applied in one transaction.
+const MAX_BATCH: usize = 1_024;
+
+/// The running writer thread. [`WriterThread::join`] waits until it has applied everything
+/// queued and closed the database; it ends once every [`Writer`] handle is dropped.
+pub struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+/// Starts the writer over `store`, publishing into `pool` from `catalog` (already published).
+pub fn spawn(
+    store: Store,
+    sealer: Sealer,
+    pool: Arc<Pool>,
+    catalog: Catalog,
+    audit: Option<Arc<AuditLog>>,
+    meter: &Meter,
+) -> std::io::Result<(Writer, WriterThread)> {
+    let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
+    pool.set_reserve(Box::new(ReserveSink(queue.downgrade())));
+    let last_created_ms = catalog
+        .keys()
+        .map(|key| key.info.created_at_ms)
+        .max()
+        .unwrap_or(i64::MIN);
+    let state = State {
+        audit,
+        last_created_ms,
+        path: store.path().to_owned(),
+        store: Some(store),
+        sealer,
+        pool,
+        catalog,
+        meters: Meters::new(meter),
+    };
+    // Returns only once the thread runs, named and at its lower priority, so the server never
+    // serves a request before the writer has taken its place below the request threads.
+    let (started, running) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name("keypooler-writer".into())
+        .spawn(move || {
+            yield_to_requests();
+            // The receiver waits right below; it can only be gone if `spawn`'s caller unwound.
+            let _ = started.send(());
+            state.run(requests)
+        })?;
+    // An error means the thread ended before signalling, which only a panic can do.
+    if running.recv().is_err() {
+        let _ = handle.join();
+        return Err(std::io::Error::other(
+            "the writer thread stopped while starting",
+        ));
+    }
+    Ok((Writer::new(queue), WriterThread(handle)))
+}
+
+/// How much nicer the writer is than the request threads: on a saturated core its work (audit
+/// flushes, reservations, admin writes) waits for `GET /key` instead of taking turns with it,
+/// and admin writes take longer instead (see PERFORMANCE.md).
+const WRITER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority by [`WRITER_NICENESS`] from the process's (at most to
+/// 19). Linux schedules threads separately; elsewhere this would renice the whole process, so it
+/// does nothing. Raising one's own niceness is always allowed; a failure is logged and changes
+/// nothing else.
+fn yield_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let tid = rustix::thread::gettid();
+        let lowered = getpriority_process(Some(tid))
+            .and_then(|now| setpriority_process(Some(tid), (now + WRITER_NICENESS).min(19)));
+        if let Err(err) = lowered {
+            tracing::warn!(error = %err, "cannot lower the writer thread's priority");
+        }
+    }
+}
+
+struct State {
+    audit: Option<Arc<AuditLog>>,
+    /// Unix ms given to the last key created (see [`Staging`]).
+    last_created_ms: i64,
+    path: PathBuf,
+    /// `None` after a failed batch, until the next batch reopens the file.
+    store: Option<Store>,
+    sealer: Sealer,
+    pool: Arc<Pool>,
+    catalog: Catalog,
+    meters: Meters,
+}
+
+impl State {
+    fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(&mut batch);
+        }
+        tracing::debug!(path = %self.path.display(), "writer stopped; database closed");
+    }
+
+    fn apply_batch(&mut self, batch: &mut Vec<Request>) {
+        let failure = match self.stage(batch) {
+            Ok(Staged {
+                catalog,
+                dirty,
+                changes,
+            }) => {
+                for request in batch.iter() {
+                    if let Request::Reserve(call) = request
+                        && let Some(Ok(Some(reservation))) = call.answer()
+                    {
+                        reservation.publish();
+                    }
+                }
+                if !dirty.is_empty() || !catalog.same_as(&self.catalog) {
+                    self.pool.publish(catalog.clone(), &dirty);
+                }
+                self.catalog = catalog;
+                for change in &changes {
+                    change.log();
+                }
+                None
+            }
+            Err(err) => {
+                tracing::error!(error = %err, requests = batch.len(), "write batch failed; nothing was changed");
+                // Closes the file; the next batch reopens it (redb may refuse this handle now).
+                self.store = None;
+                Some(err.to_string())
+            }
+        };
+        for request in batch.drain(..) {
+            request.finish(failure.as_deref(), &self.catalog, &self.meters);
+        }
+    }
+
+    /// Applies the batch to a copy of the catalog and one transaction, and commits it.
+    fn stage(&mut self, batch: &mut [Request]) -> Result<Staged, StoreError> {
+        let txn = self.store()?.begin()?;
+        let mut staging = Staging::new(
+            txn,
+            &self.catalog,
+            self.pool.clock(),
+            &self.sealer,
+            self.audit.as_deref(),
+            &mut self.last_created_ms,
+        );
+        for request in batch.iter_mut() {
+            staging.apply(request)?;
+        }
+        staging.commit(&self.meters.commit)
+    }
+
+    /// The open store, reopening the file if the last batch failed.
+    fn store(&mut self) -> Result<&Store, StoreError> {
+        if self.store.is_none() {
+            let store = Store::open_existing(&self.path, &self.sealer)?;
+            tracing::info!(path = %self.path.display(), "database reopened after a failed write");
+            self.store = Some(store);
+        }
+        Ok(self.store.as_ref().expect("opened above"))
+    }
+}
