@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::catalog::{Limit, Plaintext};
-use super::rate::MAX_RATE_LIMIT;
 use super::usage::MAX_USAGE_LIMIT;
+use super::{Limit, MAX_RATE_LIMIT, Plaintext};
 
 /// The longest window a tier may set: one leap year.
 const MAX_WINDOW_SECONDS: u32 = 366 * 24 * 3600;

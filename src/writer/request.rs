@@ -17,7 +17,7 @@ type Reply<O> = oneshot::Sender<Result<O, WriteError>>;
 
 /// One operation: its input, and its answer once the batch holding it is staged.
 pub(super) struct Call<I, O> {
-    pub(super) input: I,
+    input: I,
     /// `None` for the writer's own work, which nobody waits for.
     reply: Option<Reply<O>>,
     /// Set when staged; sent once the batch has committed (or replaced if it failed).
