@@ -19,8 +19,8 @@
 //!   and audit flushes, each committed before it takes effect)
 //! ```
 //!
-//! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs and the Prometheus
-//!   recorder (each layer counts through handles it registers once: `broker::meter` for
+//! * [`config`], [`telemetry`]: settings, logs and the Prometheus
+//!   recorder (each layer counts through handles it registers once: `broker::Meter` for
 //!   `GET /key` outcomes, the writer for its commands, `http::metrics` for requests).
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
 //! * [`server`]: connections: the limit on open connections, header and request timeouts.
@@ -30,9 +30,10 @@
 //!   audit queue, the clock.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
 //! * [`writer`]: the single writer and the validated inputs it applies.
-//! * [`store`]: the redb tables, records, canary and schema version.
+//! * [`store`]: the redb tables, records, canary and schema version, and re-sealing the file.
 //! * [`compat`]: import from and export to the Go keypooler's SQLite database (offline).
-//! * [`rekey`]: the `rekey` command, rotating `ENCRYPTION_KEY` in one transaction.
+//! * [`cli`]: the command line, one file per command: `serve`, `import`, `export`, `rekey`
+//!   (rotating `ENCRYPTION_KEY` in one transaction).
 
 pub mod app;
 pub mod broker;
@@ -42,7 +43,6 @@ pub mod config;
 pub mod crypto;
 pub mod hardening;
 pub mod http;
-pub mod rekey;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -25,12 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use zeroize::Zeroizing;
 
-use crate::broker::snapshot::seconds;
-use crate::broker::usage::LIFETIME;
 use crate::broker::{
     AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Meter, Plaintext, Pool, Reserve,
     Tier, UsageCap,
 };
+use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError, UsageRecord};
 pub use spec::{Invalid, NewKey, TierSpec};
@@ -705,9 +704,9 @@ impl State {
                 let cap = new.usage_limit.map(|limit| {
                     // The first chunk is reserved with the key, in the same commit.
                     let now_ms = self.pool.clock().now_ms();
-                    let end_s = new
-                        .usage_window_seconds
-                        .map_or(LIFETIME, |window| seconds(now_ms).saturating_add(window));
+                    let end_s = new.usage_window_seconds.map_or(LIFETIME, |window| {
+                        to_cap_seconds(now_ms).saturating_add(window)
+                    });
                     let reserved = UsageCap::chunk_for(limit).min(limit);
                     record.usage_limit = Some(limit.into());
                     record.usage_window_seconds = new.usage_window_seconds.map(u64::from);
@@ -830,7 +829,7 @@ fn reserve(
     cap: &UsageCap,
     clock: &Clock,
 ) -> Result<Option<(u32, u32)>, WriteError> {
-    let Some((end, reserved)) = cap.next_reservation(seconds(clock.now_ms())) else {
+    let Some((end, reserved)) = cap.next_reservation(to_cap_seconds(clock.now_ms())) else {
         return Ok(None);
     };
     let mut record = txn

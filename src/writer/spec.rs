@@ -137,7 +137,7 @@ impl NewKey {
         limit: Option<i128>,
         window_seconds: Option<i128>,
     ) -> Result<Self, Invalid> {
-        let max = i128::from(crate::broker::usage::MAX_USAGE_LIMIT);
+        let max = i128::from(crate::broker::MAX_USAGE_LIMIT);
         self.usage_limit = limit
             .map(|n| {
                 u32::try_from(n)

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use indicatif::ProgressBar;
-use keypooler::compat::export::{ExportSummary, export};
-use keypooler::compat::import::{ImportSummary, Mode, import};
-use keypooler::compat::source::read;
 use keypooler::compat::{CompatError, Schema};
+use keypooler::compat::{ExportSummary, ImportMode, ImportSummary, export, import, read_source};
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{Store, StoreError};
 use keypooler::writer::load::open_key;
@@ -79,7 +77,7 @@ const YEARS_LATER: &str = "2031-01-01T00:00:00Z";
 const TIMES: [&str; 2] = [IN_WINDOW, YEARS_LATER];
 
 fn at(time: &str) -> i64 {
-    keypooler::compat::time::parse_ms(time).unwrap()
+    keypooler::compat::parse_timestamp_ms(time).unwrap()
 }
 
 /// Imports `from` (sealed under `source_key`) into the redb file at `db`, as the CLI does.
@@ -87,16 +85,16 @@ fn import_into(
     from: &Path,
     source_key: &str,
     db: &Path,
-    mode: Mode,
+    mode: ImportMode,
 ) -> Result<ImportSummary, CompatError> {
-    let source = read(from, &sealer(source_key), &ProgressBar::hidden())?;
+    let source = read_source(from, &sealer(source_key), &ProgressBar::hidden())?;
     let store = Store::open(db, &ours())?;
     import(&source, &store, &ours(), mode, &ProgressBar::hidden())
 }
 
 fn import_fixture(name: &str, db: &Path) -> ImportSummary {
     let (_dir, from) = copy_fixture(name);
-    import_into(&from, &fixture_key(name), db, Mode::Refuse).unwrap()
+    import_into(&from, &fixture_key(name), db, ImportMode::Refuse).unwrap()
 }
 
 /// Exports as the CLI does, with the clock at [`IN_WINDOW`].
@@ -186,7 +184,7 @@ fn tier_ids_by_name(expected: &Value) -> BTreeMap<String, String> {
 
 fn ms(text: &Value) -> Option<i64> {
     text.as_str()
-        .map(|t| keypooler::compat::time::parse_ms(t).unwrap())
+        .map(|t| keypooler::compat::parse_timestamp_ms(t).unwrap())
 }
 
 #[test]
@@ -194,7 +192,7 @@ fn the_seed_fixture_imports_every_tier_limit_key_and_flag_and_stays_untouched() 
     let (dir, from) = copy_fixture(SEED);
     let before = bytes(&from);
     let db = dir.path().join("pool.redb");
-    let summary = import_into(&from, &fixture_key(SEED), &db, Mode::Refuse).unwrap();
+    let summary = import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
     assert_eq!(
         (summary.schema, summary.tiers, summary.keys, summary.skipped),
         (Schema::Seed, 2, 5, 0)
@@ -235,7 +233,7 @@ fn the_latest_fixture_imports_expiry_usage_metadata_secrets_and_consumers() {
     let (dir, from) = copy_fixture(LATEST);
     let before = bytes(&from);
     let db = dir.path().join("pool.redb");
-    let summary = import_into(&from, &fixture_key(LATEST), &db, Mode::Refuse).unwrap();
+    let summary = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Refuse).unwrap();
     assert_eq!(
         (
             summary.schema,
@@ -342,13 +340,13 @@ async fn imported_seed_keys_are_served_but_never_the_inactive_one() {
 async fn imported_latest_keys_are_served_with_metadata_and_secrets_never_expired_or_inactive() {
     for time in TIMES {
         // fc-02 expires an hour after the test's clock (the fixture says 2099).
-        let in_an_hour = keypooler::compat::time::format_ms(at(time) + 3_600_000);
+        let in_an_hour = keypooler::compat::format_timestamp_ms(at(time) + 3_600_000);
         let (dir, from) = altered(
             LATEST,
             &format!("UPDATE keys SET expires_at = '{in_an_hour}' WHERE name = 'fc-02'"),
         );
         let db = dir.path().join("pool.redb");
-        import_into(&from, &fixture_key(LATEST), &db, Mode::Refuse).unwrap();
+        import_into(&from, &fixture_key(LATEST), &db, ImportMode::Refuse).unwrap();
         let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(time)).await;
         assert_eq!(
             served(&app, "firecrawl_scrape", 6).await,
@@ -454,7 +452,7 @@ fn seed_round_trip_export_then_import_gives_back_the_same_database() {
     assert_eq!((summary.tiers, summary.keys), (2, 5));
     assert!(summary.left_out.is_empty(), "{:?}", summary.left_out);
     let second = dir.path().join("second.redb");
-    let again = import_into(&file, &hex_key(OURS), &second, Mode::Refuse).unwrap();
+    let again = import_into(&file, &hex_key(OURS), &second, ImportMode::Refuse).unwrap();
     assert_eq!(again.schema, Schema::Seed);
     assert_eq!(view(&second), view(&first));
     // The values are sealed Go-style (hex, no prefix) under our key, not copied.
@@ -499,14 +497,14 @@ fn latest_round_trip_at(now_ms: i64) {
     let summary = export_at(&first, &file, Schema::Latest, false, now_ms).unwrap();
     assert_eq!((summary.tiers, summary.keys, summary.consumers), (2, 5, 1));
     let second = dir.path().join("second.redb");
-    let again = import_into(&file, &hex_key(OURS), &second, Mode::Refuse).unwrap();
+    let again = import_into(&file, &hex_key(OURS), &second, ImportMode::Refuse).unwrap();
     assert_eq!(again.schema, Schema::Latest);
     assert_eq!(view(&second), view(&first));
     // And once more: import, export, import is stable.
     let file2 = dir.path().join("export2.db");
     export_at(&second, &file2, Schema::Latest, false, now_ms).unwrap();
     let third = dir.path().join("third.redb");
-    import_into(&file2, &hex_key(OURS), &third, Mode::Refuse).unwrap();
+    import_into(&file2, &hex_key(OURS), &third, ImportMode::Refuse).unwrap();
     assert_eq!(view(&third), view(&first));
     let conn = rusqlite::Connection::open(&file).unwrap();
     let stored: String = conn
@@ -553,7 +551,7 @@ fn seed_export_at(now_ms: i64) {
          UPDATE keys SET usage_limit = 5 WHERE name = 'oa-2-inactive';",
     );
     let db2 = src_dir.path().join("pool.redb");
-    import_into(&from, &fixture_key(LATEST), &db2, Mode::Refuse).unwrap();
+    import_into(&from, &fixture_key(LATEST), &db2, ImportMode::Refuse).unwrap();
     let summary = export_at(&db2, &file, Schema::Seed, false, now_ms).unwrap();
     assert_eq!(summary.expired_as_inactive, 1);
     assert_eq!(
@@ -605,13 +603,13 @@ async fn values_with_unicode_quotes_and_4_kb_survive_both_round_trips_and_are_se
     let latest = dir.path().join("latest.db");
     export_to(&app.db_path, &latest, Schema::Latest, false).unwrap();
     let from_latest = dir.path().join("from-latest.redb");
-    import_into(&latest, &hex_key(OURS), &from_latest, Mode::Refuse).unwrap();
+    import_into(&latest, &hex_key(OURS), &from_latest, ImportMode::Refuse).unwrap();
     assert_eq!(view(&from_latest), original);
 
     let seed = dir.path().join("seed.db");
     export_to(&app.db_path, &seed, Schema::Seed, false).unwrap();
     let from_seed = dir.path().join("from-seed.redb");
-    import_into(&seed, &hex_key(OURS), &from_seed, Mode::Refuse).unwrap();
+    import_into(&seed, &hex_key(OURS), &from_seed, ImportMode::Refuse).unwrap();
     let seed_view = view(&from_seed);
     assert_eq!(seed_view.len(), original.len());
     for (id, record) in &original {
@@ -637,7 +635,7 @@ async fn values_with_unicode_quotes_and_4_kb_survive_both_round_trips_and_are_se
 /// Imports `from` into a target that already holds the seed fixture (with `mode`), expecting an
 /// error that contains `message`; the target must hold exactly what it held. A bad source file
 /// is refused before the target is even opened: then the target is byte for byte the same.
-fn assert_refused(from: &Path, source_key: &str, mode: Mode, message: &str) -> CompatError {
+fn assert_refused(from: &Path, source_key: &str, mode: ImportMode, message: &str) -> CompatError {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
     import_fixture(SEED, &db);
@@ -650,7 +648,7 @@ fn assert_refused(from: &Path, source_key: &str, mode: Mode, message: &str) -> C
         text.contains(message),
         "{text:?} should contain {message:?}"
     );
-    if read(from, &sealer(source_key), &ProgressBar::hidden()).is_err() {
+    if read_source(from, &sealer(source_key), &ProgressBar::hidden()).is_err() {
         assert_eq!(bytes(&db), before.0, "the target was not even opened");
     }
     assert_eq!(view(&db), before.1, "the target holds what it held");
@@ -781,7 +779,7 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
         } else {
             &latest_key
         };
-        let err = assert_refused(&from, key, Mode::Merge, message);
+        let err = assert_refused(&from, key, ImportMode::Merge, message);
         assert!(matches!(err, CompatError::BadRow { .. }), "{err:?}");
     }
 }
@@ -792,14 +790,14 @@ fn a_wrong_source_key_is_refused_and_nothing_is_written() {
     let err = assert_refused(
         &from,
         &hex_key(0x77),
-        Mode::Replace,
+        ImportMode::Replace,
         "keys row dd50ab8f-8134-4ef6-9914-fa2f1a715e6f: key_encrypted: the value does not open under this ENCRYPTION_KEY (is the source file's key ENCRYPTION_KEY, or does it need --encryption-key-from?)",
     );
     assert!(!err.to_string().contains(&hex_key(0x77)));
     // A fresh target given a bad file stays empty.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
-    assert!(import_into(&from, &hex_key(0x77), &db, Mode::Refuse).is_err());
+    assert!(import_into(&from, &hex_key(0x77), &db, ImportMode::Refuse).is_err());
     assert!(view(&db).is_empty());
 }
 
@@ -853,7 +851,7 @@ fn files_that_are_not_the_go_keypoolers_database_get_a_clear_error() {
     ];
     for (path, message) in &cases {
         let before = bytes(path);
-        assert_refused(path, &hex_key(OURS), Mode::Merge, message);
+        assert_refused(path, &hex_key(OURS), ImportMode::Merge, message);
         assert_eq!(bytes(path), before, "the source is untouched");
     }
     assert_eq!(
@@ -868,7 +866,7 @@ fn a_non_empty_target_needs_merge_or_replace() {
     let err = assert_refused(
         &from,
         &fixture_key(LATEST),
-        Mode::Refuse,
+        ImportMode::Refuse,
         "already holds 2 tiers, 5 keys and 0 consumers; choose --merge (keep them, skip ids already present) or --replace (delete them first)",
     );
     assert!(matches!(err, CompatError::TargetNotEmpty { .. }));
@@ -882,18 +880,18 @@ fn merge_skips_ids_already_present_and_replace_starts_over() {
     let seed_only = view(&db);
 
     let (_l, latest) = copy_fixture(LATEST);
-    let merged = import_into(&latest, &fixture_key(LATEST), &db, Mode::Merge).unwrap();
+    let merged = import_into(&latest, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap();
     assert_eq!((merged.tiers, merged.keys, merged.skipped), (2, 5, 0));
     let both = view(&db);
     assert_eq!(both.len(), seed_only.len() + 8);
     assert!(seed_only.iter().all(|(id, record)| both[id] == *record));
 
     let (_s, seed) = copy_fixture(SEED);
-    let again = import_into(&seed, &fixture_key(SEED), &db, Mode::Merge).unwrap();
+    let again = import_into(&seed, &fixture_key(SEED), &db, ImportMode::Merge).unwrap();
     assert_eq!((again.tiers, again.keys, again.skipped), (0, 0, 7));
     assert_eq!(view(&db), both);
 
-    let replaced = import_into(&latest, &fixture_key(LATEST), &db, Mode::Replace).unwrap();
+    let replaced = import_into(&latest, &fixture_key(LATEST), &db, ImportMode::Replace).unwrap();
     assert_eq!(
         (replaced.tiers, replaced.keys, replaced.consumers),
         (2, 5, 1)
@@ -915,7 +913,7 @@ fn merge_refuses_a_tier_name_already_used_by_another_id() {
     assert_refused(
         &from,
         &fixture_key(SEED),
-        Mode::Merge,
+        ImportMode::Merge,
         "tiers row other-pro: a tier named \"pro\" is already in the database under another id",
     );
 }
@@ -924,7 +922,7 @@ fn merge_refuses_a_tier_name_already_used_by_another_id() {
 async fn a_database_held_by_a_running_server_is_refused() {
     let app = TestApp::spawn().await;
     let (src_dir, from) = copy_fixture(SEED);
-    let err = import_into(&from, &fixture_key(SEED), &app.db_path, Mode::Merge).unwrap_err();
+    let err = import_into(&from, &fixture_key(SEED), &app.db_path, ImportMode::Merge).unwrap_err();
     assert!(
         matches!(err, CompatError::Store(StoreError::InUse(_))),
         "{err:?}"
@@ -951,7 +949,7 @@ fn a_source_path_with_spaces_question_marks_and_percent_signs_opens() {
     let from = folder.join("pool 2.db");
     std::fs::copy(fixtures().join(format!("{SEED}.db")), &from).unwrap();
     let db = dir.path().join("pool.redb");
-    let summary = import_into(&from, &fixture_key(SEED), &db, Mode::Refuse).unwrap();
+    let summary = import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
     assert_eq!(summary.keys, 5);
     assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
 }
@@ -972,7 +970,7 @@ fn a_wal_file_with_a_live_writer_is_read_with_its_pending_transactions() {
         .unwrap();
     assert!(dir.path().join(format!("{SEED}.db-wal")).exists());
     let db = dir.path().join("pool.redb");
-    let summary = import_into(&from, &fixture_key(SEED), &db, Mode::Refuse).unwrap();
+    let summary = import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
     assert_eq!(summary.keys, 6);
     assert_eq!(view(&db)["key live-1"]["value"], "written-while-running");
 }
@@ -1030,7 +1028,7 @@ fn export_refuses_an_existing_file_unless_forced_and_replaces_it_whole() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     export_to(&db, &file, Schema::Seed, true).unwrap();
     let again = dir.path().join("again.redb");
-    import_into(&file, &hex_key(OURS), &again, Mode::Refuse).unwrap();
+    import_into(&file, &hex_key(OURS), &again, ImportMode::Refuse).unwrap();
     assert_eq!(view(&again), view(&db));
     let names: BTreeSet<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -1322,7 +1320,7 @@ proptest! {
             drop(outcome);
         }
         let db = dir.path().join("pool.redb");
-        match import_into(&from, &fixture_key(fixture), &db, Mode::Refuse) {
+        match import_into(&from, &fixture_key(fixture), &db, ImportMode::Refuse) {
             Ok(summary) => {
                 let stored = view(&db);
                 prop_assert_eq!(stored.len(), summary.tiers + summary.keys + summary.consumers);
