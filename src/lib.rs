@@ -19,9 +19,9 @@
 //!   and audit flushes, each committed before it takes effect)
 //! ```
 //!
-//! * [`config`], [`telemetry`]: settings, logs and the Prometheus
-//!   recorder (each layer counts through handles it registers once: `broker::Meter` for
-//!   `GET /key` outcomes, the writer for its commands, `http::metrics` for requests).
+//! * [`config`], [`telemetry`]: settings, logs and the Prometheus recorder (each layer counts
+//!   through handles it registers once: `broker::Meter` for `GET /key` outcomes, the writer for
+//!   its commands, `http::metrics` for requests).
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
 //! * [`server`]: connections: the limit on open connections, header and request timeouts.
 //! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
