@@ -11,7 +11,7 @@ use super::sync::{AtomicU64, Ordering};
 /// one. Cheap to clone; reading it takes no lock.
 ///
 /// In production a background thread stores the milliseconds elapsed since start into an atomic
-/// every [`TICK`], and a read is one relaxed load (cheaper than `Instant::now`; figures in
+/// every `TICK`, and a read is one relaxed load (cheaper than `Instant::now`; figures in
 /// PERFORMANCE.md). The value never goes backwards and only lags real time, by a tick plus the
 /// thread's scheduling delay: windows are exact on this clock, and a key may be served up to one
 /// lag past its `expires_at`.

@@ -15,7 +15,7 @@ pub const MAX_RATE_LIMIT: u32 = COUNT_MASK as u32;
 ///
 /// The whole state is one `AtomicU64` packing `(window start ms << 24) | uses`, moved by a short
 /// compare-exchange loop, so a grant is exact under any contention: two threads can never both
-/// take the last use of a window. The word sits alone on its 64-byte cache line ([`Line`]) so hot
+/// take the last use of a window. The word sits alone on its 64-byte cache line (`Line`) so hot
 /// counters of neighbouring keys do not false-share.
 ///
 /// Ordering: `Relaxed` throughout. The word publishes no other memory; all that matters is that
