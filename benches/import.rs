@@ -12,9 +12,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use indicatif::ProgressBar;
 use keypooler::broker::{KeyInfo, Plaintext};
 use keypooler::compat::Schema;
-use keypooler::compat::export::export;
-use keypooler::compat::import::{Mode, import};
-use keypooler::compat::source::read;
+use keypooler::compat::{ImportMode, export, import, read_source};
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{LimitRecord, Store, TierRecord, key_record};
 
@@ -96,13 +94,13 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             || tempfile::tempdir().unwrap(),
             |target| {
-                let source = read(&file, &sealer, &ProgressBar::hidden()).unwrap();
+                let source = read_source(&file, &sealer, &ProgressBar::hidden()).unwrap();
                 let store = Store::open(&target.path().join("pool.redb"), &sealer).unwrap();
                 let summary = import(
                     &source,
                     &store,
                     &sealer,
-                    Mode::Refuse,
+                    ImportMode::Refuse,
                     &ProgressBar::hidden(),
                 )
                 .unwrap();

@@ -19,9 +19,9 @@
 //!   and audit flushes, each committed before it takes effect)
 //! ```
 //!
-//! * [`config`], [`cli`], [`telemetry`]: settings, the command line, logs and the Prometheus
-//!   recorder (each layer counts through handles it registers once: `broker::meter` for
-//!   `GET /key` outcomes, the writer for its commands, `http::metrics` for requests).
+//! * [`config`], [`telemetry`]: settings, logs and the Prometheus recorder (each layer counts
+//!   through handles it registers once: `broker::Meter` for `GET /key` outcomes, the writer for
+//!   its commands, `http::metrics` for requests).
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
 //! * [`server`]: connections: the limit on open connections, header and request timeouts.
 //! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
@@ -30,9 +30,11 @@
 //!   audit queue, the clock; the validated admin inputs and the rules they obey.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.
 //! * [`writer`]: the single writer: typed requests, the batch loop, one function per change.
-//! * [`store`]: the redb tables, records and their codec, canary and schema version.
+//! * [`store`]: the redb tables, records and their codec, canary and schema version, and
+//!   re-sealing the file.
 //! * [`compat`]: import from and export to the Go keypooler's SQLite database (offline).
-//! * [`rekey`]: the `rekey` command, rotating `ENCRYPTION_KEY` in one transaction.
+//! * [`cli`]: the command line, one file per command: `serve`, `import`, `export`, `rekey`
+//!   (rotating `ENCRYPTION_KEY` in one transaction).
 
 pub mod app;
 pub mod broker;
@@ -42,7 +44,6 @@ pub mod config;
 pub mod crypto;
 pub mod hardening;
 pub mod http;
-pub mod rekey;
 pub mod server;
 pub mod store;
 pub mod telemetry;

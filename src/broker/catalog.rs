@@ -2,225 +2,14 @@
 //! counters. Persistent maps (`imbl`) make a clone O(1), so the writer stages a batch on a
 //! clone and every snapshot carries the catalog it was built from without copying it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use serde::Serialize;
-use zeroize::Zeroizing;
-
+use super::consumer::Consumer;
+use super::key::KeyEntry;
 use super::rate::WindowCounter;
-use super::usage::UsageCap;
-
-/// A feature's limit in a tier: `rate_limit` uses per `window_seconds`, per key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Limit {
-    pub rate_limit: u32,
-    pub window_seconds: u32,
-}
-
-impl Limit {
-    pub fn window_ms(self) -> u64 {
-        u64::from(self.window_seconds) * 1_000
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tier {
-    pub id: Arc<str>,
-    pub name: Arc<str>,
-    pub description: String,
-    pub created_at_ms: i64,
-    pub features: BTreeMap<Arc<str>, Limit>,
-}
-
-/// What a key is, apart from its sealed material.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyInfo {
-    pub id: Arc<str>,
-    pub name: Arc<str>,
-    pub tier_id: Arc<str>,
-    pub active: bool,
-    pub created_at_ms: i64,
-    /// Unix ms after which the key is never served.
-    pub expires_at_ms: Option<i64>,
-}
-
-/// A key as the pool serves it: its description and the `GET /key` body, built once when the key
-/// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
-/// snapshot holding it is dropped; `Debug` never shows it.
-pub struct KeyEntry {
-    pub info: KeyInfo,
-    /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
-    pub usage: Option<Arc<UsageCap>>,
-    body: Bytes,
-}
-
-impl std::fmt::Debug for KeyEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyEntry")
-            .field("info", &self.info)
-            .field("usage", &self.usage)
-            .field("body", &"[REDACTED]")
-            .finish()
-    }
-}
-
-/// The plaintext a key carries to its callers.
-pub struct Plaintext<'a> {
-    pub value: &'a str,
-    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
-    pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    key_id: &'a str,
-    value: &'a str,
-    metadata: &'a serde_json::Map<String, serde_json::Value>,
-    secrets: BTreeMap<&'a str, &'a str>,
-}
-
-/// Counts bytes, so the body buffer is allocated once at its final size: a growing `Vec` would
-/// leave copies of the plaintext behind in freed memory.
-struct Counter(usize);
-
-impl Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Owns the zeroizing buffer behind a `Bytes`.
-struct Sealed(Zeroizing<Vec<u8>>);
-
-impl AsRef<[u8]> for Sealed {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl KeyEntry {
-    pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
-        let body = Body {
-            key_id: &info.id,
-            value: plain.value,
-            metadata: plain.metadata,
-            secrets: plain
-                .secrets
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect(),
-        };
-        let mut size = Counter(0);
-        serde_json::to_writer(&mut size, &body).expect("a map of strings always serializes");
-        let mut buffer = Zeroizing::new(Vec::with_capacity(size.0));
-        serde_json::to_writer(&mut *buffer, &body).expect("a map of strings always serializes");
-        debug_assert_eq!(buffer.len(), buffer.capacity());
-        Self {
-            info,
-            usage: usage.map(Arc::new),
-            body: Bytes::from_owner(Sealed(buffer)),
-        }
-    }
-
-    /// The `GET /key` response body. Cloning it bumps a reference count; nothing is copied.
-    #[inline]
-    pub fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-
-    pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
-        self.info.active && self.info.expires_at_ms.is_none_or(|at| unix_ms < at)
-    }
-}
-
-/// A service with its own token that draws keys only from its scoped tiers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consumer {
-    pub id: Arc<str>,
-    pub name: Arc<str>,
-    pub description: String,
-    /// SHA-256 of the token; the token itself is shown once at creation and never kept.
-    pub token_hash: [u8; 32],
-    pub active: bool,
-    pub created_at_ms: i64,
-    /// Ids of the tiers it may draw from.
-    pub scopes: BTreeSet<Arc<str>>,
-}
-
-/// One key's budget for one feature in the window open now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Budget {
-    pub used: u32,
-    pub limit: Limit,
-}
-
-/// How many keys a tier has, and how many of them are servable now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TierKeys {
-    pub total: usize,
-    pub active: usize,
-}
-
-/// Keys are listed and rotated in the order they were created.
-pub type KeyOrder = (i64, Arc<str>);
-
-/// A key as a member of its tier: the entry and one live counter per feature the tier lists, in
-/// the order of the tier's `features` map, so a pool finds a key's counter by position instead of
-/// a hash lookup.
-#[derive(Clone)]
-pub struct Member {
-    pub entry: Arc<KeyEntry>,
-    counters: Arc<[Arc<WindowCounter>]>,
-}
-
-impl Member {
-    /// A new member of `tier`, with fresh counters.
-    fn new(entry: Arc<KeyEntry>, tier: &Tier) -> Self {
-        Self {
-            entry,
-            counters: tier.features.keys().map(|_| Arc::default()).collect(),
-        }
-    }
-
-    /// Its counter for the feature at `index` in its tier's feature order ([`feature_index`]).
-    #[inline]
-    pub fn counter(&self, index: usize) -> Option<&WindowCounter> {
-        self.counters.get(index).map(Arc::as_ref)
-    }
-
-    fn order(&self) -> (i64, &str) {
-        (self.entry.info.created_at_ms, &self.entry.info.id)
-    }
-}
-
-/// A tier's active keys in rotation order, each with its counters. An inactive key never
-/// changes (keys are only added and deleted), so it is kept out: it would only be skipped, and a
-/// run of them would give its whole share to the next active key. Persistent (`imbl::Vector`, an
-/// RRB tree of shared 64-element chunks): a clone is O(1) and adding one key copies O(log n)
-/// nodes, so every snapshot shares its tiers' rosters with the catalog and adding a key costs
-/// the same with 100 keys as with 100,000.
-pub type Roster = imbl::Vector<Member>;
-
-/// Where a key of creation order `order` is, or would be inserted, in `roster`.
-fn position(roster: &Roster, order: (i64, &str)) -> Result<usize, usize> {
-    roster.binary_search_by(|member| member.order().cmp(&order))
-}
-
-/// Keys added by [`Catalog::put_key_unplaced`], by tier id, waiting for [`Catalog::place`].
-#[derive(Default)]
-pub struct Unplaced(std::collections::HashMap<Arc<str>, Vec<Arc<KeyEntry>>>);
-
-/// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.
-pub fn feature_index(tier: &Tier, feature: &str) -> Option<usize> {
-    tier.features.keys().position(|name| &**name == feature)
-}
+use super::roster::{KeyOrder, Member, Roster, Unplaced, position};
+use super::tier::{Budget, Tier, TierKeys, feature_index};
 
 #[derive(Clone, Default)]
 pub struct Catalog {
@@ -371,18 +160,7 @@ impl Catalog {
             if let Some(members) = self.tier_keys.get_mut(&tier.id).filter(|_| !same_features) {
                 *members = members
                     .iter()
-                    .map(|member| {
-                        let counters = tier
-                            .features
-                            .keys()
-                            .map(|feature| {
-                                feature_index(&old, feature)
-                                    .map_or_else(Arc::default, |i| Arc::clone(&member.counters[i]))
-                            })
-                            .collect();
-                        let entry = Arc::clone(&member.entry);
-                        Member { entry, counters }
-                    })
+                    .map(|member| member.refeatured(&old, &tier))
                     .collect();
             }
         }
@@ -413,8 +191,8 @@ impl Catalog {
     /// Adds a key like [`put_key`](Self::put_key), but leaves it out of its tier's roster:
     /// `unplaced` collects it until [`place`](Self::place) puts every collected key in place at
     /// once. For many keys in any order (start-up reads them by id, not by creation): one
-    /// insertion into the middle of a persistent vector costs O(log n) with a large constant,
-    /// which made start-up take 8 s for 100,000 keys.
+    /// insertion into the middle of a persistent vector costs O(log n) with a large constant
+    /// (figures in PERFORMANCE.md).
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
         if entry.info.active {

@@ -88,7 +88,7 @@ impl Outcomes {
         }
     }
 
-    /// The counters shared by every feature no tier lists, labelled [`UNKNOWN_FEATURE`].
+    /// The counters shared by every feature no tier lists, labelled `UNKNOWN_FEATURE`.
     pub fn unlisted(meter: &Meter) -> Self {
         let count = |outcome| {
             meter.counter(

@@ -1,27 +1,43 @@
-//! The read path's domain: immutable snapshots of the pool, round-robin cursors, and the
-//! per-key rate counters, and the metric handles of `GET /key`. Knows nothing of HTTP, tokio or
-//! storage.
+//! The read path's domain: immutable snapshots of the pool, round-robin cursors, the per-key
+//! rate counters and usage caps, the audit queue, the clock, and the metric handles of
+//! `GET /key`. Knows nothing of HTTP, tokio or storage.
+//!
+//! * `tier`, `key`, `consumer`: what the pool holds.
+//! * `roster`: a tier's active keys in rotation order, with their live counters.
+//! * `catalog`: everything the writer knows, persistent so a clone is O(1).
+//! * `snapshot`, `pool`: one published generation per feature, and picking from it.
+//! * `rate`, `usage`, `clock`: rate windows, usage caps, and the milliseconds they count in.
+//! * `audit`, `meter`: the audit queue and the `GET /key` metric handles.
+//! * `input`: the validated admin inputs and the rules they obey.
 
-pub mod audit;
-pub mod catalog;
+mod audit;
+mod catalog;
+mod clock;
+mod consumer;
 mod input;
-pub mod meter;
-pub mod pool;
-pub mod rate;
-pub mod snapshot;
+mod key;
+mod meter;
+mod pool;
+mod rate;
+mod roster;
+mod snapshot;
 mod sync;
-pub mod usage;
+mod tier;
+mod usage;
 
 pub use audit::{AuditLog, Event};
-pub use catalog::{
-    Budget, Catalog, Consumer, Dirty, KeyEntry, KeyInfo, Limit, Plaintext, Tier, TierKeys, Unplaced,
-};
+pub use catalog::{Catalog, Dirty};
+pub use clock::{Clock, ManualClock};
+pub use consumer::Consumer;
 pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
     ScopeBody, TierBody, TierSpec, parse_limit, parse_name,
 };
-pub use meter::{Meter, Outcomes};
+pub use key::{KeyEntry, KeyInfo, Plaintext};
+pub use meter::{KEY_REQUESTS, Meter, Outcomes};
 pub use pool::{Caller, Pick, Pool};
-pub use rate::{Clock, MAX_RATE_LIMIT, ManualClock, WindowCounter};
+pub use rate::{MAX_RATE_LIMIT, WindowCounter};
+pub use roster::Unplaced;
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};
-pub use usage::{Reserve, UsageCap};
+pub use tier::{Budget, Limit, Tier, TierKeys};
+pub use usage::{LIFETIME, MAX_USAGE_LIMIT, Reserve, UsageCap, to_cap_seconds};

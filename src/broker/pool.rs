@@ -6,9 +6,10 @@ use std::sync::OnceLock;
 
 use arc_swap::ArcSwap;
 
-use super::catalog::{Catalog, Dirty, KeyEntry};
+use super::catalog::{Catalog, Dirty};
+use super::clock::Clock;
+use super::key::KeyEntry;
 use super::meter::Meter;
-use super::rate::Clock;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
 
@@ -139,9 +140,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::broker::catalog::{KeyInfo, Limit, Plaintext, Tier};
-    use crate::broker::meter::Meter;
-    use crate::broker::rate::ManualClock;
+    use crate::broker::{KeyInfo, Limit, ManualClock, Meter, Plaintext, Tier};
 
     fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
         Tier {

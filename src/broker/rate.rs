@@ -1,14 +1,9 @@
-//! Rate windows: one packed atomic word per key and feature, and the clock that dates them.
-
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use crossbeam_utils::CachePadded;
+//! Rate windows: one packed atomic word per key and feature, dated on the [`Clock`](super::Clock).
 
 use super::sync::{AtomicU64, Ordering};
 
 /// Bits of the packed word that hold the use count; the other 40 hold the window start in
-/// milliseconds on the [`Clock`] (about 34 years of uptime).
+/// milliseconds on the [`Clock`](super::Clock) (about 34 years of uptime).
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
@@ -20,7 +15,7 @@ pub const MAX_RATE_LIMIT: u32 = COUNT_MASK as u32;
 ///
 /// The whole state is one `AtomicU64` packing `(window start ms << 24) | uses`, moved by a short
 /// compare-exchange loop, so a grant is exact under any contention: two threads can never both
-/// take the last use of a window. The word sits alone on its 64-byte cache line ([`Line`]) so hot
+/// take the last use of a window. The word sits alone on its 64-byte cache line (`Line`) so hot
 /// counters of neighbouring keys do not false-share.
 ///
 /// Ordering: `Relaxed` throughout. The word publishes no other memory; all that matters is that
@@ -35,9 +30,8 @@ pub struct WindowCounter {
 ///
 /// Not `crossbeam_utils::CachePadded`, which pads to 128 bytes on x86-64 against the adjacent-line
 /// prefetcher: there is one counter per key and feature, each behind its own `Arc`, and 128-byte
-/// alignment makes each of those a 256-byte allocation (51 MB for 100,000 keys with two features)
-/// where this makes it 128 bytes. Consecutive counters still never share a line, and the two
-/// threads of `cargo bench --bench pick` show no difference (see PERFORMANCE.md).
+/// alignment would double each of those allocations for no gain on the pick bench (figures in
+/// PERFORMANCE.md). Consecutive counters still never share a line.
 #[derive(Default)]
 #[repr(align(64))]
 struct Line(AtomicU64);
@@ -130,132 +124,10 @@ impl WindowCounter {
     }
 }
 
-/// Milliseconds for rate windows and expiry, from a monotonic source or, in tests, a hand-moved
-/// one. Cheap to clone; reading it takes no lock.
-///
-/// The production clock is coarse on purpose: a background thread stores the milliseconds
-/// elapsed since start (from `Instant`) into an atomic every [`TICK`], and a read is one relaxed
-/// load (about 2 ns, against 20 to 55 ns for `Instant::now` on the machines we measured; see
-/// PERFORMANCE.md). Resolution: one tick, plus however late the thread is scheduled. The value
-/// never goes backwards (one writer, monotonic source) and only lags real time. A window is exact
-/// on this clock (never more than its limit); in real time it may last up to one lag shorter or
-/// longer than `window_seconds` (1 ms against windows of at least 1 s). Key expiry is checked on
-/// the same clock, so a key may be served up to one lag past its `expires_at`.
-#[derive(Clone, Debug)]
-pub struct Clock {
-    source: Source,
-    /// Unix time (ms) at clock instant 0, to place wall-clock instants (key expiry) on it.
-    unix_at_zero_ms: i64,
-}
-
-/// Where a [`Clock::manual`] starts on the wall clock: 2026-06-01T00:00:00Z.
-const MANUAL_START_UNIX_MS: i64 = 1_780_272_000_000;
-
-/// How often the production clock's thread advances it.
-pub const TICK: Duration = Duration::from_millis(1);
-
-#[derive(Clone, Debug)]
-enum Source {
-    /// Advanced by the ticker thread, which stops once every clone of the clock is dropped.
-    Ticked(Arc<CachePadded<std::sync::atomic::AtomicU64>>),
-    /// `Instant` read on every call: only if the ticker thread could not be started.
-    Instant(Instant),
-    Manual(Arc<AtomicU64>),
-}
-
-/// Moves a manual [`Clock`] forward.
-#[derive(Clone, Debug)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    pub fn advance_ms(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::Relaxed);
-    }
-}
-
-fn elapsed_ms(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-impl Clock {
-    /// The production clock: milliseconds since it was created, ticked by a background thread.
-    pub fn monotonic() -> Self {
-        let start = Instant::now();
-        let cell = Arc::new(CachePadded::new(std::sync::atomic::AtomicU64::new(0)));
-        let ticker = Arc::downgrade(&cell);
-        let spawned = std::thread::Builder::new()
-            .name("keypooler-clock".into())
-            .spawn(move || {
-                while let Some(cell) = ticker.upgrade() {
-                    cell.store(elapsed_ms(start), std::sync::atomic::Ordering::Relaxed);
-                    drop(cell);
-                    std::thread::sleep(TICK);
-                }
-            });
-        let source = match spawned {
-            Ok(_) => Source::Ticked(cell),
-            Err(err) => {
-                tracing::warn!(error = %err, "no clock thread; reading Instant per request");
-                Source::Instant(start)
-            }
-        };
-        Self {
-            source,
-            unix_at_zero_ms: unix_now_ms(),
-        }
-    }
-
-    /// A clock that stands still until its [`ManualClock`] moves it; starts at instant 1 s and
-    /// at 2026-06-01T00:00:00Z, never at today's date, so that nothing measured on it
-    /// depends on the calendar.
-    pub fn manual() -> (Self, ManualClock) {
-        Self::manual_at(MANUAL_START_UNIX_MS)
-    }
-
-    /// A manual clock whose wall time starts at `unix_ms` (at instant 1 s).
-    pub fn manual_at(unix_ms: i64) -> (Self, ManualClock) {
-        let cell = Arc::new(AtomicU64::new(1_000));
-        let clock = Self {
-            source: Source::Manual(Arc::clone(&cell)),
-            unix_at_zero_ms: unix_ms - 1_000,
-        };
-        (clock, ManualClock(cell))
-    }
-
-    #[inline]
-    pub fn now_ms(&self) -> u64 {
-        match &self.source {
-            Source::Ticked(cell) => cell.load(std::sync::atomic::Ordering::Relaxed),
-            Source::Instant(start) => elapsed_ms(*start),
-            Source::Manual(cell) => cell.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Unix time (ms) now, as this clock sees it.
-    pub fn unix_now_ms(&self) -> i64 {
-        self.to_unix_ms(self.now_ms())
-    }
-
-    /// The unix time (ms) of a clock instant.
-    pub fn to_unix_ms(&self, clock_ms: u64) -> i64 {
-        self.unix_at_zero_ms
-            .saturating_add(i64::try_from(clock_ms).unwrap_or(i64::MAX))
-    }
-
-    /// The clock instant of a unix time; instants before the clock's zero map to 0.
-    pub fn from_unix_ms(&self, unix_ms: i64) -> u64 {
-        u64::try_from(unix_ms.saturating_sub(self.unix_at_zero_ms)).unwrap_or(0)
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -313,35 +185,6 @@ mod tests {
     }
 
     #[test]
-    fn the_manual_clock_moves_only_when_told() {
-        let (clock, hand) = Clock::manual();
-        let before = clock.now_ms();
-        assert_eq!(clock.now_ms(), before);
-        hand.advance_ms(61_000);
-        assert_eq!(clock.now_ms(), before + 61_000);
-        let unix = clock.unix_now_ms();
-        assert_eq!(clock.from_unix_ms(unix), clock.now_ms());
-        assert_eq!(clock.from_unix_ms(0), 0);
-    }
-
-    #[test]
-    fn the_production_clock_ticks_forward_without_going_back() {
-        let clock = Clock::monotonic();
-        let first = clock.now_ms();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while clock.now_ms() <= first + 2 {
-            assert!(Instant::now() < deadline, "the clock thread never ticked");
-            std::thread::yield_now();
-        }
-        let mut last = clock.now_ms();
-        for _ in 0..1_000 {
-            let now = clock.now_ms();
-            assert!(now >= last);
-            last = now;
-        }
-    }
-
-    #[test]
     fn many_threads_on_one_key_get_exactly_the_limit() {
         const LIMIT: u32 = 10_000;
         let counter = Arc::new(WindowCounter::default());
@@ -394,6 +237,8 @@ mod tests {
 
 #[cfg(loom)]
 mod loom_model {
+    use std::sync::Arc;
+
     use super::*;
 
     /// Three threads race for the two uses left in a window: loom explores every interleaving

@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use super::catalog::{Catalog, Consumer, Dirty, KeyEntry, Member, Roster, feature_index};
+use super::catalog::{Catalog, Dirty};
+use super::clock::Clock;
+use super::consumer::Consumer;
+use super::key::KeyEntry;
 use super::meter::{Meter, Outcomes};
-use super::rate::Clock;
+use super::roster::{Member, Roster};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
-use super::usage::{LIFETIME, Refusal, Reserve};
+use super::tier::feature_index;
+use super::usage::{LIFETIME, Refusal, Reserve, to_cap_seconds};
 
 /// The keys one tier lends a feature: the tier's roster (shared with the catalog, never copied)
 /// and the feature's limits in that tier.
@@ -88,7 +92,7 @@ impl Segment {
         let Some(cap) = &entry.usage else {
             return Ok(());
         };
-        cap.try_acquire(seconds(now), &entry.info.id, reserve)
+        cap.try_acquire(to_cap_seconds(now), &entry.info.id, reserve)
             .map_err(|refusal| {
                 counter.release(window);
                 match refusal {
@@ -232,12 +236,6 @@ impl Scoped {
     pub fn feature(&self, name: &str) -> Option<&FeaturePool> {
         self.features.get(name).map(Arc::as_ref)
     }
-}
-
-/// Clock seconds of a clock instant in ms (usage caps count in seconds).
-#[inline]
-pub fn seconds(now_ms: u64) -> u32 {
-    u32::try_from(now_ms / 1_000).unwrap_or(LIFETIME - 1)
 }
 
 /// One immutable generation of the pool. Built by the writer, published through

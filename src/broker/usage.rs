@@ -14,6 +14,12 @@ use super::sync::{AtomicU64, Ordering};
 /// Window end meaning "never" (a lifetime cap).
 pub const LIFETIME: u32 = u32::MAX;
 
+/// The clock second of clock instant `now_ms`: usage caps count in seconds.
+#[inline]
+pub fn to_cap_seconds(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / 1_000).unwrap_or(LIFETIME - 1)
+}
+
 /// The largest usage limit (per window or lifetime).
 pub const MAX_USAGE_LIMIT: u64 = u32::MAX as u64 - 1;
 

@@ -12,8 +12,7 @@ use rusqlite::{Connection, params};
 
 use super::{CompatError, Schema, time};
 use crate::broker::DEFAULT_WINDOW_SECONDS;
-use crate::crypto::Sealer;
-use crate::crypto::go::GCM_PREFIX;
+use crate::crypto::{GCM_PREFIX, Sealer};
 use crate::store::{Contents, KeyRecord, open_key};
 
 /// The Go service's migration bookkeeping table, byte for byte as its runner creates it.
@@ -239,7 +238,7 @@ fn write_tiers(conn: &Connection, contents: &Contents, schema: Schema) -> Result
     let mut tier_insert = conn.prepare(tier_sql)?;
     let mut feature_insert = conn.prepare(feature_sql)?;
     for tier in &contents.tiers {
-        let created = time::format_ms(tier.created_at_ms);
+        let created = time::format_timestamp_ms(tier.created_at_ms);
         match schema {
             Schema::Seed => {
                 tier_insert.execute(params![tier.id, tier.name, None::<String>, created])?
@@ -275,7 +274,7 @@ fn write_key(
 ) -> Result<bool, FillError> {
     let opened = open_key(key, sealer)
         .map_err(|err| CompatError::row("keys", key.id.clone(), err.to_string()))?;
-    let created = time::format_ms(key.created_at_ms);
+    let created = time::format_timestamp_ms(key.created_at_ms);
     match schema {
         Schema::Seed => {
             let expired = key.expires_at_ms.is_some_and(|at| at <= now_ms);
@@ -309,11 +308,11 @@ fn write_key(
                 tagged(&opened.value),
                 key.tier_id,
                 key.active,
-                key.expires_at_ms.map(time::format_ms),
+                key.expires_at_ms.map(time::format_timestamp_ms),
                 usage_limit,
                 i64::try_from(key.usage_count).unwrap_or(i64::MAX),
                 usage_window,
-                key.usage_window_start_ms.map(time::format_ms),
+                key.usage_window_start_ms.map(time::format_timestamp_ms),
                 serde_json::Value::Object(key.metadata.clone()).to_string(),
                 created
             ])?;
@@ -341,7 +340,7 @@ fn write_consumers(conn: &Connection, contents: &Contents) -> Result<(), FillErr
             hex::encode(&consumer.token_hash.0),
             consumer.description,
             consumer.active,
-            time::format_ms(consumer.created_at_ms)
+            time::format_timestamp_ms(consumer.created_at_ms)
         ])?;
         for tier_id in &consumer.scopes {
             scope_insert.execute(params![consumer.id, tier_id])?;

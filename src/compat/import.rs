@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use indicatif::ProgressBar;
 
-use super::source::Source;
+use super::source::SourceContents;
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
@@ -12,7 +12,7 @@ use crate::store::{Contents, KeyRecord, Store, key_record};
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub enum ImportMode {
     /// Refuse: importing over data needs an explicit choice.
     #[default]
     Refuse,
@@ -37,18 +37,18 @@ pub struct ImportSummary {
 
 /// Writes what was read from a source file into `store` (values sealed with `sealer`), in one
 /// transaction: on any error nothing is written. Reading the source first (see
-/// [`source::read`](super::source::read)) means a bad file never touches the target at all.
+/// [`read_source`](super::read_source)) means a bad file never touches the target at all.
 pub fn import(
-    source: &Source,
+    source: &SourceContents,
     store: &Store,
     sealer: &Sealer,
-    mode: Mode,
+    mode: ImportMode,
     progress: &ProgressBar,
 ) -> Result<ImportSummary, CompatError> {
     let existing = store.load()?;
     let empty =
         existing.tiers.is_empty() && existing.keys.is_empty() && existing.consumers.is_empty();
-    if mode == Mode::Refuse && !empty {
+    if mode == ImportMode::Refuse && !empty {
         return Err(CompatError::TargetNotEmpty {
             path: store.path().into(),
             tiers: existing.tiers.len(),
@@ -56,7 +56,7 @@ pub fn import(
             consumers: existing.consumers.len(),
         });
     }
-    let kept = if mode == Mode::Replace {
+    let kept = if mode == ImportMode::Replace {
         Contents::default()
     } else {
         existing
@@ -68,10 +68,10 @@ pub fn import(
 }
 
 fn write(
-    source: &Source,
+    source: &SourceContents,
     store: &Store,
     sealer: &Sealer,
-    mode: Mode,
+    mode: ImportMode,
     kept: &Contents,
     progress: &ProgressBar,
 ) -> Result<ImportSummary, CompatError> {
@@ -97,7 +97,7 @@ fn write(
         usage_events: source.usage_events,
     };
     let batch = store.begin()?;
-    if mode == Mode::Replace {
+    if mode == ImportMode::Replace {
         batch.clear()?;
     }
     for tier in &source.tiers {

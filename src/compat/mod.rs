@@ -1,9 +1,9 @@
 //! Moving to and from the Go keypooler's SQLite database (SPEC.md §5).
 //!
 //! ```text
-//! import:  SQLite file (read only) ─► source::read (detect the generation, validate every row,
-//!          open every value) ─► import::write (seal ours, one redb transaction) ─► DB_PATH
-//! export:  DB_PATH ─► open every value ─► export::write (migrations/*.sql, seal Go-style)
+//! import:  SQLite file (read only) ─► read_source (detect the generation, validate every row,
+//!          open every value) ─► import (seal ours, one redb transaction) ─► DB_PATH
+//! export:  DB_PATH ─► open every value ─► export (migrations/*.sql, seal Go-style)
 //!          ─► temp file in the target's folder ─► rename
 //! ```
 //!
@@ -11,15 +11,19 @@
 //! export that fails leaves no file behind. Errors name the table, the row and the reason,
 //! never a value.
 
-pub mod command;
-pub mod export;
-pub mod import;
-pub mod source;
-pub mod time;
+mod export;
+mod import;
+mod source;
+mod time;
 
 use std::path::PathBuf;
 
 use crate::store::StoreError;
+
+pub use export::{ExportSummary, export};
+pub use import::{ImportMode, ImportSummary, import};
+pub use source::{SourceContents, SourceKey, read_source};
+pub use time::{format_timestamp_ms, parse_timestamp_ms};
 
 /// The two schema generations of the Go service's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -10,10 +10,10 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 /// Unix milliseconds of a stored timestamp, or `None` when it is not one of the two forms.
 /// Go's `time.Time.String()` form (`2006-01-02 15:04:05.999 -0700 MST`, what a driver writes
 /// when it formats a time with `%v`) is read too.
-pub fn parse_ms(text: &str) -> Option<i64> {
+pub fn parse_timestamp_ms(text: &str) -> Option<i64> {
     let text = text.trim();
     if let Some(rfc3339) = from_go_string(text) {
-        return parse_ms(&rfc3339);
+        return parse_timestamp_ms(&rfc3339);
     }
     // Both forms put the date in the first 10 bytes and a separator (' ' or 'T') after it; Go
     // drivers also write RFC 3339 with a space, so normalise the separator to 'T'.
@@ -43,7 +43,7 @@ fn from_go_string(text: &str) -> Option<String> {
 
 /// SQLite's form, in UTC: `YYYY-MM-DD HH:MM:SS`, with `.mmm` only when the milliseconds are not
 /// zero (so whole seconds read exactly as `CURRENT_TIMESTAMP` writes them).
-pub fn format_ms(unix_ms: i64) -> String {
+pub fn format_timestamp_ms(unix_ms: i64) -> String {
     let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let seconds = at
@@ -76,10 +76,16 @@ mod tests {
             "2025-11-28 15:00:00 +0300 +03",
             "2025-11-28 12:00:00 +0000 UTC m=+0.000123",
         ] {
-            assert_eq!(parse_ms(text), Some(noon), "{text}");
+            assert_eq!(parse_timestamp_ms(text), Some(noon), "{text}");
         }
-        assert_eq!(parse_ms("2025-11-28 12:00:00.250"), Some(noon + 250));
-        assert_eq!(parse_ms("2025-11-28T12:00:00.123456789Z"), Some(noon + 123));
+        assert_eq!(
+            parse_timestamp_ms("2025-11-28 12:00:00.250"),
+            Some(noon + 250)
+        );
+        assert_eq!(
+            parse_timestamp_ms("2025-11-28T12:00:00.123456789Z"),
+            Some(noon + 123)
+        );
     }
 
     #[test]
@@ -96,16 +102,26 @@ mod tests {
             "2025-11-28 12:00:00 garbage",
             "2025-11-28 12:00:00 +00 UTC",
         ] {
-            assert_eq!(parse_ms(text), None, "{text:?}");
+            assert_eq!(parse_timestamp_ms(text), None, "{text:?}");
         }
     }
 
     #[test]
     fn formatting_round_trips() {
         for ms in [0, 1_764_331_200_000, 1_764_331_200_250, -86_400_000] {
-            assert_eq!(parse_ms(&format_ms(ms)), Some(ms), "{ms}");
+            assert_eq!(
+                parse_timestamp_ms(&format_timestamp_ms(ms)),
+                Some(ms),
+                "{ms}"
+            );
         }
-        assert_eq!(format_ms(1_764_331_200_000), "2025-11-28 12:00:00");
-        assert_eq!(format_ms(1_764_331_200_007), "2025-11-28 12:00:00.007");
+        assert_eq!(
+            format_timestamp_ms(1_764_331_200_000),
+            "2025-11-28 12:00:00"
+        );
+        assert_eq!(
+            format_timestamp_ms(1_764_331_200_007),
+            "2025-11-28 12:00:00.007"
+        );
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Our own format binds each ciphertext to the record and field it belongs to (associated
 //! data), so a value copied onto another record fails to open. The Go service's format, used by
-//! the SQLite import and export, is in [`go`].
+//! the SQLite import and export, is in `go` ([`Sealer::seal_go`], [`Sealer::open_go`]).
 
-pub mod go;
+mod go;
+
+pub use go::GCM_PREFIX;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};

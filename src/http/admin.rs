@@ -139,7 +139,7 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
     let cap = key.usage.as_deref();
     let usage_count = cap.map(|cap| {
         let (end, used) = cap.used();
-        if crate::broker::snapshot::seconds(now) >= end {
+        if crate::broker::to_cap_seconds(now) >= end {
             0
         } else {
             used

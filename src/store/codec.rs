@@ -9,7 +9,7 @@ use super::records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
-use crate::broker::usage::LIFETIME;
+use crate::broker::LIFETIME;
 use crate::broker::{
     Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
 };
@@ -111,7 +111,7 @@ fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
         (Some(_), None) => 0,
         (Some(window), Some(start)) => {
             let end_ms = start.saturating_add(i64::from(window) * 1_000);
-            crate::broker::snapshot::seconds(clock.from_unix_ms(end_ms))
+            crate::broker::to_cap_seconds(clock.from_unix_ms(end_ms))
         }
     };
     Some(UsageCap::resume(limit, window_s, end_s, reserved))

@@ -4,32 +4,35 @@
 //! Records and domain values convert in `codec`: a key's plaintext is sealed for its id on the
 //! way in and opened on the way out, and the first catalog is built from everything stored.
 //!
-//! Opening is careful with files it refuses: an existing file is first checked through a
-//! read-only handle (schema, canary, every record decoded), so a damaged, foreign or
-//! wrong-key file is left byte for byte as it was. Only a file that passed, or one a crash left
-//! needing recovery (which redb repairs), is opened for writing. redb may panic on a file
-//! altered behind its back; `guard::guarded` turns that into [`StoreError::Damaged`].
+//! * `open`: the checks a file passes before it is opened for writing (see [`Store::open`]).
+//! * `guard`: redb's panics on a file altered behind its back, turned into
+//!   [`StoreError::Damaged`].
+//! * `records`: what each table holds, and its encoding.
+//! * `batch`: one write transaction ([`Batch`]).
+//! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
 
+mod batch;
 mod codec;
 mod guard;
-pub mod records;
-pub mod rekey;
+mod open;
+mod records;
+mod reseal;
 
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use guard::guarded;
+use records::decode;
 
-use crate::crypto::Sealer;
+pub use batch::Batch;
 pub use codec::{
     Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
 };
+pub use reseal::{Resealed, reseal_file};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
@@ -40,11 +43,9 @@ const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
 
 /// The record format this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
-const SCHEMA_KEY: &str = "schema_version";
-const CANARY_KEY: &str = "canary";
-const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
-const CANARY_TEXT: &[u8] = b"keypooler canary v1";
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
+/// service's, to be imported), and the import requires them.
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -126,153 +127,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Refuses a SQLite file or an empty file before redb touches it.
-fn check_existing(path: &Path) -> Result<bool, StoreError> {
-    let mut file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(err) => {
-            return Err(StoreError::Open {
-                path: path.into(),
-                reason: err.to_string(),
-            });
-        }
-    };
-    let is_file = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
-    if !is_file {
-        return Err(StoreError::Open {
-            path: path.into(),
-            reason: "not a regular file".into(),
-        });
-    }
-    let mut head = [0u8; 16];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) => {
-                return Err(StoreError::Open {
-                    path: path.into(),
-                    reason: err.to_string(),
-                });
-            }
-        }
-    }
-    if filled == head.len() && &head == SQLITE_MAGIC {
-        return Err(StoreError::SqliteFile(path.into()));
-    }
-    if filled == 0 {
-        return Err(StoreError::NotKeypooler {
-            path: path.into(),
-            reason: "the file is empty".into(),
-        });
-    }
-    Ok(true)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    table: &'static str,
-    id: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|err| StoreError::BadRecord {
-        table,
-        id: id.to_owned(),
-        reason: err.to_string(),
-    })
-}
-
-/// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
-/// redb's default (1 GiB) would only grow the RSS: filling a pool to 100,000 keys left the
-/// server at 253 MB with it. 8 MiB keeps the B-tree's upper pages hot: against 16 MiB it saved
-/// 8 MB of RSS at 100,000 keys with the same single-write latency and group-commit throughput
-/// (`loadtest/admin_writes.sh`).
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
-
-fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
-    serde_json::to_vec(record).expect("records always serialize")
-}
-
-/// What a redb error at open time means for the operator.
-fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
-    match err {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
-        // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.
-        redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if io.kind() == std::io::ErrorKind::InvalidData =>
-        {
-            StoreError::NotKeypooler {
-                path: path.into(),
-                reason: io.to_string(),
-            }
-        }
-        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
-            path: path.into(),
-            reason: io.to_string(),
-        },
-        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
-            StoreError::Damaged {
-                path: path.into(),
-                reason,
-            }
-        }
-        other => StoreError::NotKeypooler {
-            path: path.into(),
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// Whether a database holds keypooler's tables, checked against `sealer`.
-enum Layout {
-    /// A redb file with no table at all: keypooler adopts it.
-    Blank,
-    Keypooler,
-}
-
-/// Checks the schema version and the encryption canary, without writing.
-fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Layout, StoreError> {
-    let read = db.begin_read()?;
-    let meta = match read.open_table(META) {
-        Ok(meta) => meta,
-        Err(TableError::TableDoesNotExist(_)) => {
-            if read.list_tables()?.next().is_some() {
-                return Err(StoreError::NotKeypooler {
-                    path: path.into(),
-                    reason: "a redb file without keypooler's tables".into(),
-                });
-            }
-            return Ok(Layout::Blank);
-        }
-        Err(err) => return Err(err.into()),
-    };
-    let version = meta
-        .get(SCHEMA_KEY)?
-        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| StoreError::NotKeypooler {
-            path: path.into(),
-            reason: "no schema version".into(),
-        })?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.into(),
-            found: version,
-        });
-    }
-    let canary = meta
-        .get(CANARY_KEY)?
-        .ok_or_else(|| StoreError::NotKeypooler {
-            path: path.into(),
-            reason: "no encryption canary".into(),
-        })?;
-    match sealer.open(canary.value(), CANARY_AAD) {
-        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
-        _ => Err(StoreError::WrongKey(path.into())),
-    }
-}
-
 /// One stored record. [`Store::load_each`] hands over every tier first, then every key, then
 /// every consumer.
 pub enum Record {
@@ -313,71 +167,7 @@ fn read_each(db: &impl ReadableDatabase, each: &mut dyn FnMut(Record)) -> Result
     Ok(())
 }
 
-/// Checks an existing file through a read-only handle, which never writes: a file refused here
-/// is left exactly as it was. A file a crash left needing recovery cannot be read this way; the
-/// writable open repairs it (redb rolls back to the last commit) and checks it again.
-fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
-    let db = match redb::ReadOnlyDatabase::open(path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::RepairAborted) => {
-            tracing::warn!(path = %path.display(), "the database was not closed cleanly; recovering");
-            return Ok(());
-        }
-        Err(err) => return Err(open_error(path, err)),
-    };
-    if let Layout::Keypooler = check(&db, path, sealer)? {
-        read_each(&db, &mut drop)?;
-    }
-    Ok(())
-}
-
 impl Store {
-    /// Opens the database at `path`, creating it (and its folder) when missing, and checks that
-    /// `sealer` holds the key it was created under.
-    pub fn open(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
-        let exists = check_existing(path)?;
-        if exists {
-            guarded(path, || precheck(path, sealer))?;
-        }
-        guarded(path, || Self::open_writable(path, sealer, exists))
-    }
-
-    /// Opens a database that must exist already (a missing file is an error, never a new
-    /// empty database): for rekey, and for the writer reopening its file after a failure.
-    pub fn open_existing(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
-        if !check_existing(path)? {
-            return Err(StoreError::Open {
-                path: path.into(),
-                reason: "no such file".into(),
-            });
-        }
-        Self::open(path, sealer)
-    }
-
-    fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {
-        let mut builder = Database::builder();
-        builder.set_cache_size(CACHE_BYTES);
-        let db = if exists {
-            builder.open(path).map_err(|err| open_error(path, err))?
-        } else {
-            if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(folder).map_err(|err| StoreError::Open {
-                    path: path.into(),
-                    reason: format!("cannot create folder {}: {err}", folder.display()),
-                })?;
-            }
-            builder.create(path).map_err(|err| open_error(path, err))?
-        };
-        let store = Self {
-            db: Some(db),
-            path: path.into(),
-        };
-        if let Layout::Blank = check(store.db(), path, sealer)? {
-            store.initialize(sealer)?;
-        }
-        Ok(store)
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -386,21 +176,6 @@ impl Store {
         self.db
             .as_ref()
             .expect("the database is open until the store is dropped")
-    }
-
-    fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
-            meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
-            txn.open_table(TIERS)?;
-            txn.open_table(KEYS)?;
-            txn.open_table(CONSUMERS)?;
-            txn.open_table(USAGE)?;
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     /// Reads every record.
@@ -429,185 +204,5 @@ impl Store {
             std::panic::resume_unwind(panic);
         }
         read
-    }
-
-    /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
-    pub fn begin(&self) -> Result<Batch, StoreError> {
-        Ok(Batch {
-            txn: self.db().begin_write()?,
-        })
-    }
-}
-
-/// One write transaction: everything in it lands on disk together, or nothing does.
-pub struct Batch {
-    txn: redb::WriteTransaction,
-}
-
-impl Batch {
-    pub fn put_tier(&self, record: &TierRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(TIERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
-        Ok(())
-    }
-
-    pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(KEYS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
-        Ok(())
-    }
-
-    pub fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let table = self.txn.open_table(KEYS)?;
-        let Some(bytes) = table.get(id)? else {
-            return Ok(None);
-        };
-        decode("keys", id, bytes.value()).map(Some)
-    }
-
-    /// Removes a key; `false` when there was none with that id.
-    pub fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.txn.open_table(KEYS)?.remove(id)?.is_some())
-    }
-
-    pub fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(CONSUMERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
-        Ok(())
-    }
-
-    /// Removes a consumer; `false` when there was none with that id.
-    pub fn delete_consumer(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.txn.open_table(CONSUMERS)?.remove(id)?.is_some())
-    }
-
-    /// Appends audit events and keeps only the newest `keep`.
-    pub fn append_usage(&self, events: &[UsageRecord], keep: u64) -> Result<(), StoreError> {
-        let mut table = self.txn.open_table(USAGE)?;
-        let mut next = table.last()?.map_or(0, |(seq, _)| seq.value() + 1);
-        for event in events {
-            table.insert(next, encode(event).as_slice())?;
-            next += 1;
-        }
-        if next > keep {
-            table.retain_in(..next - keep, |_, _| false)?;
-        }
-        Ok(())
-    }
-
-    /// The newest `limit` audit events, newest first.
-    pub fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, StoreError> {
-        let table = self.txn.open_table(USAGE)?;
-        let mut events = Vec::with_capacity(limit);
-        for entry in table.iter()?.rev().take(limit) {
-            let (seq, bytes) = entry?;
-            events.push(decode(
-                "usage_events",
-                &seq.value().to_string(),
-                bytes.value(),
-            )?);
-        }
-        Ok(events)
-    }
-
-    /// Removes every tier, key, consumer and audit event (the meta table, with the canary, stays).
-    pub fn clear(&self) -> Result<(), StoreError> {
-        self.txn.open_table(TIERS)?.retain(|_, _| false)?;
-        self.txn.open_table(KEYS)?.retain(|_, _| false)?;
-        self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
-        self.txn.open_table(USAGE)?.retain(|_, _| false)?;
-        Ok(())
-    }
-
-    /// Commits durably: once this returns, the batch survives a crash.
-    pub fn commit(self) -> Result<(), StoreError> {
-        self.txn.commit()?;
-        Ok(())
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-    use crate::crypto::EncryptionKey;
-
-    fn sealer() -> Sealer {
-        Sealer::new(&EncryptionKey::parse_hex(&"11".repeat(32)).unwrap())
-    }
-
-    #[test]
-    fn a_new_database_is_created_with_its_folder_and_reopens() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/folder/pool.redb");
-        let store = Store::open(&path, &sealer()).unwrap();
-        let batch = store.begin().unwrap();
-        batch
-            .put_tier(&TierRecord {
-                id: "t1".into(),
-                name: "pro".into(),
-                description: String::new(),
-                created_at_ms: 1,
-                features: BTreeMap::from([(
-                    "chat".to_string(),
-                    LimitRecord {
-                        rate_limit: 5,
-                        window_seconds: 60,
-                    },
-                )]),
-            })
-            .unwrap();
-        batch.commit().unwrap();
-        drop(store);
-        let contents = Store::open(&path, &sealer()).unwrap().load().unwrap();
-        assert_eq!(contents.tiers.len(), 1);
-        assert_eq!(contents.tiers[0].name, "pro");
-    }
-
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn a_wrong_key_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.redb");
-        drop(Store::open(&path, &sealer()).unwrap());
-        let other = Sealer::new(&EncryptionKey::parse_hex(&"22".repeat(32)).unwrap());
-        let err = Store::open(&path, &other).unwrap_err();
-        assert!(matches!(err, StoreError::WrongKey(_)), "{err}");
-        assert!(
-            err.to_string()
-                .contains("ENCRYPTION_KEY does not match this database")
-        );
-    }
-
-    #[test]
-    fn sqlite_and_empty_files_are_refused_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = dir.path().join("pool.db");
-        let mut bytes = SQLITE_MAGIC.to_vec();
-        bytes.extend_from_slice(&[7u8; 100]);
-        fs::write(&sqlite, &bytes).unwrap();
-        let err = Store::open(&sqlite, &sealer()).unwrap_err();
-        assert!(err.to_string().contains("keypooler import --from"), "{err}");
-        assert_eq!(fs::read(&sqlite).unwrap(), bytes);
-
-        let empty = dir.path().join("empty.redb");
-        fs::write(&empty, b"").unwrap();
-        assert!(matches!(
-            Store::open(&empty, &sealer()).unwrap_err(),
-            StoreError::NotKeypooler { .. }
-        ));
-        assert_eq!(fs::read(&empty).unwrap(), b"");
-    }
-
-    #[test]
-    fn a_second_opener_is_told_the_file_is_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.redb");
-        let _held = Store::open(&path, &sealer()).unwrap();
-        let err = Store::open(&path, &sealer()).unwrap_err();
-        assert!(matches!(err, StoreError::InUse(_)), "{err}");
     }
 }

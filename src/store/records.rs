@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
+
 /// Bytes stored as lowercase hex inside a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -78,6 +80,22 @@ pub struct UsageRecord {
     pub consumer_id: Option<String>,
     pub feature: String,
     pub created_at_ms: i64,
+}
+
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::BadRecord {
+        table,
+        id: id.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+pub(super) fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records always serialize")
 }
 
 /// Associated data binding a key's value to its record.

@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{
 };
 use secrecy::SecretString;
 
-use crate::broker::meter::KEY_REQUESTS;
+use crate::broker::KEY_REQUESTS;
 use crate::broker::{Clock, Meter, Snapshot};
 use crate::config::MetricsConfig;
 use crate::http::metrics::{HTTP_DURATION, HTTP_REQUESTS};

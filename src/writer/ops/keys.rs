@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use super::Staging;
 use super::usage::window_start_unix_ms;
-use crate::broker::snapshot::seconds;
-use crate::broker::usage::LIFETIME;
+use crate::broker::LIFETIME;
+use crate::broker::to_cap_seconds;
 use crate::broker::{KeyEntry, KeyInfo, NewKey, UsageCap};
 use crate::store::key_record;
 use crate::writer::WriteError;
@@ -33,7 +33,9 @@ pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>
         // The first chunk is reserved with the key, in the same commit.
         let window = new.usage_window_seconds();
         let now_ms = s.clock.now_ms();
-        let end_s = window.map_or(LIFETIME, |window| seconds(now_ms).saturating_add(window));
+        let end_s = window.map_or(LIFETIME, |window| {
+            to_cap_seconds(now_ms).saturating_add(window)
+        });
         let reserved = UsageCap::chunk_for(limit).min(limit);
         record.usage_limit = Some(limit.into());
         record.usage_window_seconds = window.map(u64::from);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::Staging;
-use crate::broker::snapshot::seconds;
+use crate::broker::to_cap_seconds;
 use crate::broker::{Catalog, Clock, UsageCap};
 use crate::store::{Batch, Store, UsageRecord};
 use crate::writer::WriteError;
@@ -84,7 +84,7 @@ fn write_reservation(
     cap: &UsageCap,
     clock: &Clock,
 ) -> Result<Option<(u32, u32)>, WriteError> {
-    let Some((end, reserved)) = cap.next_reservation(seconds(clock.now_ms())) else {
+    let Some((end, reserved)) = cap.next_reservation(to_cap_seconds(clock.now_ms())) else {
         return Ok(None);
     };
     let mut record = txn

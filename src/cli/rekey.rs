@@ -1,12 +1,12 @@
 //! `keypooler rekey`: rotates `ENCRYPTION_KEY`. Offline: it refuses a database a server holds.
-//! The work (one redb transaction) is [`crate::store::rekey`].
+//! The work (one redb transaction) is [`crate::store::reseal_file`].
 
 use clap::Args;
 
-use crate::cli::Failure;
+use super::Failure;
 use crate::config::{ConfigError, Settings, encryption_key_setting};
 use crate::crypto::Sealer;
-use crate::store::rekey::{Rekeyed, rekey};
+use crate::store::{Resealed, reseal_file};
 
 #[derive(Args, Default)]
 pub struct RekeyArgs {
@@ -28,7 +28,7 @@ impl std::fmt::Debug for RekeyArgs {
 
 /// Re-seals the database at `DB_PATH` from `ENCRYPTION_KEY` to `NEW_ENCRYPTION_KEY` and prints
 /// a one-line summary.
-pub fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> {
+pub(super) fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> {
     let old = settings.encryption_key()?;
     let new = encryption_key_setting("NEW_ENCRYPTION_KEY", args.new_encryption_key.as_ref())?;
     if constant_time_eq::constant_time_eq(old.to_hex().as_bytes(), new.to_hex().as_bytes()) {
@@ -38,13 +38,13 @@ pub fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> {
     }
     let path = settings.db_path();
     let outcome =
-        rekey(&path, &Sealer::new(&old), &Sealer::new(&new)).map_err(anyhow::Error::from)?;
+        reseal_file(&path, &Sealer::new(&old), &Sealer::new(&new)).map_err(anyhow::Error::from)?;
     match outcome {
-        Rekeyed::Done { keys, secrets } => println!(
+        Resealed::Done { keys, secrets } => println!(
             "rekeyed {}: {keys} keys, {secrets} secrets and the canary re-sealed under NEW_ENCRYPTION_KEY; start the server with it as ENCRYPTION_KEY",
             path.display()
         ),
-        Rekeyed::AlreadyDone => println!(
+        Resealed::AlreadyDone => println!(
             "{} is already sealed under NEW_ENCRYPTION_KEY; nothing changed",
             path.display()
         ),

@@ -6,15 +6,14 @@ use std::path::Path;
 
 use redb::ReadableTable;
 
-use super::{
-    CANARY_AAD, CANARY_KEY, CANARY_TEXT, Hex, KEYS, KeyRecord, META, Store, StoreError, decode,
-    encode, secret_aad, value_aad,
-};
+use super::open::{CANARY_AAD, CANARY_KEY, CANARY_TEXT};
+use super::records::{decode, encode};
+use super::{Hex, KEYS, KeyRecord, META, Store, StoreError, secret_aad, value_aad};
 use crate::crypto::Sealer;
 
-/// What a rekey did.
+/// What a [`reseal_file`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Rekeyed {
+pub enum Resealed {
     /// Re-sealed, and committed.
     Done { keys: usize, secrets: usize },
     /// The file already opens under the new key only (a rekey that committed before): nothing
@@ -24,10 +23,10 @@ pub enum Rekeyed {
 
 /// Re-seals the database at `path` from `old` to `new`. Refuses (changing nothing) a missing
 /// file, a file in use by a server, a wrong old key, or a key that does not open under `old`.
-pub fn rekey(path: &Path, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
+pub fn reseal_file(path: &Path, old: &Sealer, new: &Sealer) -> Result<Resealed, StoreError> {
     let store = match Store::open_existing(path, old) {
         Err(StoreError::WrongKey(_)) if Store::open(path, new).is_ok() => {
-            return Ok(Rekeyed::AlreadyDone);
+            return Ok(Resealed::AlreadyDone);
         }
         opened => opened?,
     };
@@ -35,7 +34,7 @@ pub fn rekey(path: &Path, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreEr
 }
 
 impl Store {
-    fn reseal(&self, old: &Sealer, new: &Sealer) -> Result<Rekeyed, StoreError> {
+    fn reseal(&self, old: &Sealer, new: &Sealer) -> Result<Resealed, StoreError> {
         let txn = self.db().begin_write()?;
         let (mut keys, mut secrets) = (0, 0);
         {
@@ -59,7 +58,7 @@ impl Store {
                 .insert(CANARY_KEY, new.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
         }
         txn.commit()?;
-        Ok(Rekeyed::Done { keys, secrets })
+        Ok(Resealed::Done { keys, secrets })
     }
 }
 
@@ -132,8 +131,8 @@ mod tests {
         let (old, new) = (sealer(1), sealer(2));
         write_keys(&path, &old, &[key("a", &old)]);
         assert_eq!(
-            rekey(&path, &old, &new).unwrap(),
-            Rekeyed::Done {
+            reseal_file(&path, &old, &new).unwrap(),
+            Resealed::Done {
                 keys: 1,
                 secrets: 1
             }
@@ -155,7 +154,10 @@ mod tests {
         let org = &record.secrets["org"].0;
         assert_eq!(&*new.open(org, &secret_aad("a", "org")).unwrap(), b"org-1");
         assert_eq!((record.usage_limit, record.usage_count), (Some(9), 3));
-        assert_eq!(rekey(&path, &old, &new).unwrap(), Rekeyed::AlreadyDone);
+        assert_eq!(
+            reseal_file(&path, &old, &new).unwrap(),
+            Resealed::AlreadyDone
+        );
     }
 
     #[test]
@@ -167,7 +169,7 @@ mod tests {
         let mut moved = key("b", &old);
         moved.value = key("a", &old).value;
         write_keys(&path, &old, &[key("a", &old), moved]);
-        let err = rekey(&path, &old, &new).unwrap_err();
+        let err = reseal_file(&path, &old, &new).unwrap_err();
         assert!(
             err.to_string().contains("record keys/b is unreadable"),
             "{err}"

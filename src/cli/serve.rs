@@ -1,69 +1,15 @@
-//! The command line: `serve` (the default, so `keypooler` alone starts the server as the Go
-//! service did) and the offline commands.
+//! `keypooler serve`: validated settings, the process hardened, the runtime, the listeners.
 
 use std::net::{Ipv6Addr, SocketAddr};
-use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
+use super::Failure;
 use crate::app::{App, Options, shutdown_signal};
 use crate::broker::Clock;
-use crate::compat::command::{ExportArgs, ImportArgs};
-use crate::config::{ConfigError, ServeConfig, Settings};
+use crate::config::{ServeConfig, Settings};
 use crate::crypto::Sealer;
 use crate::store::Store;
 
-#[derive(Parser, Debug)]
-#[command(name = "keypooler", version, about, long_about = None)]
-pub struct Cli {
-    #[command(flatten)]
-    pub settings: Settings,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Serve the HTTP API (the default).
-    Serve,
-    /// Import the Go keypooler's SQLite database into DB_PATH (all or nothing).
-    Import(ImportArgs),
-    /// Export DB_PATH to a new SQLite file the Go keypooler opens as is.
-    Export(ExportArgs),
-    /// Re-seal every value under NEW_ENCRYPTION_KEY, atomically (stop the server first).
-    Rekey(crate::rekey::RekeyArgs),
-}
-
-/// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0:#}")]
-    Runtime(#[from] anyhow::Error),
-}
-
-impl Failure {
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            Failure::Config(_) => ExitCode::from(2),
-            Failure::Runtime(_) => ExitCode::from(1),
-        }
-    }
-}
-
-pub fn run(cli: Cli) -> Result<(), Failure> {
-    let log = cli.settings.log()?;
-    crate::telemetry::init_logging(log);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&cli.settings),
-        Command::Import(args) => crate::compat::command::run_import(&cli.settings, &args),
-        Command::Export(args) => crate::compat::command::run_export(&cli.settings, &args),
-        Command::Rekey(args) => crate::rekey::run(&cli.settings, &args),
-    }
-}
-
-fn serve(settings: &Settings) -> Result<(), Failure> {
+pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
     let config = ServeConfig::from_settings(settings)?;
     crate::hardening::apply_at_start_up(config.hardening, config.limits.max_connections)
         .map_err(anyhow::Error::from)?;

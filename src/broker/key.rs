@@ -1,0 +1,116 @@
+//! A key: what it is, and the `GET /key` body holding its plaintext.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::usage::UsageCap;
+
+/// What a key is, apart from its sealed material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub tier_id: Arc<str>,
+    pub active: bool,
+    pub created_at_ms: i64,
+    /// Unix ms after which the key is never served.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A key as the pool serves it: its description and the `GET /key` body, built once when the key
+/// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
+/// snapshot holding it is dropped; `Debug` never shows it.
+pub struct KeyEntry {
+    pub info: KeyInfo,
+    /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
+    pub usage: Option<Arc<UsageCap>>,
+    body: Bytes,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("info", &self.info)
+            .field("usage", &self.usage)
+            .field("body", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// The plaintext a key carries to its callers.
+pub struct Plaintext<'a> {
+    pub value: &'a str,
+    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+    pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    key_id: &'a str,
+    value: &'a str,
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<&'a str, &'a str>,
+}
+
+/// Counts bytes, so the body buffer is allocated once at its final size: a growing `Vec` would
+/// leave copies of the plaintext behind in freed memory.
+struct ByteCount(usize);
+
+impl Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Owns the buffer behind a `Bytes` body, which holds the plaintext: zeroed when dropped.
+struct ZeroizingBody(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl KeyEntry {
+    pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
+        let body = Body {
+            key_id: &info.id,
+            value: plain.value,
+            metadata: plain.metadata,
+            secrets: plain
+                .secrets
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect(),
+        };
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, &body).expect("a map of strings always serializes");
+        let mut buffer = Zeroizing::new(Vec::with_capacity(size.0));
+        serde_json::to_writer(&mut *buffer, &body).expect("a map of strings always serializes");
+        debug_assert_eq!(buffer.len(), buffer.capacity());
+        Self {
+            info,
+            usage: usage.map(Arc::new),
+            body: Bytes::from_owner(ZeroizingBody(buffer)),
+        }
+    }
+
+    /// The `GET /key` response body. Cloning it bumps a reference count; nothing is copied.
+    #[inline]
+    pub fn body(&self) -> Bytes {
+        self.body.clone()
+    }
+
+    pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
+        self.info.active && self.info.expires_at_ms.is_none_or(|at| unix_ms < at)
+    }
+}

@@ -1,0 +1,316 @@
+//! Opening: an existing file is first checked through a read-only handle (schema, canary,
+//! every record decoded), so a damaged, foreign or wrong-key file is left byte for byte as it
+//! was. Only a file that passed, or one a crash left needing recovery (which redb repairs), is
+//! opened for writing. Each redb step runs under [`guarded`], so a redb panic on a file altered
+//! behind its back becomes [`StoreError::Damaged`].
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, TableError};
+
+use super::guard::guarded;
+use super::{
+    CONSUMERS, KEYS, META, SCHEMA_VERSION, SQLITE_MAGIC, Store, StoreError, TIERS, USAGE, read_each,
+};
+use crate::crypto::Sealer;
+
+const SCHEMA_KEY: &str = "schema_version";
+pub(super) const CANARY_KEY: &str = "canary";
+pub(super) const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
+pub(super) const CANARY_TEXT: &[u8] = b"keypooler canary v1";
+
+/// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
+/// redb's default (1 GiB) would only grow the RSS; 8 MiB keeps the B-tree's upper pages hot
+/// (figures in PERFORMANCE.md).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Refuses a SQLite file or an empty file before redb touches it.
+fn check_existing(path: &Path) -> Result<bool, StoreError> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => {
+            return Err(StoreError::Open {
+                path: path.into(),
+                reason: err.to_string(),
+            });
+        }
+    };
+    let is_file = file.metadata().map(|meta| meta.is_file()).unwrap_or(false);
+    if !is_file {
+        return Err(StoreError::Open {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let mut head = [0u8; 16];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) => {
+                return Err(StoreError::Open {
+                    path: path.into(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+    if filled == head.len() && &head == SQLITE_MAGIC {
+        return Err(StoreError::SqliteFile(path.into()));
+    }
+    if filled == 0 {
+        return Err(StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "the file is empty".into(),
+        });
+    }
+    Ok(true)
+}
+
+/// What a redb error at open time means for the operator.
+fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+    match err {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
+        // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::NotKeypooler {
+                path: path.into(),
+                reason: io.to_string(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Open {
+            path: path.into(),
+            reason: io.to_string(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StoreError::Damaged {
+                path: path.into(),
+                reason,
+            }
+        }
+        other => StoreError::NotKeypooler {
+            path: path.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether a database holds keypooler's tables, checked against `sealer`.
+enum Layout {
+    /// A redb file with no table at all: keypooler adopts it.
+    Blank,
+    Keypooler,
+}
+
+/// Checks the schema version and the encryption canary, without writing.
+fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Layout, StoreError> {
+    let read = db.begin_read()?;
+    let meta = match read.open_table(META) {
+        Ok(meta) => meta,
+        Err(TableError::TableDoesNotExist(_)) => {
+            if read.list_tables()?.next().is_some() {
+                return Err(StoreError::NotKeypooler {
+                    path: path.into(),
+                    reason: "a redb file without keypooler's tables".into(),
+                });
+            }
+            return Ok(Layout::Blank);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let version = meta
+        .get(SCHEMA_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no schema version".into(),
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+        });
+    }
+    let canary = meta
+        .get(CANARY_KEY)?
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no encryption canary".into(),
+        })?;
+    match sealer.open(canary.value(), CANARY_AAD) {
+        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
+        _ => Err(StoreError::WrongKey(path.into())),
+    }
+}
+
+/// Checks an existing file through a read-only handle, which never writes: a file refused here
+/// is left exactly as it was. A file a crash left needing recovery cannot be read this way; the
+/// writable open repairs it (redb rolls back to the last commit) and checks it again.
+fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::RepairAborted) => {
+            tracing::warn!(path = %path.display(), "the database was not closed cleanly; recovering");
+            return Ok(());
+        }
+        Err(err) => return Err(open_error(path, err)),
+    };
+    if let Layout::Keypooler = check(&db, path, sealer)? {
+        read_each(&db, &mut drop)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it (and its folder) when missing, and checks that
+    /// `sealer` holds the key it was created under.
+    pub fn open(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
+        let exists = check_existing(path)?;
+        if exists {
+            guarded(path, || precheck(path, sealer))?;
+        }
+        guarded(path, || Self::open_writable(path, sealer, exists))
+    }
+
+    /// Opens a database that must exist already (a missing file is an error, never a new
+    /// empty database): for rekey, and for the writer reopening its file after a failure.
+    pub fn open_existing(path: &Path, sealer: &Sealer) -> Result<Self, StoreError> {
+        if !check_existing(path)? {
+            return Err(StoreError::Open {
+                path: path.into(),
+                reason: "no such file".into(),
+            });
+        }
+        Self::open(path, sealer)
+    }
+
+    fn open_writable(path: &Path, sealer: &Sealer, exists: bool) -> Result<Self, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = if exists {
+            builder.open(path).map_err(|err| open_error(path, err))?
+        } else {
+            if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(folder).map_err(|err| StoreError::Open {
+                    path: path.into(),
+                    reason: format!("cannot create folder {}: {err}", folder.display()),
+                })?;
+            }
+            builder.create(path).map_err(|err| open_error(path, err))?
+        };
+        let store = Self {
+            db: Some(db),
+            path: path.into(),
+        };
+        if let Layout::Blank = check(store.db(), path, sealer)? {
+            store.initialize(sealer)?;
+        }
+        Ok(store)
+    }
+
+    fn initialize(&self, sealer: &Sealer) -> Result<(), StoreError> {
+        let txn = self.db().begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+            meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+            txn.open_table(TIERS)?;
+            txn.open_table(KEYS)?;
+            txn.open_table(CONSUMERS)?;
+            txn.open_table(USAGE)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::crypto::EncryptionKey;
+    use crate::store::{LimitRecord, TierRecord};
+
+    fn sealer() -> Sealer {
+        Sealer::new(&EncryptionKey::parse_hex(&"11".repeat(32)).unwrap())
+    }
+
+    #[test]
+    fn a_new_database_is_created_with_its_folder_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/folder/pool.redb");
+        let store = Store::open(&path, &sealer()).unwrap();
+        let batch = store.begin().unwrap();
+        batch
+            .put_tier(&TierRecord {
+                id: "t1".into(),
+                name: "pro".into(),
+                description: String::new(),
+                created_at_ms: 1,
+                features: BTreeMap::from([(
+                    "chat".to_string(),
+                    LimitRecord {
+                        rate_limit: 5,
+                        window_seconds: 60,
+                    },
+                )]),
+            })
+            .unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let contents = Store::open(&path, &sealer()).unwrap().load().unwrap();
+        assert_eq!(contents.tiers.len(), 1);
+        assert_eq!(contents.tiers[0].name, "pro");
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        drop(Store::open(&path, &sealer()).unwrap());
+        let other = Sealer::new(&EncryptionKey::parse_hex(&"22".repeat(32)).unwrap());
+        let err = Store::open(&path, &other).unwrap_err();
+        assert!(matches!(err, StoreError::WrongKey(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("ENCRYPTION_KEY does not match this database")
+        );
+    }
+
+    #[test]
+    fn sqlite_and_empty_files_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = dir.path().join("pool.db");
+        let mut bytes = SQLITE_MAGIC.to_vec();
+        bytes.extend_from_slice(&[7u8; 100]);
+        fs::write(&sqlite, &bytes).unwrap();
+        let err = Store::open(&sqlite, &sealer()).unwrap_err();
+        assert!(err.to_string().contains("keypooler import --from"), "{err}");
+        assert_eq!(fs::read(&sqlite).unwrap(), bytes);
+
+        let empty = dir.path().join("empty.redb");
+        fs::write(&empty, b"").unwrap();
+        assert!(matches!(
+            Store::open(&empty, &sealer()).unwrap_err(),
+            StoreError::NotKeypooler { .. }
+        ));
+        assert_eq!(fs::read(&empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_file_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let _held = Store::open(&path, &sealer()).unwrap();
+        let err = Store::open(&path, &sealer()).unwrap_err();
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The built binary: settings from the environment, one summary line, one error line.
+
+use super::*;
+
+/// The built binary, run to its end in `dir` with only the settings in `env`.
+fn keypooler(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    crate::process::run(dir, env, args)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_binary_imports_and_exports_with_a_one_line_summary() {
+    let (dir, from) = copy_fixture(SEED);
+    let ours_hex = hex_key(OURS);
+    let source_hex = fixture_key(SEED);
+    let env = [
+        ("ENCRYPTION_KEY", ours_hex.as_str()),
+        ("SOURCE_ENCRYPTION_KEY", source_hex.as_str()),
+    ];
+    let output = keypooler(
+        dir.path(),
+        &env,
+        &["import", "--from", from.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("(seed schema)")
+            && stdout.contains(": 2 tiers, 5 keys, 0 consumers, 0 skipped,"),
+        "{stdout}"
+    );
+    assert_eq!(text(&output.stderr), "", "no progress bar off a terminal");
+
+    let out = dir.path().join("out.db");
+    let output = keypooler(dir.path(), &env[..1], &["export", "--to", "out.db"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(
+        stdout.contains("(seed schema): 2 tiers, 5 keys"),
+        "{stdout}"
+    );
+    let exported = bytes(&out);
+
+    let output = keypooler(dir.path(), &env[..1], &["export", "--to", "out.db"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("already exists; pass --force"));
+    assert_eq!(bytes(&out), exported);
+
+    // The sqlite3 command line, when installed, opens it and sees the Go service's schema.
+    if let Ok(check) = Command::new("sqlite3")
+        .arg(&out)
+        .arg("PRAGMA integrity_check")
+        .output()
+    {
+        assert_eq!(text(&check.stdout).trim(), "ok");
+        let schema = |path: &Path| {
+            text(
+                &Command::new("sqlite3")
+                    .arg(path)
+                    .arg(".schema")
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+        };
+        let (_f, fixture) = copy_fixture(SEED);
+        assert_eq!(schema(&out), schema(&fixture));
+    }
+}
+
+/// One line on stderr, this exit code, no panic, no secret.
+fn assert_one_line(output: &Output, code: i32, expected: &str, secrets: &[&str]) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{stderr:?} should contain {expected:?}"
+    );
+    assert!(!stderr.contains("panicked"));
+    for secret in secrets {
+        assert!(!stderr.contains(secret), "a secret was echoed: {stderr}");
+    }
+}
+
+#[test]
+fn the_binary_fails_with_one_line_and_creates_nothing() {
+    let (dir, from) = copy_fixture(SEED);
+    let from = from.to_str().unwrap();
+    let ours_hex = hex_key(OURS);
+    let wrong = hex_key(0x77);
+    let db = dir.path().join("pool.redb");
+
+    let output = keypooler(
+        dir.path(),
+        &[
+            ("ENCRYPTION_KEY", &ours_hex),
+            ("SOURCE_ENCRYPTION_KEY", &wrong),
+        ],
+        &["import", "--from", from],
+    );
+    assert_one_line(
+        &output,
+        1,
+        "failed; nothing was written: keys row dd50ab8f-8134-4ef6-9914-fa2f1a715e6f: key_encrypted: the value does not open",
+        &[&ours_hex, &wrong, "sk-proj"],
+    );
+    assert!(!db.exists(), "no database was created");
+
+    let output = keypooler(
+        dir.path(),
+        &[
+            ("ENCRYPTION_KEY", &ours_hex),
+            ("SOURCE_ENCRYPTION_KEY", "abc-secret"),
+        ],
+        &["import", "--from", from],
+    );
+    assert_one_line(
+        &output,
+        2,
+        "SOURCE_ENCRYPTION_KEY (--encryption-key-from) must be exactly 64 hex characters",
+        &["abc-secret"],
+    );
+
+    let output = keypooler(dir.path(), &[], &["import", "--from", from]);
+    assert_one_line(&output, 2, "ENCRYPTION_KEY is required", &[]);
+
+    let output = keypooler(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &ours_hex)],
+        &["import", "--from", "missing.db"],
+    );
+    assert_one_line(&output, 1, "cannot open missing.db", &[]);
+    assert!(!db.exists());
+
+    let output = keypooler(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &ours_hex)],
+        &["export", "--to", "out.db"],
+    );
+    assert_one_line(
+        &output,
+        1,
+        "pool.redb does not exist: nothing to export",
+        &[],
+    );
+
+    // A server (here: an open store) holds the database.
+    let held = Store::open(&db, &ours()).unwrap();
+    let output = keypooler(
+        dir.path(),
+        &[
+            ("ENCRYPTION_KEY", &ours_hex),
+            ("SOURCE_ENCRYPTION_KEY", &fixture_key(SEED)),
+        ],
+        &["import", "--from", from],
+    );
+    assert_one_line(&output, 1, "is in use by another process", &[]);
+    let output = keypooler(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &ours_hex)],
+        &["export", "--to", "out.db"],
+    );
+    assert_one_line(&output, 1, "is in use by another process", &[]);
+    drop(held);
+    assert!(view(&db).is_empty());
+    assert!(!dir.path().join("out.db").exists());
+}
