@@ -1,10 +1,11 @@
-//! Issue 6, secret hygiene: the built binary turns core dumps off and makes itself not
+//! Secret hygiene: the built binary turns core dumps off and makes itself not
 //! dumpable, unless told otherwise; `MLOCK` locks its memory or stops with one clear line.
 //! Observed from outside, through /proc.
 //!
 //! The server runs as `nobody` here (via `setpriv`), with a core limit raised first (via
 //! `prlimit`): a process that is not dumpable has its /proc files owned by root rather than by
-//! its user, which is how another process can tell.
+//! its user, which is how another process can tell. Both need root, so these tests are ignored by
+//! a plain `cargo test`; CI runs them as root with `cargo test -- --include-ignored`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -81,6 +82,7 @@ fn status_field(pid: u32, field: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: runs the server as nobody (setpriv) under a raised core limit (prlimit)"]
 fn core_dumps_are_off_and_the_process_is_not_dumpable_unless_allowed() {
     let dir = shared_dir();
     let wrapper = as_nobody(&["--core=unlimited:unlimited"]);
@@ -124,6 +126,7 @@ fn core_dumps_are_off_and_the_process_is_not_dumpable_unless_allowed() {
 
 /// As root (`CAP_IPC_LOCK`), so the memlock limit does not apply.
 #[test]
+#[ignore = "needs root: CAP_IPC_LOCK to lock all memory past the memlock limit"]
 fn mlock_locks_all_memory() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[], &[]);
@@ -144,6 +147,7 @@ fn mlock_locks_all_memory() {
 }
 
 #[test]
+#[ignore = "needs root: runs the server as nobody (setpriv) under a set memlock limit (prlimit)"]
 fn mlock_under_a_low_memlock_limit_stops_with_one_line_naming_the_limit() {
     let dir = shared_dir();
     let wrapper = as_nobody(&["--memlock=65536:65536"]);
