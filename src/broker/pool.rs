@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty, KeyEntry};
-use super::meter::Meter;
 use super::rate::Clock;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
+use crate::telemetry::Meter;
 
 /// What `GET /key` learns from the pool.
 #[derive(Debug)]
@@ -140,8 +140,8 @@ mod tests {
 
     use super::*;
     use crate::broker::catalog::{KeyInfo, Limit, Plaintext, Tier};
-    use crate::broker::meter::Meter;
     use crate::broker::rate::ManualClock;
+    use crate::telemetry::Meter;
 
     fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
         Tier {

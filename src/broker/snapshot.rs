@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use super::catalog::{Catalog, Consumer, Dirty, KeyEntry, Member, Roster, feature_index};
-use super::meter::{Meter, Outcomes};
+use super::outcomes::Outcomes;
 use super::rate::Clock;
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::usage::{LIFETIME, Refusal, Reserve};
+use crate::telemetry::Meter;
 
 /// The keys one tier lends a feature: the tier's roster (shared with the catalog, never copied)
 /// and the feature's limits in that tier.

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::json::JsonBody;
-use crate::app::AppState;
 use crate::broker::{Catalog, KeyEntry, Limit, Tier};
 use crate::writer::spec::{self, DEFAULT_WINDOW_SECONDS, Invalid};
 use crate::writer::{NewKey, TierSpec};

@@ -28,11 +28,12 @@ use zeroize::Zeroizing;
 use crate::broker::snapshot::seconds;
 use crate::broker::usage::LIFETIME;
 use crate::broker::{
-    AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Meter, Plaintext, Pool, Reserve,
-    Tier, UsageCap,
+    AuditLog, Catalog, Clock, Consumer, Dirty, KeyEntry, KeyInfo, Plaintext, Pool, Reserve, Tier,
+    UsageCap,
 };
 use crate::crypto::Sealer;
 use crate::store::{Batch, Store, StoreError, UsageRecord};
+use crate::telemetry::{Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION};
 pub use spec::{Invalid, NewKey, TierSpec};
 
 /// Requests a handler may queue before `send` waits.
@@ -42,11 +43,7 @@ const MAX_BATCH: usize = 1_024;
 /// Audit events kept on disk; older ones are dropped as new ones arrive.
 pub const AUDIT_RETENTION: u64 = 100_000;
 
-/// Changes handled, by `kind` and `outcome` ([`OUTCOMES`]).
-pub const COMMANDS: &str = "keypooler_writer_commands_total";
-/// Seconds each durable commit of a batch took.
-pub const COMMIT_DURATION: &str = "keypooler_writer_commit_duration_seconds";
-/// The `kind` label values of [`COMMANDS`]: admin changes, then the writer's own work
+/// The `kind` label values of [`WRITER_COMMANDS`]: admin changes, then the writer's own work
 /// (usage reservations and audit flushes, and reads of the audit trail).
 pub const KINDS: [&str; 11] = [
     "create_tier",
@@ -61,8 +58,8 @@ pub const KINDS: [&str; 11] = [
     "recent_usage",
     "expire_keys",
 ];
-/// The `outcome` label values of [`COMMANDS`]: committed; refused as invalid or conflicting
-/// (a 4xx); not saved because storage failed or the writer stopped (a 5xx).
+/// The `outcome` label values of [`WRITER_COMMANDS`]: committed; refused as invalid or
+/// conflicting (a 4xx); not saved because storage failed or the writer stopped (a 5xx).
 pub const OUTCOMES: [&str; 3] = ["applied", "refused", "failed"];
 
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +141,11 @@ impl Meters {
     fn new(meter: &Meter) -> Self {
         Self {
             commands: KINDS.map(|kind| {
-                OUTCOMES
-                    .map(|outcome| meter.counter(COMMANDS, &[("kind", kind), ("outcome", outcome)]))
+                OUTCOMES.map(|outcome| {
+                    meter.counter(WRITER_COMMANDS, &[("kind", kind), ("outcome", outcome)])
+                })
             }),
-            commit: meter.histogram(COMMIT_DURATION, &[]),
+            commit: meter.histogram(WRITER_COMMIT_DURATION, &[]),
         }
     }
 
