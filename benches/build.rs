@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use criterion::{BatchSize, BenchmarkId, Criterion};
-use keypooler::broker::{Clock, Meter, Snapshot};
+use keypooler::broker::{Clock, Snapshot};
 use keypooler::crypto::{EncryptionKey, Sealer};
-use keypooler::http::ApiError;
-use keypooler::http::error::json_response;
+use keypooler::http::{ApiError, json_response};
 use keypooler::store::value_aad;
+use keypooler::telemetry::Meter;
 
 use common::{Tally, VALUE_64, catalog, key, pool};
 

@@ -8,54 +8,17 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{AuditLog, Clock, Meter, Pool};
-use crate::config::MetricsConfig;
+use crate::broker::{AuditLog, Clock, Pool};
+use crate::config::{ConnectionLimits, MetricsConfig};
 use crate::crypto::Sealer;
-use crate::server::Limits;
+use crate::http::{AppState, PrometheusExporter};
 use crate::store::{Store, StoreError, load_catalog};
-use crate::telemetry::prometheus::Metrics;
-use crate::writer::{self, Writer, WriterThread};
+use crate::telemetry::Meter;
+use crate::writer::{self, WriterThread};
 
 /// How often recorded histogram samples are moved into their buckets: often enough that the
 /// samples waiting in between stay a few MiB even at full speed.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
-
-/// What every handler shares. Cloning it clones one `Arc`.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-struct Shared {
-    pool: Arc<Pool>,
-    writer: Writer,
-    admin_token: SecretString,
-    metrics: Option<Metrics>,
-    audit: Option<Arc<AuditLog>>,
-}
-
-impl AppState {
-    pub fn pool(&self) -> &Pool {
-        &self.0.pool
-    }
-
-    pub fn writer(&self) -> &Writer {
-        &self.0.writer
-    }
-
-    pub fn admin_token(&self) -> &SecretString {
-        &self.0.admin_token
-    }
-
-    /// The recorder, unless metrics are off.
-    pub fn metrics(&self) -> Option<&Metrics> {
-        self.0.metrics.as_ref()
-    }
-
-    /// The audit trail, when it is on.
-    #[inline]
-    pub fn audit(&self) -> Option<&AuditLog> {
-        self.0.audit.as_deref()
-    }
-}
 
 /// Choices made at start-up beyond the store and the token.
 #[derive(Clone, Debug)]
@@ -64,7 +27,7 @@ pub struct Options {
     pub audit: bool,
     pub metrics: MetricsConfig,
     /// Connection limits and timeouts.
-    pub limits: Limits,
+    pub limits: ConnectionLimits,
 }
 
 impl Default for Options {
@@ -72,7 +35,7 @@ impl Default for Options {
         Self {
             audit: true,
             metrics: MetricsConfig::default(),
-            limits: Limits::default(),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -81,7 +44,7 @@ impl Default for Options {
 pub struct App {
     pub state: AppState,
     writer: WriterThread,
-    limits: Limits,
+    limits: ConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +91,10 @@ impl App {
         admin_token: SecretString,
         options: Options,
     ) -> Result<Self, StartError> {
-        let metrics = Metrics::new(&options.metrics);
-        let meter = metrics.as_ref().map_or_else(Meter::off, Metrics::meter);
+        let exporter = PrometheusExporter::new(&options.metrics);
+        let meter = exporter
+            .as_ref()
+            .map_or_else(Meter::off, PrometheusExporter::meter);
         let (mut catalog, skipped) = load_catalog(&store, &sealer, &clock)?;
         catalog.expire(clock.unix_now_ms());
         for skip in &skipped {
@@ -159,13 +124,7 @@ impl App {
             &meter,
         )?;
         Ok(Self {
-            state: AppState(Arc::new(Shared {
-                pool,
-                writer,
-                admin_token,
-                metrics,
-                audit,
-            })),
+            state: AppState::new(pool, writer, admin_token, exporter, audit),
             writer: thread,
             limits: options.limits,
         })
@@ -212,8 +171,8 @@ impl App {
             shutdown.await;
             drop(stop);
         };
-        let upkeep = state.metrics().map(|metrics| {
-            let (handle, mut stopped) = (metrics.handle(), stopped.clone());
+        let upkeep = state.exporter().map(|exporter| {
+            let (handle, mut stopped) = (exporter.handle(), stopped.clone());
             tokio::spawn(async move {
                 let mut ticks = tokio::time::interval(METRICS_UPKEEP);
                 loop {

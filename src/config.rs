@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use crate::crypto::EncryptionKey;
 use crate::hardening;
-use crate::server::Limits;
+use crate::telemetry::{LogConfig, LogFormat};
 
 /// A setting that is missing or malformed. The message names the variable, never a secret.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,18 +96,6 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LogConfig {
-    pub level: tracing::Level,
-    pub format: LogFormat,
-}
-
 /// What to measure and where to serve it.
 #[derive(Clone, Debug)]
 pub struct MetricsConfig {
@@ -128,6 +116,35 @@ impl Default for MetricsConfig {
             port: None,
             token: None,
             per_key: true,
+        }
+    }
+}
+
+/// How long clients may take and how many may be connected at once (the server's connection
+/// limits, not a key's rate limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A whole request head must arrive within this, counted from when the server starts reading
+    /// it; otherwise the connection is closed without a reply.
+    pub header_read_timeout: Duration,
+    /// A request must be answered within this, reading its body included; otherwise `408`.
+    pub request_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: u32,
+}
+
+impl ConnectionLimits {
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -231,20 +248,20 @@ impl Settings {
             .into()
     }
 
-    pub fn limits(&self) -> Result<Limits, ConfigError> {
-        Ok(Limits {
+    pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        Ok(ConnectionLimits {
             header_read_timeout: seconds(
                 "HEADER_READ_TIMEOUT",
                 self.header_read_timeout.as_ref(),
-                Limits::DEFAULT_HEADER_READ_TIMEOUT,
+                ConnectionLimits::DEFAULT_HEADER_READ_TIMEOUT,
             )?,
             request_timeout: seconds(
                 "REQUEST_TIMEOUT",
                 self.request_timeout.as_ref(),
-                Limits::DEFAULT_REQUEST_TIMEOUT,
+                ConnectionLimits::DEFAULT_REQUEST_TIMEOUT,
             )?,
             max_connections: match given(self.max_connections.as_ref()) {
-                None => Limits::DEFAULT_MAX_CONNECTIONS,
+                None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
                 Some(text) => text
                     .parse::<u32>()
                     .ok()
@@ -326,7 +343,7 @@ pub struct ServeConfig {
     pub db_path: PathBuf,
     pub audit: bool,
     pub metrics: MetricsConfig,
-    pub limits: Limits,
+    pub limits: ConnectionLimits,
     pub hardening: hardening::Options,
 }
 
@@ -369,7 +386,7 @@ mod tests {
         assert!(config.metrics.enabled && config.metrics.per_key);
         assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
-        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits, ConnectionLimits::default());
         assert_eq!(config.hardening, hardening::Options::default());
         assert_eq!(
             s.log().unwrap(),
@@ -505,7 +522,7 @@ mod tests {
         let config = ServeConfig::from_settings(&s).unwrap();
         assert_eq!(
             config.limits,
-            Limits {
+            ConnectionLimits {
                 header_read_timeout: Duration::from_millis(250),
                 request_timeout: Duration::from_secs(45),
                 max_connections: 10,
@@ -523,9 +540,21 @@ mod tests {
     /// A bare switch is on and never takes the next argument (the subcommand) as its value.
     #[test]
     fn a_bare_switch_is_on() {
-        use clap::Parser;
+        use clap::{Parser, Subcommand};
+        /// The settings before a subcommand, as the command line reads them.
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+            #[command(subcommand)]
+            command: Option<Command>,
+        }
+        #[derive(Subcommand)]
+        enum Command {
+            Serve,
+        }
         let args = ["keypooler", "--allow-core-dumps", "--mlock=false", "serve"];
-        let cli = crate::cli::Cli::try_parse_from(args).unwrap();
+        let cli = Cli::try_parse_from(args).unwrap();
         assert_eq!(
             cli.settings.hardening().unwrap(),
             hardening::Options {

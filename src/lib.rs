@@ -19,13 +19,15 @@
 //!   and audit flushes, each committed before it takes effect)
 //! ```
 //!
-//! * [`config`], [`telemetry`]: settings, logs and the Prometheus recorder (each layer counts
-//!   through handles it registers once: `broker::Meter` for `GET /key` outcomes, the writer for
-//!   its commands, `http::metrics` for requests).
+//! * [`config`], [`cli`]: settings and the command line.
+//! * [`telemetry`]: logs, the name of every metric, and the `Meter` each layer registers its
+//!   handles with once (the broker for `GET /key` outcomes, the writer for its commands, the
+//!   request metrics for requests); the Prometheus exporter that renders them is in [`http`].
 //! * [`app`]: start-up (open, verify the key, first snapshot, writer) and the server loop.
 //! * [`server`]: connections: the limit on open connections, header and request timeouts.
 //! * [`hardening`]: the process: no core dumps, not dumpable, optionally locked in memory.
-//! * [`http`]: the route table, auth, JSON bodies, handlers, the one error type.
+//! * [`http`]: the route table, the state handlers share, auth, JSON bodies, handlers, the one
+//!   error type, the request metrics and `/metrics`.
 //! * [`broker`]: snapshots, feature pools, round-robin cursors, rate counters, usage caps, the
 //!   audit queue, the clock; the validated admin inputs and the rules they obey.
 //! * [`crypto`]: AES-256-GCM sealing, ours and the Go service's.

@@ -1,15 +1,16 @@
 //! The connection loop: accepts TCP connections under a limit, serves each with HTTP/1.1 under a
 //! header read timeout and a request timeout, and shuts down gracefully.
 //!
-//! * At most [`Limits::max_connections`] connections are open at once: a permit is taken
-//!   *before* `accept`, so a connection over the limit waits in the kernel's listen backlog (its
-//!   client sees no answer yet, nothing is read from it) until another closes.
-//! * A client must send a whole request head within [`Limits::header_read_timeout`], counted from
-//!   the moment the server starts reading it (connection open, or the end of the previous
-//!   response on a kept-alive connection); otherwise the connection is closed without a reply.
-//!   This also closes idle kept-alive connections, so a silent client cannot hold a permit.
-//! * Each request must be answered within [`Limits::request_timeout`], reading its body
-//!   included; otherwise it gets `408 {"error": "request timed out"}`.
+//! * At most [`ConnectionLimits::max_connections`] connections are open at once: a permit is
+//!   taken *before* `accept`, so a connection over the limit waits in the kernel's listen
+//!   backlog (its client sees no answer yet, nothing is read from it) until another closes.
+//! * A client must send a whole request head within
+//!   [`ConnectionLimits::header_read_timeout`], counted from the moment the server starts
+//!   reading it (connection open, or the end of the previous response on a kept-alive
+//!   connection); otherwise the connection is closed without a reply. This also closes idle
+//!   kept-alive connections, so a silent client cannot hold a permit.
+//! * Each request must be answered within [`ConnectionLimits::request_timeout`], reading its
+//!   body included; otherwise it gets `408 {"error": "request timed out"}`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,31 +26,8 @@ use tokio::sync::{Semaphore, watch};
 use tower::util::MapResponse;
 use tower_http::timeout::Timeout;
 
-use crate::http::ApiError;
-
-/// How long clients may take and how many may be connected; see the module doc.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_connections: u32,
-}
-
-impl Limits {
-    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
-            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
-            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
+use crate::config::ConnectionLimits;
+use crate::http::{ApiError, Routed};
 
 /// Answers a request that ran out of time with the JSON error every other failure has.
 /// tower-http's timeout answers with an empty body and no content type; nothing else in
@@ -69,8 +47,8 @@ fn timeout_as_json(response: Response) -> Response {
 /// are closed.
 pub async fn serve(
     listener: TcpListener,
-    router: crate::http::Routed,
-    limits: Limits,
+    router: Routed,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Wrapping the router whole (not each route with `Router::layer`) keeps both layers free of

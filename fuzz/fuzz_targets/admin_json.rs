@@ -6,9 +6,8 @@
 
 #![no_main]
 
-use keypooler::http::ApiError;
-use keypooler::http::json::parse;
 use keypooler::broker::{KeyBody, NewKey, TierBody, TierSpec};
+use keypooler::http::{ApiError, parse_json};
 use libfuzzer_sys::fuzz_target;
 
 fn check(result: Result<(), ApiError>, data: &[u8]) {
@@ -27,8 +26,8 @@ fn check(result: Result<(), ApiError>, data: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let tier = parse::<TierBody>(data).and_then(|body| Ok(TierSpec::try_from(body).map(drop)?));
+    let tier = parse_json::<TierBody>(data).and_then(|body| Ok(TierSpec::try_from(body).map(drop)?));
     check(tier, data);
-    let key = parse::<KeyBody>(data).and_then(|body| Ok(NewKey::try_from(body).map(drop)?));
+    let key = parse_json::<KeyBody>(data).and_then(|body| Ok(NewKey::try_from(body).map(drop)?));
     check(key, data);
 });

@@ -1,13 +1,13 @@
 //! The read path's domain: immutable snapshots of the pool, round-robin cursors, the per-key
-//! rate counters and usage caps, the audit queue, the clock, and the metric handles of
-//! `GET /key`. Knows nothing of HTTP, tokio or storage.
+//! rate counters and usage caps, the audit queue, the clock, and the outcome counters
+//! of `GET /key`. Knows nothing of HTTP, tokio or storage.
 //!
 //! * `tier`, `key`, `consumer`: what the pool holds.
 //! * `roster`: a tier's active keys in rotation order, with their live counters.
 //! * `catalog`: everything the writer knows, persistent so a clone is O(1).
 //! * `snapshot`, `pool`: one published generation per feature, and picking from it.
 //! * `rate`, `usage`, `clock`: rate windows, usage caps, and the milliseconds they count in.
-//! * `audit`, `meter`: the audit queue and the `GET /key` metric handles.
+//! * `audit`, `outcomes`: the audit queue and the outcome counters of `GET /key`.
 //! * `input`: the validated admin inputs and the rules they obey.
 
 mod audit;
@@ -16,7 +16,7 @@ mod clock;
 mod consumer;
 mod input;
 mod key;
-mod meter;
+mod outcomes;
 mod pool;
 mod rate;
 mod roster;
@@ -34,7 +34,7 @@ pub use input::{
     ScopeBody, TierBody, TierSpec, parse_limit, parse_name,
 };
 pub use key::{KeyEntry, KeyInfo, Plaintext};
-pub use meter::{KEY_REQUESTS, Meter, Outcomes};
+pub use outcomes::Outcomes;
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};
 pub use roster::Unplaced;

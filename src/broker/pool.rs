@@ -9,9 +9,9 @@ use arc_swap::ArcSwap;
 use super::catalog::{Catalog, Dirty};
 use super::clock::Clock;
 use super::key::KeyEntry;
-use super::meter::Meter;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
+use crate::telemetry::Meter;
 
 /// What `GET /key` learns from the pool.
 #[derive(Debug)]
@@ -140,7 +140,8 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::broker::{KeyInfo, Limit, ManualClock, Meter, Plaintext, Tier};
+    use crate::broker::{KeyInfo, Limit, ManualClock, Plaintext, Tier};
+    use crate::telemetry::Meter;
 
     fn tier(name: &str, features: &[(&str, u32, u32)]) -> Tier {
         Tier {

@@ -11,11 +11,12 @@ use super::catalog::{Catalog, Dirty};
 use super::clock::Clock;
 use super::consumer::Consumer;
 use super::key::KeyEntry;
-use super::meter::{Meter, Outcomes};
+use super::outcomes::Outcomes;
 use super::roster::{Member, Roster};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::tier::feature_index;
 use super::usage::{LIFETIME, Refusal, Reserve, to_cap_seconds};
+use crate::telemetry::Meter;
 
 /// The keys one tier lends a feature: the tier's roster (shared with the catalog, never copied)
 /// and the feature's limits in that tier.

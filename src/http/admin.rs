@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::json::JsonBody;
-use crate::app::AppState;
 use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {

@@ -1,5 +1,6 @@
-//! Bearer tokens: the admin token (every route), the metrics token (`/metrics`, when set) and,
-//! later, consumer tokens (`GET /key` only).
+//! Bearer tokens: reading one from the request, and comparing it with the admin token (the admin
+//! routes and `GET /key`) or the metrics token (`/metrics`, when set). Consumer tokens
+//! (`GET /key` only) are found by their hash in the snapshot instead.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -7,8 +8,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::AppState;
 use super::error::ApiError;
-use crate::app::AppState;
 
 /// The token a request presents, borrowed from its headers.
 pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {

@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
+use super::AppState;
 use super::admin::{deleted, json};
 use super::auth::Admin;
 use super::error::ApiError;
 use super::json::JsonBody;
-use crate::app::AppState;
 use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
 
 #[derive(Serialize)]

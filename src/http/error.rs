@@ -19,7 +19,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// The request was not answered within the request timeout (see [`crate::server`]).
+    /// The request was not answered within the request timeout (`REQUEST_TIMEOUT`); the server
+    /// answers it, outside any handler.
     #[error("request timed out")]
     RequestTimeout,
     #[error("{0}")]

@@ -22,11 +22,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::BadRequest("could not read the request body".into())
             }
         })?;
-        parse(&bytes).map(JsonBody)
+        parse_json(&bytes).map(JsonBody)
     }
 }
 
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.trim_ascii().is_empty() {
         return Err(ApiError::BadRequest(
             "request body must be a JSON object".into(),
@@ -98,7 +98,7 @@ mod tests {
     }
 
     fn message(body: &str) -> String {
-        match parse::<Body>(body.as_bytes()).unwrap_err() {
+        match parse_json::<Body>(body.as_bytes()).unwrap_err() {
             ApiError::BadRequest(message) => message,
             other => panic!("expected 400, got {other:?}"),
         }
@@ -114,7 +114,7 @@ mod tests {
         assert!(message(r#"{"name": "x"} trailing"#).contains("malformed JSON"));
         let long = format!(r#"{{"{}": "x"}}"#, "k".repeat(10_000));
         let Err(ApiError::BadRequest(text)) =
-            parse::<std::collections::BTreeMap<String, u32>>(long.as_bytes())
+            parse_json::<std::collections::BTreeMap<String, u32>>(long.as_bytes())
         else {
             panic!("expected 400");
         };

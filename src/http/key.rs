@@ -8,9 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
 use super::auth::{bearer, is_admin};
 use super::error::{ApiError, json_response};
-use crate::app::AppState;
 use crate::broker::{Caller, Event, Pick, Snapshot};
 use crate::crypto::token_hash;
 

@@ -4,14 +4,13 @@
 use metrics::{Counter, Histogram};
 
 use super::WriteError;
-use super::metric_names::{COMMANDS, COMMIT_DURATION};
-use crate::broker::Meter;
+use crate::telemetry::{Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION};
 
 /// Declares [`Kind`] from one list: its variants, every value in declaration order, and each
 /// one's label.
 macro_rules! kinds {
     ($($kind:ident => $label:literal,)*) => {
-        /// What a request asks the writer: the `kind` label of [`COMMANDS`].
+        /// What a request asks the writer: the `kind` label of [`WRITER_COMMANDS`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub(super) enum Kind {
             $($kind,)*
@@ -44,7 +43,7 @@ kinds! {
     ExpireKeys => "expire_keys",
 }
 
-/// One kind's counters, by the `outcome` label of [`COMMANDS`].
+/// One kind's counters, by the `outcome` label of [`WRITER_COMMANDS`].
 struct ByOutcome {
     /// Committed.
     applied: Counter,
@@ -56,8 +55,12 @@ struct ByOutcome {
 
 impl ByOutcome {
     fn new(meter: &Meter, kind: Kind) -> Self {
-        let counter =
-            |outcome| meter.counter(COMMANDS, &[("kind", kind.label()), ("outcome", outcome)]);
+        let counter = |outcome| {
+            meter.counter(
+                WRITER_COMMANDS,
+                &[("kind", kind.label()), ("outcome", outcome)],
+            )
+        };
         Self {
             applied: counter("applied"),
             refused: counter("refused"),
@@ -76,7 +79,7 @@ impl Meters {
     pub(super) fn new(meter: &Meter) -> Self {
         Self {
             commands: Kind::ALL.map(|kind| ByOutcome::new(meter, kind)),
-            commit: meter.histogram(COMMIT_DURATION, &[]),
+            commit: meter.histogram(WRITER_COMMIT_DURATION, &[]),
         }
     }
 

@@ -16,12 +16,11 @@
 //! * `thread`: the thread and its batch loop (drain, stage, commit, publish, reply).
 //! * `ops`: one function per operation, applied to the batch being staged.
 //! * `change_log`: the log line of each committed change.
-//! * `meters`: the writer's metric handles; `metric_names` the names they are exported under.
+//! * `meters`: the writer's metric handles.
 
 mod change_log;
 mod handle;
 mod meters;
-mod metric_names;
 mod ops;
 mod request;
 mod thread;
@@ -29,7 +28,6 @@ mod thread;
 use crate::store::StoreError;
 
 pub use handle::Writer;
-pub use metric_names::{COMMANDS, COMMIT_DURATION};
 pub use ops::reserve_all;
 pub use thread::{WriterThread, spawn};
 

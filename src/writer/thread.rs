@@ -11,9 +11,10 @@ use super::handle::{ReserveSink, Writer};
 use super::meters::Meters;
 use super::ops::{Staged, Staging};
 use super::request::Request;
-use crate::broker::{AuditLog, Catalog, Meter, Pool};
+use crate::broker::{AuditLog, Catalog, Pool};
 use crate::crypto::Sealer;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Meter;
 
 /// Requests a handler may queue before `send` waits.
 const QUEUE_DEPTH: usize = 4_096;

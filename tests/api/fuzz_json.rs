@@ -480,7 +480,7 @@ fn ten_thousand_nested_arrays_are_refused_without_overflowing_the_stack() {
 #[test]
 fn mebibyte_strings_are_refused_or_kept_whole() {
     let fixture = Fixture::new();
-    let huge = "x".repeat(keypooler::http::json::BODY_LIMIT - 100);
+    let huge = "x".repeat(keypooler::http::BODY_LIMIT - 100);
     let name = json!({"name": huge, "features": {"chat": 1}}).to_string();
     let (status, answer) = fixture.call(Method::POST, "/admin/tiers", name.into_bytes());
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -498,7 +498,7 @@ fn mebibyte_strings_are_refused_or_kept_whole() {
     assert_eq!(served["value"].as_str().unwrap(), value);
     let over = format!(
         r#"{{"name": "{}"}}"#,
-        "y".repeat(keypooler::http::json::BODY_LIMIT)
+        "y".repeat(keypooler::http::BODY_LIMIT)
     );
     let (status, _) = fixture.call(Method::POST, "/admin/keys", over.into_bytes());
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use keypooler::app::{App, Options};
 use keypooler::broker::{Clock, ManualClock};
-use keypooler::config::MetricsConfig;
+use keypooler::config::{ConnectionLimits, MetricsConfig};
 use keypooler::crypto::{EncryptionKey, Sealer};
-use keypooler::server::Limits;
 use keypooler::store::Store;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
@@ -78,7 +77,7 @@ impl TestApp {
     }
 
     /// A server with these connection limits and timeouts.
-    pub async fn spawn_with_limits(limits: Limits) -> Self {
+    pub async fn spawn_with_limits(limits: ConnectionLimits) -> Self {
         Self::spawn_with(Options {
             limits,
             ..Options::default()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keypooler::server::Limits;
+use keypooler::config::ConnectionLimits;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,8 +14,8 @@ use crate::helpers::{ADMIN_TOKEN, TestApp};
 
 const BOUND: Duration = Duration::from_secs(20);
 
-fn limits(header_read_ms: u64, request_ms: u64, max_connections: u32) -> Limits {
-    Limits {
+fn limits(header_read_ms: u64, request_ms: u64, max_connections: u32) -> ConnectionLimits {
+    ConnectionLimits {
         header_read_timeout: Duration::from_millis(header_read_ms),
         request_timeout: Duration::from_millis(request_ms),
         max_connections,

@@ -1,9 +1,9 @@
-//! Prometheus: the recorder, the description and buckets of every metric, and the families
-//! read from the live snapshot at scrape time.
+//! `GET /metrics` and the Prometheus exporter behind it: the recorder, the description and
+//! buckets of every metric, and the families read from the live snapshot at scrape time.
 //!
-//! Each [`App`](crate::app::App) owns its recorder rather than installing one process-wide: two
-//! apps in one process (the integration tests) keep separate counts, and `METRICS=off` is simply
-//! no recorder. Every handle is registered through a [`Meter`] over this recorder.
+//! Each app owns its exporter rather than installing a recorder process-wide: two apps in one
+//! process (the integration tests) keep separate counts, and `METRICS=off` is simply no
+//! exporter. Every handle is registered through a [`Meter`] over its recorder.
 //!
 //! Two kinds of series:
 //! * events (requests, `GET /key` outcomes, writer commands, durations) are counted as they
@@ -15,17 +15,26 @@
 use std::fmt::{Display, Write};
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
 use metrics::Unit;
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use secrecy::SecretString;
 
-use crate::broker::KEY_REQUESTS;
-use crate::broker::{Clock, Meter, Snapshot};
+use super::AppState;
+use super::auth::{bearer, same_token};
+use super::error::ApiError;
+use crate::broker::{Clock, Snapshot};
 use crate::config::MetricsConfig;
-use crate::http::metrics::{HTTP_DURATION, HTTP_REQUESTS};
-use crate::writer::{COMMANDS, COMMIT_DURATION};
+use crate::telemetry::{
+    BUILD_INFO, HTTP_DURATION, HTTP_REQUESTS, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, KEY_REQUESTS,
+    Meter, POOL_ACTIVE_KEYS, POOL_FEATURES, POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION,
+    SNAPSHOT_BUILT, SNAPSHOT_GENERATION, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
+    WRITER_QUEUE_DEPTH,
+};
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
 const REQUEST_BUCKETS: [f64; 14] = [
@@ -36,25 +45,52 @@ const REQUEST_BUCKETS: [f64; 14] = [
 const COMMIT_BUCKETS: [f64; 13] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// The Prometheus text exposition format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: what the recorder holds, then the families read from the live snapshot.
+pub async fn get_metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let exporter = app
+        .exporter()
+        .ok_or_else(|| ApiError::NotFound("not found".into()))?;
+    if let Some(token) = exporter.token()
+        && !same_token(bearer(&headers)?, token)
+    {
+        return Err(ApiError::Unauthorized("invalid token"));
+    }
+    let body = exporter.render(
+        &app.pool().load(),
+        app.pool().clock(),
+        app.writer().queue_depth(),
+    );
+    let mut response = Response::new(body.into());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    Ok(response)
+}
 
 /// The recorder of one app and what `/metrics` needs besides it.
-pub struct Metrics {
+pub struct PrometheusExporter {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     token: Option<SecretString>,
     per_key: bool,
 }
 
-impl std::fmt::Debug for Metrics {
+impl std::fmt::Debug for PrometheusExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics")
+        f.debug_struct("PrometheusExporter")
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
             .field("per_key", &self.per_key)
             .finish_non_exhaustive()
     }
 }
 
-impl Metrics {
+impl PrometheusExporter {
     /// A recorder with the buckets and descriptions of every metric; `None` when metrics are off.
     pub fn new(config: &MetricsConfig) -> Option<Self> {
         if !config.enabled {
@@ -63,7 +99,10 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), &REQUEST_BUCKETS)
             .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(COMMIT_DURATION.into()), &COMMIT_BUCKETS)
+                b.set_buckets_for_metric(
+                    Matcher::Full(WRITER_COMMIT_DURATION.into()),
+                    &COMMIT_BUCKETS,
+                )
             })
             .expect("the bucket lists are not empty")
             .build_recorder();
@@ -121,12 +160,12 @@ fn describe() {
         "GET /key answers, by feature (`unknown` for features no tier lists) and outcome."
     );
     metrics::describe_counter!(
-        COMMANDS,
+        WRITER_COMMANDS,
         Unit::Count,
         "Admin changes handled by the writer, by kind and outcome (applied, refused, failed)."
     );
     metrics::describe_histogram!(
-        COMMIT_DURATION,
+        WRITER_COMMIT_DURATION,
         Unit::Seconds,
         "Time each durable commit of a batch of admin changes took."
     );
@@ -161,56 +200,44 @@ impl Families<'_> {
     }
 
     fn live(&mut self, snapshot: &Snapshot, clock: &Clock, queue_depth: usize) {
-        self.header("keypooler_build_info", "The running version; always 1.");
-        self.sample(
-            "keypooler_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
+        self.header(BUILD_INFO, "The running version; always 1.");
+        self.sample(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
         let catalog = &snapshot.catalog;
         let tiers: Vec<_> = catalog.tier_keys(clock.unix_now_ms()).collect();
-        self.header("keypooler_pool_keys", "Keys stored, by tier.");
+        self.header(POOL_KEYS, "Keys stored, by tier.");
         for (tier, keys) in &tiers {
-            self.sample("keypooler_pool_keys", &[("tier", &tier.name)], keys.total);
+            self.sample(POOL_KEYS, &[("tier", &tier.name)], keys.total);
         }
         self.header(
-            "keypooler_pool_active_keys",
+            POOL_ACTIVE_KEYS,
             "Keys servable now (active, not expired), by tier.",
         );
         for (tier, keys) in &tiers {
-            self.sample(
-                "keypooler_pool_active_keys",
-                &[("tier", &tier.name)],
-                keys.active,
-            );
+            self.sample(POOL_ACTIVE_KEYS, &[("tier", &tier.name)], keys.active);
         }
+        self.gauge(POOL_TIERS, "Tiers defined.", catalog.tier_count());
         self.gauge(
-            "keypooler_pool_tiers",
-            "Tiers defined.",
-            catalog.tier_count(),
-        );
-        self.gauge(
-            "keypooler_pool_features",
+            POOL_FEATURES,
             "Features some tier lists.",
             snapshot.feature_count(),
         );
         self.gauge(
-            "keypooler_snapshot_generation",
+            SNAPSHOT_GENERATION,
             "Generation of the published snapshot; each committed admin batch adds one.",
             snapshot.generation,
         );
         self.gauge(
-            "keypooler_snapshot_built_timestamp_seconds",
+            SNAPSHOT_BUILT,
             "Unix time at which the published snapshot was built.",
             snapshot.built_at_unix_ms as f64 / 1_000.0,
         );
         self.gauge(
-            "keypooler_snapshot_build_duration_seconds",
+            SNAPSHOT_BUILD_DURATION,
             "Time building the published snapshot took.",
             snapshot.build_duration.as_secs_f64(),
         );
         self.gauge(
-            "keypooler_writer_queue_depth",
+            WRITER_QUEUE_DEPTH,
             "Admin changes queued for the writer and not yet taken.",
             queue_depth,
         );
@@ -218,8 +245,6 @@ impl Families<'_> {
 
     /// Each key's budget per feature, read from the live counters (METRICS_PER_KEY).
     fn budgets(&mut self, snapshot: &Snapshot, now_ms: u64) {
-        const USED: &str = "keypooler_key_budget_used";
-        const LIMIT: &str = "keypooler_key_budget_limit";
         let catalog = &snapshot.catalog;
         let rows: Vec<_> = catalog
             .keys()
@@ -231,12 +256,12 @@ impl Families<'_> {
             .collect();
         for (name, help, limit) in [
             (
-                USED,
+                KEY_BUDGET_USED,
                 "Uses of each key for each feature in its open window.",
                 false,
             ),
             (
-                LIMIT,
+                KEY_BUDGET_LIMIT,
                 "Uses each key may serve for each feature per window.",
                 true,
             ),
@@ -283,11 +308,11 @@ mod tests {
     }
 
     #[test]
-    fn metrics_off_means_no_recorder() {
+    fn metrics_off_means_no_exporter() {
         let config = MetricsConfig {
             enabled: false,
             ..MetricsConfig::default()
         };
-        assert!(Metrics::new(&config).is_none());
+        assert!(PrometheusExporter::new(&config).is_none());
     }
 }

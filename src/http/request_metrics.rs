@@ -1,4 +1,4 @@
-//! `GET /metrics`, and the middleware that counts and times every request.
+//! The middleware that counts and times every request.
 //!
 //! The middleware labels a request with its route template (never the raw path), its method
 //! (one of a fixed set) and its status class, so the series are bounded whatever clients send.
@@ -12,58 +12,24 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use metrics::{Counter, Histogram};
 
 use super::ROUTES;
-use super::auth::{bearer, same_token};
-use super::error::ApiError;
-use crate::app::AppState;
-use crate::broker::Meter;
+use crate::telemetry::{HTTP_DURATION, HTTP_REQUESTS, Meter};
 
-/// Requests answered, by `route`, `method` and `status` class.
-pub const HTTP_REQUESTS: &str = "keypooler_http_requests_total";
-/// Seconds from a request reaching the router to its response head, by `route` and `method`.
-pub const HTTP_DURATION: &str = "keypooler_http_request_duration_seconds";
 /// The `route` label of a request that matched no route (a 404 from the fallback).
-pub const UNMATCHED: &str = "unmatched";
+const UNMATCHED: &str = "unmatched";
 /// The `method` label values; any other method counts as `other`.
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// The Prometheus text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `GET /metrics`: what the recorder holds, then the families read from the live snapshot.
-pub async fn metrics(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let metrics = app
-        .metrics()
-        .ok_or_else(|| ApiError::NotFound("not found".into()))?;
-    if let Some(token) = metrics.token()
-        && !same_token(bearer(&headers)?, token)
-    {
-        return Err(ApiError::Unauthorized("invalid token"));
-    }
-    let body = metrics.render(
-        &app.pool().load(),
-        app.pool().clock(),
-        app.writer().queue_depth(),
-    );
-    let mut response = Response::new(body.into());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    Ok(response)
-}
-
-/// The request counters and histograms, one slot per label set, registered on first use.
-pub struct RequestMeters {
+/// The request series (counters and histograms), one slot per label set, registered on first
+/// use.
+pub struct RequestSeries {
     meter: Meter,
     /// The distinct paths of [`ROUTES`], then [`UNMATCHED`].
     routes: Box<[&'static str]>,
@@ -73,7 +39,7 @@ pub struct RequestMeters {
     durations: Box<[OnceLock<Histogram>]>,
 }
 
-impl RequestMeters {
+impl RequestSeries {
     pub fn new(meter: Meter) -> Self {
         let mut routes: Vec<&'static str> = Vec::new();
         for route in &ROUTES {
@@ -155,23 +121,23 @@ fn method_index(method: &Method) -> usize {
 }
 
 /// Counts and times every request of the service it wraps (the whole router), and writes the
-/// debug request line; with no meters it only passes requests through.
+/// debug request line; with no series it only passes requests through.
 #[derive(Clone)]
-pub struct RequestMetrics<S> {
+pub struct RequestMetricsService<S> {
     inner: S,
-    meters: Option<Arc<RequestMeters>>,
+    series: Option<Arc<RequestSeries>>,
 }
 
-impl<S> RequestMetrics<S> {
-    pub fn new(inner: S, meters: Option<RequestMeters>) -> Self {
+impl<S> RequestMetricsService<S> {
+    pub fn new(inner: S, series: Option<RequestSeries>) -> Self {
         Self {
             inner,
-            meters: meters.map(Arc::new),
+            series: series.map(Arc::new),
         }
     }
 }
 
-impl<S, B> tower_service::Service<axum::http::Request<B>> for RequestMetrics<S>
+impl<S, B> tower_service::Service<axum::http::Request<B>> for RequestMetricsService<S>
 where
     S: tower_service::Service<axum::http::Request<B>, Response = Response>,
 {
@@ -184,14 +150,14 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let meters = self.meters.as_ref().map(|meters| {
-            let route = meters.route(request.uri().path());
-            (Arc::clone(meters), route, method_index(request.method()))
+        let series = self.series.as_ref().map(|series| {
+            let route = series.route(request.uri().path());
+            (Arc::clone(series), route, method_index(request.method()))
         });
         ResponseFuture {
             started: Instant::now(),
             inner: self.inner.call(request),
-            meters,
+            series,
         }
     }
 }
@@ -201,8 +167,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        // The meters, the route and the method, when measuring.
-        meters: Option<(Arc<RequestMeters>, usize, usize)>,
+        // The series, the route and the method, when measuring.
+        series: Option<(Arc<RequestSeries>, usize, usize)>,
         started: Instant,
     }
 }
@@ -216,8 +182,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some((meters, route, method))) = (&result, this.meters) {
-            meters.record(*route, *method, response.status(), this.started.elapsed());
+        if let (Ok(response), Some((series, route, method))) = (&result, this.series) {
+            series.record(*route, *method, response.status(), this.started.elapsed());
         }
         Poll::Ready(result)
     }

@@ -1,16 +1,34 @@
-//! Logs: one JSON object per line, or human-readable lines, at the configured level; and
-//! Prometheus metrics ([`prometheus`]).
+//! Telemetry, a leaf every layer may import: the name of every metric, the [`Meter`] handles are
+//! registered with, and the log setup.
 //!
 //! What is logged: start-up (version, addresses, database path, pool size, encryption verified),
 //! each committed admin change (ids and names, never values), failures (5xx, write batches),
 //! and at debug level one line per request (method, route template, status, duration). No
 //! header is ever logged, so neither is `Authorization`.
+//!
+//! The Prometheus exporter, which reads the live snapshot at scrape time, sits above the layers
+//! it reads, in `http`.
 
-pub mod prometheus;
+mod meter;
+mod names;
 
 use std::io::IsTerminal;
 
-use crate::config::{LogConfig, LogFormat};
+pub use meter::Meter;
+pub use names::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// How to log; from the `LOG_LEVEL` and `LOG_FORMAT` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub level: tracing::Level,
+    pub format: LogFormat,
+}
 
 /// Installs the global subscriber, writing to stdout. Call once, before anything logs.
 pub fn init_logging(config: LogConfig) {

@@ -1,0 +1,64 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use super::PrometheusExporter;
+use crate::broker::{AuditLog, Pool};
+use crate::writer::Writer;
+
+/// What every handler shares. Cloning it clones one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    pool: Arc<Pool>,
+    writer: Writer,
+    admin_token: SecretString,
+    exporter: Option<PrometheusExporter>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl AppState {
+    /// The state over a started pool and writer; `exporter` is `None` when metrics are off, and
+    /// `audit` when the audit trail is.
+    pub fn new(
+        pool: Arc<Pool>,
+        writer: Writer,
+        admin_token: SecretString,
+        exporter: Option<PrometheusExporter>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> Self {
+        Self(Arc::new(Shared {
+            pool,
+            writer,
+            admin_token,
+            exporter,
+            audit,
+        }))
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.0.pool
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.0.writer
+    }
+
+    pub fn admin_token(&self) -> &SecretString {
+        &self.0.admin_token
+    }
+
+    /// The Prometheus exporter, unless metrics are off.
+    pub fn exporter(&self) -> Option<&PrometheusExporter> {
+        self.0.exporter.as_ref()
+    }
+
+    /// The audit trail, when it is on.
+    #[inline]
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.0.audit.as_deref()
+    }
+}
