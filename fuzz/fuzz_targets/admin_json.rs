@@ -2,7 +2,7 @@
 //! validated `TierSpec`/`NewKey`. Any input must end in a value or a bounded 400 message, never
 //! a panic, an overflow, or an error that repeats a key value.
 //!
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run admin_json` (see the README's Security section).
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run admin_json` (see docs/testing.md).
 
 #![no_main]
 

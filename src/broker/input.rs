@@ -28,7 +28,7 @@ pub const DEFAULT_WINDOW_SECONDS: u32 = 60;
 pub struct Invalid(pub String);
 
 /// A name (of a tier, key, feature, secret, consumer), trimmed: required, at most
-/// [`MAX_NAME_CHARS`] characters, no control characters. `field` names it in the error.
+/// 256 characters, no control characters. `field` names it in the error.
 pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
@@ -45,7 +45,7 @@ pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
     Ok(trimmed.to_owned())
 }
 
-/// A feature's limit: 1 to [`MAX_RATE_LIMIT`] uses per 1 to [`MAX_WINDOW_SECONDS`] seconds.
+/// A feature's limit: 1 to [`MAX_RATE_LIMIT`] uses per window of 1 second to 366 days.
 pub fn parse_limit(field: &str, rate_limit: i128, window_seconds: i128) -> Result<Limit, Invalid> {
     let rate_limit = u32::try_from(rate_limit)
         .ok()

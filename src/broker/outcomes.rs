@@ -39,7 +39,7 @@ impl Outcomes {
         }
     }
 
-    /// The counters shared by every feature no tier lists, labelled [`UNKNOWN_FEATURE`].
+    /// The counters shared by every feature no tier lists, labelled `unknown`.
     pub fn unlisted(meter: &Meter) -> Self {
         let count = |outcome| {
             meter.counter(

@@ -1,4 +1,4 @@
-//! Moving to and from the Go keypooler's SQLite database (SPEC.md §5).
+//! Moving to and from the Go keypooler's SQLite database (docs/moving-from-go.md).
 //!
 //! ```text
 //! import:  SQLite file (read only) ─► read_source (detect the generation, validate every row,

@@ -1,4 +1,4 @@
-//! SPEC §4: the audit trail, `GET /admin/usage`.
+//! The audit trail, `GET /admin/usage`.
 
 use keypooler::app::Options;
 use reqwest::StatusCode;

@@ -1,4 +1,4 @@
-//! SPEC §1, from outside: the built binary, its settings, its exit codes, its shutdown.
+//! From outside: the built binary, its settings, its exit codes, its shutdown.
 
 use std::process::Output;
 

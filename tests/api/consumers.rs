@@ -1,4 +1,4 @@
-//! SPEC §4: consumers, their tokens and scopes.
+//! Consumers, their tokens and scopes.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! Issue 6, hostile input: structured fuzzing of the admin JSON bodies (tiers, keys, `PATCH`)
+//! Hostile input: structured fuzzing of the admin JSON bodies (tiers, keys, `PATCH`)
 //! through the real router and writer (tower's `oneshot`, no socket, for speed), over a real
 //! redb file. Hostile bodies must get a 4xx (or a 2xx where they happen to be valid), never a
 //! 5xx or a panic, and never an error that repeats a key value; valid bodies must get a 2xx.

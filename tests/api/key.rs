@@ -1,4 +1,4 @@
-//! SPEC §3: `GET /key`, rate windows, round-robin, exactness under concurrency.
+//! `GET /key`, rate windows, round-robin, exactness under concurrency.
 
 use std::collections::HashMap;
 

@@ -1,4 +1,4 @@
-//! SPEC §3: keys and pool health through the admin API.
+//! Keys and pool health through the admin API.
 
 use reqwest::StatusCode;
 use serde_json::json;

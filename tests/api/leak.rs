@@ -1,4 +1,4 @@
-//! Issue 6, secret hygiene: canary secrets (a key value, a bound secret, the admin token, the
+//! Secret hygiene: canary secrets (a key value, a bound secret, the admin token, the
 //! encryption key) never appear, raw, hex or base64, in the logs of a full scenario at TRACE,
 //! in any error body, in the admin endpoints' bodies, or in the `Debug` output of any type that
 //! holds them. Only `GET /key` may carry the key and its secret (that is its job).

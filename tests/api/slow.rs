@@ -1,4 +1,4 @@
-//! Issue 6, hostile input: slow and greedy clients, over real sockets. Timeouts here are short
+//! Hostile input: slow and greedy clients, over real sockets. Timeouts here are short
 //! so the tests are quick; the assertions are on what the server did (closed, answered,
 //! waited), never on how long it took. The generous `BOUND` only keeps a broken server from
 //! hanging the test.

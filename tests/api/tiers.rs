@@ -1,4 +1,4 @@
-//! SPEC §3 and §4: tiers.
+//! Tiers.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! SPEC §4: usage caps — never more than the limit, under concurrency and across restarts.
+//! Usage caps — never more than the limit, under concurrency and across restarts.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! Issue 6: a key's limit of N per window is never exceeded under any interleaving. 64 threads
+//! A key's limit of N per window is never exceeded under any interleaving. 64 threads
 //! pick through the real pick path (`Pool::pick`: snapshot, cursor, counters) while the main
 //! thread moves a manual clock forward one window at a time; every serve is counted per key
 //! and per window.

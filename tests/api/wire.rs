@@ -1,4 +1,4 @@
-//! SPEC §2: JSON everywhere, body limits, auth, unknown paths and methods.
+//! JSON everywhere, body limits, auth, unknown paths and methods.
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;

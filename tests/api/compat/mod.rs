@@ -1,4 +1,4 @@
-//! SPEC §5: importing the Go keypooler's SQLite files (the fixtures are real files of both
+//! Importing the Go keypooler's SQLite files (the fixtures are real files of both
 //! generations) and exporting them back. Every source file is a copy in a temp folder.
 //!
 //! * `import`: what each fixture imports to, and how it is served.
