@@ -104,6 +104,11 @@ impl Cells<'_, '_> {
         }
     }
 
+    /// A tier's or consumer's description: empty when NULL.
+    pub(super) fn description(&self) -> Result<String, CompatError> {
+        Ok(self.opt_text("description")?.unwrap_or_default().to_owned())
+    }
+
     pub(super) fn text(&self, column: &str) -> Result<&str, CompatError> {
         self.opt_text(column)?
             .ok_or_else(|| self.fail(format!("{column} is missing")))

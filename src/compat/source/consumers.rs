@@ -31,10 +31,7 @@ impl Reader<'_> {
             let consumer = ConsumerRecord {
                 id: cells.id("id")?,
                 name: cells.name("name")?,
-                description: cells
-                    .opt_text("description")?
-                    .unwrap_or_default()
-                    .to_owned(),
+                description: cells.description()?,
                 token_hash: token_hash(cells)?,
                 active: cells.flag("is_active", true)?,
                 created_at_ms: cells.opt_time("created_at")?.unwrap_or(0),

@@ -26,10 +26,7 @@ impl Reader<'_> {
             let tier = TierRecord {
                 id: cells.id("id")?,
                 name: cells.name("name")?,
-                description: cells
-                    .opt_text("description")?
-                    .unwrap_or_default()
-                    .to_owned(),
+                description: cells.description()?,
                 created_at_ms: cells.opt_time("created_at")?.unwrap_or(0),
                 features: BTreeMap::new(),
             };
