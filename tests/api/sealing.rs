@@ -225,6 +225,22 @@ fn a_consumer_written_into_the_file_without_the_key_is_refused_by_id_and_its_tok
     let (_, listed) = server.request("GET", "/admin/consumers", None).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert!(server.terminate().success());
+
+    // Nor exported: the export says which it left out.
+    let output = run(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &key)],
+        &["export", "--to", "go.db", "--schema", "latest"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout.contains("1 consumers"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "left out (signature does not match): consumers/copied, consumers/forged, consumers/unsigned"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
