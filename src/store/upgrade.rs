@@ -25,19 +25,19 @@ use super::{
 use crate::crypto::{CryptoError, Sealer};
 
 /// What an upgrade did, for its log line.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Upgraded {
+#[derive(Default)]
+struct Upgraded {
     /// Records signed.
-    pub records: usize,
+    records: usize,
     /// Key values and bound secrets re-sealed.
-    pub values: usize,
+    values: usize,
     /// Keys whose sealed fields did not open under schema 1's associated data, left as they were.
-    pub unopened: usize,
+    unopened: usize,
 }
 
 impl Store {
     /// Brings a schema 1 file to schema 2 (see the module's doc).
-    pub(super) fn upgrade(&self, sealer: &Sealer) -> Result<Upgraded, StoreError> {
+    pub(super) fn upgrade(&self, sealer: &Sealer) -> Result<(), StoreError> {
         let txn = self.db().begin_write()?;
         let mut done = Upgraded::default();
         for (definition, table) in [(TIERS, "tiers"), (CONSUMERS, "consumers")] {
@@ -83,7 +83,7 @@ impl Store {
             keys_not_opened = done.unopened,
             "database upgraded to schema {SCHEMA_VERSION}: records signed, values re-sealed"
         );
-        Ok(done)
+        Ok(())
     }
 }
 
