@@ -2,6 +2,7 @@
 //! the same name; a bad value stops start-up with one line naming the variable, never the
 //! secret it held.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub struct Settings {
     /// Port to listen on (1-65535) [default: 8080].
     #[arg(long, alias = "port", env = "SERVER_PORT", global = true)]
     pub server_port: Option<String>,
+    /// The IP address to listen on, for the API and /metrics: 127.0.0.1 or ::1 for this host
+    /// only [default: 0.0.0.0, every interface; IPv6 too (::) where the system allows dual stack].
+    #[arg(long, env = "BIND_ADDRESS", global = true)]
+    pub bind_address: Option<String>,
     /// The redb database file; its folder is created if missing [default: ./data/pool.redb].
     #[arg(long, env = "DB_PATH", global = true)]
     pub db_path: Option<String>,
@@ -79,6 +84,7 @@ impl std::fmt::Debug for Settings {
             .field("encryption_key", &redacted(&self.encryption_key))
             .field("admin_token", &redacted(&self.admin_token))
             .field("server_port", &self.server_port)
+            .field("bind_address", &self.bind_address)
             .field("db_path", &self.db_path)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
@@ -207,13 +213,34 @@ impl Settings {
     }
 
     pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
-        given(self.admin_token.as_ref())
-            .map(|token| SecretString::from(token.to_owned()))
-            .ok_or_else(|| ConfigError("ADMIN_TOKEN is required (any non-empty string)".into()))
+        let token = given(self.admin_token.as_ref()).ok_or_else(|| {
+            ConfigError(format!(
+                "ADMIN_TOKEN is required: at least {MIN_ADMIN_TOKEN_CHARS} characters, e.g. from `openssl rand -hex 32`"
+            ))
+        })?;
+        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(ConfigError(format!(
+                "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters, e.g. from `openssl rand -hex 32`"
+            )));
+        }
+        Ok(SecretString::from(token.to_owned()))
     }
 
     pub fn port(&self) -> Result<u16, ConfigError> {
         given(self.server_port.as_ref()).map_or(Ok(8080), |text| parse_port("SERVER_PORT", text))
+    }
+
+    /// `None`: every interface (see [`ServeConfig::bind_address`]).
+    pub fn bind_address(&self) -> Result<Option<IpAddr>, ConfigError> {
+        given(self.bind_address.as_ref())
+            .map(|text| {
+                text.parse::<IpAddr>().map_err(|_| {
+                    ConfigError(format!(
+                        "BIND_ADDRESS must be an IP address such as 0.0.0.0, ::, 127.0.0.1 or ::1 (got {text:?})"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     pub fn metrics(&self) -> Result<MetricsConfig, ConfigError> {
@@ -283,6 +310,8 @@ impl Settings {
     }
 }
 
+/// The shortest `ADMIN_TOKEN`: a guessable superuser token is refused at start-up.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// The largest `MAX_CONNECTIONS`.
 const MAX_CONNECTIONS: u32 = 1_000_000;
 /// The shortest and longest timeouts, in seconds.
@@ -340,6 +369,9 @@ pub struct ServeConfig {
     pub encryption_key: EncryptionKey,
     pub admin_token: SecretString,
     pub port: u16,
+    /// The address both listeners bind; `None` (unset): every interface, as `::` with IPv4
+    /// mapped in where the system allows dual stack, else `0.0.0.0`.
+    pub bind_address: Option<IpAddr>,
     pub db_path: PathBuf,
     pub audit: bool,
     pub metrics: MetricsConfig,
@@ -353,6 +385,7 @@ impl ServeConfig {
             encryption_key: settings.encryption_key()?,
             admin_token: settings.admin_token()?,
             port: settings.port()?,
+            bind_address: settings.bind_address()?,
             db_path: settings.db_path(),
             audit: settings.audit()?,
             metrics: settings.metrics()?,
@@ -371,7 +404,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             encryption_key: Some("ab".repeat(32)),
-            admin_token: Some("token".into()),
+            admin_token: Some("admin-token-0123456789".into()),
             ..Settings::default()
         }
     }
@@ -383,6 +416,7 @@ mod tests {
         s.metrics_port = Some(" ".into());
         let config = ServeConfig::from_settings(&s).unwrap();
         assert_eq!(config.port, 8080);
+        assert_eq!(config.bind_address, None);
         assert!(config.metrics.enabled && config.metrics.per_key);
         assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
@@ -414,6 +448,10 @@ mod tests {
                 "ADMIN_TOKEN is required",
             ),
             (
+                Box::new(|s| s.admin_token = Some(" secret-short-15 ".into())),
+                "ADMIN_TOKEN must be at least 16 characters",
+            ),
+            (
                 Box::new(|s| s.server_port = Some("0".into())),
                 "SERVER_PORT must be",
             ),
@@ -436,6 +474,14 @@ mod tests {
             (
                 Box::new(|s| s.metrics_port = Some("8080".into())),
                 "METRICS_PORT must differ from SERVER_PORT",
+            ),
+            (
+                Box::new(|s| s.bind_address = Some("localhost".into())),
+                "BIND_ADDRESS must be an IP address",
+            ),
+            (
+                Box::new(|s| s.bind_address = Some("127.0.0.1:8080".into())),
+                "BIND_ADDRESS must be an IP address",
             ),
             (
                 Box::new(|s| s.metrics = Some("maybe".into())),
@@ -537,6 +583,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_bind_address_is_any_ip_address() {
+        let mut s = settings();
+        for text in ["127.0.0.1", " ::1 ", "0.0.0.0", "::", "10.1.2.3"] {
+            s.bind_address = Some(text.into());
+            assert_eq!(
+                s.bind_address().unwrap(),
+                Some(text.trim().parse().unwrap())
+            );
+        }
+    }
+
     /// A bare switch is on and never takes the next argument (the subcommand) as its value.
     #[test]
     fn a_bare_switch_is_on() {
@@ -571,7 +629,7 @@ mod tests {
         s.metrics_token = Some("scrape-secret".into());
         let text = format!("{s:?}");
         assert!(!text.contains(&"ab".repeat(32)));
-        assert!(!text.contains("token\""));
+        assert!(!text.contains("admin-token-0123456789"));
         assert!(!text.contains("scrape-secret"));
     }
 }

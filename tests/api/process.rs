@@ -29,7 +29,7 @@ const SETTINGS: [&str; 18] = [
     "ALLOW_CORE_DUMPS",
     "MLOCK",
 ];
-pub const TOKEN: &str = "binary-token";
+pub const TOKEN: &str = "binary-admin-token";
 
 /// The binary with a clean environment, run in `dir`, with `DB_PATH` = `dir/pool.redb` unless
 /// `env` says otherwise.
