@@ -69,6 +69,14 @@ pub struct Settings {
     /// Most connections open at once (1-1000000); more wait to be accepted [default: 4096].
     #[arg(long, env = "MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
+    /// Seconds an answer may make no progress (the client not reading) before its connection is
+    /// closed (0.001-3600) [default: 30].
+    #[arg(long, env = "WRITE_TIMEOUT", global = true)]
+    pub write_timeout: Option<String>,
+    /// Most connections open at once from one IP address (an IPv6 /64), 1-1000000 or off; more
+    /// are closed at accept [default: off].
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
     #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
@@ -96,6 +104,8 @@ impl std::fmt::Debug for Settings {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_connections", &self.max_connections)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("allow_core_dumps", &self.allow_core_dumps)
             .field("mlock", &self.mlock)
             .finish()
@@ -137,12 +147,18 @@ pub struct ConnectionLimits {
     pub request_timeout: Duration,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// A write that stays pending this long (the client reads nothing) closes the connection.
+    pub write_timeout: Duration,
+    /// Connections open at once from one address (IPv4, or an IPv6 /64); more are closed at
+    /// accept. `None`: no cap (behind a proxy every client has the proxy's address).
+    pub max_connections_per_ip: Option<u32>,
 }
 
 impl ConnectionLimits {
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl Default for ConnectionLimits {
@@ -151,6 +167,8 @@ impl Default for ConnectionLimits {
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -289,15 +307,17 @@ impl Settings {
             )?,
             max_connections: match given(self.max_connections.as_ref()) {
                 None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
-                Some(text) => text
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "MAX_CONNECTIONS must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
-                        ))
-                    })?,
+                Some(text) => connection_count("MAX_CONNECTIONS", text)?,
+            },
+            write_timeout: seconds(
+                "WRITE_TIMEOUT",
+                self.write_timeout.as_ref(),
+                ConnectionLimits::DEFAULT_WRITE_TIMEOUT,
+            )?,
+            max_connections_per_ip: match given(self.max_connections_per_ip.as_ref()) {
+                None => None,
+                Some(off) if off.eq_ignore_ascii_case("off") => None,
+                Some(text) => Some(connection_count("MAX_CONNECTIONS_PER_IP", text)?),
             },
         })
     }
@@ -317,6 +337,18 @@ const MAX_CONNECTIONS: u32 = 1_000_000;
 /// The shortest and longest timeouts, in seconds.
 const MIN_TIMEOUT_SECONDS: f64 = 0.001;
 const MAX_TIMEOUT_SECONDS: f64 = 3_600.0;
+
+/// A number of connections, from 1 to [`MAX_CONNECTIONS`].
+fn connection_count(variable: &str, text: &str) -> Result<u32, ConfigError> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{variable} must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
+            ))
+        })
+}
 
 /// A duration in seconds (fractions allowed), from a millisecond to an hour.
 fn seconds(
@@ -518,6 +550,18 @@ mod tests {
                 "MAX_CONNECTIONS must be an integer from 1 to 1000000",
             ),
             (
+                Box::new(|s| s.write_timeout = Some("0".into())),
+                "WRITE_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.max_connections_per_ip = Some("0".into())),
+                "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
+            ),
+            (
+                Box::new(|s| s.max_connections_per_ip = Some("many".into())),
+                "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
+            ),
+            (
                 Box::new(|s| s.allow_core_dumps = Some("maybe".into())),
                 "ALLOW_CORE_DUMPS must be on or off",
             ),
@@ -563,6 +607,8 @@ mod tests {
         s.header_read_timeout = Some("0.25".into());
         s.request_timeout = Some(" 45 ".into());
         s.max_connections = Some("10".into());
+        s.write_timeout = Some("1.5".into());
+        s.max_connections_per_ip = Some("4".into());
         s.allow_core_dumps = Some("Yes".into());
         s.mlock = Some("off".into());
         let config = ServeConfig::from_settings(&s).unwrap();
@@ -572,8 +618,12 @@ mod tests {
                 header_read_timeout: Duration::from_millis(250),
                 request_timeout: Duration::from_secs(45),
                 max_connections: 10,
+                write_timeout: Duration::from_millis(1_500),
+                max_connections_per_ip: Some(4),
             }
         );
+        s.max_connections_per_ip = Some("OFF".into());
+        assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
         assert_eq!(
             config.hardening,
             hardening::Options {
