@@ -73,8 +73,8 @@ pub struct Settings {
     /// closed (0.001-3600) [default: 30].
     #[arg(long, env = "WRITE_TIMEOUT", global = true)]
     pub write_timeout: Option<String>,
-    /// Most connections open at once from one IP address (an IPv6 /64), 1-1000000 or off; more
-    /// are closed at accept [default: off].
+    /// Most connections open at once from one IP address (an IPv6 /64), 1-1000000, or off (also
+    /// 0); more are closed at accept [default: off].
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
@@ -316,7 +316,7 @@ impl Settings {
             )?,
             max_connections_per_ip: match given(self.max_connections_per_ip.as_ref()) {
                 None => None,
-                Some(off) if off.eq_ignore_ascii_case("off") => None,
+                Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => None,
                 Some(text) => Some(connection_count("MAX_CONNECTIONS_PER_IP", text)?),
             },
         })
@@ -554,7 +554,7 @@ mod tests {
                 "WRITE_TIMEOUT must be a number of seconds",
             ),
             (
-                Box::new(|s| s.max_connections_per_ip = Some("0".into())),
+                Box::new(|s| s.max_connections_per_ip = Some("1000001".into())),
                 "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
             ),
             (
@@ -622,8 +622,10 @@ mod tests {
                 max_connections_per_ip: Some(4),
             }
         );
-        s.max_connections_per_ip = Some("OFF".into());
-        assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
+        for off in ["OFF", "0"] {
+            s.max_connections_per_ip = Some(off.into());
+            assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
+        }
         assert_eq!(
             config.hardening,
             hardening::Options {

@@ -107,6 +107,22 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
             ],
             "METRICS must be on or off",
         ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", TOKEN),
+                ("WRITE_TIMEOUT", "forever"),
+            ],
+            "WRITE_TIMEOUT must be a number of seconds",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", TOKEN),
+                ("MAX_CONNECTIONS_PER_IP", "-1"),
+            ],
+            "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
+        ),
     ];
     for (env, expected) in cases {
         let output = run(dir.path(), &env, &[]);

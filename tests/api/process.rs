@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 18] = [
+const SETTINGS: [&str; 21] = [
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
+    "BIND_ADDRESS",
     "DB_PATH",
     "LOG_LEVEL",
     "LOG_FORMAT",
@@ -26,6 +27,8 @@ const SETTINGS: [&str; 18] = [
     "HEADER_READ_TIMEOUT",
     "REQUEST_TIMEOUT",
     "MAX_CONNECTIONS",
+    "WRITE_TIMEOUT",
+    "MAX_CONNECTIONS_PER_IP",
     "ALLOW_CORE_DUMPS",
     "MLOCK",
 ];
