@@ -17,9 +17,9 @@
 //! * Pipelined requests are answered one at a time, and the next is read only once the answer
 //!   before it is in the connection's write buffer, which holds at most [`BUFFER_BYTES`] plus
 //!   one answer; the read buffer holds at most [`BUFFER_BYTES`]. A client that pipelines and
-//!   never reads therefore stalls after a bounded number of answers, holding at most about
-//!   twice [`BUFFER_BYTES`] plus one answer, and no thread (a stalled connection is a parked
-//!   task), until the write timeout closes it.
+//!   never reads therefore gets answers only until the kernel's socket buffers and these are
+//!   full, and then holds about twice [`BUFFER_BYTES`] plus one answer of memory and no thread
+//!   (a stalled connection is a parked task), until the write timeout closes it.
 //! * With [`ConnectionLimits::max_connections_per_ip`], a connection from an address that has
 //!   that many open already is closed as soon as it is accepted.
 
