@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::binary::{assert_one_clear_line, stderr};
 use crate::files::Rng;
 use crate::helpers::hex_key;
-use crate::process::{Server, http_get, keypooler, run};
+use crate::process::{Server, TOKEN, http_get, keypooler, run};
 
 /// A signed record is its JSON followed by a signature of this many bytes.
 const SIGNATURE: usize = 32;
@@ -333,7 +333,7 @@ fn rekey_reseals_everything_and_the_old_key_stops_working() {
 
     let refused = run(
         dir.path(),
-        &[("ENCRYPTION_KEY", &old), ("ADMIN_TOKEN", "t")],
+        &[("ENCRYPTION_KEY", &old), ("ADMIN_TOKEN", TOKEN)],
         &[],
     );
     assert_one_clear_line(&refused, 1, "ENCRYPTION_KEY does not match this database");
