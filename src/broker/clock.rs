@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 /// * a step back never brings an expired key back: a key that a pick or the writer's sweep has
 ///   found expired stays out of rotation for the rest of the run, whatever the wall clock then
 ///   says. A key is thus never served while the wall clock reads at or past its `expires_at`,
-///   and never again once it has been found expired (until an admin writes it or the server
-///   restarts; a restart judges it on the wall clock as it then reads).
+///   and never again in the run once it has been found expired (a restart judges it on the
+///   wall clock as it then reads).
 ///
-/// **Across restarts** running time resumes where the last run left it: the writer saves it
-/// with every commit and at least once a minute, so a crash loses at most about a minute of
-/// it. A usage window is stored with its end in running time, so it reopens only once the broker
+/// **Across restarts** running time resumes where the last run left it: the writer saves it as
+/// it stops, with every commit and at least once a minute, so a crash loses at most about a
+/// minute of it. A usage window is stored with its end in running time, so it reopens only once the broker
 /// has run for the rest of its length: a wall clock that is ahead at start, or a step while the
 /// server was stopped, never reopens a window early. The window lasts longer instead, by the
 /// time the server was stopped (and the running time a crash lost): usage caps err towards
