@@ -4,8 +4,8 @@ use redb::ReadableTable;
 
 use super::records::{decode, decode_signed, encode, encode_signed};
 use super::{
-    CONSUMERS, ConsumerRecord, KEYS, KeyRecord, Store, StoreError, TIERS, TierRecord, USAGE,
-    UsageRecord,
+    CONSUMERS, ConsumerRecord, KEYS, KeyRecord, META, RUNNING_MS_KEY, Store, StoreError, TIERS,
+    TierRecord, USAGE, UsageRecord,
 };
 use crate::crypto::Signer;
 
@@ -104,6 +104,14 @@ impl Batch {
         self.txn.open_table(KEYS)?.retain(|_, _| false)?;
         self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
         self.txn.open_table(USAGE)?.retain(|_, _| false)?;
+        Ok(())
+    }
+
+    /// Saves the broker's running time (ms), from which the next run goes on.
+    pub fn save_running_ms(&self, running_ms: u64) -> Result<(), StoreError> {
+        self.txn
+            .open_table(META)?
+            .insert(RUNNING_MS_KEY, running_ms.to_le_bytes().as_slice())?;
         Ok(())
     }
 

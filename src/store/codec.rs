@@ -9,10 +9,10 @@ use super::records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
-use crate::broker::LIFETIME;
 use crate::broker::{
     Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
 };
+use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::{CryptoError, Sealer};
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.
@@ -97,7 +97,11 @@ pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoErr
     Ok(Opened { value, secrets })
 }
 
-/// The usage cap a stored key resumes with: every reserved use counts as used.
+/// The usage cap a stored key resumes with: every reserved use counts as used. Its window ends
+/// where it was stored to end in running time (`clock` goes on from the running time the last
+/// run saved), so no move of the wall clock reopens it early. A window stored with its start on
+/// the wall clock only is placed by the wall clock, ending no later than its full length from
+/// now.
 fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let limit = u32::try_from(record.usage_limit?).unwrap_or(LIFETIME - 1);
     let reserved = u32::try_from(record.usage_count)
@@ -106,12 +110,27 @@ fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let window_s = record
         .usage_window_seconds
         .map(|w| u32::try_from(w).unwrap_or(LIFETIME - 1));
-    let end_s = match (window_s, record.usage_window_start_ms) {
-        (None, _) => LIFETIME,
-        (Some(_), None) => 0,
-        (Some(window), Some(start)) => {
-            let end_ms = start.saturating_add(i64::from(window) * 1_000);
-            crate::broker::to_cap_seconds(clock.from_unix_ms(end_ms))
+    let end_s = match (
+        window_s,
+        record.usage_window_end_running_ms,
+        record.usage_window_start_ms,
+    ) {
+        (None, ..) => LIFETIME,
+        (Some(_), Some(end_ms), _) => to_cap_seconds(end_ms),
+        (Some(_), None, None) => 0,
+        (Some(window), None, Some(start)) => {
+            let window_ms = i64::from(window) * 1_000;
+            let left_ms = start
+                .saturating_add(window_ms)
+                .saturating_sub(clock.unix_now_ms())
+                .clamp(0, window_ms)
+                .unsigned_abs();
+            if left_ms == 0 {
+                0
+            } else {
+                // Rounded up: a window never ends before its time.
+                to_cap_seconds(clock.now_ms().saturating_add(left_ms).saturating_add(999))
+            }
         }
     };
     Some(UsageCap::resume(limit, window_s, end_s, reserved))
@@ -215,6 +234,7 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         usage_window_seconds: None,
         usage_count: 0,
         usage_window_start_ms: None,
+        usage_window_end_running_ms: None,
         metadata: plain.metadata.clone(),
         value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
         secrets: plain

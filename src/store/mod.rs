@@ -42,6 +42,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
+/// In `META`: the broker's running time (ms, little-endian `u64`) as of the last commit, from
+/// which the next run's clock goes on (usage windows end in running time).
+const RUNNING_MS_KEY: &str = "running_ms";
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
 
@@ -217,6 +220,20 @@ impl Store {
         self.db
             .as_ref()
             .expect("the database is open until the store is dropped")
+    }
+
+    /// The running time (ms) saved by the last commit: 0 in a database no server has written.
+    pub fn running_ms(&self) -> Result<u64, StoreError> {
+        let read = self.db().begin_read()?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(meta
+            .get(RUNNING_MS_KEY)?
+            .and_then(|saved| <[u8; 8]>::try_from(saved.value()).ok())
+            .map_or(0, u64::from_le_bytes))
     }
 
     /// Reads every record.

@@ -52,6 +52,10 @@ pub struct KeyRecord {
     pub usage_count: u64,
     #[serde(default)]
     pub usage_window_start_ms: Option<i64>,
+    /// Where the usage window ends in the broker's running time (ms), on which a restart judges
+    /// it, whatever the wall clock says. Absent in records imported from the Go service.
+    #[serde(default)]
+    pub usage_window_end_running_ms: Option<u64>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key value, sealed with [`value_aad`].

@@ -94,6 +94,11 @@ impl Writer {
         self.nudge(Request::ExpireKeys);
     }
 
+    /// Asks the writer to save the running time, without waiting.
+    pub fn save_running_time(&self) {
+        self.nudge(Request::SaveRunningTime);
+    }
+
     /// Asks the writer to write the queued audit events, without waiting.
     pub fn flush_audit(&self) {
         self.nudge(Request::FlushAudit);

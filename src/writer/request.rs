@@ -120,6 +120,8 @@ pub(super) enum Request {
     FlushAudit(Call<(), ()>),
     /// Take expired keys out of the rotation (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
+    /// Save the running time (every batch does; this one has nothing else).
+    SaveRunningTime(Call<(), ()>),
 }
 
 impl Request {
@@ -143,6 +145,9 @@ impl Request {
             }),
             Request::FlushAudit(call) => call.finish(Kind::FlushAudit, failure, meters),
             Request::ExpireKeys(call) => call.finish(Kind::ExpireKeys, failure, meters),
+            Request::SaveRunningTime(call) => {
+                call.finish(Kind::SaveRunningTime, failure, meters);
+            }
         }
     }
 }

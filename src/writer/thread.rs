@@ -128,6 +128,7 @@ impl State {
             }
             self.apply_batch(&mut batch);
         }
+        self.save_running_time();
         tracing::debug!(path = %self.path.display(), "writer stopped; database closed");
     }
 
@@ -163,6 +164,19 @@ impl State {
         };
         for request in batch.drain(..) {
             request.finish(failure.as_deref(), &self.catalog, &self.meters);
+        }
+    }
+
+    /// Saves the running time as the writer stops, so that the next run loses none of it.
+    fn save_running_time(&mut self) {
+        let running_ms = self.pool.clock().now_ms();
+        let saved = self.store().and_then(|store| {
+            let txn = store.begin()?;
+            txn.save_running_ms(running_ms)?;
+            txn.commit()
+        });
+        if let Err(err) = saved {
+            tracing::warn!(error = %err, "cannot save the running time; the next run goes on from the last commit");
         }
     }
 

@@ -82,10 +82,13 @@ impl<'a> Staging<'a> {
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
             // Every batch takes expired keys out when it commits; this request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
+            // Every batch saves the running time when it commits.
+            Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
         }
     }
 
-    /// Takes expired keys out of the rotation and commits durably, timing the commit.
+    /// Takes expired keys out of the rotation, saves the running time and commits durably,
+    /// timing the commit.
     pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
         let Self {
             mut catalog,
@@ -97,6 +100,7 @@ impl<'a> Staging<'a> {
         } = self;
         // Expired keys leave the rotation with whatever batch comes first.
         dirty.extend(catalog.expire(clock.unix_now_ms()));
+        txn.save_running_ms(clock.now_ms())?;
         let started = Instant::now();
         txn.commit()?;
         commit_time.record(started.elapsed().as_secs_f64());
