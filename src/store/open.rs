@@ -16,7 +16,7 @@ use super::{
 };
 use crate::crypto::Sealer;
 
-const SCHEMA_KEY: &str = "schema_version";
+pub(super) const SCHEMA_KEY: &str = "schema_version";
 pub(super) const CANARY_KEY: &str = "canary";
 pub(super) const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
 pub(super) const CANARY_TEXT: &[u8] = b"keypooler canary v1";
@@ -24,7 +24,7 @@ pub(super) const CANARY_TEXT: &[u8] = b"keypooler canary v1";
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
 /// redb's default (1 GiB) would only grow the RSS; 8 MiB keeps the B-tree's upper pages hot
 /// (figures in PERFORMANCE.md).
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Refuses a SQLite file or an empty file before redb touches it.
 fn check_existing(path: &Path) -> Result<bool, StoreError> {
@@ -72,7 +72,7 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
 }
 
 /// What a redb error at open time means for the operator.
-fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+pub(super) fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
     match err {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
         // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.

@@ -41,6 +41,7 @@ kinds! {
     FlushAudit => "flush_audit",
     RecentUsage => "recent_usage",
     ExpireKeys => "expire_keys",
+    Snapshot => "snapshot",
 }
 
 /// One kind's counters, by the `outcome` label of [`WRITER_COMMANDS`].

@@ -10,7 +10,7 @@ use super::WriteError;
 use super::meters::{Kind, Meters};
 use super::ops::Reservation;
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
-use crate::store::{StoreError, UsageRecord};
+use crate::store::{Snapshot, StoreError, UsageRecord};
 
 /// Where a call's answer goes.
 type Reply<O> = oneshot::Sender<Result<O, WriteError>>;
@@ -62,6 +62,11 @@ impl<I, O> Call<I, O> {
 
     pub(super) fn answer(&self) -> Option<&Result<O, WriteError>> {
         self.answer.as_ref()
+    }
+
+    /// Sets the answer of a call that is answered once its batch has committed, not staged.
+    pub(super) fn answer_with(&mut self, answer: Result<O, WriteError>) {
+        self.answer = Some(answer);
     }
 
     /// Counts the call and replies; `failure` is why the batch was not saved, if it was not.
@@ -120,6 +125,9 @@ pub(super) enum Request {
     FlushAudit(Call<(), ()>),
     /// Take expired keys out of the rotation (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
+    /// Pin the commit this batch ends with, for a backup (answered after the commit, so every
+    /// change answered before the request was queued is in it). Boxed, as `AddKey`.
+    Snapshot(Call<(), Box<Snapshot>>),
 }
 
 impl Request {
@@ -143,6 +151,7 @@ impl Request {
             }),
             Request::FlushAudit(call) => call.finish(Kind::FlushAudit, failure, meters),
             Request::ExpireKeys(call) => call.finish(Kind::ExpireKeys, failure, meters),
+            Request::Snapshot(call) => call.finish(Kind::Snapshot, failure, meters),
         }
     }
 }
