@@ -47,11 +47,7 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<(), Failure>
     let token = settings.admin_token()?;
     let server = Server::parse(args.url.as_deref())?;
     if !args.force && fs::symlink_metadata(&args.to).is_ok() {
-        return Err(anyhow!(
-            "{} exists; pass --force to replace it",
-            args.to.display()
-        )
-        .into());
+        return Err(anyhow!("{} exists; pass --force to replace it", args.to.display()).into());
     }
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -104,11 +100,11 @@ impl Server {
             ))
         };
         if url.contains('@') {
-            return Err(invalid("credentials do not belong in it: the token is ADMIN_TOKEN"));
+            return Err(invalid(
+                "credentials do not belong in it: the token is ADMIN_TOKEN",
+            ));
         }
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| invalid(&format!("got {url:?}")))?;
+        let uri: Uri = url.parse().map_err(|_| invalid(&format!("got {url:?}")))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {
@@ -147,10 +143,7 @@ impl Server {
         let connection = tokio::spawn(connection);
         let request = hyper::Request::get(self.path.as_str())
             .header(HOST, self.authority.as_str())
-            .header(
-                AUTHORIZATION,
-                format!("Bearer {}", token.expose_secret()),
-            )
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
             .body(Empty::<Bytes>::new())?;
         let response = idle(sender.send_request(request)).await??;
         let status = response.status();
@@ -301,6 +294,9 @@ mod tests {
     fn an_error_answer_is_shown_on_one_line() {
         let body = Bytes::from_static(br#"{"error":"invalid\ntoken"}"#);
         assert_eq!(message(Some(body)), "invalid token");
-        assert_eq!(message(Some(Bytes::from_static(b"<html>"))), "no error message");
+        assert_eq!(
+            message(Some(Bytes::from_static(b"<html>"))),
+            "no error message"
+        );
     }
 }

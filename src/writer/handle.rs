@@ -88,7 +88,9 @@ impl Writer {
     /// backup. The writer only opens a read transaction; the copy is the caller's, off the
     /// writer thread.
     pub async fn snapshot(&self) -> Result<Snapshot, WriteError> {
-        self.ask(Request::Snapshot, ()).await.map(|snapshot| *snapshot)
+        self.ask(Request::Snapshot, ())
+            .await
+            .map(|snapshot| *snapshot)
     }
 
     /// Changes queued and not yet taken by the writer.

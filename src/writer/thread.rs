@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
+use super::WriteError;
 use super::handle::{ReserveSink, Writer};
 use super::meters::Meters;
 use super::ops::{Staged, Staging};
-use super::WriteError;
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Pool};
 use crate::crypto::Sealer;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 18] = [
+const SETTINGS: [&str; 19] = [
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
@@ -28,6 +28,7 @@ const SETTINGS: [&str; 18] = [
     "MAX_CONNECTIONS",
     "ALLOW_CORE_DUMPS",
     "MLOCK",
+    "KEYPOOLER_URL",
 ];
 pub const TOKEN: &str = "binary-token";
 
