@@ -232,3 +232,106 @@ pub fn inspect_backup(path: &Path) -> Result<BackupCounts, StoreError> {
         })
     })
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    use super::*;
+    use crate::crypto::{EncryptionKey, Sealer};
+    use crate::store::TierRecord;
+
+    fn sealer() -> Sealer {
+        Sealer::new(&EncryptionKey::parse_hex(&"33".repeat(32)).unwrap())
+    }
+
+    fn put_tier(store: &Store, id: &str) {
+        let batch = store.begin().unwrap();
+        batch
+            .put_tier(&TierRecord {
+                id: id.into(),
+                name: id.into(),
+                description: String::new(),
+                created_at_ms: 1,
+                features: BTreeMap::new(),
+            })
+            .unwrap();
+        batch.commit().unwrap();
+    }
+
+    /// The backup's bytes, written to `path`.
+    fn save(mut backup: Backup, path: &Path) {
+        let mut bytes = Vec::new();
+        backup.file.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, backup.len);
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_backup_is_the_commit_it_pinned_and_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.redb");
+        let store = Store::open(&path, &sealer()).unwrap();
+        put_tier(&store, "before");
+        let snapshot = store.snapshot().unwrap();
+        put_tier(&store, "after");
+        let backup = snapshot.copy().unwrap();
+        assert_eq!(
+            backup.counts,
+            BackupCounts {
+                tiers: 1,
+                ..BackupCounts::default()
+            }
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["pool.redb"]);
+
+        let copy = dir.path().join("copy.redb");
+        save(backup, &copy);
+        assert_eq!(inspect_backup(&copy).unwrap().tiers, 1);
+        let tiers = Store::open(&copy, &sealer()).unwrap().load().unwrap().tiers;
+        assert_eq!(tiers.len(), 1);
+        assert_eq!(tiers[0].id, "before");
+    }
+
+    #[test]
+    fn a_table_the_backup_would_leave_out_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer()).unwrap();
+        let txn = store.db().begin_write().unwrap();
+        txn.open_table(TableDefinition::<&str, &str>::new("extra"))
+            .unwrap()
+            .insert("a", "b")
+            .unwrap();
+        txn.commit().unwrap();
+        let err = store.snapshot().unwrap().copy().unwrap_err();
+        assert!(err.to_string().contains("\"extra\""), "{err}");
+    }
+
+    #[test]
+    fn a_database_closed_under_the_copy_fails_it_as_closed_not_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer()).unwrap();
+        put_tier(&store, "t");
+        let snapshot = store.snapshot().unwrap();
+        drop(store);
+        let err = snapshot.copy().unwrap_err();
+        assert!(matches!(err, StoreError::Closed(_)), "{err}");
+    }
+
+    #[test]
+    fn a_cut_file_is_not_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer()).unwrap();
+        put_tier(&store, "t");
+        let copy = dir.path().join("copy.redb");
+        save(store.snapshot().unwrap().copy().unwrap(), &copy);
+        let bytes = fs::read(&copy).unwrap();
+        fs::write(&copy, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(inspect_backup(&copy).is_err());
+    }
+}
