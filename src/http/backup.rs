@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -47,7 +47,12 @@ pub async fn backup(_: Admin, State(app): State<AppState>) -> Result<Response, A
         err => ApiError::Internal(format!("the backup failed: {err}")),
     })?;
     let name = file_name(app.pool().clock().unix_now_ms());
-    let mut response = Response::new(Body::new(FileBody::new(backup, permit)));
+    Ok(attachment(FileBody::new(backup, permit), &name))
+}
+
+/// A `200` carrying `body` as the file `name`, never cached.
+fn attachment(body: FileBody, name: &str) -> Response {
+    let mut response = Response::new(Body::new(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -59,8 +64,7 @@ pub async fn backup(_: Admin, State(app): State<AppState>) -> Result<Response, A
             .expect("the name is ASCII digits and letters"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    *response.status_mut() = StatusCode::OK;
-    Ok(response)
+    response
 }
 
 /// `keypooler-backup-20250102T030405Z.redb`, in UTC.
