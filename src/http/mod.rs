@@ -1,8 +1,10 @@
 //! HTTP: the route table, the state handlers share, auth, JSON bodies, the handlers of each
-//! route, the one error type, and the request metrics and Prometheus exporter.
+//! route (the online backup among them), the one error type, and the request metrics and
+//! Prometheus exporter.
 
 mod admin;
 mod auth;
+mod backup;
 mod consumers;
 mod error;
 mod exporter;

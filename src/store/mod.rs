@@ -10,8 +10,10 @@
 //! * `records`: what each table holds, and its encoding (signed, for tiers, keys and consumers).
 //! * `batch`: one write transaction ([`Batch`]).
 //! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
+//! * `backup`: one commit copied into a new database while the server writes ([`Snapshot`]).
 //! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
 
+mod backup;
 mod batch;
 mod codec;
 mod guard;
@@ -29,6 +31,7 @@ use records::decode;
 
 use crate::crypto::Signer;
 
+pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
     Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
@@ -38,6 +41,8 @@ pub use records::{
 };
 pub use reseal::{Resealed, reseal_file};
 
+// A new table goes into `backup`'s list too: a backup refuses a file with a table it would not
+// copy.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -81,6 +86,10 @@ pub enum StoreError {
         id: String,
         reason: String,
     },
+    #[error(
+        "{0} was closed while a backup read it (the server stopping, or reopening the file after a failed write); nothing was changed, try again"
+    )]
+    Closed(PathBuf),
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
 }

@@ -33,7 +33,7 @@ pub(super) fn canary_text(version: u32) -> Vec<u8> {
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
 /// redb's default (1 GiB) would only grow the RSS; 8 MiB keeps the B-tree's upper pages hot
 /// (figures in PERFORMANCE.md).
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Refuses a SQLite file or an empty file before redb touches it.
 fn check_existing(path: &Path) -> Result<bool, StoreError> {
@@ -81,7 +81,7 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
 }
 
 /// What a redb error at open time means for the operator.
-fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+pub(super) fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
     match err {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
         // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.

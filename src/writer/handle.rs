@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::WriteError;
 use super::request::{Call, Request};
 use crate::broker::{Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec};
-use crate::store::UsageRecord;
+use crate::store::{Snapshot, UsageRecord};
 
 /// The handle handlers use to queue changes. Cheap to clone.
 #[derive(Clone)]
@@ -82,6 +82,15 @@ impl Writer {
     /// The newest `limit` audit events, newest first, including those still queued.
     pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
         self.ask(Request::RecentUsage, limit).await
+    }
+
+    /// Pins the database as it stands once every change answered so far is committed, for a
+    /// backup. The writer only opens a read transaction; the copy is the caller's, off the
+    /// writer thread.
+    pub async fn snapshot(&self) -> Result<Snapshot, WriteError> {
+        self.ask(Request::Snapshot, ())
+            .await
+            .map(|snapshot| *snapshot)
     }
 
     /// Changes queued and not yet taken by the writer.

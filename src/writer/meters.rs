@@ -42,6 +42,7 @@ kinds! {
     RecentUsage => "recent_usage",
     ExpireKeys => "expire_keys",
     SaveRunningTime => "save_running_time",
+    Snapshot => "snapshot",
 }
 
 /// One kind's counters, by the `outcome` label of [`WRITER_COMMANDS`].

@@ -10,7 +10,7 @@ use super::WriteError;
 use super::meters::{Kind, Meters};
 use super::ops::Reservation;
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
-use crate::store::{StoreError, UsageRecord};
+use crate::store::{Snapshot, StoreError, UsageRecord};
 
 /// Where a call's answer goes.
 type Reply<O> = oneshot::Sender<Result<O, WriteError>>;
@@ -62,6 +62,11 @@ impl<I, O> Call<I, O> {
 
     pub(super) fn answer(&self) -> Option<&Result<O, WriteError>> {
         self.answer.as_ref()
+    }
+
+    /// Sets the answer of a call that is answered once its batch has committed, not staged.
+    pub(super) fn answer_with(&mut self, answer: Result<O, WriteError>) {
+        self.answer = Some(answer);
     }
 
     /// Counts the call and replies; `failure` is why the batch was not saved, if it was not.
@@ -122,6 +127,9 @@ pub(super) enum Request {
     ExpireKeys(Call<(), ()>),
     /// Save the running time (every batch does; this one has nothing else).
     SaveRunningTime(Call<(), ()>),
+    /// Pin the commit this batch ends with, for a backup (answered after the commit, so every
+    /// change answered before the request was queued is in it). Boxed, as `AddKey`.
+    Snapshot(Call<(), Box<Snapshot>>),
 }
 
 impl Request {
@@ -148,6 +156,7 @@ impl Request {
             Request::SaveRunningTime(call) => {
                 call.finish(Kind::SaveRunningTime, failure, meters);
             }
+            Request::Snapshot(call) => call.finish(Kind::Snapshot, failure, meters),
         }
     }
 }

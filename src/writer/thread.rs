@@ -7,13 +7,14 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
+use super::WriteError;
 use super::handle::{ReserveSink, Writer};
 use super::meters::Meters;
 use super::ops::{Staged, Staging};
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Pool};
 use crate::crypto::Sealer;
-use crate::store::{Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 use crate::telemetry::Meter;
 
 /// Requests a handler may queue before `send` waits.
@@ -146,6 +147,11 @@ impl State {
                         reservation.publish();
                     }
                 }
+                for request in batch.iter_mut() {
+                    if let Request::Snapshot(call) = request {
+                        call.answer_with(self.snapshot());
+                    }
+                }
                 if !dirty.is_empty() || !catalog.same_as(&self.catalog) {
                     self.pool.publish(catalog.clone(), &dirty);
                 }
@@ -195,6 +201,11 @@ impl State {
             staging.apply(request)?;
         }
         staging.commit(&self.meters.commit)
+    }
+
+    /// Pins the last commit for a backup: a read transaction, which never holds the writer back.
+    fn snapshot(&mut self) -> Result<Box<Snapshot>, WriteError> {
+        Ok(Box::new(self.store()?.snapshot()?))
     }
 
     /// The open store, reopening the file if the last batch failed.

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
 mod audit;
+mod backup;
 mod binary;
 mod compat;
 mod consumers;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 21] = [
+const SETTINGS: &[&str] = &[
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
@@ -31,6 +31,7 @@ const SETTINGS: [&str; 21] = [
     "MAX_CONNECTIONS_PER_IP",
     "ALLOW_CORE_DUMPS",
     "MLOCK",
+    "KEYPOOLER_URL",
 ];
 pub const TOKEN: &str = "binary-admin-token";
 
