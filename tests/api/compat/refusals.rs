@@ -154,6 +154,64 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
     }
 }
 
+/// A direction override, isolate or zero-width character in a name (or an id) is refused on
+/// import as on the API: the error names the row and the column, never the value.
+#[test]
+fn names_with_direction_overrides_or_invisible_characters_are_refused_naming_the_row() {
+    let hidden = "contains control or format characters (such as direction overrides or zero-width characters)";
+    let free1 = "043d79b3-8ddf-4d36-86d4-ddf50110a74b";
+    let pro = "923ef101-b09e-4bd7-8919-42c44918b90c";
+    let consumer = "cd447e35-b8b6-d8fe-442e-3d437204e52d";
+    // char(8238) is U+202E, 8294/8297 U+2066/U+2069, 8203 U+200B, 65279 U+FEFF.
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            SEED,
+            "UPDATE tiers SET name = 'pro' || char(8238) || 'eerf' WHERE name = 'pro'".into(),
+            format!("tiers row {pro}: name {hidden}"),
+        ),
+        (
+            SEED,
+            "UPDATE tier_features SET feature = 'ch' || char(8203) || 'at' WHERE feature = 'chat'"
+                .into(),
+            "tier_features row at rowid".into(),
+        ),
+        (
+            SEED,
+            format!("UPDATE keys SET name = char(8294) || 'k' || char(8297) WHERE id = '{free1}'"),
+            format!("keys row {free1}: name {hidden}"),
+        ),
+        (
+            SEED,
+            format!("UPDATE keys SET id = id || char(8238) WHERE id = '{free1}'"),
+            "keys row at rowid 4: id must be 1 to 128 characters, without spaces around it or control or format characters".into(),
+        ),
+        (
+            LATEST,
+            "UPDATE key_secrets SET name = 'webhook' || char(65279) WHERE name = 'webhook_secret'"
+                .into(),
+            "key_secrets row at rowid".into(),
+        ),
+        (
+            LATEST,
+            "UPDATE consumers SET name = name || char(8238)".into(),
+            format!("consumers row {consumer}: name {hidden}"),
+        ),
+    ];
+    for (fixture, sql, message) in &cases {
+        let (_dir, from) = altered(fixture, sql);
+        let err = assert_refused(&from, &fixture_key(fixture), ImportMode::Merge, message);
+        assert!(matches!(err, CompatError::BadRow { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(hidden) || text.contains("id must be"),
+            "{text}"
+        );
+        for c in ['\u{202E}', '\u{2066}', '\u{2069}', '\u{200B}', '\u{FEFF}'] {
+            assert!(!text.contains(c), "a value was echoed: {text:?}");
+        }
+    }
+}
+
 #[test]
 fn a_wrong_source_key_is_refused_and_nothing_is_written() {
     let (_dir, from) = copy_fixture(SEED);
