@@ -212,6 +212,54 @@ fn names_with_direction_overrides_or_invisible_characters_are_refused_naming_the
     }
 }
 
+/// A SQLite file's schema is code: a view or a generated column runs the file's SQL whenever
+/// it is read. The import reads plain tables only, and refuses a view, a virtual table or a
+/// generated column under a name it reads, before reading a row; what it does not read (an
+/// unrelated view, a trigger, which never fires on a read) is left alone.
+#[test]
+fn a_view_or_generated_column_where_a_table_belongs_is_refused_unread() {
+    let cases = [
+        (
+            // Reads exactly like the table (rowid included): only its kind gives it away.
+            "ALTER TABLE keys RENAME TO keys_real;
+             CREATE VIEW keys AS SELECT rowid AS rowid, id, name, upper(key_encrypted) AS
+                 key_encrypted, tier_id, is_active, created_at FROM keys_real;",
+            "is a SQLite database but not the Go keypooler's: keys is a view, not a table (the import reads tables only)",
+        ),
+        (
+            "ALTER TABLE tier_features RENAME TO tf;
+             CREATE VIEW tier_features AS SELECT rowid AS rowid, * FROM tf;",
+            "tier_features is a view, not a table",
+        ),
+        (
+            "ALTER TABLE keys ADD COLUMN probe TEXT GENERATED ALWAYS AS (upper(key_encrypted)) VIRTUAL;",
+            "keys has a generated column (the import reads stored values only)",
+        ),
+    ];
+    for (sql, message) in cases {
+        let (_dir, from) = altered(SEED, sql);
+        let err = assert_refused(&from, &fixture_key(SEED), ImportMode::Merge, message);
+        assert!(matches!(err, CompatError::NotKeypooler { .. }), "{err:?}");
+    }
+
+    // A trigger on a table it reads and a view it does not read: imported as the plain file is.
+    let (_dir, from) = altered(
+        SEED,
+        "CREATE TRIGGER grab AFTER INSERT ON keys BEGIN
+             UPDATE tiers SET name = 'x' || randomblob(4);
+         END;
+         CREATE VIEW everything AS SELECT * FROM keys, tiers;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    let summary = import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
+    assert_eq!((summary.tiers, summary.keys), (2, 5));
+    let plain = tempfile::tempdir().unwrap();
+    let expected = plain.path().join("pool.redb");
+    import_fixture(SEED, &expected);
+    assert_eq!(view(&db), view(&expected));
+}
+
 #[test]
 fn a_wrong_source_key_is_refused_and_nothing_is_written() {
     let (_dir, from) = copy_fixture(SEED);
