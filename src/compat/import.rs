@@ -16,7 +16,8 @@ pub enum ImportMode {
     /// Refuse: importing over data needs an explicit choice.
     #[default]
     Refuse,
-    /// Keep what is there; rows whose id is already present are skipped.
+    /// Keep what is there; rows whose id is already present are skipped. An imported consumer
+    /// may be scoped only to tiers the import creates, and its token hash must be new.
     Merge,
     /// Delete every tier, key and consumer first (in the same transaction).
     Replace,
@@ -88,6 +89,13 @@ fn write(
         .map(|c| (c.name.as_str(), c.id.as_str()))
         .collect();
     let key_ids: HashSet<&str> = kept.keys.iter().map(|k| k.id.as_str()).collect();
+    let token_hashes: HashSet<&[u8]> = kept
+        .consumers
+        .iter()
+        .map(|c| c.token_hash.0.as_slice())
+        .collect();
+    // The tiers this import writes: the only ones an imported consumer may be scoped to.
+    let mut created: HashSet<&str> = HashSet::new();
     let mut summary = ImportSummary {
         schema: source.schema,
         tiers: 0,
@@ -116,6 +124,7 @@ fn write(
             ));
         }
         batch.put_tier(tier)?;
+        created.insert(tier.id.as_str());
         summary.tiers += 1;
     }
     for key in &source.keys {
@@ -153,6 +162,24 @@ fn write(
                     "a consumer named {:?} is already in the database under another id",
                     consumer.name
                 ),
+            ));
+        }
+        if token_hashes.contains(consumer.token_hash.0.as_slice()) {
+            return Err(CompatError::row(
+                "consumers",
+                consumer.id.clone(),
+                "its token_hash is already the token of a consumer in the database",
+            ));
+        }
+        if let Some(tier) = consumer
+            .scopes
+            .iter()
+            .find(|tier| !created.contains(tier.as_str()))
+        {
+            return Err(CompatError::row(
+                "consumer_scopes",
+                format!("{}/{tier}", consumer.id),
+                "the tier is already in the database (its row was skipped): an imported consumer may draw only from tiers the import creates; scope it with POST /admin/consumers/{id}/scopes if it should",
             ));
         }
         batch.put_consumer(consumer)?;

@@ -394,6 +394,83 @@ fn merge_refuses_a_tier_name_already_used_by_another_id() {
     );
 }
 
+/// The attack a hostile `--merge` file tries: a tier row reusing the id of a tier already in
+/// the database (so it is skipped), and a new consumer, whose token the attacker knows, scoped
+/// to it. The import is refused whole, naming the scope row; the token draws nothing.
+#[tokio::test]
+async fn merge_refuses_a_consumer_scoped_to_a_tier_it_did_not_create_and_the_token_draws_nothing() {
+    let pro = "923ef101-b09e-4bd7-8919-42c44918b90c";
+    let hash = hex::encode(Sha256::digest(b"attacker-token"));
+    let (_src, from) = altered(
+        LATEST,
+        &format!(
+            "INSERT INTO tiers (id, name, description) VALUES ('{pro}', 'decoy', '');
+             INSERT INTO tier_features (tier_id, feature, rate_limit, window_seconds)
+                 VALUES ('{pro}', 'chat', 1, 60);
+             INSERT INTO consumers (id, name, token_hash) VALUES ('planted', 'planted', '{hash}');
+             INSERT INTO consumer_scopes (consumer_id, tier_id) VALUES ('planted', '{pro}');"
+        ),
+    );
+    let message = format!(
+        "consumer_scopes row planted/{pro}: the tier is already in the database (its row was skipped): an imported consumer may draw only from tiers the import creates"
+    );
+    assert_refused(&from, &fixture_key(LATEST), ImportMode::Merge, &message);
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(SEED, &db);
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert!(err.to_string().contains(&message), "{err}");
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    for feature in ["chat", "firecrawl_scrape"] {
+        let response = app
+            .client
+            .get(format!("{}/key?feature={feature}", app.address))
+            .bearer_auth("attacker-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{feature}");
+    }
+    let consumers = crate::helpers::expect(app.get("/admin/consumers").await, StatusCode::OK).await;
+    assert_eq!(consumers, json!([]));
+    // The pool itself serves as before.
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+}
+
+/// A consumer whose token hash is already some consumer's (in the database, or twice in the
+/// file) is refused: two consumers would answer to one token.
+#[test]
+fn a_token_hash_already_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(LATEST, &db);
+    let before = view(&db);
+    // The same consumer under a new id and name, scoped to nothing.
+    let (_src, from) = altered(
+        LATEST,
+        "UPDATE consumers SET id = 'copy', name = 'copy'; DELETE FROM consumer_scopes;",
+    );
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "consumers row copy: its token_hash is already the token of a consumer in the database"
+    );
+    assert_eq!(view(&db), before);
+
+    let (_src, from) = altered(
+        LATEST,
+        "INSERT INTO consumers (id, name, token_hash)
+             SELECT 'twin', 'twin', upper(token_hash) FROM consumers;",
+    );
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "consumers row twin: another consumer has the same token_hash"
+    );
+    assert_eq!(view(&db), before);
+}
+
 #[tokio::test]
 async fn a_database_held_by_a_running_server_is_refused() {
     let app = TestApp::spawn().await;
