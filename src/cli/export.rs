@@ -77,6 +77,18 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
             summary.left_out.join(", ")
         ));
     }
+    if !contents.unreadable.is_empty() {
+        let ids: Vec<String> = contents
+            .unreadable
+            .iter()
+            .map(|skip| format!("{}/{}", skip.table, skip.id))
+            .collect();
+        line.push_str(&format!(
+            ", {} unreadable records left out: {}",
+            ids.len(),
+            ids.join(", ")
+        ));
+    }
     println!("{line}, in {}", format_elapsed(started.elapsed()));
     Ok(())
 }

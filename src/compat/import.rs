@@ -8,7 +8,10 @@ use super::source::SourceContents;
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
-use crate::store::{Contents, KeyRecord, Store, key_record};
+use crate::store::{
+    Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads, check_tier_loads,
+    key_record,
+};
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,8 +79,26 @@ fn write(
     kept: &Contents,
     progress: &ProgressBar,
 ) -> Result<ImportSummary, CompatError> {
-    let tier_ids: HashSet<&str> = kept.tiers.iter().map(|t| t.id.as_str()).collect();
-    let consumer_ids: HashSet<&str> = kept.consumers.iter().map(|c| c.id.as_str()).collect();
+    // A record of the target that does not decode still holds its id: a row with that id is
+    // skipped like any other already present, never written over it.
+    let unreadable = |table: &'static str| {
+        kept.unreadable
+            .iter()
+            .filter(move |skip| skip.table == table)
+            .map(|skip| skip.id.as_str())
+    };
+    let tier_ids: HashSet<&str> = kept
+        .tiers
+        .iter()
+        .map(|t| t.id.as_str())
+        .chain(unreadable("tiers"))
+        .collect();
+    let consumer_ids: HashSet<&str> = kept
+        .consumers
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(unreadable("consumers"))
+        .collect();
     let tier_names: HashMap<&str, &str> = kept
         .tiers
         .iter()
@@ -88,7 +109,12 @@ fn write(
         .iter()
         .map(|c| (c.name.as_str(), c.id.as_str()))
         .collect();
-    let key_ids: HashSet<&str> = kept.keys.iter().map(|k| k.id.as_str()).collect();
+    let key_ids: HashSet<&str> = kept
+        .keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .chain(unreadable("keys"))
+        .collect();
     let token_hashes: HashSet<&[u8]> = kept
         .consumers
         .iter()
@@ -123,6 +149,7 @@ fn write(
                 ),
             ));
         }
+        check_tier_loads(tier).map_err(would_not_load)?;
         batch.put_tier(tier)?;
         created.insert(tier.id.as_str());
         summary.tiers += 1;
@@ -145,6 +172,7 @@ fn write(
             usage_window_start_ms: key.usage_window_start_ms,
             ..key_record(&key.info, &plain, sealer)
         };
+        check_key_loads(&record, sealer).map_err(would_not_load)?;
         batch.put_key(&record)?;
         summary.keys += 1;
         progress.inc(1);
@@ -182,9 +210,22 @@ fn write(
                 "the tier is already in the database (its row was skipped): an imported consumer may draw only from tiers the import creates; scope it with POST /admin/consumers/{id}/scopes if it should",
             ));
         }
+        check_consumer_loads(consumer).map_err(would_not_load)?;
         batch.put_consumer(consumer)?;
         summary.consumers += 1;
     }
     batch.commit()?;
     Ok(summary)
+}
+
+/// A row whose record start-up would leave out: refused, naming it, before anything is written.
+fn would_not_load(skipped: Skipped) -> CompatError {
+    CompatError::row(
+        skipped.table,
+        skipped.id,
+        format!(
+            "keypooler could not load it back once stored: {}",
+            skipped.reason
+        ),
+    )
 }

@@ -27,7 +27,8 @@ use records::decode;
 
 pub use batch::Batch;
 pub use codec::{
-    Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
@@ -100,6 +101,8 @@ pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<ConsumerRecord>,
+    /// Records that do not decode, by id (see [`Record::Unreadable`]).
+    pub unreadable: Vec<Skipped>,
 }
 
 pub struct Store {
@@ -133,6 +136,9 @@ pub enum Record {
     Tier(TierRecord),
     Key(KeyRecord),
     Consumer(ConsumerRecord),
+    /// A tier, key or consumer whose bytes do not decode: reported by id and left out, so that
+    /// one bad record never keeps the rest from loading.
+    Unreadable(Skipped),
 }
 
 impl Contents {
@@ -141,30 +147,45 @@ impl Contents {
             Record::Tier(tier) => self.tiers.push(tier),
             Record::Key(key) => self.keys.push(key),
             Record::Consumer(consumer) => self.consumers.push(consumer),
+            Record::Unreadable(skipped) => self.unreadable.push(skipped),
         }
     }
 }
 
-/// Reads and decodes every record, one at a time, handing each to `each`.
+/// Reads and decodes every record, one at a time, handing each to `each`; a record that does
+/// not decode is handed over as [`Record::Unreadable`].
 fn read_each(db: &impl ReadableDatabase, each: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
     let read = db.begin_read()?;
     for entry in read.open_table(TIERS)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Tier(decode("tiers", id.value(), bytes.value())?));
+        each(decoded("tiers", id.value(), bytes.value(), Record::Tier));
     }
     for entry in read.open_table(KEYS)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Key(decode("keys", id.value(), bytes.value())?));
+        each(decoded("keys", id.value(), bytes.value(), Record::Key));
     }
     for entry in read.open_table(CONSUMERS)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Consumer(decode(
+        each(decoded(
             "consumers",
             id.value(),
             bytes.value(),
-        )?));
+            Record::Consumer,
+        ));
     }
     Ok(())
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+    record: impl FnOnce(T) -> Record,
+) -> Record {
+    match decode(table, id, bytes) {
+        Ok(value) => record(value),
+        Err(err) => Record::Unreadable(Skipped::from_error(table, id, err)),
+    }
 }
 
 impl Store {

@@ -1,6 +1,7 @@
 //! Opening: an existing file is first checked through a read-only handle (schema, canary,
-//! every record decoded), so a damaged, foreign or wrong-key file is left byte for byte as it
-//! was. Only a file that passed, or one a crash left needing recovery (which redb repairs), is
+//! every record read), so a damaged, foreign or wrong-key file is left byte for byte as it
+//! was. A record that reads but does not decode is no reason to refuse the file: start-up
+//! leaves it out by id (see [`load_catalog`](super::load_catalog)). Only a file that passed, or one a crash left needing recovery (which redb repairs), is
 //! opened for writing. Each redb step runs under [`guarded`], so a redb panic on a file altered
 //! behind its back becomes [`StoreError::Damaged`].
 

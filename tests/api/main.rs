@@ -15,6 +15,7 @@ mod keys;
 mod leak;
 mod metrics;
 mod persistence;
+mod poison;
 mod process;
 mod routes;
 mod sealing;

@@ -260,6 +260,43 @@ fn a_view_or_generated_column_where_a_table_belongs_is_refused_unread() {
     assert_eq!(view(&db), view(&expected));
 }
 
+/// Metadata nested 127 deep parses as a row, but inside its stored record it is one level
+/// deeper than start-up's decoder goes: such a key would stop `serve` and `export`. The import
+/// decodes every record as start-up will, and refuses it, naming the row.
+#[test]
+fn a_key_that_would_not_load_back_is_refused_naming_the_row() {
+    let nested = format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127));
+    let (_dir, from) = altered(
+        LATEST,
+        &format!("UPDATE keys SET metadata_json = '{nested}' WHERE name = 'fc-01'"),
+    );
+    let fc01 = expected(LATEST)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "fc-01")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = assert_refused(
+        &from,
+        &fixture_key(LATEST),
+        ImportMode::Merge,
+        &format!(
+            "keys row {fc01}: keypooler could not load it back once stored: the record is not valid JSON (recursion limit exceeded)"
+        ),
+    );
+    assert!(matches!(err, CompatError::BadRow { .. }), "{err:?}");
+
+    // Into a new database: refused, and no file is left that start-up could not open.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    assert!(import_into(&from, &fixture_key(LATEST), &db, ImportMode::Refuse).is_err());
+    let contents = Store::open(&db, &ours()).unwrap().load().unwrap();
+    assert!(contents.keys.is_empty() && contents.unreadable.is_empty());
+}
+
 #[test]
 fn a_wrong_source_key_is_refused_and_nothing_is_written() {
     let (_dir, from) = copy_fixture(SEED);
