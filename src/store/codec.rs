@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
 use crate::broker::{
@@ -21,6 +21,20 @@ pub struct Skipped {
     pub table: &'static str,
     pub id: String,
     pub reason: String,
+}
+
+impl Skipped {
+    pub(super) fn from_error(table: &'static str, id: &str, err: StoreError) -> Self {
+        let reason = match err {
+            StoreError::BadRecord { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        Self {
+            table,
+            id: id.to_owned(),
+            reason,
+        }
+    }
 }
 
 fn tier_from_record(record: &TierRecord) -> Tier {
@@ -176,8 +190,9 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
 }
 
 /// Builds the catalog from everything stored, reading one record at a time. A record whose
-/// signature does not match, a key whose tier is missing or whose value does not open, is left
-/// out and reported; every other record is loaded.
+/// signature does not match or that does not decode, a key whose tier is missing or whose value
+/// does not open, a consumer whose token hash is malformed: each is left out and reported by
+/// table and id; everything else is served.
 pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
@@ -219,6 +234,44 @@ pub fn load_catalog(
     })?;
     catalog.place(unplaced);
     Ok((catalog, skipped))
+}
+
+/// A record as start-up will read it back: encoded, then decoded.
+fn reload<T: serde::Serialize + serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    record: &T,
+) -> Result<T, Skipped> {
+    decode(table, id, &encode(record)).map_err(|err| Skipped::from_error(table, id, err))
+}
+
+/// Checks that a tier about to be written loads at start-up as [`load_catalog`] loads it. The
+/// import holds every record to these checks, so it never writes one start-up would leave out.
+pub fn check_tier_loads(record: &TierRecord) -> Result<(), Skipped> {
+    reload("tiers", &record.id, record).map(|loaded| drop(tier_from_record(&loaded)))
+}
+
+/// Checks that a key about to be written loads at start-up: it decodes and its sealed values
+/// open (see [`check_tier_loads`]).
+pub fn check_key_loads(record: &KeyRecord, sealer: &Sealer) -> Result<(), Skipped> {
+    let loaded = reload("keys", &record.id, record)?;
+    open_key(&loaded, sealer).map(drop).map_err(|err| Skipped {
+        table: "keys",
+        id: record.id.clone(),
+        reason: err.to_string(),
+    })
+}
+
+/// Checks that a consumer about to be written loads at start-up (see [`check_tier_loads`]).
+pub fn check_consumer_loads(record: &ConsumerRecord) -> Result<(), Skipped> {
+    let loaded = reload("consumers", &record.id, record)?;
+    consumer_from_record(&loaded)
+        .map(drop)
+        .map_err(|reason| Skipped {
+            table: "consumers",
+            id: record.id.clone(),
+            reason,
+        })
 }
 
 /// A key's stored record, sealing its plaintext for its id.

@@ -34,7 +34,8 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
     ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
@@ -117,7 +118,8 @@ pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<ConsumerRecord>,
-    /// Records whose signature does not match, by table and id: not in the lists above.
+    /// Records left out, by table and id: their signature does not match, or they do not decode.
+    /// Not in the lists above.
     pub left_out: Vec<Skipped>,
 }
 
@@ -154,7 +156,9 @@ pub enum Record {
     Tier(TierRecord),
     Key(KeyRecord),
     Consumer(ConsumerRecord),
-    /// A record that is not loaded (its signature does not match), by table and id.
+    /// A tier, key or consumer that is not loaded: its signature does not match, or its bytes do
+    /// not decode. Reported by table and id and left out, so that one bad record never keeps the
+    /// rest from loading.
     LeftOut(Skipped),
 }
 
@@ -170,8 +174,9 @@ impl Contents {
 }
 
 /// Reads and decodes every record, one at a time, handing each to `each`. With a `signer`,
-/// each record's signature is checked first, and one that does not match is handed over as
-/// [`Record::LeftOut`]; without one (a schema 1 file, before its upgrade), none is.
+/// each record's signature is checked first (without one, a schema 1 file before its upgrade,
+/// none is); a record whose signature does not match, or that does not decode, is handed over
+/// as [`Record::LeftOut`].
 fn read_each(
     db: &impl ReadableDatabase,
     signer: Option<&Signer>,
@@ -215,9 +220,21 @@ fn read_table<T: serde::de::DeserializeOwned>(
                 }
             },
         };
-        each(record(decode(table, id, json)?));
+        each(decoded(table, id, json, record));
     }
     Ok(())
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+    record: impl FnOnce(T) -> Record,
+) -> Record {
+    match decode(table, id, bytes) {
+        Ok(value) => record(value),
+        Err(err) => Record::LeftOut(Skipped::from_error(table, id, err)),
+    }
 }
 
 impl Store {

@@ -17,6 +17,7 @@ mod leak;
 mod listen;
 mod metrics;
 mod persistence;
+mod poison;
 mod process;
 mod routes;
 mod sealing;
