@@ -4,8 +4,8 @@ use redb::ReadableTable;
 
 use super::records::{decode, encode};
 use super::{
-    CONSUMERS, ConsumerRecord, KEYS, KeyRecord, Store, StoreError, TIERS, TierRecord, USAGE,
-    UsageRecord,
+    CONSUMERS, ConsumerRecord, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, IdempotencyRecord, KEYS,
+    KeyRecord, Store, StoreError, TIERS, TierRecord, USAGE, UsageRecord,
 };
 
 impl Store {
@@ -91,12 +91,59 @@ impl Batch {
         Ok(events)
     }
 
-    /// Removes every tier, key, consumer and audit event (the meta table, with the canary, stays).
+    /// The answer stored under an idempotency key, including what this batch stored.
+    pub fn get_idempotent(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let table = self.txn.open_table(IDEMPOTENCY)?;
+        let Some(bytes) = table.get(key)? else {
+            return Ok(None);
+        };
+        decode("idempotency_keys", key, bytes.value()).map(Some)
+    }
+
+    /// Stores the answer under an idempotency key, replacing an expired one.
+    pub fn put_idempotent(&self, key: &str, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(IDEMPOTENCY)?;
+        let mut by_time = self.txn.open_table(IDEMPOTENCY_BY_TIME)?;
+        let old = table
+            .insert(key, encode(record).as_slice())?
+            .map(|bytes| decode::<IdempotencyRecord>("idempotency_keys", key, bytes.value()))
+            .transpose()?;
+        if let Some(old) = old {
+            by_time.remove((old.created_at_ms, key))?;
+        }
+        by_time.insert((record.created_at_ms, key), ())?;
+        Ok(())
+    }
+
+    /// Removes up to `limit` idempotency keys stored before `before_ms`, oldest first; returns
+    /// how many it removed.
+    pub fn prune_idempotent(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(IDEMPOTENCY)?;
+        let mut by_time = self.txn.open_table(IDEMPOTENCY_BY_TIME)?;
+        let mut expired = Vec::new();
+        for entry in by_time.range(..(before_ms, ""))?.take(limit) {
+            let (stored, _) = entry?;
+            let (at, key) = stored.value();
+            expired.push((at, key.to_owned()));
+        }
+        for (at, key) in &expired {
+            by_time.remove((*at, key.as_str()))?;
+            table.remove(key.as_str())?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Removes every tier, key, consumer, audit event and stored idempotent answer (the meta
+    /// table, with the canary, stays).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.txn.open_table(TIERS)?.retain(|_, _| false)?;
         self.txn.open_table(KEYS)?.retain(|_, _| false)?;
         self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
         self.txn.open_table(USAGE)?.retain(|_, _| false)?;
+        self.txn.open_table(IDEMPOTENCY)?.retain(|_, _| false)?;
+        self.txn
+            .open_table(IDEMPOTENCY_BY_TIME)?
+            .retain(|_, _| false)?;
         Ok(())
     }
 

@@ -30,7 +30,8 @@ pub use codec::{
     Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
+    secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -40,6 +41,12 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
+/// Answers to admin writes sent with an idempotency key, by key. Created by the first write
+/// that stores one.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
+/// The same keys by the time they were stored, to prune the oldest without a scan.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_time");
 
 /// The record format this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;

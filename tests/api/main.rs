@@ -10,6 +10,7 @@ mod files;
 mod fuzz_json;
 mod hardening;
 mod helpers;
+mod idempotency;
 mod key;
 mod keys;
 mod leak;
