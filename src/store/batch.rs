@@ -153,3 +153,52 @@ impl Batch {
         Ok(())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::crypto::{EncryptionKey, Sealer};
+    use crate::store::Hex;
+
+    fn record(at: i64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            fingerprint: Hex(vec![7; 32]),
+            created_at_ms: at,
+            status: 201,
+            body: format!("{{\"at\":{at}}}"),
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_pruned_oldest_first_and_survive_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&EncryptionKey::generate());
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        let txn = store.begin().unwrap();
+        for (key, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("d", 4_000)] {
+            txn.put_idempotent(key, &record(at)).unwrap();
+        }
+        // Stored again later (an expired key used anew): its old time no longer prunes it.
+        txn.put_idempotent("a", &record(5_000)).unwrap();
+        txn.commit().unwrap();
+
+        let txn = store.begin().unwrap();
+        assert_eq!(
+            txn.prune_idempotent(3_500, 1).unwrap(),
+            1,
+            "at most `limit`"
+        );
+        assert_eq!(txn.get_idempotent("b").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(3_500, 10).unwrap(), 1);
+        assert_eq!(txn.get_idempotent("c").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(3_500, 10).unwrap(), 0);
+        txn.commit().unwrap();
+
+        let txn = store.begin().unwrap();
+        assert_eq!(txn.get_idempotent("a").unwrap(), Some(record(5_000)));
+        assert_eq!(txn.get_idempotent("d").unwrap(), Some(record(4_000)));
+        txn.clear().unwrap();
+        assert_eq!(txn.get_idempotent("a").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(i64::MAX, 10).unwrap(), 0);
+    }
+}
