@@ -111,8 +111,9 @@ pub struct Once<O> {
 pub enum Answer<O> {
     /// Applied now.
     Applied(O),
-    /// Applied by an earlier request with the same key: its stored answer.
-    Replayed(StoredAnswer),
+    /// Applied by an earlier request with the same key: its stored answer (boxed: rare, and
+    /// every queued request holds room for its answer).
+    Replayed(Box<StoredAnswer>),
 }
 
 /// A write's input and, boxed (rare, and every queued request holds room for its input), its
@@ -142,10 +143,10 @@ pub(super) fn apply_once<I, O>(
             return Err(WriteError::IdempotencyKeyReused);
         }
         tracing::debug!("idempotent write replayed");
-        return Ok(Answer::Replayed(StoredAnswer {
+        return Ok(Answer::Replayed(Box::new(StoredAnswer {
             status: stored.status,
             body: stored.body,
-        }));
+        })));
     }
     let answer = apply(s, &keyed.input);
     if let Err(WriteError::Storage(_)) = answer {
