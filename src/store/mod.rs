@@ -38,7 +38,8 @@ pub use codec::{
     key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
+    secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -53,6 +54,12 @@ const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers"
 const RUNNING_MS_KEY: &str = "running_ms";
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
+/// Answers to admin writes sent with an idempotency key, by key. Created by the first write
+/// that stores one.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
+/// The same keys by the time they were stored, to prune the oldest without a scan.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_time");
 
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.

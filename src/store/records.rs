@@ -92,6 +92,19 @@ pub struct UsageRecord {
     pub created_at_ms: i64,
 }
 
+/// The first answer to an admin write sent with an idempotency key, kept (by that key) for as
+/// long as the writer honours the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the request's method, path and body: a retry must send the same.
+    pub fingerprint: Hex,
+    pub created_at_ms: i64,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The JSON body answered (for a consumer's creation, without its token).
+    pub body: String,
+}
+
 pub(super) fn decode<T: serde::de::DeserializeOwned>(
     table: &'static str,
     id: &str,

@@ -11,6 +11,7 @@ mod files;
 mod fuzz_json;
 mod hardening;
 mod helpers;
+mod idempotency;
 mod key;
 mod keys;
 mod leak;
