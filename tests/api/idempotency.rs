@@ -356,3 +356,24 @@ fn an_acknowledged_keyed_write_is_replayed_after_kill_9() {
     let (_, consumers) = server.request("GET", "/admin/consumers", None).unwrap();
     assert_eq!(consumers.as_array().unwrap().len(), 1, "{consumers}");
 }
+
+/// A backup carries the idempotency keys: a retry sent to a server restored from it is
+/// recognised, not applied again.
+#[tokio::test]
+async fn a_server_restored_from_a_backup_still_recognises_a_retry() {
+    let app = TestApp::spawn().await;
+    let body = json!({"name": "pro", "features": {"chat": 5}});
+    let first = answer(post_once(&app, "/admin/tiers", "backed-up", &body).await).await;
+    assert_eq!((first.0, first.1), (StatusCode::CREATED, false));
+    let response = app.get("/admin/backup").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.redb");
+    std::fs::write(&path, &bytes).unwrap();
+    let restored = TestApp::on_database_at(dir, path, &app.key_hex, app.wall.unix_now_ms()).await;
+    let again = answer(post_once(&restored, "/admin/tiers", "backed-up", &body).await).await;
+    assert_eq!(again, (StatusCode::CREATED, true, first.2));
+    assert_eq!(count(&restored, "/admin/tiers").await, 1);
+}
