@@ -77,6 +77,18 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
             summary.left_out.join(", ")
         ));
     }
+    if !contents.left_out.is_empty() {
+        // As at start-up: a record whose signature does not match is neither served nor exported.
+        let ids: Vec<String> = contents
+            .left_out
+            .iter()
+            .map(|skip| format!("{}/{}", skip.table, skip.id))
+            .collect();
+        line.push_str(&format!(
+            ", left out (signature does not match): {}",
+            ids.join(", ")
+        ));
+    }
     println!("{line}, in {}", format_elapsed(started.elapsed()));
     Ok(())
 }

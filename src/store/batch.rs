@@ -2,47 +2,52 @@
 
 use redb::ReadableTable;
 
-use super::records::{decode, encode};
+use super::records::{decode, decode_signed, encode, encode_signed};
 use super::{
     CONSUMERS, ConsumerRecord, KEYS, KeyRecord, Store, StoreError, TIERS, TierRecord, USAGE,
     UsageRecord,
 };
+use crate::crypto::Signer;
 
 impl Store {
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
     pub fn begin(&self) -> Result<Batch, StoreError> {
         Ok(Batch {
             txn: self.db().begin_write()?,
+            signer: self.signer.clone(),
         })
     }
 }
 
-/// One write transaction: everything in it lands on disk together, or nothing does.
+/// One write transaction: everything in it lands on disk together, or nothing does. Tiers, keys
+/// and consumers are signed as they are written.
 pub struct Batch {
     txn: redb::WriteTransaction,
+    signer: Signer,
 }
 
 impl Batch {
     pub fn put_tier(&self, record: &TierRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(TIERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "tiers", id, record);
+        self.txn.open_table(TIERS)?.insert(id, stored.as_slice())?;
         Ok(())
     }
 
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(KEYS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "keys", id, record);
+        self.txn.open_table(KEYS)?.insert(id, stored.as_slice())?;
         Ok(())
     }
 
+    /// A stored key; refused (an error naming it) if its signature does not match.
     pub fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let table = self.txn.open_table(KEYS)?;
         let Some(bytes) = table.get(id)? else {
             return Ok(None);
         };
-        decode("keys", id, bytes.value()).map(Some)
+        decode_signed(&self.signer, "keys", id, bytes.value()).map(Some)
     }
 
     /// Removes a key; `false` when there was none with that id.
@@ -51,9 +56,11 @@ impl Batch {
     }
 
     pub fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "consumers", id, record);
         self.txn
             .open_table(CONSUMERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+            .insert(id, stored.as_slice())?;
         Ok(())
     }
 

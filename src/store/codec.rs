@@ -16,7 +16,7 @@ use crate::broker::{
 use crate::crypto::{CryptoError, Sealer};
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Skipped {
     pub table: &'static str,
     pub id: String,
@@ -156,8 +156,9 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
     }
 }
 
-/// Builds the catalog from everything stored, reading one record at a time. A key whose tier is
-/// missing or whose value does not open is left out and reported; every other key is served.
+/// Builds the catalog from everything stored, reading one record at a time. A record whose
+/// signature does not match, a key whose tier is missing or whose value does not open, is left
+/// out and reported; every other record is loaded.
 pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
@@ -195,6 +196,7 @@ pub fn load_catalog(
                 reason,
             }),
         },
+        Record::LeftOut(left_out) => skipped.push(left_out),
     })?;
     catalog.place(unplaced);
     Ok((catalog, skipped))

@@ -7,9 +7,10 @@
 //! * `open`: the checks a file passes before it is opened for writing (see [`Store::open`]).
 //! * `guard`: redb's panics on a file altered behind its back, turned into
 //!   [`StoreError::Damaged`].
-//! * `records`: what each table holds, and its encoding.
+//! * `records`: what each table holds, and its encoding (signed, for tiers, keys and consumers).
 //! * `batch`: one write transaction ([`Batch`]).
 //! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
+//! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
 //! * `backup`: one commit copied into a new database while the server writes ([`Snapshot`]).
 
 mod backup;
@@ -19,6 +20,7 @@ mod guard;
 mod open;
 mod records;
 mod reseal;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use guard::guarded;
 use records::decode;
+
+use crate::crypto::Signer;
 
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
@@ -46,8 +50,9 @@ const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers"
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
 
-/// The record format this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
+/// open) had no record signatures and joined associated data; see `upgrade`.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
 /// service's, to be imported), and the import requires them.
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -109,12 +114,16 @@ pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<ConsumerRecord>,
+    /// Records whose signature does not match, by table and id: not in the lists above.
+    pub left_out: Vec<Skipped>,
 }
 
 pub struct Store {
     /// Always `Some` until dropped: [`Drop`] takes it to close it under [`guarded`].
     db: Option<Database>,
     path: PathBuf,
+    /// Signs the records written and checks the records read.
+    signer: Signer,
 }
 
 impl Drop for Store {
@@ -142,6 +151,8 @@ pub enum Record {
     Tier(TierRecord),
     Key(KeyRecord),
     Consumer(ConsumerRecord),
+    /// A record that is not loaded (its signature does not match), by table and id.
+    LeftOut(Skipped),
 }
 
 impl Contents {
@@ -150,28 +161,58 @@ impl Contents {
             Record::Tier(tier) => self.tiers.push(tier),
             Record::Key(key) => self.keys.push(key),
             Record::Consumer(consumer) => self.consumers.push(consumer),
+            Record::LeftOut(skipped) => self.left_out.push(skipped),
         }
     }
 }
 
-/// Reads and decodes every record, one at a time, handing each to `each`.
-fn read_each(db: &impl ReadableDatabase, each: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
+/// Reads and decodes every record, one at a time, handing each to `each`. With a `signer`,
+/// each record's signature is checked first, and one that does not match is handed over as
+/// [`Record::LeftOut`]; without one (a schema 1 file, before its upgrade), none is.
+fn read_each(
+    db: &impl ReadableDatabase,
+    signer: Option<&Signer>,
+    each: &mut dyn FnMut(Record),
+) -> Result<(), StoreError> {
     let read = db.begin_read()?;
-    for entry in read.open_table(TIERS)?.iter()? {
+    read_table(&read, TIERS, "tiers", signer, Record::Tier, each)?;
+    read_table(&read, KEYS, "keys", signer, Record::Key, each)?;
+    read_table(
+        &read,
+        CONSUMERS,
+        "consumers",
+        signer,
+        Record::Consumer,
+        each,
+    )
+}
+
+fn read_table<T: serde::de::DeserializeOwned>(
+    read: &redb::ReadTransaction,
+    definition: TableDefinition<&str, &[u8]>,
+    table: &'static str,
+    signer: Option<&Signer>,
+    record: fn(T) -> Record,
+    each: &mut dyn FnMut(Record),
+) -> Result<(), StoreError> {
+    for entry in read.open_table(definition)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Tier(decode("tiers", id.value(), bytes.value())?));
-    }
-    for entry in read.open_table(KEYS)?.iter()? {
-        let (id, bytes) = entry?;
-        each(Record::Key(decode("keys", id.value(), bytes.value())?));
-    }
-    for entry in read.open_table(CONSUMERS)?.iter()? {
-        let (id, bytes) = entry?;
-        each(Record::Consumer(decode(
-            "consumers",
-            id.value(),
-            bytes.value(),
-        )?));
+        let (id, stored) = (id.value(), bytes.value());
+        let json = match signer {
+            None => stored,
+            Some(signer) => match records::verified(signer, table, id, stored) {
+                Some(json) => json,
+                None => {
+                    each(Record::LeftOut(Skipped {
+                        table,
+                        id: id.to_owned(),
+                        reason: records::UNSIGNED.into(),
+                    }));
+                    continue;
+                }
+            },
+        };
+        each(record(decode(table, id, json)?));
     }
     Ok(())
 }
@@ -203,7 +244,7 @@ impl Store {
     pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
         let mut escaped = None;
         let read = guarded(&self.path, || {
-            read_each(self.db(), &mut |record| {
+            read_each(self.db(), Some(&self.signer), &mut |record| {
                 if escaped.is_none() {
                     escaped = guard::unguarded(|| each(record)).err();
                 }

@@ -3,6 +3,11 @@
 //! was. Only a file that passed, or one a crash left needing recovery (which redb repairs), is
 //! opened for writing. Each redb step runs under [`guarded`], so a redb panic on a file altered
 //! behind its back becomes [`StoreError::Damaged`].
+//!
+//! The canary's sealed text names the schema version (`keypooler canary v2`), and the stored
+//! version must agree with it: a version edited in the file without the key (to pass schema 2
+//! records off as unsigned schema 1 ones) is refused. A schema 1 file that passed is upgraded
+//! once opened for writing (`upgrade`).
 
 use std::fs;
 use std::io::Read;
@@ -19,7 +24,11 @@ use crate::crypto::Sealer;
 pub(super) const SCHEMA_KEY: &str = "schema_version";
 pub(super) const CANARY_KEY: &str = "canary";
 pub(super) const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
-pub(super) const CANARY_TEXT: &[u8] = b"keypooler canary v1";
+
+/// The canary's plaintext in a file of schema `version`.
+pub(super) fn canary_text(version: u32) -> Vec<u8> {
+    format!("keypooler canary v{version}").into_bytes()
+}
 
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
 /// redb's default (1 GiB) would only grow the RSS; 8 MiB keeps the B-tree's upper pages hot
@@ -105,7 +114,8 @@ pub(super) fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
 enum Layout {
     /// A redb file with no table at all: keypooler adopts it.
     Blank,
-    Keypooler,
+    /// Of this schema version (1 or [`SCHEMA_VERSION`]), vouched for by the canary.
+    Keypooler(u32),
 }
 
 /// Checks the schema version and the encryption canary, without writing.
@@ -144,10 +154,18 @@ fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Lay
             path: path.into(),
             reason: "no encryption canary".into(),
         })?;
-    match sealer.open(canary.value(), CANARY_AAD) {
-        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
-        _ => Err(StoreError::WrongKey(path.into())),
+    let text = sealer
+        .open(canary.value(), CANARY_AAD)
+        .map_err(|_| StoreError::WrongKey(path.into()))?;
+    if *text != canary_text(version) {
+        return Err(StoreError::NotKeypooler {
+            path: path.into(),
+            reason: format!(
+                "its schema version ({version}) does not match its sealed canary: the file was altered"
+            ),
+        });
     }
+    Ok(Layout::Keypooler(version))
 }
 
 /// Checks an existing file through a read-only handle, which never writes: a file refused here
@@ -162,8 +180,9 @@ fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
         }
         Err(err) => return Err(open_error(path, err)),
     };
-    if let Layout::Keypooler = check(&db, path, sealer)? {
-        read_each(&db, &mut drop)?;
+    if let Layout::Keypooler(version) = check(&db, path, sealer)? {
+        let signer = (version >= 2).then(|| sealer.signer());
+        read_each(&db, signer, &mut drop)?;
     }
     Ok(())
 }
@@ -208,9 +227,14 @@ impl Store {
         let store = Self {
             db: Some(db),
             path: path.into(),
+            signer: sealer.signer().clone(),
         };
-        if let Layout::Blank = check(store.db(), path, sealer)? {
-            store.initialize(sealer)?;
+        match check(store.db(), path, sealer)? {
+            Layout::Blank => store.initialize(sealer)?,
+            Layout::Keypooler(version) if version < SCHEMA_VERSION => {
+                store.upgrade(sealer)?;
+            }
+            Layout::Keypooler(_) => {}
         }
         Ok(store)
     }
@@ -220,7 +244,8 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
-            meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+            let canary = sealer.seal(&canary_text(SCHEMA_VERSION), CANARY_AAD);
+            meta.insert(CANARY_KEY, canary.as_slice())?;
             txn.open_table(TIERS)?;
             txn.open_table(KEYS)?;
             txn.open_table(CONSUMERS)?;

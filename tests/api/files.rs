@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::binary::assert_one_clear_line;
 use crate::helpers::hex_key;
-use crate::process::{Server, free_port, keypooler, listens};
+use crate::process::{Server, TOKEN, free_port, keypooler, listens};
 
 /// A small xorshift generator: the cases are reproducible from their seed.
 pub struct Rng(pub u64);
@@ -69,7 +69,7 @@ fn assert_refused(dir: &Path, db: &Path, key: &str, expected: &str, as_nobody: b
     let port_text = port.to_string();
     let env = [
         ("ENCRYPTION_KEY", key),
-        ("ADMIN_TOKEN", "t"),
+        ("ADMIN_TOKEN", TOKEN),
         ("SERVER_PORT", port_text.as_str()),
         ("DB_PATH", db.to_str().unwrap()),
     ];

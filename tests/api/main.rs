@@ -14,6 +14,7 @@ mod helpers;
 mod key;
 mod keys;
 mod leak;
+mod listen;
 mod metrics;
 mod persistence;
 mod process;
