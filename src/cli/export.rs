@@ -78,14 +78,16 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
         ));
     }
     if !contents.left_out.is_empty() {
-        // As at start-up: a record whose signature does not match is neither served nor exported.
+        // As at start-up: a record whose signature does not match, or that does not decode, is
+        // neither served nor exported.
         let ids: Vec<String> = contents
             .left_out
             .iter()
             .map(|skip| format!("{}/{}", skip.table, skip.id))
             .collect();
         line.push_str(&format!(
-            ", left out (signature does not match): {}",
+            ", {} records left out (unsigned or unreadable): {}",
+            ids.len(),
             ids.join(", ")
         ));
     }

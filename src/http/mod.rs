@@ -8,6 +8,7 @@ mod backup;
 mod consumers;
 mod error;
 mod exporter;
+mod idempotency;
 mod json;
 mod key;
 mod request_metrics;
@@ -16,6 +17,7 @@ mod state;
 
 pub use error::{ApiError, json_response};
 pub use exporter::PrometheusExporter;
+pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use json::{BODY_LIMIT, parse_json};
 pub use request_metrics::RequestMetricsService;
 pub use routes::{Access, ROUTES, Route, Routed, api_router, metrics_router, router};

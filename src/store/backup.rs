@@ -21,7 +21,10 @@ use redb::{
 
 use super::guard::guarded;
 use super::open::CACHE_BYTES;
-use super::{CONSUMERS, KEYS, META, SCHEMA_VERSION, Store, StoreError, TIERS, USAGE};
+use super::{
+    CONSUMERS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, KEYS, META, SCHEMA_VERSION, Store, StoreError,
+    TIERS, USAGE,
+};
 
 /// Whether `name` is one of the tables a backup copies (every table keypooler stores). A table
 /// found in the file but not here makes the backup fail rather than leave it out.
@@ -32,6 +35,8 @@ fn copied(name: &str) -> bool {
         KEYS.name(),
         CONSUMERS.name(),
         USAGE.name(),
+        IDEMPOTENCY.name(),
+        IDEMPOTENCY_BY_TIME.name(),
     ]
     .contains(&name)
 }
@@ -169,6 +174,9 @@ fn copy_tables(
         });
     }
     copy_table(from, to, META)?;
+    // A retry after a restore is still recognised.
+    copy_table(from, to, IDEMPOTENCY)?;
+    copy_table(from, to, IDEMPOTENCY_BY_TIME)?;
     Ok(BackupCounts {
         tiers: copy_table(from, to, TIERS)?,
         keys: copy_table(from, to, KEYS)?,

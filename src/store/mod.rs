@@ -10,8 +10,8 @@
 //! * `records`: what each table holds, and its encoding (signed, for tiers, keys and consumers).
 //! * `batch`: one write transaction ([`Batch`]).
 //! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
-//! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
 //! * `backup`: one commit copied into a new database while the server writes ([`Snapshot`]).
+//! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
 
 mod backup;
 mod batch;
@@ -34,10 +34,12 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
+    secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -47,8 +49,17 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
+/// In `META`: the broker's running time (ms, little-endian `u64`) as of the last commit, from
+/// which the next run's clock goes on (usage windows end in running time).
+const RUNNING_MS_KEY: &str = "running_ms";
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
+/// Answers to admin writes sent with an idempotency key, by key. Created by the first write
+/// that stores one.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
+/// The same keys by the time they were stored, to prune the oldest without a scan.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_time");
 
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.
@@ -114,7 +125,8 @@ pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<ConsumerRecord>,
-    /// Records whose signature does not match, by table and id: not in the lists above.
+    /// Records left out, by table and id: their signature does not match, or they do not decode.
+    /// Not in the lists above.
     pub left_out: Vec<Skipped>,
 }
 
@@ -151,7 +163,9 @@ pub enum Record {
     Tier(TierRecord),
     Key(KeyRecord),
     Consumer(ConsumerRecord),
-    /// A record that is not loaded (its signature does not match), by table and id.
+    /// A tier, key or consumer that is not loaded: its signature does not match, or its bytes do
+    /// not decode. Reported by table and id and left out, so that one bad record never keeps the
+    /// rest from loading.
     LeftOut(Skipped),
 }
 
@@ -167,8 +181,9 @@ impl Contents {
 }
 
 /// Reads and decodes every record, one at a time, handing each to `each`. With a `signer`,
-/// each record's signature is checked first, and one that does not match is handed over as
-/// [`Record::LeftOut`]; without one (a schema 1 file, before its upgrade), none is.
+/// each record's signature is checked first (without one, a schema 1 file before its upgrade,
+/// none is); a record whose signature does not match, or that does not decode, is handed over
+/// as [`Record::LeftOut`].
 fn read_each(
     db: &impl ReadableDatabase,
     signer: Option<&Signer>,
@@ -212,9 +227,21 @@ fn read_table<T: serde::de::DeserializeOwned>(
                 }
             },
         };
-        each(record(decode(table, id, json)?));
+        each(decoded(table, id, json, record));
     }
     Ok(())
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+    record: impl FnOnce(T) -> Record,
+) -> Record {
+    match decode(table, id, bytes) {
+        Ok(value) => record(value),
+        Err(err) => Record::LeftOut(Skipped::from_error(table, id, err)),
+    }
 }
 
 impl Store {
@@ -226,6 +253,20 @@ impl Store {
         self.db
             .as_ref()
             .expect("the database is open until the store is dropped")
+    }
+
+    /// The running time (ms) saved by the last commit: 0 in a database no server has written.
+    pub fn running_ms(&self) -> Result<u64, StoreError> {
+        let read = self.db().begin_read()?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(meta
+            .get(RUNNING_MS_KEY)?
+            .and_then(|saved| <[u8; 8]>::try_from(saved.value()).ok())
+            .map_or(0, u64::from_le_bytes))
     }
 
     /// Reads every record.

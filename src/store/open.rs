@@ -1,6 +1,7 @@
 //! Opening: an existing file is first checked through a read-only handle (schema, canary,
-//! every record decoded), so a damaged, foreign or wrong-key file is left byte for byte as it
-//! was. Only a file that passed, or one a crash left needing recovery (which redb repairs), is
+//! every record read), so a damaged, foreign or wrong-key file is left byte for byte as it
+//! was. A record that reads but does not decode is no reason to refuse the file: start-up
+//! leaves it out by id (see [`load_catalog`](super::load_catalog)). Only a file that passed, or one a crash left needing recovery (which redb repairs), is
 //! opened for writing. Each redb step runs under [`guarded`], so a redb panic on a file altered
 //! behind its back becomes [`StoreError::Damaged`].
 //!
@@ -78,6 +79,26 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
         });
     }
     Ok(true)
+}
+
+/// Creates `folder` (and its missing parents) readable by the owner only (0700). A folder that
+/// exists already is left as the operator made it.
+fn create_private_folder(folder: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
+/// Opens `path` for reading and writing, creating it readable by the owner only (0600) when it
+/// does not exist. An existing file keeps its mode.
+fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// What a redb error at open time means for the operator.
@@ -217,12 +238,18 @@ impl Store {
             builder.open(path).map_err(|err| open_error(path, err))?
         } else {
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(folder).map_err(|err| StoreError::Open {
+                create_private_folder(folder).map_err(|err| StoreError::Open {
                     path: path.into(),
                     reason: format!("cannot create folder {}: {err}", folder.display()),
                 })?;
             }
-            builder.create(path).map_err(|err| open_error(path, err))?
+            let file = create_private_file(path).map_err(|err| StoreError::Open {
+                path: path.into(),
+                reason: err.to_string(),
+            })?;
+            redb::backends::FileBackend::new(file)
+                .and_then(|backend| builder.create_with_backend(backend))
+                .map_err(|err| open_error(path, err))?
         };
         let store = Self {
             db: Some(db),

@@ -52,6 +52,10 @@ pub struct KeyRecord {
     pub usage_count: u64,
     #[serde(default)]
     pub usage_window_start_ms: Option<i64>,
+    /// Where the usage window ends in the broker's running time (ms), on which a restart judges
+    /// it, whatever the wall clock says. Absent in records imported from the Go service.
+    #[serde(default)]
+    pub usage_window_end_running_ms: Option<u64>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key value, sealed with [`value_aad`].
@@ -88,6 +92,19 @@ pub struct UsageRecord {
     pub created_at_ms: i64,
 }
 
+/// The first answer to an admin write sent with an idempotency key, kept (by that key) for as
+/// long as the writer honours the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the request's method, path and body: a retry must send the same.
+    pub fingerprint: Hex,
+    pub created_at_ms: i64,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The JSON body answered (for a consumer's creation, without its token).
+    pub body: String,
+}
+
 pub(super) fn decode<T: serde::de::DeserializeOwned>(
     table: &'static str,
     id: &str,
@@ -96,8 +113,31 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|err| StoreError::BadRecord {
         table,
         id: id.to_owned(),
-        reason: err.to_string(),
+        reason: unreadable(&err),
     })
+}
+
+/// Why a record does not decode, without any of its content: serde's messages for a field of
+/// the wrong type quote the value found, so only texts that cannot hold one (syntax errors such
+/// as "recursion limit exceeded", a missing field's name) are passed on, with where.
+fn unreadable(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = err.to_string();
+    let fixed = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(head, _)| head);
+    let what = match err.classify() {
+        Category::Syntax => format!("not valid JSON ({fixed})"),
+        Category::Eof => "cut short".to_owned(),
+        Category::Data if fixed.starts_with("missing field `") => format!("incomplete ({fixed})"),
+        Category::Data => "not of the stored format (a field has the wrong type)".to_owned(),
+        Category::Io => "unreadable".to_owned(),
+    };
+    format!(
+        "the record is {what} at line {}, column {}",
+        err.line(),
+        err.column()
+    )
 }
 
 pub(super) fn encode<T: serde::Serialize>(record: &T) -> Vec<u8> {
@@ -201,5 +241,35 @@ mod tests {
         assert_ne!(value_aad("X/secrets/n"), secret_aad("X", "n/value"));
         assert_ne!(secret_aad("a/b", "c"), secret_aad("a", "b/c"));
         assert_ne!(value_aad("k"), secret_aad("k", ""));
+    }
+
+    #[test]
+    fn why_a_record_is_unreadable_never_quotes_its_content() {
+        let reason = |bytes: &[u8]| match decode::<KeyRecord>("keys", "k1", bytes) {
+            Err(StoreError::BadRecord { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let wrong = br#"{"id": "k1", "name": "sk-secret-1", "tier_id": "t", "active": "sk-secret-2", "created_at_ms": 1, "value": "00"}"#;
+        let text = reason(wrong);
+        assert!(text.contains("has the wrong type"), "{text}");
+        assert!(!text.contains("sk-secret"), "{text}");
+        let text = reason(br#"{"id": "k1"}"#);
+        assert!(
+            text.starts_with("the record is incomplete (missing field `name`)"),
+            "{text}"
+        );
+        let text = reason(b"{\"id\": sk-secret-3}");
+        assert!(
+            text.starts_with("the record is not valid JSON (expected value)"),
+            "{text}"
+        );
+        assert!(!text.contains("sk-secret"), "{text}");
+        let deep = format!(
+            "{{\"metadata\": {}1{}}}",
+            "{\"a\": ".repeat(200),
+            "}".repeat(200)
+        );
+        let text = reason(deep.as_bytes());
+        assert!(text.contains("recursion limit exceeded"), "{text}");
     }
 }

@@ -143,6 +143,7 @@ mod tests {
             usage_window_seconds: None,
             usage_count: 3,
             usage_window_start_ms: None,
+            usage_window_end_running_ms: None,
             metadata: serde_json::Map::new(),
             value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
             secrets: BTreeMap::from([(

@@ -154,6 +154,7 @@ mod tests {
             usage_window_seconds: None,
             usage_count: 0,
             usage_window_start_ms: None,
+            usage_window_end_running_ms: None,
             metadata: serde_json::Map::new(),
             value: Hex(sealer.seal(value, &legacy_value_aad(id))),
             secrets: secrets

@@ -41,6 +41,7 @@ kinds! {
     FlushAudit => "flush_audit",
     RecentUsage => "recent_usage",
     ExpireKeys => "expire_keys",
+    SaveRunningTime => "save_running_time",
     Snapshot => "snapshot",
 }
 

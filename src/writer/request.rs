@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use super::WriteError;
+use super::idempotency::{Answer, Keyed};
 use super::meters::{Kind, Meters};
 use super::ops::Reservation;
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
@@ -103,19 +104,26 @@ impl<I, O> Call<I, O> {
     }
 }
 
+/// A write that may carry an idempotency key: its input beside the key, answering whether it
+/// applied or replayed.
+pub(super) type OnceCall<I, O> = Call<Keyed<I, O>, Answer<O>>;
+
+/// A consumer just created, with its token.
+pub(super) type NewlyCreated = (Arc<Consumer>, Zeroizing<String>);
+
 /// A queued request.
 pub(super) enum Request {
-    CreateTier(Call<TierSpec, Arc<Tier>>),
+    CreateTier(OnceCall<TierSpec, Arc<Tier>>),
     /// Replaces a tier's features (and description, when given), found by name.
     UpdateTier(Call<TierSpec, Arc<Tier>>),
     /// Boxed: the largest input would otherwise set the size every queued request is copied at,
     /// the hot path's reservation requests included.
-    AddKey(Call<Box<NewKey>, Arc<KeyEntry>>),
+    AddKey(OnceCall<Box<NewKey>, Arc<KeyEntry>>),
     DeleteKey(Call<String, ()>),
     /// Answers with the consumer's token, which exists nowhere else afterwards.
-    CreateConsumer(Call<NewConsumer, (Arc<Consumer>, Zeroizing<String>)>),
+    CreateConsumer(OnceCall<NewConsumer, NewlyCreated>),
     /// The consumer's id and the tier it may draw from.
-    AddScope(Call<(String, NewScope), Arc<Consumer>>),
+    AddScope(OnceCall<(String, NewScope), Arc<Consumer>>),
     DeleteConsumer(Call<String, ()>),
     /// Write the queued audit events, then read the newest ones.
     RecentUsage(Call<usize, Vec<UsageRecord>>),
@@ -125,6 +133,8 @@ pub(super) enum Request {
     FlushAudit(Call<(), ()>),
     /// Take expired keys out of the rotation (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
+    /// Save the running time (every batch does; this one has nothing else).
+    SaveRunningTime(Call<(), ()>),
     /// Pin the commit this batch ends with, for a backup (answered after the commit, so every
     /// change answered before the request was queued is in it). Boxed, as `AddKey`.
     Snapshot(Call<(), Box<Snapshot>>),
@@ -151,6 +161,9 @@ impl Request {
             }),
             Request::FlushAudit(call) => call.finish(Kind::FlushAudit, failure, meters),
             Request::ExpireKeys(call) => call.finish(Kind::ExpireKeys, failure, meters),
+            Request::SaveRunningTime(call) => {
+                call.finish(Kind::SaveRunningTime, failure, meters);
+            }
             Request::Snapshot(call) => call.finish(Kind::Snapshot, failure, meters),
         }
     }

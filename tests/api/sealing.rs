@@ -237,7 +237,7 @@ fn a_consumer_written_into_the_file_without_the_key_is_refused_by_id_and_its_tok
     assert!(stdout.contains("1 consumers"), "{stdout}");
     assert!(
         stdout.contains(
-            "left out (signature does not match): consumers/copied, consumers/forged, consumers/unsigned"
+            "3 records left out (unsigned or unreadable): consumers/copied, consumers/forged, consumers/unsigned"
         ),
         "{stdout}"
     );
