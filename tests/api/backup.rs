@@ -316,7 +316,7 @@ fn the_backup_command_writes_a_private_file_a_server_starts_on() {
     let wrong = backup_command(
         dir.path(),
         server.port,
-        "not-the-token",
+        "not-the-admin-token-at-all",
         &["--to", other.to_str().unwrap()],
     );
     assert_one_clear_line(&wrong, 1, "401 Unauthorized: invalid token");
