@@ -152,7 +152,7 @@ impl Sealer {
 }
 
 /// Signs records and checks their signatures: HMAC-SHA256 under a key derived from the
-/// encryption key (HKDF-SHA256, [`SIGNING_INFO`]). Holds the keyed HMAC state, zeroized on
+/// encryption key (HKDF-SHA256, with its own info string). Holds the keyed HMAC state, zeroized on
 /// drop; cloning it copies that state, so signing never derives the key again.
 #[derive(Clone)]
 pub struct Signer {
