@@ -10,6 +10,7 @@ mod json;
 mod key;
 mod request_metrics;
 mod routes;
+mod scrape;
 mod state;
 
 pub use error::{ApiError, json_response};

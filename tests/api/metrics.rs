@@ -1,5 +1,6 @@
-//! `/metrics`: exact counts after known calls, bounded cardinality, where it is served and who
-//! may read it. Each `TestApp` owns its recorder, so counts here are exact even though the
+//! `/metrics`: exact counts after known calls, bounded cardinality, where it is served, who may
+//! read it and what each reader sees (aggregates for anyone, each key's budget only with
+//! `METRICS_TOKEN`). Each `TestApp` owns its recorder, so counts here are exact even though the
 //! tests run in parallel in one process.
 
 use std::collections::BTreeMap;
@@ -101,8 +102,28 @@ fn parse_sample(line: &str) -> Sample {
     }
 }
 
+/// The token of the apps started with [`with_token`].
+const SCRAPE_TOKEN: &str = "scrape-token-0123456789";
+
+/// `/metrics` on the main port behind [`SCRAPE_TOKEN`]: each key's budget is listed.
+fn with_token() -> MetricsConfig {
+    MetricsConfig {
+        token: Some(SecretString::from(SCRAPE_TOKEN)),
+        ..MetricsConfig::default()
+    }
+}
+
+/// A scrape with no token (public `/metrics`).
 async fn scrape(app: &TestApp) -> Scrape {
-    let response = app.get("/metrics").await;
+    scrape_as(app, None).await
+}
+
+async fn scrape_as(app: &TestApp, token: Option<&str>) -> Scrape {
+    let mut request = app.client.get(format!("{}/metrics", app.address));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
@@ -116,7 +137,8 @@ const HTTP: &str = "keypooler_http_requests_total";
 
 #[tokio::test]
 async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
-    let app = TestApp::spawn().await;
+    // Per-key budgets are listed only behind a token.
+    let app = TestApp::spawn_with_metrics(with_token()).await;
     app.create_tier(
         "pro",
         json!({ "chat": 2, "img": { "rate_limit": 5, "window_seconds": 10 } }),
@@ -156,7 +178,7 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     let missing = app.get("/key").await;
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
 
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     let outcome = |feature, outcome| m.get(KEY, &[("feature", feature), ("outcome", outcome)]);
     assert_eq!(outcome("chat", "served"), 4.0);
     assert_eq!(outcome("chat", "spent"), 1.0);
@@ -245,6 +267,14 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
         .map(|s| s.value)
         .sum();
     assert_eq!(img_used, 1.0);
+    // And per tier: the two keys' uses and limits, summed.
+    const TIER_USED: &str = "keypooler_tier_budget_used";
+    const TIER_LIMIT: &str = "keypooler_tier_budget_limit";
+    let tier = |feature| [("tier", "pro"), ("feature", feature)];
+    assert_eq!(m.get(TIER_USED, &tier("chat")), 4.0);
+    assert_eq!(m.get(TIER_LIMIT, &tier("chat")), 4.0);
+    assert_eq!(m.get(TIER_USED, &tier("img")), 1.0);
+    assert_eq!(m.get(TIER_LIMIT, &tier("img")), 10.0);
 
     // Pool and writer state.
     assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 2.0);
@@ -270,7 +300,7 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     app.clock.advance_ms(60_000);
     let deleted = app.delete(&format!("/admin/keys/{first}")).await;
     assert_eq!(deleted.status(), StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     let labels = [
         ("key_id", second.as_str()),
         ("key_name", "second"),
@@ -408,18 +438,25 @@ async fn without_a_token_metrics_is_public_on_the_main_port() {
 async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
     let app = TestApp::spawn_with_metrics(MetricsConfig {
         per_key: false,
-        ..MetricsConfig::default()
+        ..with_token()
     })
     .await;
     app.create_tier("pro", json!({ "chat": 2 })).await;
     app.add_key("k", "sk-k", "pro").await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     assert_eq!(
         m.get(KEY, &[("feature", "chat"), ("outcome", "served")]),
         1.0
     );
     assert!(!m.text.contains("keypooler_key_budget"));
+    assert_eq!(
+        m.get(
+            "keypooler_tier_budget_used",
+            &[("tier", "pro"), ("feature", "chat")]
+        ),
+        1.0
+    );
 
     let off = TestApp::spawn_with_metrics(MetricsConfig {
         enabled: false,
@@ -435,11 +472,11 @@ async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
 /// Every series the Grafana dashboard queries is one the server exposes.
 #[tokio::test]
 async fn the_dashboard_queries_only_series_that_exist() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with_metrics(with_token()).await;
     app.create_tier("pro", json!({ "chat": 2 })).await;
     app.add_key("k", "sk-k", "pro").await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
     let dashboard: serde_json::Value =
@@ -466,4 +503,98 @@ async fn the_dashboard_queries_only_series_that_exist() {
             "the dashboard queries {name}, which is not exposed"
         );
     }
+}
+
+/// Without a token `/metrics` is public, so it carries aggregates only: tier and feature names
+/// (chosen by the operator), never a key's or a consumer's id or name. With the token the same
+/// pool lists each key's budget.
+#[tokio::test]
+async fn without_a_token_no_key_or_consumer_id_or_name_is_shown() {
+    for token in [None, Some(SCRAPE_TOKEN)] {
+        let app = TestApp::spawn_with_metrics(MetricsConfig {
+            token: token.map(SecretString::from),
+            ..MetricsConfig::default()
+        })
+        .await;
+        app.create_tier("pro", json!({ "chat": 3 })).await;
+        let key_ids = [
+            app.add_key("key-name-alpha", "sk-a", "pro").await,
+            app.add_key("key-name-beta", "sk-b", "pro").await,
+        ];
+        let consumer = app
+            .post(
+                "/admin/consumers",
+                &json!({ "name": "consumer-name-gamma" }),
+            )
+            .await;
+        assert_eq!(consumer.status(), StatusCode::CREATED);
+        let consumer: serde_json::Value = consumer.json().await.unwrap();
+        let consumer_id = consumer["id"].as_str().unwrap();
+        let scoped = app
+            .post(
+                &format!("/admin/consumers/{consumer_id}/scopes"),
+                &json!({ "tier": "pro" }),
+            )
+            .await;
+        assert_eq!(scoped.status(), StatusCode::OK);
+        let served = app
+            .client
+            .get(format!("{}/key?feature=chat", app.address))
+            .bearer_auth(consumer["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(app.key("chat").await.0, StatusCode::OK);
+
+        let m = scrape_as(&app, token).await;
+        let tier = [("tier", "pro"), ("feature", "chat")];
+        assert_eq!(m.get("keypooler_tier_budget_used", &tier), 2.0);
+        assert_eq!(m.get("keypooler_tier_budget_limit", &tier), 6.0);
+        assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 2.0);
+        for hidden in [consumer_id, "consumer-name-gamma"] {
+            assert!(!m.text.contains(hidden), "/metrics shows {hidden}");
+        }
+        let per_key = ["key-name-alpha", "key-name-beta", &key_ids[0], &key_ids[1]];
+        if token.is_none() {
+            for hidden in per_key {
+                assert!(!m.text.contains(hidden), "public /metrics shows {hidden}");
+            }
+            assert!(!m.text.contains("keypooler_key_budget"), "{}", m.text);
+        } else {
+            for shown in per_key {
+                assert!(m.text.contains(shown), "{shown} missing with the token");
+            }
+        }
+    }
+}
+
+/// Above `METRICS_PER_KEY_MAX` per-key series, a scrape lists none: the per-tier series stand
+/// in for them, and one series says how many were left out.
+#[tokio::test]
+async fn per_key_series_give_way_to_tier_series_above_the_limit() {
+    let app = TestApp::spawn_with_metrics(MetricsConfig {
+        per_key_max: 4,
+        ..with_token()
+    })
+    .await;
+    app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
+    let first = app.add_key("first", "sk-1", "pro").await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    // One key, two features: used and limit for each, 4 series.
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 2);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), 2);
+    assert_eq!(m.value("keypooler_key_budget_series_cut", &[]), None);
+
+    let second = app.add_key("second", "sk-2", "pro").await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), 0);
+    assert!(!m.text.contains(&first) && !m.text.contains(&second));
+    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 8.0);
+    let tier = |feature| [("tier", "pro"), ("feature", feature)];
+    assert_eq!(m.get("keypooler_tier_budget_used", &tier("chat")), 1.0);
+    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("chat")), 10.0);
+    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
 }
