@@ -14,7 +14,7 @@ mod scrape;
 mod state;
 
 pub use error::{ApiError, json_response};
-pub use exporter::PrometheusExporter;
+pub use exporter::{CONCURRENT_SCRAPES, PrometheusExporter};
 pub use json::{BODY_LIMIT, parse_json};
 pub use request_metrics::RequestMetricsService;
 pub use routes::{Access, ROUTES, Route, Routed, api_router, metrics_router, router};

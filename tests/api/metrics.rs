@@ -5,12 +5,16 @@
 
 use std::collections::BTreeMap;
 
+use keypooler::app::Options;
+use keypooler::broker::{KeyBody, Limit, NewKey, TierSpec};
 use keypooler::config::MetricsConfig;
+use keypooler::http::CONCURRENT_SCRAPES;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp};
+use crate::helpers::{ADMIN_TOKEN, TestApp, hex_key, start_app};
+use crate::process::{Launch, Server, TOKEN, free_port, http};
 
 /// One sample of the text exposition format.
 #[derive(Debug)]
@@ -597,4 +601,178 @@ async fn per_key_series_give_way_to_tier_series_above_the_limit() {
     assert_eq!(m.get("keypooler_tier_budget_used", &tier("chat")), 1.0);
     assert_eq!(m.get("keypooler_tier_budget_limit", &tier("chat")), 10.0);
     assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
+}
+
+/// Writes `dir/pool.redb` with a tier "big" listing `features` (1,000 uses a minute each) and
+/// `keys` keys with long names, in-process and all at once, so that the writer commits them in
+/// a few batches (one request per key through the binary takes several times longer).
+fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (app, _) = start_app(&dir.join("pool.redb"), key_hex, Options::default());
+        let writer = app.state.writer().clone();
+        let limits = features
+            .iter()
+            .map(|f| {
+                let limit = Limit {
+                    rate_limit: 1_000,
+                    window_seconds: 60,
+                };
+                (f.clone(), limit)
+            })
+            .collect();
+        let tier = TierSpec::new("big", None, limits).unwrap();
+        writer.create_tier(tier).await.unwrap();
+        let mut adds = tokio::task::JoinSet::new();
+        for i in 0..keys {
+            let writer = writer.clone();
+            let body = json!({
+                "name": format!("{i:05}-{}", "k".repeat(250)),
+                "key": format!("sk-{i}"),
+                "tier": "big",
+            });
+            let key = NewKey::try_from(serde_json::from_value::<KeyBody>(body).unwrap()).unwrap();
+            adds.spawn(async move { writer.add_key(key).await.map(drop) });
+        }
+        while let Some(added) = adds.join_next().await {
+            added.unwrap().unwrap();
+        }
+        // Serving until a shutdown that has already come: the writer finishes (once every
+        // handle to it is gone) and the file closes.
+        drop(writer);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        app.serve(listener, async {}).await.unwrap();
+    });
+}
+
+/// A body sent with `Transfer-Encoding: chunked`, joined; panics unless it ends with the last
+/// (empty) chunk, as a cut scrape does not.
+fn dechunk(mut raw: &str) -> String {
+    let mut text = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("a hexadecimal chunk size");
+        if size == 0 {
+            assert_eq!(rest, "\r\n", "trailing bytes after the last chunk");
+            return text;
+        }
+        text.push_str(&rest[..size]);
+        raw = rest[size..]
+            .strip_prefix("\r\n")
+            .expect("a chunk ends with CRLF");
+    }
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kib / 1024
+}
+
+/// 50 clients ask for `/metrics` of 2,000 keys × 3 features (long names: several MB of text
+/// each) and never read the body. The server (the built binary, so that the memory measured is
+/// its own) stays under 300 MB, `GET /key` keeps answering, and once they are gone a whole
+/// scrape is served again.
+#[test]
+fn fifty_stalled_scrapes_of_a_large_pool_keep_memory_bounded_and_keys_served() {
+    use std::io::{Read, Write};
+
+    const KEYS: usize = 2_000;
+    const STALLED: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let key = hex_key(0x4d);
+    // Names of 256 characters, the most allowed, make each scrape about 7 MB of text.
+    let features: Vec<String> = (0..3).map(|i| format!("{i}{}", "f".repeat(255))).collect();
+    seed(dir.path(), &key, &features, KEYS);
+    let env = [
+        ("ENCRYPTION_KEY", key.as_str()),
+        ("METRICS_TOKEN", SCRAPE_TOKEN),
+        // Every per-key series is listed: the largest scrape there is.
+        ("METRICS_PER_KEY_MAX", "100000"),
+    ];
+    let Launch::Listening(server) = Server::launch(dir.path(), &env, free_port()) else {
+        panic!("the server did not start");
+    };
+    let port = server.port;
+    let before = rss_mib(server.pid());
+
+    // Each sends its request and reads the status line only; the body is never read.
+    let mut stalled = Vec::new();
+    let mut served = 0;
+    for _ in 0..STALLED {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SCRAPE_TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut status_line = [0; 12];
+        stream.read_exact(&mut status_line).unwrap();
+        match &status_line[9..] {
+            b"200" => served += 1,
+            b"503" => {}
+            other => panic!("{}", String::from_utf8_lossy(other)),
+        }
+        stalled.push(stream);
+    }
+    assert!(
+        (1..=CONCURRENT_SCRAPES).contains(&served),
+        "{served} scrapes rendered at once"
+    );
+
+    // GET /key answers while they stall.
+    for _ in 0..20 {
+        let (status, body) = http(
+            port,
+            "GET",
+            &format!("/key?feature={}", features[0]),
+            TOKEN,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let during = rss_mib(server.pid());
+    assert!(
+        during < 300,
+        "{STALLED} stalled scrapes took the server from {before} MiB to {during} MiB"
+    );
+
+    // Gone, they leave room for a whole scrape (their renderings stop as their connections
+    // close, which the server learns on its own time).
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = http(port, "GET", "/metrics", SCRAPE_TOKEN, None).unwrap();
+        if status == 200 {
+            break text;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(std::time::Instant::now() < deadline, "scrapes stay refused");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let m = Scrape::parse(dechunk(&text));
+    assert_eq!(m.named("keypooler_key_budget_used").count(), KEYS * 3);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), KEYS * 3);
+    assert_eq!(
+        m.get(
+            "keypooler_tier_budget_used",
+            &[("tier", "big"), ("feature", &features[0])]
+        ),
+        20.0
+    );
+    let (status, _) = server.stop();
+    assert!(status.success());
 }

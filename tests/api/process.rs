@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 18] = [
+const SETTINGS: [&str; 19] = [
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
@@ -23,6 +23,7 @@ const SETTINGS: [&str; 18] = [
     "METRICS_PORT",
     "METRICS_TOKEN",
     "METRICS_PER_KEY",
+    "METRICS_PER_KEY_MAX",
     "HEADER_READ_TIMEOUT",
     "REQUEST_TIMEOUT",
     "MAX_CONNECTIONS",
