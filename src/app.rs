@@ -19,6 +19,9 @@ use crate::writer::{self, WriterThread};
 /// How often recorded histogram samples are moved into their buckets: often enough that the
 /// samples waiting in between stay a few MiB even at full speed.
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
+/// Seconds between saves of the running time when no other commit saves it: what a crash can
+/// lose of it (and so lengthen the usage windows open then).
+const SAVE_RUNNING_TIME: u64 = 60;
 
 /// Choices made at start-up beyond the store and the token.
 #[derive(Clone, Debug)]
@@ -95,6 +98,8 @@ impl App {
         let meter = exporter
             .as_ref()
             .map_or_else(Meter::off, PrometheusExporter::meter);
+        // Running time goes on from where the last run saved it: usage windows end in it.
+        let clock = clock.resumed_at(store.running_ms()?);
         let (mut catalog, skipped) = load_catalog(&store, &sealer, &clock)?;
         catalog.expire(clock.unix_now_ms());
         for skip in &skipped {
@@ -220,14 +225,18 @@ impl App {
 
 /// Once a second, asks the writer for its periodic work when there is some: writing the audit
 /// queue when something is in it, and taking keys that have expired out of the rotation (until
-/// then `GET /key` skips them).
+/// then `GET /key` skips them); and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
+/// time (every commit does too).
 fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for second in 0u64.. {
             tick.tick().await;
+            if second % SAVE_RUNNING_TIME == SAVE_RUNNING_TIME - 1 {
+                state.writer().save_running_time();
+            }
             if state.audit().is_some_and(|audit| !audit.is_empty()) {
                 state.writer().flush_audit();
             }

@@ -2,6 +2,7 @@
 //! the same name; a bad value stops start-up with one line naming the variable, never the
 //! secret it held.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub struct Settings {
     /// Port to listen on (1-65535) [default: 8080].
     #[arg(long, alias = "port", env = "SERVER_PORT", global = true)]
     pub server_port: Option<String>,
+    /// The IP address to listen on, for the API and /metrics: 127.0.0.1 or ::1 for this host
+    /// only [default: 0.0.0.0, every interface; IPv6 too (::) where the system allows dual stack].
+    #[arg(long, env = "BIND_ADDRESS", global = true)]
+    pub bind_address: Option<String>,
     /// The redb database file; its folder is created if missing [default: ./data/pool.redb].
     #[arg(long, env = "DB_PATH", global = true)]
     pub db_path: Option<String>,
@@ -68,6 +73,14 @@ pub struct Settings {
     /// Most connections open at once (1-1000000); more wait to be accepted [default: 4096].
     #[arg(long, env = "MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
+    /// Seconds an answer may make no progress (the client not reading) before its connection is
+    /// closed (0.001-3600) [default: 30].
+    #[arg(long, env = "WRITE_TIMEOUT", global = true)]
+    pub write_timeout: Option<String>,
+    /// Most connections open at once from one IP address (an IPv6 /64), 1-1000000, or off (also
+    /// 0); more are closed at accept [default: off].
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
     #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
@@ -83,6 +96,7 @@ impl std::fmt::Debug for Settings {
             .field("encryption_key", &redacted(&self.encryption_key))
             .field("admin_token", &redacted(&self.admin_token))
             .field("server_port", &self.server_port)
+            .field("bind_address", &self.bind_address)
             .field("db_path", &self.db_path)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
@@ -95,6 +109,8 @@ impl std::fmt::Debug for Settings {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_connections", &self.max_connections)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("allow_core_dumps", &self.allow_core_dumps)
             .field("mlock", &self.mlock)
             .finish()
@@ -146,12 +162,18 @@ pub struct ConnectionLimits {
     pub request_timeout: Duration,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// A write that stays pending this long (the client reads nothing) closes the connection.
+    pub write_timeout: Duration,
+    /// Connections open at once from one address (IPv4, or an IPv6 /64); more are closed at
+    /// accept. `None`: no cap (behind a proxy every client has the proxy's address).
+    pub max_connections_per_ip: Option<u32>,
 }
 
 impl ConnectionLimits {
     pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl Default for ConnectionLimits {
@@ -160,6 +182,8 @@ impl Default for ConnectionLimits {
             header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -222,13 +246,34 @@ impl Settings {
     }
 
     pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
-        given(self.admin_token.as_ref())
-            .map(|token| SecretString::from(token.to_owned()))
-            .ok_or_else(|| ConfigError("ADMIN_TOKEN is required (any non-empty string)".into()))
+        let token = given(self.admin_token.as_ref()).ok_or_else(|| {
+            ConfigError(format!(
+                "ADMIN_TOKEN is required: at least {MIN_ADMIN_TOKEN_CHARS} characters, e.g. from `openssl rand -hex 32`"
+            ))
+        })?;
+        if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(ConfigError(format!(
+                "ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters, e.g. from `openssl rand -hex 32`"
+            )));
+        }
+        Ok(SecretString::from(token.to_owned()))
     }
 
     pub fn port(&self) -> Result<u16, ConfigError> {
         given(self.server_port.as_ref()).map_or(Ok(8080), |text| parse_port("SERVER_PORT", text))
+    }
+
+    /// `None`: every interface (see [`ServeConfig::bind_address`]).
+    pub fn bind_address(&self) -> Result<Option<IpAddr>, ConfigError> {
+        given(self.bind_address.as_ref())
+            .map(|text| {
+                text.parse::<IpAddr>().map_err(|_| {
+                    ConfigError(format!(
+                        "BIND_ADDRESS must be an IP address such as 0.0.0.0, ::, 127.0.0.1 or ::1 (got {text:?})"
+                    ))
+                })
+            })
+            .transpose()
     }
 
     pub fn metrics(&self) -> Result<MetricsConfig, ConfigError> {
@@ -290,15 +335,17 @@ impl Settings {
             )?,
             max_connections: match given(self.max_connections.as_ref()) {
                 None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
-                Some(text) => text
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "MAX_CONNECTIONS must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
-                        ))
-                    })?,
+                Some(text) => connection_count("MAX_CONNECTIONS", text)?,
+            },
+            write_timeout: seconds(
+                "WRITE_TIMEOUT",
+                self.write_timeout.as_ref(),
+                ConnectionLimits::DEFAULT_WRITE_TIMEOUT,
+            )?,
+            max_connections_per_ip: match given(self.max_connections_per_ip.as_ref()) {
+                None => None,
+                Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => None,
+                Some(text) => Some(connection_count("MAX_CONNECTIONS_PER_IP", text)?),
             },
         })
     }
@@ -311,11 +358,25 @@ impl Settings {
     }
 }
 
+/// The shortest `ADMIN_TOKEN`: a guessable superuser token is refused at start-up.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// The largest `MAX_CONNECTIONS`.
 const MAX_CONNECTIONS: u32 = 1_000_000;
 /// The shortest and longest timeouts, in seconds.
 const MIN_TIMEOUT_SECONDS: f64 = 0.001;
 const MAX_TIMEOUT_SECONDS: f64 = 3_600.0;
+
+/// A number of connections, from 1 to [`MAX_CONNECTIONS`].
+fn connection_count(variable: &str, text: &str) -> Result<u32, ConfigError> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{variable} must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
+            ))
+        })
+}
 
 /// A duration in seconds (fractions allowed), from a millisecond to an hour.
 fn seconds(
@@ -368,6 +429,9 @@ pub struct ServeConfig {
     pub encryption_key: EncryptionKey,
     pub admin_token: SecretString,
     pub port: u16,
+    /// The address both listeners bind; `None` (unset): every interface, as `::` with IPv4
+    /// mapped in where the system allows dual stack, else `0.0.0.0`.
+    pub bind_address: Option<IpAddr>,
     pub db_path: PathBuf,
     pub audit: bool,
     pub metrics: MetricsConfig,
@@ -381,6 +445,7 @@ impl ServeConfig {
             encryption_key: settings.encryption_key()?,
             admin_token: settings.admin_token()?,
             port: settings.port()?,
+            bind_address: settings.bind_address()?,
             db_path: settings.db_path(),
             audit: settings.audit()?,
             metrics: settings.metrics()?,
@@ -399,7 +464,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             encryption_key: Some("ab".repeat(32)),
-            admin_token: Some("token".into()),
+            admin_token: Some("admin-token-0123456789".into()),
             ..Settings::default()
         }
     }
@@ -411,6 +476,7 @@ mod tests {
         s.metrics_port = Some(" ".into());
         let config = ServeConfig::from_settings(&s).unwrap();
         assert_eq!(config.port, 8080);
+        assert_eq!(config.bind_address, None);
         assert!(config.metrics.enabled && config.metrics.per_key);
         assert_eq!(config.metrics.per_key_max, 10_000);
         assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
@@ -443,6 +509,10 @@ mod tests {
                 "ADMIN_TOKEN is required",
             ),
             (
+                Box::new(|s| s.admin_token = Some(" secret-short-15 ".into())),
+                "ADMIN_TOKEN must be at least 16 characters",
+            ),
+            (
                 Box::new(|s| s.server_port = Some("0".into())),
                 "SERVER_PORT must be",
             ),
@@ -465,6 +535,14 @@ mod tests {
             (
                 Box::new(|s| s.metrics_port = Some("8080".into())),
                 "METRICS_PORT must differ from SERVER_PORT",
+            ),
+            (
+                Box::new(|s| s.bind_address = Some("localhost".into())),
+                "BIND_ADDRESS must be an IP address",
+            ),
+            (
+                Box::new(|s| s.bind_address = Some("127.0.0.1:8080".into())),
+                "BIND_ADDRESS must be an IP address",
             ),
             (
                 Box::new(|s| s.metrics = Some("maybe".into())),
@@ -507,6 +585,18 @@ mod tests {
             (
                 Box::new(|s| s.max_connections = Some("1000001".into())),
                 "MAX_CONNECTIONS must be an integer from 1 to 1000000",
+            ),
+            (
+                Box::new(|s| s.write_timeout = Some("0".into())),
+                "WRITE_TIMEOUT must be a number of seconds",
+            ),
+            (
+                Box::new(|s| s.max_connections_per_ip = Some("1000001".into())),
+                "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
+            ),
+            (
+                Box::new(|s| s.max_connections_per_ip = Some("many".into())),
+                "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
             ),
             (
                 Box::new(|s| s.allow_core_dumps = Some("maybe".into())),
@@ -556,6 +646,8 @@ mod tests {
         s.header_read_timeout = Some("0.25".into());
         s.request_timeout = Some(" 45 ".into());
         s.max_connections = Some("10".into());
+        s.write_timeout = Some("1.5".into());
+        s.max_connections_per_ip = Some("4".into());
         s.allow_core_dumps = Some("Yes".into());
         s.mlock = Some("off".into());
         let config = ServeConfig::from_settings(&s).unwrap();
@@ -565,8 +657,14 @@ mod tests {
                 header_read_timeout: Duration::from_millis(250),
                 request_timeout: Duration::from_secs(45),
                 max_connections: 10,
+                write_timeout: Duration::from_millis(1_500),
+                max_connections_per_ip: Some(4),
             }
         );
+        for off in ["OFF", "0"] {
+            s.max_connections_per_ip = Some(off.into());
+            assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
+        }
         assert_eq!(
             config.hardening,
             hardening::Options {
@@ -574,6 +672,18 @@ mod tests {
                 mlock: false,
             }
         );
+    }
+
+    #[test]
+    fn a_bind_address_is_any_ip_address() {
+        let mut s = settings();
+        for text in ["127.0.0.1", " ::1 ", "0.0.0.0", "::", "10.1.2.3"] {
+            s.bind_address = Some(text.into());
+            assert_eq!(
+                s.bind_address().unwrap(),
+                Some(text.trim().parse().unwrap())
+            );
+        }
     }
 
     /// A bare switch is on and never takes the next argument (the subcommand) as its value.
@@ -610,7 +720,7 @@ mod tests {
         s.metrics_token = Some("scrape-secret".into());
         let text = format!("{s:?}");
         assert!(!text.contains(&"ab".repeat(32)));
-        assert!(!text.contains("token\""));
+        assert!(!text.contains("admin-token-0123456789"));
         assert!(!text.contains("scrape-secret"));
     }
 }

@@ -25,7 +25,8 @@
 //! that the README draws the same one. The layers, top first:
 //!
 //! ```text
-//! cli               the command line, one file per command: serve, import, export, rekey
+//! cli               the command line, one file per command: serve, import, export, rekey,
+//!                   backup
 //! app               wiring: open the store, start the writer, build the state, serve
 //! server            connections: the accept loop, connection limits, timeouts
 //! http              the one route table, the state handlers share, auth, handlers, the one
@@ -33,7 +34,8 @@
 //! writer, compat    the single writer (typed operations, the batch loop, one function per
 //!                   operation); beside it, SQLite import and export (through store, never the
 //!                   writer)
-//! store             the redb file: tables, the record codec, open checks, batches, re-sealing
+//! store             the redb file: tables, the record codec, open checks, batches, re-sealing,
+//!                   online backups
 //! broker, config    the domain, with no I/O: snapshots, pools, rotation, rate windows, usage
 //!                   caps, the audit queue, the clock, validated admin inputs; the settings
 //! crypto, hardening, telemetry

@@ -81,9 +81,9 @@ fn per_request(
     };
     runtime.block_on(async {
         let tier = TierSpec::new("pro", None, [("chat".to_owned(), limit)].into()).unwrap();
-        writer.create_tier(tier).await.unwrap();
+        writer.create_tier(tier, None).await.unwrap();
         let key = NewKey::new("k", "pro", Zeroizing::new("sk-alloc".into())).unwrap();
-        writer.add_key(key).await.unwrap();
+        writer.add_key(key, None).await.unwrap();
     });
     drop(writer);
     let listener = runtime

@@ -272,11 +272,10 @@ impl Catalog {
             let Some(order) = self.key_orders.get(&id).cloned() else {
                 continue;
             };
-            let Some(tier_id) = self
-                .keys
-                .get(&order)
-                .map(|key| Arc::clone(&key.info.tier_id))
-            else {
+            let Some(tier_id) = self.keys.get(&order).map(|key| {
+                key.mark_expired();
+                Arc::clone(&key.info.tier_id)
+            }) else {
                 continue;
             };
             dirty.extend(self.leave_roster(&tier_id, &order));

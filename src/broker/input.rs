@@ -28,7 +28,8 @@ pub const DEFAULT_WINDOW_SECONDS: u32 = 60;
 pub struct Invalid(pub String);
 
 /// A name (of a tier, key, feature, secret, consumer), trimmed: required, at most
-/// 256 characters, no control characters. `field` names it in the error.
+/// 256 characters, no control or format characters (see [`is_hidden`]). `field` names it in the
+/// error, which never repeats the value.
 pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
@@ -39,10 +40,48 @@ pub fn parse_name(field: &str, value: &str) -> Result<String, Invalid> {
             "{field} is longer than {MAX_NAME_CHARS} characters"
         )));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(Invalid(format!("{field} contains control characters")));
+    if trimmed.chars().any(is_hidden) {
+        return Err(Invalid(format!(
+            "{field} contains control or format characters (such as direction overrides or zero-width characters)"
+        )));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Whether a character would make a listing show something other than what is stored: a
+/// control character (`Cc`), a format character (`Cf`: direction overrides and isolates,
+/// zero-width spaces and joiners, the byte-order mark, tag characters, ...), or a line or
+/// paragraph separator (`Zl`, `Zp`). `char::is_control` covers only the first. The `Cf` ranges
+/// are Unicode 15's.
+pub fn is_hidden(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0xAD, 0xAD),
+        (0x600, 0x605),
+        (0x61C, 0x61C),
+        (0x6DD, 0x6DD),
+        (0x70F, 0x70F),
+        (0x890, 0x891),
+        (0x8E2, 0x8E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let code = u32::from(c);
+    c.is_control()
+        || FORMAT
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&code))
 }
 
 /// A feature's limit: 1 to [`MAX_RATE_LIMIT`] uses per window of 1 second to 366 days.
@@ -445,6 +484,31 @@ mod tests {
         assert!(parse_name("name", &"x".repeat(257)).is_err());
         assert!(parse_name("name", "a\u{7}b").is_err());
         assert_eq!(parse_name("name", "ünï").unwrap(), "ünï");
+    }
+
+    #[test]
+    fn names_with_direction_overrides_or_invisible_characters_are_refused_unechoed() {
+        for bad in [
+            "pro\u{202E}txt.exe",
+            "a\u{2066}b\u{2069}",
+            "zero\u{200B}width",
+            "join\u{200D}er",
+            "\u{FEFF}bom",
+            "soft\u{AD}hyphen",
+            "line\u{2028}break",
+            "tag\u{E0041}",
+            "nul\u{0}",
+        ] {
+            let err = parse_name("tier", bad).unwrap_err().0;
+            assert!(
+                err.starts_with("tier contains control or format characters"),
+                "{err}"
+            );
+            assert!(!err.contains(bad), "{err}");
+        }
+        for good in ["pro", "ключ", "日本語", "emoji 🚀", "a-b_c.d", "naïve café"] {
+            assert_eq!(parse_name("name", good).unwrap(), good);
+        }
     }
 
     #[test]

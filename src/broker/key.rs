@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -29,6 +30,9 @@ pub struct KeyEntry {
     pub info: KeyInfo,
     /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
     pub usage: Option<Arc<UsageCap>>,
+    /// Set once the key has been found expired, so that a wall clock stepped back never serves
+    /// it again (see [`Clock`](super::Clock)). `Relaxed`: it guards no other data.
+    expired: AtomicBool,
     body: Bytes,
 }
 
@@ -100,6 +104,7 @@ impl KeyEntry {
         Self {
             info,
             usage: usage.map(Arc::new),
+            expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
     }
@@ -110,7 +115,35 @@ impl KeyEntry {
         self.body.clone()
     }
 
+    /// Whether the key may be served, its expiry judged at the wall time (unix ms) `unix_now`
+    /// gives, which is asked only for a key that has an expiry. A key found expired stays
+    /// expired, whatever `unix_now` says later.
+    #[inline]
+    pub fn servable(&self, unix_now: impl FnOnce() -> i64) -> bool {
+        if !self.info.active {
+            return false;
+        }
+        let Some(at) = self.info.expires_at_ms else {
+            return true;
+        };
+        if self.expired.load(Ordering::Relaxed) {
+            return false;
+        }
+        if unix_now() < at {
+            return true;
+        }
+        self.mark_expired();
+        false
+    }
+
+    /// [`KeyEntry::servable`] at wall time `unix_ms`.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
-        self.info.active && self.info.expires_at_ms.is_none_or(|at| unix_ms < at)
+        self.servable(|| unix_ms)
+    }
+
+    /// Records that the key has expired: it is never served again in this run.
+    #[cold]
+    pub fn mark_expired(&self) {
+        self.expired.store(true, Ordering::Relaxed);
     }
 }

@@ -104,19 +104,18 @@ impl Pool {
                 snapshot.unlisted_outcomes().unknown_feature.increment(1);
                 Pick::UnknownFeature
             }
-            Some(pool) => match pool.pick(
-                self.clock.now_ms(),
-                self.reserve.get().map_or(&NoReserve, |r| &**r),
-            ) {
-                Ok(key) => {
-                    pool.outcomes().served.increment(1);
-                    Pick::Served(key, pool.name())
+            Some(pool) => {
+                match pool.pick(&self.clock, self.reserve.get().map_or(&NoReserve, |r| &**r)) {
+                    Ok(key) => {
+                        pool.outcomes().served.increment(1);
+                        Pick::Served(key, pool.name())
+                    }
+                    Err(spent) => {
+                        pool.outcomes().spent.increment(1);
+                        Pick::Spent(spent)
+                    }
                 }
-                Err(spent) => {
-                    pool.outcomes().spent.increment(1);
-                    Pick::Spent(spent)
-                }
-            },
+            }
         }
     }
 
@@ -301,6 +300,59 @@ mod tests {
         assert_eq!(served_id(&pool, "chat").as_deref(), Some("soon"));
         hand.advance_ms(5_000);
         assert_eq!(served_id(&pool, "chat"), None);
+    }
+
+    /// Expiry is judged on the wall clock at the pick: a step forward expires the key at once,
+    /// though running time has not moved.
+    #[test]
+    fn a_forward_step_of_the_wall_clock_expires_a_key_at_once() {
+        let (pool, hand, _) = expiring(&[("soon", Some(3_600_000)), ("never", None)]);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("soon"));
+        hand.step_wall_ms(3_600_000);
+        let served: Vec<_> = (0..3).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert_eq!(served, ["never", "never", "never"]);
+    }
+
+    /// A key found expired stays expired when the wall clock steps back before it: found by a
+    /// pick, or by the writer's sweep.
+    #[test]
+    fn a_backward_step_of_the_wall_clock_never_serves_an_expired_key_again() {
+        let (pool, hand, _) = expiring(&[("picked", Some(5_000)), ("swept", Some(5_000))]);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("picked"));
+        hand.step_wall_ms(60_000);
+        // The pick finds "picked" expired, then "swept" too.
+        assert_eq!(served_id(&pool, "chat"), None);
+        hand.step_wall_ms(-120_000);
+        assert_eq!(served_id(&pool, "chat"), None);
+        assert_eq!(
+            pool.load()
+                .catalog
+                .tier_keys(i64::MIN)
+                .next()
+                .unwrap()
+                .1
+                .active,
+            0
+        );
+
+        // Found by the sweep alone: no pick saw it expired.
+        let (pool, hand, _) = expiring(&[("swept", Some(5_000))]);
+        hand.step_wall_ms(60_000);
+        let mut catalog = pool.load().catalog.clone();
+        let dirty = catalog.expire(pool.clock().unix_now_ms());
+        pool.publish(catalog, &dirty);
+        hand.step_wall_ms(-120_000);
+        assert_eq!(served_id(&pool, "chat"), None);
+        assert_eq!(
+            pool.load()
+                .catalog
+                .tier_keys(i64::MIN)
+                .next()
+                .unwrap()
+                .1
+                .active,
+            0
+        );
     }
 
     /// An expired key is skipped at once, and leaves the rotation at the next sweep, so its

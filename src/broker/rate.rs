@@ -3,7 +3,7 @@
 use super::sync::{AtomicU64, Ordering};
 
 /// Bits of the packed word that hold the use count; the other 40 hold the window start in
-/// milliseconds on the [`Clock`](super::Clock) (about 34 years of uptime).
+/// milliseconds on the [`Clock`](super::Clock) (about 34 years of running time).
 const COUNT_BITS: u32 = 24;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 

@@ -73,18 +73,20 @@ enum Miss {
 
 impl Segment {
     /// Takes one use of `member` for this segment's feature: its rate window, then its usage
-    /// cap if it has one (giving the window's use back if the cap refuses).
+    /// cap if it has one (giving the window's use back if the cap refuses). `now` is running
+    /// time; `wall` is the pick's reading of wall time, read on the first candidate that has an
+    /// expiry.
     #[inline]
     fn take(
         &self,
         member: &Member,
         now: u64,
-        now_unix: i64,
+        wall: &mut Wall<'_>,
         reserve: &dyn Reserve,
     ) -> Result<(), Miss> {
         let entry = &member.entry;
         let counter = member.counter(self.counter).ok_or(Miss::Never)?;
-        if !entry.servable_at_unix(now_unix) {
+        if !entry.servable(|| wall.read()) {
             return Err(Miss::Never);
         }
         let window = counter
@@ -102,6 +104,21 @@ impl Segment {
                     Refusal::Exhausted { until_s } => Miss::Until(u64::from(until_s) * 1_000),
                 }
             })
+    }
+}
+
+/// One pick's reading of wall time: taken from the clock the first time a candidate has an
+/// expiry, then kept, so a pick reads the wall clock at most once (and not at all when no
+/// candidate expires).
+struct Wall<'a> {
+    clock: &'a Clock,
+    unix_ms: Option<i64>,
+}
+
+impl Wall<'_> {
+    #[inline]
+    fn read(&mut self) -> i64 {
+        *self.unix_ms.get_or_insert_with(|| self.clock.unix_now_ms())
     }
 }
 
@@ -128,8 +145,6 @@ pub struct FeaturePool {
     len: usize,
     /// `cursor % len` without a division.
     modulus: Modulus,
-    /// Unix ms at clock instant 0, to check expiry against the clock the pick is given.
-    unix_at_zero_ms: i64,
     /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
     /// expired): the shortest window of the tiers listing the feature.
     idle_retry_ms: u64,
@@ -164,10 +179,12 @@ impl FeaturePool {
         &self.outcomes
     }
 
-    /// Takes one use of the next key with budget left, in rotation. A key with a usage cap
-    /// also takes one use of its cap; `reserve` is asked for more when its reservation runs low.
+    /// Takes one use of the next key with budget left, in rotation, reading `clock`'s running
+    /// time once (and its wall time at most once). A key with a usage cap also takes one use
+    /// of its cap; `reserve` is asked for more when its reservation runs low.
     #[inline]
-    pub fn pick(&self, now: u64, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
+    pub fn pick(&self, clock: &Clock, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
+        let now = clock.now_ms();
         let spent_until = self.spent_until.load(Ordering::Relaxed);
         if now < spent_until {
             return Err(self.spent(spent_until, now));
@@ -177,7 +194,10 @@ impl FeaturePool {
             return Err(self.spent(u64::MAX, now));
         }
         let start = self.modulus.of(self.cursor.fetch_add(1, Ordering::Relaxed));
-        let now_unix = self.unix_at_zero_ms.saturating_add_unsigned(now);
+        let mut wall = Wall {
+            clock,
+            unix_ms: None,
+        };
         let mut earliest = u64::MAX;
         // A key waiting for its next usage reservation recovers within a disk commit: no
         // instant may then be remembered as spent.
@@ -188,7 +208,7 @@ impl FeaturePool {
         for _ in 0..n {
             let segment = &self.segments[s];
             if let Some(member) = segment.members.get(i) {
-                match segment.take(member, now, now_unix, reserve) {
+                match segment.take(member, now, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
                     Err(Miss::Until(at)) => earliest = earliest.min(at),
                     Err(Miss::Pending) => pending = true,
@@ -314,7 +334,7 @@ impl Snapshot {
                     |pool| Arc::clone(&pool.outcomes),
                 )
             };
-            match build_pool(&catalog, feature, clock, None, cursor, outcomes) {
+            match build_pool(&catalog, feature, None, cursor, outcomes) {
                 Some(pool) => features.insert(Arc::clone(feature), Arc::new(pool)),
                 None => features.remove(feature),
             };
@@ -331,7 +351,6 @@ impl Snapshot {
                     catalog: &catalog,
                     all: &features,
                     dirty,
-                    clock,
                     meter,
                 };
                 let scoped = Self::scoped(&build, consumer, previous);
@@ -361,7 +380,6 @@ impl Snapshot {
             catalog,
             all,
             dirty,
-            clock,
             meter,
         } = *build;
         let listed: BTreeSet<&Arc<str>> = consumer
@@ -395,7 +413,6 @@ impl Snapshot {
                     Arc::new(build_pool(
                         catalog,
                         feature,
-                        clock,
                         Some(&consumer.scopes),
                         cursor,
                         outcomes,
@@ -412,13 +429,12 @@ impl Snapshot {
 }
 
 /// What a rebuild of consumer pools reads: the new catalog and unscoped pools, the features
-/// that changed, the clock and where to register counters.
+/// that changed and where to register counters.
 #[derive(Clone, Copy)]
 struct Rebuild<'a> {
     catalog: &'a Catalog,
     all: &'a FeatureMap,
     dirty: &'a Dirty,
-    clock: &'a Clock,
     meter: &'a Meter,
 }
 
@@ -433,7 +449,6 @@ fn cursor_of(pool: Option<&Arc<FeaturePool>>) -> usize {
 fn build_pool(
     catalog: &Catalog,
     feature: &Arc<str>,
-    clock: &Clock,
     scope: Option<&BTreeSet<Arc<str>>>,
     cursor: usize,
     outcomes: impl FnOnce() -> Arc<Outcomes>,
@@ -470,7 +485,6 @@ fn build_pool(
         segments: segments.into_boxed_slice(),
         len,
         modulus: Modulus::new(len),
-        unix_at_zero_ms: clock.to_unix_ms(0),
         idle_retry_ms,
         outcomes: outcomes(),
     })

@@ -77,6 +77,20 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
             summary.left_out.join(", ")
         ));
     }
+    if !contents.left_out.is_empty() {
+        // As at start-up: a record whose signature does not match, or that does not decode, is
+        // neither served nor exported.
+        let ids: Vec<String> = contents
+            .left_out
+            .iter()
+            .map(|skip| format!("{}/{}", skip.table, skip.id))
+            .collect();
+        line.push_str(&format!(
+            ", {} records left out (unsigned or unreadable): {}",
+            ids.len(),
+            ids.join(", ")
+        ));
+    }
     println!("{line}, in {}", format_elapsed(started.elapsed()));
     Ok(())
 }

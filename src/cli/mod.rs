@@ -1,6 +1,7 @@
 //! The command line: `serve` (the default, so `keypooler` alone starts the server as the Go
-//! service did) and the offline commands, one file each.
+//! service did), the offline commands, and `backup` of a running server, one file each.
 
+mod backup;
 mod export;
 mod import;
 mod rekey;
@@ -15,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{ConfigError, Settings};
 
+pub use backup::BackupArgs;
 pub use export::ExportArgs;
 pub use import::ImportArgs;
 pub use rekey::RekeyArgs;
@@ -38,6 +40,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Re-seal every value under NEW_ENCRYPTION_KEY, atomically (stop the server first).
     Rekey(RekeyArgs),
+    /// Write a running server's database (KEYPOOLER_URL) to a new file, while it serves.
+    Backup(BackupArgs),
 }
 
 /// Why the process stops with an error: a bad setting (exit 2) or a failure (exit 1).
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Import(args) => import::run(&cli.settings, &args),
         Command::Export(args) => export::run(&cli.settings, &args),
         Command::Rekey(args) => rekey::run(&cli.settings, &args),
+        Command::Backup(args) => backup::run(&cli.settings, &args),
     }
 }
 

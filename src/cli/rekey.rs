@@ -40,10 +40,24 @@ pub(super) fn run(settings: &Settings, args: &RekeyArgs) -> Result<(), Failure> 
     let outcome =
         reseal_file(&path, &Sealer::new(&old), &Sealer::new(&new)).map_err(anyhow::Error::from)?;
     match outcome {
-        Resealed::Done { keys, secrets } => println!(
-            "rekeyed {}: {keys} keys, {secrets} secrets and the canary re-sealed under NEW_ENCRYPTION_KEY; start the server with it as ENCRYPTION_KEY",
-            path.display()
-        ),
+        Resealed::Done {
+            keys,
+            secrets,
+            records,
+            left_out,
+        } => {
+            for skip in &left_out {
+                eprintln!(
+                    "record {}/{} left as it was: {}",
+                    skip.table, skip.id, skip.reason
+                );
+            }
+            println!(
+                "rekeyed {}: {keys} keys, {secrets} secrets and the canary re-sealed, {records} records re-signed under NEW_ENCRYPTION_KEY ({} left out); start the server with it as ENCRYPTION_KEY",
+                path.display(),
+                left_out.len()
+            );
+        }
         Resealed::AlreadyDone => println!(
             "{} is already sealed under NEW_ENCRYPTION_KEY; nothing changed",
             path.display()

@@ -1,6 +1,6 @@
 //! `keypooler serve`: validated settings, the process hardened, the runtime, the listeners.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::Failure;
 use crate::app::{App, Options, shutdown_signal};
@@ -35,9 +35,9 @@ pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
             options,
         )
         .map_err(anyhow::Error::from)?;
-        let listener = bind(config.port).await?;
+        let listener = bind(config.bind_address, config.port).await?;
         let metrics_listener = match metrics.port.filter(|_| metrics.enabled) {
-            Some(port) => Some(bind(port).await?),
+            Some(port) => Some(bind(config.bind_address, port).await?),
             None => None,
         };
         let shutdown = shutdown_signal();
@@ -70,13 +70,23 @@ pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
     })
 }
 
-/// Binds every interface (IPv6 and IPv4 where the system allows dual stack, else IPv4).
-async fn bind(port: u16) -> Result<tokio::net::TcpListener, Failure> {
-    let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-    match tokio::net::TcpListener::bind(address).await {
-        Ok(listener) => Ok(listener),
-        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port))
+/// Binds `address`, or when it is unset every interface (IPv6 and IPv4 where the system allows
+/// dual stack, else IPv4).
+async fn bind(address: Option<IpAddr>, port: u16) -> Result<tokio::net::TcpListener, Failure> {
+    let cannot = |at: &dyn std::fmt::Display, err: std::io::Error| -> Failure {
+        anyhow::anyhow!("cannot listen on {at}: {err}").into()
+    };
+    if let Some(address) = address {
+        let at = SocketAddr::new(address, port);
+        return tokio::net::TcpListener::bind(at)
             .await
-            .map_err(|err| anyhow::anyhow!("cannot listen on port {port}: {err}").into()),
+            .map_err(|err| cannot(&at, err));
+    }
+    let every = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    match tokio::net::TcpListener::bind(every).await {
+        Ok(listener) => Ok(listener),
+        Err(_) => tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .map_err(|err| cannot(&format_args!("port {port}"), err)),
     }
 }

@@ -380,6 +380,15 @@ impl TempFile {
             std::process::id(),
             rand::random::<u32>()
         ));
+        // Created here, empty and readable by the owner only (0600), before SQLite opens it:
+        // SQLite would create it 0644, and gives its journal the database file's mode.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(&path)
+            .map_err(|err| write_error(target, err))?;
         Ok(Self { path, done: false })
     }
 

@@ -8,7 +8,10 @@ use super::source::SourceContents;
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
-use crate::store::{Contents, KeyRecord, Store, key_record};
+use crate::store::{
+    Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads, check_tier_loads,
+    key_record,
+};
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,7 +19,8 @@ pub enum ImportMode {
     /// Refuse: importing over data needs an explicit choice.
     #[default]
     Refuse,
-    /// Keep what is there; rows whose id is already present are skipped.
+    /// Keep what is there; rows whose id is already present are skipped. An imported consumer
+    /// may be scoped only to tiers the import creates, and its token hash must be new.
     Merge,
     /// Delete every tier, key and consumer first (in the same transaction).
     Replace,
@@ -75,8 +79,26 @@ fn write(
     kept: &Contents,
     progress: &ProgressBar,
 ) -> Result<ImportSummary, CompatError> {
-    let tier_ids: HashSet<&str> = kept.tiers.iter().map(|t| t.id.as_str()).collect();
-    let consumer_ids: HashSet<&str> = kept.consumers.iter().map(|c| c.id.as_str()).collect();
+    // A record of the target left out (unsigned, or it does not decode) still holds its id: a row
+    // with that id is skipped like any other already present, never written over it.
+    let left_out = |table: &'static str| {
+        kept.left_out
+            .iter()
+            .filter(move |skip| skip.table == table)
+            .map(|skip| skip.id.as_str())
+    };
+    let tier_ids: HashSet<&str> = kept
+        .tiers
+        .iter()
+        .map(|t| t.id.as_str())
+        .chain(left_out("tiers"))
+        .collect();
+    let consumer_ids: HashSet<&str> = kept
+        .consumers
+        .iter()
+        .map(|c| c.id.as_str())
+        .chain(left_out("consumers"))
+        .collect();
     let tier_names: HashMap<&str, &str> = kept
         .tiers
         .iter()
@@ -87,7 +109,19 @@ fn write(
         .iter()
         .map(|c| (c.name.as_str(), c.id.as_str()))
         .collect();
-    let key_ids: HashSet<&str> = kept.keys.iter().map(|k| k.id.as_str()).collect();
+    let key_ids: HashSet<&str> = kept
+        .keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .chain(left_out("keys"))
+        .collect();
+    let token_hashes: HashSet<&[u8]> = kept
+        .consumers
+        .iter()
+        .map(|c| c.token_hash.0.as_slice())
+        .collect();
+    // The tiers this import writes: the only ones an imported consumer may be scoped to.
+    let mut created: HashSet<&str> = HashSet::new();
     let mut summary = ImportSummary {
         schema: source.schema,
         tiers: 0,
@@ -115,7 +149,9 @@ fn write(
                 ),
             ));
         }
+        check_tier_loads(tier).map_err(would_not_load)?;
         batch.put_tier(tier)?;
+        created.insert(tier.id.as_str());
         summary.tiers += 1;
     }
     for key in &source.keys {
@@ -136,6 +172,7 @@ fn write(
             usage_window_start_ms: key.usage_window_start_ms,
             ..key_record(&key.info, &plain, sealer)
         };
+        check_key_loads(&record, sealer).map_err(would_not_load)?;
         batch.put_key(&record)?;
         summary.keys += 1;
         progress.inc(1);
@@ -155,9 +192,40 @@ fn write(
                 ),
             ));
         }
+        if token_hashes.contains(consumer.token_hash.0.as_slice()) {
+            return Err(CompatError::row(
+                "consumers",
+                consumer.id.clone(),
+                "its token_hash is already the token of a consumer in the database",
+            ));
+        }
+        if let Some(tier) = consumer
+            .scopes
+            .iter()
+            .find(|tier| !created.contains(tier.as_str()))
+        {
+            return Err(CompatError::row(
+                "consumer_scopes",
+                format!("{}/{tier}", consumer.id),
+                "the tier is already in the database (its row was skipped): an imported consumer may draw only from tiers the import creates; scope it with POST /admin/consumers/{id}/scopes if it should",
+            ));
+        }
+        check_consumer_loads(consumer).map_err(would_not_load)?;
         batch.put_consumer(consumer)?;
         summary.consumers += 1;
     }
     batch.commit()?;
     Ok(summary)
+}
+
+/// A row whose record start-up would leave out: refused, naming it, before anything is written.
+fn would_not_load(skipped: Skipped) -> CompatError {
+    CompatError::row(
+        skipped.table,
+        skipped.id,
+        format!(
+            "keypooler could not load it back once stored: {}",
+            skipped.reason
+        ),
+    )
 }

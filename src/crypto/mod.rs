@@ -3,18 +3,30 @@
 //! Our own format binds each ciphertext to the record and field it belongs to (associated
 //! data), so a value copied onto another record fails to open. The Go service's format, used by
 //! the SQLite import and export, is in `go` ([`Sealer::seal_go`], [`Sealer::open_go`]).
+//!
+//! Associated data and signed input are [`fields`]: each part prefixed with its length, so no
+//! two different lists of parts give the same bytes (a `/` in an id cannot pass for a
+//! separator). Records that are not sealed (tiers, consumers, a key's other fields) are signed
+//! by a [`Signer`]: HMAC-SHA256 under a key derived from the encryption key with HKDF, so whoever
+//! can write the database file but lacks the key can neither forge nor alter one.
 
 mod go;
 
 pub use go::GCM_PREFIX;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac as _};
 use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
 use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+/// The HKDF-SHA256 `info` the signing key is derived with: the same encryption key never
+/// serves as both the AES key and the HMAC key.
+const SIGNING_INFO: &[u8] = b"keypooler record signing key v1";
+/// The length of a [`Signer`]'s signature (HMAC-SHA256).
+pub const SIGNATURE_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -71,11 +83,12 @@ impl EncryptionKey {
     }
 }
 
-/// Seals and opens values under one key. Holds only the expanded cipher, which zeroizes itself
-/// on drop.
+/// Seals and opens values under one key, and signs records with the key derived from it.
+/// Holds only the expanded cipher and the keyed HMAC, which zeroize themselves on drop.
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Aes256Gcm,
+    signer: Signer,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -88,7 +101,15 @@ impl Sealer {
     pub fn new(key: &EncryptionKey) -> Self {
         let cipher = Aes256Gcm::new_from_slice(key.0.expose_secret())
             .expect("an EncryptionKey is always 32 bytes");
-        Self { cipher }
+        Self {
+            cipher,
+            signer: Signer::derive(key.0.expose_secret()),
+        }
+    }
+
+    /// The signer derived from the same key.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
     }
 
     /// `nonce || ciphertext || tag`, authenticated together with `aad`.
@@ -127,6 +148,61 @@ impl Sealer {
     /// Opens a sealed text value.
     pub fn open_text(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<String>, CryptoError> {
         into_text(self.open(sealed, aad)?)
+    }
+}
+
+/// Signs records and checks their signatures: HMAC-SHA256 under a key derived from the
+/// encryption key (HKDF-SHA256, [`SIGNING_INFO`]). Holds the keyed HMAC state, zeroized on
+/// drop; cloning it copies that state, so signing never derives the key again.
+#[derive(Clone)]
+pub struct Signer {
+    mac: Hmac<sha2::Sha256>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer([REDACTED])")
+    }
+}
+
+impl Signer {
+    fn derive(key: &[u8; 32]) -> Self {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, key);
+        let mut derived = Zeroizing::new([0u8; 32]);
+        hkdf.expand(SIGNING_INFO, &mut derived[..])
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let mac = Hmac::new_from_slice(&derived[..]).expect("HMAC takes a key of any length");
+        Self { mac }
+    }
+
+    /// The signature of `parts`, taken as [`fields`].
+    pub fn sign(&self, parts: &[&[u8]]) -> [u8; SIGNATURE_LEN] {
+        let mut mac = self.mac.clone();
+        each_field(parts, |bytes| mac.update(bytes));
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `signature` is the signature of `parts`, compared in constant time.
+    pub fn verify(&self, parts: &[&[u8]], signature: &[u8]) -> bool {
+        let mut mac = self.mac.clone();
+        each_field(parts, |bytes| mac.update(bytes));
+        mac.verify_slice(signature).is_ok()
+    }
+}
+
+/// `parts` as one unambiguous byte string: each part as its length (4 bytes, big-endian) then
+/// its bytes. Two different lists of parts never give the same bytes.
+pub fn fields(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|part| 4 + part.len()).sum());
+    each_field(parts, |bytes| out.extend_from_slice(bytes));
+    out
+}
+
+fn each_field(parts: &[&[u8]], mut out: impl FnMut(&[u8])) {
+    for part in parts {
+        let len = u32::try_from(part.len()).expect("a field is under 4 GiB");
+        out(&len.to_be_bytes());
+        out(part);
     }
 }
 
@@ -195,6 +271,41 @@ mod tests {
         sealed[NONCE_LEN] ^= 1;
         assert_eq!(sealer.open(&sealed, b""), Err(CryptoError::Open));
         assert_eq!(sealer.open(&sealed[..20], b""), Err(CryptoError::Truncated));
+    }
+
+    #[test]
+    fn fields_are_unambiguous_where_a_joined_text_is_not() {
+        // Joined with "/", these two are the same text.
+        let value = fields(&[b"key-value", b"X/secrets/n"]);
+        let secret = fields(&[b"key-secret", b"X", b"n/value"]);
+        assert_ne!(value, secret);
+        assert_ne!(fields(&[b"ab", b"c"]), fields(&[b"a", b"bc"]));
+        assert_ne!(fields(&[b"a", b""]), fields(&[b"a"]));
+    }
+
+    #[test]
+    fn a_signature_checks_only_its_own_parts_under_its_own_key() {
+        let key = EncryptionKey::generate();
+        let signer = Sealer::new(&key).signer().clone();
+        let signature = signer.sign(&[b"consumers", b"c1", b"{}"]);
+        assert!(signer.verify(&[b"consumers", b"c1", b"{}"], &signature));
+        assert!(!signer.verify(&[b"consumers", b"c2", b"{}"], &signature));
+        assert!(!signer.verify(&[b"consumers", b"c1", b"{ }"], &signature));
+        assert!(!signer.verify(&[b"consumers", b"c1", b"{}"], &signature[..31]));
+        let other = sealer();
+        assert!(
+            !other
+                .signer()
+                .verify(&[b"consumers", b"c1", b"{}"], &signature)
+        );
+        // Derived, not the key itself: an HMAC under the raw key gives another signature.
+        let raw = Hmac::<sha2::Sha256>::new_from_slice(key.0.expose_secret())
+            .unwrap()
+            .chain_update(fields(&[b"consumers", b"c1", b"{}"]))
+            .finalize()
+            .into_bytes();
+        assert_ne!(raw.as_slice(), signature.as_slice());
+        assert_eq!(format!("{signer:?}"), "Signer([REDACTED])");
     }
 
     #[test]

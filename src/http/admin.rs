@@ -2,6 +2,7 @@
 //! through the writer and answer once they are on disk and published.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,14 +12,16 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
+use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
 use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    json_response(
-        status,
-        serde_json::to_vec(body).expect("admin views always serialize"),
-    )
+    json_response(status, to_json(body))
+}
+
+pub fn to_json<T: Serialize>(body: &T) -> Vec<u8> {
+    serde_json::to_vec(body).expect("admin views always serialize")
 }
 
 /// RFC 3339, UTC, from unix milliseconds.
@@ -53,13 +56,19 @@ impl<'a> From<&'a Tier> for TierView<'a> {
     }
 }
 
+fn tier_created(tier: &Arc<Tier>, _: &Catalog) -> Answered {
+    (StatusCode::CREATED, to_json(&TierView::from(&**tier)))
+}
+
 pub async fn create_tier(
     _: Admin,
     State(app): State<AppState>,
-    JsonBody(body): JsonBody<TierBody>,
+    Retryable { body, once }: Retryable<TierBody>,
 ) -> Result<Response, ApiError> {
-    let tier = app.writer().create_tier(TierSpec::try_from(body)?).await?;
-    Ok(json(StatusCode::CREATED, &TierView::from(&*tier)))
+    let spec = TierSpec::try_from(body)?;
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, tier_created)));
+    let answer = app.writer().create_tier(spec, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, tier_created))
 }
 
 pub async fn update_tier(
@@ -88,24 +97,25 @@ struct AddedKey<'a> {
     tier: &'a str,
 }
 
-pub async fn add_key(
-    _: Admin,
-    State(app): State<AppState>,
-    JsonBody(body): JsonBody<KeyBody>,
-) -> Result<Response, ApiError> {
-    let key = app.writer().add_key(NewKey::try_from(body)?).await?;
-    let snapshot = app.pool().load();
-    let tier = snapshot
-        .catalog
-        .tier_by_id(&key.info.tier_id)
-        .map(|tier| tier.name.to_string())
-        .unwrap_or_default();
+fn key_added(key: &Arc<KeyEntry>, catalog: &Catalog) -> Answered {
+    let tier = catalog.tier_by_id(&key.info.tier_id);
     let added = AddedKey {
         id: &key.info.id,
         name: &key.info.name,
-        tier: &tier,
+        tier: tier.map_or("", |tier| &tier.name),
     };
-    Ok(json(StatusCode::CREATED, &added))
+    (StatusCode::CREATED, to_json(&added))
+}
+
+pub async fn add_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Retryable { body, once }: Retryable<KeyBody>,
+) -> Result<Response, ApiError> {
+    let key = NewKey::try_from(body)?;
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, key_added)));
+    let answer = app.writer().add_key(key, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, key_added))
 }
 
 #[derive(Serialize)]

@@ -1,15 +1,18 @@
 //! Consumers: services with their own token, limited to the tiers they are scoped to.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use super::AppState;
-use super::admin::{deleted, json};
+use super::admin::{deleted, json, to_json};
 use super::auth::Admin;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::idempotency::{Answered, Retryable, respond, stored};
 use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
 
 #[derive(Serialize)]
@@ -20,19 +23,43 @@ struct Created<'a> {
     token: &'a str,
 }
 
-pub async fn create(
-    _: Admin,
-    State(app): State<AppState>,
-    JsonBody(body): JsonBody<ConsumerBody>,
-) -> Result<Response, ApiError> {
-    let new = NewConsumer::try_from(body)?;
-    let (consumer, token) = app.writer().create_consumer(new).await?;
+/// What a retry with the creation's idempotency key answers: the token is gone (only its hash
+/// was stored).
+#[derive(Serialize)]
+struct Replayed<'a> {
+    id: &'a str,
+    name: &'a str,
+    /// Always true: says why there is no `token`.
+    replayed: bool,
+}
+
+fn created((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
     let created = Created {
         id: &consumer.id,
         name: &consumer.name,
-        token: &token,
+        token,
     };
-    Ok(json(StatusCode::CREATED, &created))
+    (StatusCode::CREATED, to_json(&created))
+}
+
+fn created_again((consumer, _): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
+    let replayed = Replayed {
+        id: &consumer.id,
+        name: &consumer.name,
+        replayed: true,
+    };
+    (StatusCode::CREATED, to_json(&replayed))
+}
+
+pub async fn create(
+    _: Admin,
+    State(app): State<AppState>,
+    Retryable { body, once }: Retryable<ConsumerBody>,
+) -> Result<Response, ApiError> {
+    let new = NewConsumer::try_from(body)?;
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, created_again)));
+    let answer = app.writer().create_consumer(new, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, created))
 }
 
 #[derive(Serialize)]
@@ -80,14 +107,18 @@ pub async fn delete(
     Ok(deleted())
 }
 
+fn scoped(consumer: &Arc<Consumer>, catalog: &Catalog) -> Answered {
+    (StatusCode::OK, to_json(&view(catalog, consumer)))
+}
+
 pub async fn add_scope(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<ScopeBody>,
+    Retryable { body, once }: Retryable<ScopeBody>,
 ) -> Result<Response, ApiError> {
     let scope = NewScope::try_from(body)?;
-    let consumer = app.writer().add_scope(id, scope).await?;
-    let snapshot = app.pool().load();
-    Ok(json(StatusCode::OK, &view(&snapshot.catalog, &consumer)))
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, scoped)));
+    let answer = app.writer().add_scope(id, scope, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, scoped))
 }

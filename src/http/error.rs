@@ -25,6 +25,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("{0}")]
     Conflict(String),
+    /// Well-formed, but not what its idempotency key was first sent with.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("no key available for feature")]
@@ -46,10 +49,19 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoKeyAvailable { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl ApiError {
+    /// `{"error": "<message>"}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
+            .expect("a string map always serializes")
     }
 }
 
@@ -70,9 +82,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
-            .expect("a string map always serializes");
-        let mut response = json_response(status, body);
+        let mut response = json_response(status, self.body());
         if let ApiError::NoKeyAvailable { retry_after_secs } = self {
             response
                 .headers_mut()
@@ -84,11 +94,18 @@ impl IntoResponse for ApiError {
 
 impl From<WriteError> for ApiError {
     fn from(err: WriteError) -> Self {
+        ApiError::from(&err)
+    }
+}
+
+impl From<&WriteError> for ApiError {
+    fn from(err: &WriteError) -> Self {
         match err {
             WriteError::TierExists(_) => ApiError::Conflict(err.to_string()),
             WriteError::TierNotFound(_)
             | WriteError::KeyNotFound(_)
             | WriteError::ConsumerNotFound(_) => ApiError::NotFound(err.to_string()),
+            WriteError::IdempotencyKeyReused => ApiError::Unprocessable(err.to_string()),
             WriteError::Stopped => ApiError::Unavailable(err.to_string()),
             WriteError::Storage(_) | WriteError::Unsaved(_) => ApiError::Internal(err.to_string()),
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use tokio::sync::Semaphore;
 
 use super::PrometheusExporter;
 use crate::broker::{AuditLog, Pool};
@@ -18,6 +19,8 @@ struct Shared {
     admin_token: SecretString,
     exporter: Option<PrometheusExporter>,
     audit: Option<Arc<AuditLog>>,
+    /// The one backup slot: `GET /admin/backup` answers 409 while it is taken.
+    backups: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -36,6 +39,7 @@ impl AppState {
             admin_token,
             exporter,
             audit,
+            backups: super::backup::slot(),
         }))
     }
 
@@ -54,6 +58,11 @@ impl AppState {
     /// The Prometheus exporter, unless metrics are off.
     pub fn exporter(&self) -> Option<&PrometheusExporter> {
         self.0.exporter.as_ref()
+    }
+
+    /// The one backup slot.
+    pub fn backups(&self) -> &Arc<Semaphore> {
+        &self.0.backups
     }
 
     /// The audit trail, when it is on.

@@ -2,47 +2,52 @@
 
 use redb::ReadableTable;
 
-use super::records::{decode, encode};
+use super::records::{decode, decode_signed, encode, encode_signed};
 use super::{
-    CONSUMERS, ConsumerRecord, KEYS, KeyRecord, Store, StoreError, TIERS, TierRecord, USAGE,
-    UsageRecord,
+    CONSUMERS, ConsumerRecord, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, IdempotencyRecord, KEYS,
+    KeyRecord, META, RUNNING_MS_KEY, Store, StoreError, TIERS, TierRecord, USAGE, UsageRecord,
 };
+use crate::crypto::Signer;
 
 impl Store {
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
     pub fn begin(&self) -> Result<Batch, StoreError> {
         Ok(Batch {
             txn: self.db().begin_write()?,
+            signer: self.signer.clone(),
         })
     }
 }
 
-/// One write transaction: everything in it lands on disk together, or nothing does.
+/// One write transaction: everything in it lands on disk together, or nothing does. Tiers, keys
+/// and consumers are signed as they are written.
 pub struct Batch {
     txn: redb::WriteTransaction,
+    signer: Signer,
 }
 
 impl Batch {
     pub fn put_tier(&self, record: &TierRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(TIERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "tiers", id, record);
+        self.txn.open_table(TIERS)?.insert(id, stored.as_slice())?;
         Ok(())
     }
 
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        self.txn
-            .open_table(KEYS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "keys", id, record);
+        self.txn.open_table(KEYS)?.insert(id, stored.as_slice())?;
         Ok(())
     }
 
+    /// A stored key; refused (an error naming it) if its signature does not match.
     pub fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         let table = self.txn.open_table(KEYS)?;
         let Some(bytes) = table.get(id)? else {
             return Ok(None);
         };
-        decode("keys", id, bytes.value()).map(Some)
+        decode_signed(&self.signer, "keys", id, bytes.value()).map(Some)
     }
 
     /// Removes a key; `false` when there was none with that id.
@@ -51,9 +56,11 @@ impl Batch {
     }
 
     pub fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        let id = record.id.as_str();
+        let stored = encode_signed(&self.signer, "consumers", id, record);
         self.txn
             .open_table(CONSUMERS)?
-            .insert(record.id.as_str(), encode(record).as_slice())?;
+            .insert(id, stored.as_slice())?;
         Ok(())
     }
 
@@ -91,12 +98,67 @@ impl Batch {
         Ok(events)
     }
 
-    /// Removes every tier, key, consumer and audit event (the meta table, with the canary, stays).
+    /// The answer stored under an idempotency key, including what this batch stored.
+    pub fn get_idempotent(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let table = self.txn.open_table(IDEMPOTENCY)?;
+        let Some(bytes) = table.get(key)? else {
+            return Ok(None);
+        };
+        decode("idempotency_keys", key, bytes.value()).map(Some)
+    }
+
+    /// Stores the answer under an idempotency key, replacing an expired one.
+    pub fn put_idempotent(&self, key: &str, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(IDEMPOTENCY)?;
+        let mut by_time = self.txn.open_table(IDEMPOTENCY_BY_TIME)?;
+        let old = table
+            .insert(key, encode(record).as_slice())?
+            .map(|bytes| decode::<IdempotencyRecord>("idempotency_keys", key, bytes.value()))
+            .transpose()?;
+        if let Some(old) = old {
+            by_time.remove((old.created_at_ms, key))?;
+        }
+        by_time.insert((record.created_at_ms, key), ())?;
+        Ok(())
+    }
+
+    /// Removes up to `limit` idempotency keys stored before `before_ms`, oldest first; returns
+    /// how many it removed.
+    pub fn prune_idempotent(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(IDEMPOTENCY)?;
+        let mut by_time = self.txn.open_table(IDEMPOTENCY_BY_TIME)?;
+        let mut expired = Vec::new();
+        for entry in by_time.range(..(before_ms, ""))?.take(limit) {
+            let (stored, _) = entry?;
+            let (at, key) = stored.value();
+            expired.push((at, key.to_owned()));
+        }
+        for (at, key) in &expired {
+            by_time.remove((*at, key.as_str()))?;
+            table.remove(key.as_str())?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Removes every tier, key, consumer, audit event and stored idempotent answer (the meta
+    /// table, with the canary, stays).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.txn.open_table(TIERS)?.retain(|_, _| false)?;
         self.txn.open_table(KEYS)?.retain(|_, _| false)?;
         self.txn.open_table(CONSUMERS)?.retain(|_, _| false)?;
         self.txn.open_table(USAGE)?.retain(|_, _| false)?;
+        self.txn.open_table(IDEMPOTENCY)?.retain(|_, _| false)?;
+        self.txn
+            .open_table(IDEMPOTENCY_BY_TIME)?
+            .retain(|_, _| false)?;
+        Ok(())
+    }
+
+    /// Saves the broker's running time (ms), from which the next run goes on.
+    pub fn save_running_ms(&self, running_ms: u64) -> Result<(), StoreError> {
+        self.txn
+            .open_table(META)?
+            .insert(RUNNING_MS_KEY, running_ms.to_le_bytes().as_slice())?;
         Ok(())
     }
 
@@ -104,5 +166,54 @@ impl Batch {
     pub fn commit(self) -> Result<(), StoreError> {
         self.txn.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::crypto::{EncryptionKey, Sealer};
+    use crate::store::Hex;
+
+    fn record(at: i64) -> IdempotencyRecord {
+        IdempotencyRecord {
+            fingerprint: Hex(vec![7; 32]),
+            created_at_ms: at,
+            status: 201,
+            body: format!("{{\"at\":{at}}}"),
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_pruned_oldest_first_and_survive_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&EncryptionKey::generate());
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        let txn = store.begin().unwrap();
+        for (key, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("d", 4_000)] {
+            txn.put_idempotent(key, &record(at)).unwrap();
+        }
+        // Stored again later (an expired key used anew): its old time no longer prunes it.
+        txn.put_idempotent("a", &record(5_000)).unwrap();
+        txn.commit().unwrap();
+
+        let txn = store.begin().unwrap();
+        assert_eq!(
+            txn.prune_idempotent(3_500, 1).unwrap(),
+            1,
+            "at most `limit`"
+        );
+        assert_eq!(txn.get_idempotent("b").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(3_500, 10).unwrap(), 1);
+        assert_eq!(txn.get_idempotent("c").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(3_500, 10).unwrap(), 0);
+        txn.commit().unwrap();
+
+        let txn = store.begin().unwrap();
+        assert_eq!(txn.get_idempotent("a").unwrap(), Some(record(5_000)));
+        assert_eq!(txn.get_idempotent("d").unwrap(), Some(record(4_000)));
+        txn.clear().unwrap();
+        assert_eq!(txn.get_idempotent("a").unwrap(), None);
+        assert_eq!(txn.prune_idempotent(i64::MAX, 10).unwrap(), 0);
     }
 }

@@ -6,21 +6,35 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
-use crate::broker::LIFETIME;
 use crate::broker::{
     Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
 };
+use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::{CryptoError, Sealer};
 
 /// A stored record left out of the pool, with why. Holds the id, never a value.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Skipped {
     pub table: &'static str,
     pub id: String,
     pub reason: String,
+}
+
+impl Skipped {
+    pub(super) fn from_error(table: &'static str, id: &str, err: StoreError) -> Self {
+        let reason = match err {
+            StoreError::BadRecord { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        Self {
+            table,
+            id: id.to_owned(),
+            reason,
+        }
+    }
 }
 
 fn tier_from_record(record: &TierRecord) -> Tier {
@@ -97,7 +111,11 @@ pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoErr
     Ok(Opened { value, secrets })
 }
 
-/// The usage cap a stored key resumes with: every reserved use counts as used.
+/// The usage cap a stored key resumes with: every reserved use counts as used. Its window ends
+/// where it was stored to end in running time (`clock` goes on from the running time the last
+/// run saved), so no move of the wall clock reopens it early. A window stored with its start on
+/// the wall clock only is placed by the wall clock, ending no later than its full length from
+/// now.
 fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let limit = u32::try_from(record.usage_limit?).unwrap_or(LIFETIME - 1);
     let reserved = u32::try_from(record.usage_count)
@@ -106,12 +124,27 @@ fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let window_s = record
         .usage_window_seconds
         .map(|w| u32::try_from(w).unwrap_or(LIFETIME - 1));
-    let end_s = match (window_s, record.usage_window_start_ms) {
-        (None, _) => LIFETIME,
-        (Some(_), None) => 0,
-        (Some(window), Some(start)) => {
-            let end_ms = start.saturating_add(i64::from(window) * 1_000);
-            crate::broker::to_cap_seconds(clock.from_unix_ms(end_ms))
+    let end_s = match (
+        window_s,
+        record.usage_window_end_running_ms,
+        record.usage_window_start_ms,
+    ) {
+        (None, ..) => LIFETIME,
+        (Some(_), Some(end_ms), _) => to_cap_seconds(end_ms),
+        (Some(_), None, None) => 0,
+        (Some(window), None, Some(start)) => {
+            let window_ms = i64::from(window) * 1_000;
+            let left_ms = start
+                .saturating_add(window_ms)
+                .saturating_sub(clock.unix_now_ms())
+                .clamp(0, window_ms)
+                .unsigned_abs();
+            if left_ms == 0 {
+                0
+            } else {
+                // Rounded up: a window never ends before its time.
+                to_cap_seconds(clock.now_ms().saturating_add(left_ms).saturating_add(999))
+            }
         }
     };
     Some(UsageCap::resume(limit, window_s, end_s, reserved))
@@ -156,8 +189,10 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
     }
 }
 
-/// Builds the catalog from everything stored, reading one record at a time. A key whose tier is
-/// missing or whose value does not open is left out and reported; every other key is served.
+/// Builds the catalog from everything stored, reading one record at a time. A record whose
+/// signature does not match or that does not decode, a key whose tier is missing or whose value
+/// does not open, a consumer whose token hash is malformed: each is left out and reported by
+/// table and id; everything else is served.
 pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
@@ -195,9 +230,48 @@ pub fn load_catalog(
                 reason,
             }),
         },
+        Record::LeftOut(left_out) => skipped.push(left_out),
     })?;
     catalog.place(unplaced);
     Ok((catalog, skipped))
+}
+
+/// A record as start-up will read it back: encoded, then decoded.
+fn reload<T: serde::Serialize + serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    record: &T,
+) -> Result<T, Skipped> {
+    decode(table, id, &encode(record)).map_err(|err| Skipped::from_error(table, id, err))
+}
+
+/// Checks that a tier about to be written loads at start-up as [`load_catalog`] loads it. The
+/// import holds every record to these checks, so it never writes one start-up would leave out.
+pub fn check_tier_loads(record: &TierRecord) -> Result<(), Skipped> {
+    reload("tiers", &record.id, record).map(|loaded| drop(tier_from_record(&loaded)))
+}
+
+/// Checks that a key about to be written loads at start-up: it decodes and its sealed values
+/// open (see [`check_tier_loads`]).
+pub fn check_key_loads(record: &KeyRecord, sealer: &Sealer) -> Result<(), Skipped> {
+    let loaded = reload("keys", &record.id, record)?;
+    open_key(&loaded, sealer).map(drop).map_err(|err| Skipped {
+        table: "keys",
+        id: record.id.clone(),
+        reason: err.to_string(),
+    })
+}
+
+/// Checks that a consumer about to be written loads at start-up (see [`check_tier_loads`]).
+pub fn check_consumer_loads(record: &ConsumerRecord) -> Result<(), Skipped> {
+    let loaded = reload("consumers", &record.id, record)?;
+    consumer_from_record(&loaded)
+        .map(drop)
+        .map_err(|reason| Skipped {
+            table: "consumers",
+            id: record.id.clone(),
+            reason,
+        })
 }
 
 /// A key's stored record, sealing its plaintext for its id.
@@ -213,6 +287,7 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         usage_window_seconds: None,
         usage_count: 0,
         usage_window_start_ms: None,
+        usage_window_end_running_ms: None,
         metadata: plain.metadata.clone(),
         value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
         secrets: plain

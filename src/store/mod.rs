@@ -7,16 +7,20 @@
 //! * `open`: the checks a file passes before it is opened for writing (see [`Store::open`]).
 //! * `guard`: redb's panics on a file altered behind its back, turned into
 //!   [`StoreError::Damaged`].
-//! * `records`: what each table holds, and its encoding.
+//! * `records`: what each table holds, and its encoding (signed, for tiers, keys and consumers).
 //! * `batch`: one write transaction ([`Batch`]).
 //! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
+//! * `backup`: one commit copied into a new database while the server writes ([`Snapshot`]).
+//! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
 
+mod backup;
 mod batch;
 mod codec;
 mod guard;
 mod open;
 mod records;
 mod reseal;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -25,24 +29,41 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use guard::guarded;
 use records::decode;
 
+use crate::crypto::Signer;
+
+pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Opened, Skipped, consumer_record, key_record, load_catalog, open_key, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    key_record, load_catalog, open_key, tier_record,
 };
 pub use records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, UsageRecord, secret_aad, value_aad,
+    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
+    secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
+// A new table goes into `backup`'s list too: a backup refuses a file with a table it would not
+// copy.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const CONSUMERS: TableDefinition<&str, &[u8]> = TableDefinition::new("consumers");
+/// In `META`: the broker's running time (ms, little-endian `u64`) as of the last commit, from
+/// which the next run's clock goes on (usage windows end in running time).
+const RUNNING_MS_KEY: &str = "running_ms";
 /// The audit trail, by sequence number.
 const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_events");
+/// Answers to admin writes sent with an idempotency key, by key. Created by the first write
+/// that stores one.
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
+/// The same keys by the time they were stored, to prune the oldest without a scan.
+const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_time");
 
-/// The record format this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
+/// open) had no record signatures and joined associated data; see `upgrade`.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
 /// service's, to be imported), and the import requires them.
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -73,6 +94,10 @@ pub enum StoreError {
         id: String,
         reason: String,
     },
+    #[error(
+        "{0} was closed while a backup read it (the server stopping, or reopening the file after a failed write); nothing was changed, try again"
+    )]
+    Closed(PathBuf),
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
 }
@@ -100,12 +125,17 @@ pub struct Contents {
     pub tiers: Vec<TierRecord>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<ConsumerRecord>,
+    /// Records left out, by table and id: their signature does not match, or they do not decode.
+    /// Not in the lists above.
+    pub left_out: Vec<Skipped>,
 }
 
 pub struct Store {
     /// Always `Some` until dropped: [`Drop`] takes it to close it under [`guarded`].
     db: Option<Database>,
     path: PathBuf,
+    /// Signs the records written and checks the records read.
+    signer: Signer,
 }
 
 impl Drop for Store {
@@ -133,6 +163,10 @@ pub enum Record {
     Tier(TierRecord),
     Key(KeyRecord),
     Consumer(ConsumerRecord),
+    /// A tier, key or consumer that is not loaded: its signature does not match, or its bytes do
+    /// not decode. Reported by table and id and left out, so that one bad record never keeps the
+    /// rest from loading.
+    LeftOut(Skipped),
 }
 
 impl Contents {
@@ -141,30 +175,73 @@ impl Contents {
             Record::Tier(tier) => self.tiers.push(tier),
             Record::Key(key) => self.keys.push(key),
             Record::Consumer(consumer) => self.consumers.push(consumer),
+            Record::LeftOut(skipped) => self.left_out.push(skipped),
         }
     }
 }
 
-/// Reads and decodes every record, one at a time, handing each to `each`.
-fn read_each(db: &impl ReadableDatabase, each: &mut dyn FnMut(Record)) -> Result<(), StoreError> {
+/// Reads and decodes every record, one at a time, handing each to `each`. With a `signer`,
+/// each record's signature is checked first (without one, a schema 1 file before its upgrade,
+/// none is); a record whose signature does not match, or that does not decode, is handed over
+/// as [`Record::LeftOut`].
+fn read_each(
+    db: &impl ReadableDatabase,
+    signer: Option<&Signer>,
+    each: &mut dyn FnMut(Record),
+) -> Result<(), StoreError> {
     let read = db.begin_read()?;
-    for entry in read.open_table(TIERS)?.iter()? {
+    read_table(&read, TIERS, "tiers", signer, Record::Tier, each)?;
+    read_table(&read, KEYS, "keys", signer, Record::Key, each)?;
+    read_table(
+        &read,
+        CONSUMERS,
+        "consumers",
+        signer,
+        Record::Consumer,
+        each,
+    )
+}
+
+fn read_table<T: serde::de::DeserializeOwned>(
+    read: &redb::ReadTransaction,
+    definition: TableDefinition<&str, &[u8]>,
+    table: &'static str,
+    signer: Option<&Signer>,
+    record: fn(T) -> Record,
+    each: &mut dyn FnMut(Record),
+) -> Result<(), StoreError> {
+    for entry in read.open_table(definition)?.iter()? {
         let (id, bytes) = entry?;
-        each(Record::Tier(decode("tiers", id.value(), bytes.value())?));
-    }
-    for entry in read.open_table(KEYS)?.iter()? {
-        let (id, bytes) = entry?;
-        each(Record::Key(decode("keys", id.value(), bytes.value())?));
-    }
-    for entry in read.open_table(CONSUMERS)?.iter()? {
-        let (id, bytes) = entry?;
-        each(Record::Consumer(decode(
-            "consumers",
-            id.value(),
-            bytes.value(),
-        )?));
+        let (id, stored) = (id.value(), bytes.value());
+        let json = match signer {
+            None => stored,
+            Some(signer) => match records::verified(signer, table, id, stored) {
+                Some(json) => json,
+                None => {
+                    each(Record::LeftOut(Skipped {
+                        table,
+                        id: id.to_owned(),
+                        reason: records::UNSIGNED.into(),
+                    }));
+                    continue;
+                }
+            },
+        };
+        each(decoded(table, id, json, record));
     }
     Ok(())
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    bytes: &[u8],
+    record: impl FnOnce(T) -> Record,
+) -> Record {
+    match decode(table, id, bytes) {
+        Ok(value) => record(value),
+        Err(err) => Record::LeftOut(Skipped::from_error(table, id, err)),
+    }
 }
 
 impl Store {
@@ -176,6 +253,20 @@ impl Store {
         self.db
             .as_ref()
             .expect("the database is open until the store is dropped")
+    }
+
+    /// The running time (ms) saved by the last commit: 0 in a database no server has written.
+    pub fn running_ms(&self) -> Result<u64, StoreError> {
+        let read = self.db().begin_read()?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(meta
+            .get(RUNNING_MS_KEY)?
+            .and_then(|saved| <[u8; 8]>::try_from(saved.value()).ok())
+            .map_or(0, u64::from_le_bytes))
     }
 
     /// Reads every record.
@@ -194,7 +285,7 @@ impl Store {
     pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
         let mut escaped = None;
         let read = guarded(&self.path, || {
-            read_each(self.db(), &mut |record| {
+            read_each(self.db(), Some(&self.signer), &mut |record| {
                 if escaped.is_none() {
                     escaped = guard::unguarded(|| each(record)).err();
                 }

@@ -1,8 +1,14 @@
 //! Opening: an existing file is first checked through a read-only handle (schema, canary,
-//! every record decoded), so a damaged, foreign or wrong-key file is left byte for byte as it
-//! was. Only a file that passed, or one a crash left needing recovery (which redb repairs), is
+//! every record read), so a damaged, foreign or wrong-key file is left byte for byte as it
+//! was. A record that reads but does not decode is no reason to refuse the file: start-up
+//! leaves it out by id (see [`load_catalog`](super::load_catalog)). Only a file that passed, or one a crash left needing recovery (which redb repairs), is
 //! opened for writing. Each redb step runs under [`guarded`], so a redb panic on a file altered
 //! behind its back becomes [`StoreError::Damaged`].
+//!
+//! The canary's sealed text names the schema version (`keypooler canary v2`), and the stored
+//! version must agree with it: a version edited in the file without the key (to pass schema 2
+//! records off as unsigned schema 1 ones) is refused. A schema 1 file that passed is upgraded
+//! once opened for writing (`upgrade`).
 
 use std::fs;
 use std::io::Read;
@@ -16,15 +22,19 @@ use super::{
 };
 use crate::crypto::Sealer;
 
-const SCHEMA_KEY: &str = "schema_version";
+pub(super) const SCHEMA_KEY: &str = "schema_version";
 pub(super) const CANARY_KEY: &str = "canary";
 pub(super) const CANARY_AAD: &[u8] = b"keypooler:meta/canary";
-pub(super) const CANARY_TEXT: &[u8] = b"keypooler canary v1";
+
+/// The canary's plaintext in a file of schema `version`.
+pub(super) fn canary_text(version: u32) -> Vec<u8> {
+    format!("keypooler canary v{version}").into_bytes()
+}
 
 /// redb's page cache. keypooler reads the database once, at start-up, and then only writes, so
 /// redb's default (1 GiB) would only grow the RSS; 8 MiB keeps the B-tree's upper pages hot
 /// (figures in PERFORMANCE.md).
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Refuses a SQLite file or an empty file before redb touches it.
 fn check_existing(path: &Path) -> Result<bool, StoreError> {
@@ -71,8 +81,28 @@ fn check_existing(path: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Creates `folder` (and its missing parents) readable by the owner only (0700). A folder that
+/// exists already is left as the operator made it.
+fn create_private_folder(folder: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)
+}
+
+/// Opens `path` for reading and writing, creating it readable by the owner only (0600) when it
+/// does not exist. An existing file keeps its mode.
+fn create_private_file(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// What a redb error at open time means for the operator.
-fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+pub(super) fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
     match err {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.into()),
         // redb's "not a redb database" (a wrong magic number) is an I/O error of this kind.
@@ -105,7 +135,8 @@ fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
 enum Layout {
     /// A redb file with no table at all: keypooler adopts it.
     Blank,
-    Keypooler,
+    /// Of this schema version (1 or [`SCHEMA_VERSION`]), vouched for by the canary.
+    Keypooler(u32),
 }
 
 /// Checks the schema version and the encryption canary, without writing.
@@ -144,10 +175,18 @@ fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Lay
             path: path.into(),
             reason: "no encryption canary".into(),
         })?;
-    match sealer.open(canary.value(), CANARY_AAD) {
-        Ok(text) if &text[..] == CANARY_TEXT => Ok(Layout::Keypooler),
-        _ => Err(StoreError::WrongKey(path.into())),
+    let text = sealer
+        .open(canary.value(), CANARY_AAD)
+        .map_err(|_| StoreError::WrongKey(path.into()))?;
+    if *text != canary_text(version) {
+        return Err(StoreError::NotKeypooler {
+            path: path.into(),
+            reason: format!(
+                "its schema version ({version}) does not match its sealed canary: the file was altered"
+            ),
+        });
     }
+    Ok(Layout::Keypooler(version))
 }
 
 /// Checks an existing file through a read-only handle, which never writes: a file refused here
@@ -162,8 +201,9 @@ fn precheck(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
         }
         Err(err) => return Err(open_error(path, err)),
     };
-    if let Layout::Keypooler = check(&db, path, sealer)? {
-        read_each(&db, &mut drop)?;
+    if let Layout::Keypooler(version) = check(&db, path, sealer)? {
+        let signer = (version >= 2).then(|| sealer.signer());
+        read_each(&db, signer, &mut drop)?;
     }
     Ok(())
 }
@@ -198,19 +238,30 @@ impl Store {
             builder.open(path).map_err(|err| open_error(path, err))?
         } else {
             if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(folder).map_err(|err| StoreError::Open {
+                create_private_folder(folder).map_err(|err| StoreError::Open {
                     path: path.into(),
                     reason: format!("cannot create folder {}: {err}", folder.display()),
                 })?;
             }
-            builder.create(path).map_err(|err| open_error(path, err))?
+            let file = create_private_file(path).map_err(|err| StoreError::Open {
+                path: path.into(),
+                reason: err.to_string(),
+            })?;
+            redb::backends::FileBackend::new(file)
+                .and_then(|backend| builder.create_with_backend(backend))
+                .map_err(|err| open_error(path, err))?
         };
         let store = Self {
             db: Some(db),
             path: path.into(),
+            signer: sealer.signer().clone(),
         };
-        if let Layout::Blank = check(store.db(), path, sealer)? {
-            store.initialize(sealer)?;
+        match check(store.db(), path, sealer)? {
+            Layout::Blank => store.initialize(sealer)?,
+            Layout::Keypooler(version) if version < SCHEMA_VERSION => {
+                store.upgrade(sealer)?;
+            }
+            Layout::Keypooler(_) => {}
         }
         Ok(store)
     }
@@ -220,7 +271,8 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_le_bytes().as_slice())?;
-            meta.insert(CANARY_KEY, sealer.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+            let canary = sealer.seal(&canary_text(SCHEMA_VERSION), CANARY_AAD);
+            meta.insert(CANARY_KEY, canary.as_slice())?;
             txn.open_table(TIERS)?;
             txn.open_table(KEYS)?;
             txn.open_table(CONSUMERS)?;

@@ -1,21 +1,36 @@
-//! Key rotation: every key value, bound secret and the canary re-sealed under a new key in one
-//! redb write transaction. A crash before the commit leaves the file entirely under the old
-//! key; after it, entirely under the new one. Never a mix.
+//! Key rotation: every key value, bound secret and the canary re-sealed, and every tier, key
+//! and consumer record re-signed, under a new key in one redb write transaction. A crash before
+//! the commit leaves the file entirely under the old key; after it, entirely under the new one.
+//! Never a mix.
+//!
+//! A record whose signature does not match under the old key is left byte for byte as it was
+//! (never signed under the new key: that would vouch for it) and reported by id; it stays left
+//! out at start-up, as it was.
 
 use std::path::Path;
 
 use redb::ReadableTable;
 
-use super::open::{CANARY_AAD, CANARY_KEY, CANARY_TEXT};
-use super::records::{decode, encode};
-use super::{Hex, KEYS, KeyRecord, META, Store, StoreError, secret_aad, value_aad};
+use super::open::{CANARY_AAD, CANARY_KEY, canary_text};
+use super::records::{UNSIGNED, decode, encode, sign, verified};
+use super::{
+    CONSUMERS, Hex, KEYS, KeyRecord, META, SCHEMA_VERSION, Skipped, Store, StoreError, TIERS,
+    secret_aad, value_aad,
+};
 use crate::crypto::Sealer;
 
 /// What a [`reseal_file`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resealed {
-    /// Re-sealed, and committed.
-    Done { keys: usize, secrets: usize },
+    /// Re-sealed and re-signed, and committed.
+    Done {
+        keys: usize,
+        secrets: usize,
+        /// Tiers, keys and consumers re-signed.
+        records: usize,
+        /// Records whose signature did not match under the old key, left as they were.
+        left_out: Vec<Skipped>,
+    },
     /// The file already opens under the new key only (a rekey that committed before): nothing
     /// to do, so running rekey again after a crash is safe.
     AlreadyDone,
@@ -36,29 +51,51 @@ pub fn reseal_file(path: &Path, old: &Sealer, new: &Sealer) -> Result<Resealed, 
 impl Store {
     fn reseal(&self, old: &Sealer, new: &Sealer) -> Result<Resealed, StoreError> {
         let txn = self.db().begin_write()?;
-        let (mut keys, mut secrets) = (0, 0);
-        {
-            let mut table = txn.open_table(KEYS)?;
-            let mut records = Vec::new();
-            for entry in table.iter()? {
+        let (mut keys, mut secrets, mut records) = (0, 0, 0);
+        let mut left_out = Vec::new();
+        for (definition, table) in [(TIERS, "tiers"), (KEYS, "keys"), (CONSUMERS, "consumers")] {
+            let mut stored = txn.open_table(definition)?;
+            let mut signed = Vec::new();
+            for entry in stored.iter()? {
                 let (id, bytes) = entry?;
-                records.push(decode::<KeyRecord>("keys", id.value(), bytes.value())?);
-            }
-            for mut record in records {
-                let id = record.id.clone();
-                record.value = reseal(&id, &record.value, &value_aad(&id), old, new)?;
-                for (name, sealed) in &mut record.secrets {
-                    *sealed = reseal(&id, sealed, &secret_aad(&id, name), old, new)?;
-                    secrets += 1;
+                let id = id.value().to_owned();
+                match verified(old.signer(), table, &id, bytes.value()) {
+                    Some(json) => signed.push((id, json.to_vec())),
+                    None => left_out.push(Skipped {
+                        table,
+                        id,
+                        reason: UNSIGNED.into(),
+                    }),
                 }
-                table.insert(id.as_str(), encode(&record).as_slice())?;
-                keys += 1;
             }
-            txn.open_table(META)?
-                .insert(CANARY_KEY, new.seal(CANARY_TEXT, CANARY_AAD).as_slice())?;
+            for (id, mut json) in signed {
+                if table == "keys" {
+                    let mut record = decode::<KeyRecord>(table, &id, &json)?;
+                    record.value = reseal(&id, &record.value, &value_aad(&id), old, new)?;
+                    for (name, sealed) in &mut record.secrets {
+                        *sealed = reseal(&id, sealed, &secret_aad(&id, name), old, new)?;
+                        secrets += 1;
+                    }
+                    json = encode(&record);
+                    keys += 1;
+                }
+                let resigned = sign(new.signer(), table, &id, json);
+                stored.insert(id.as_str(), resigned.as_slice())?;
+                records += 1;
+            }
         }
+        txn.open_table(META)?.insert(
+            CANARY_KEY,
+            new.seal(&canary_text(SCHEMA_VERSION), CANARY_AAD)
+                .as_slice(),
+        )?;
         txn.commit()?;
-        Ok(Resealed::Done { keys, secrets })
+        Ok(Resealed::Done {
+            keys,
+            secrets,
+            records,
+            left_out,
+        })
     }
 }
 
@@ -88,6 +125,7 @@ mod tests {
 
     use super::*;
     use crate::crypto::EncryptionKey;
+    use crate::store::{ConsumerRecord, TierRecord};
 
     fn sealer(byte: u8) -> Sealer {
         Sealer::new(&EncryptionKey::parse_hex(&format!("{byte:02x}").repeat(32)).unwrap())
@@ -105,6 +143,7 @@ mod tests {
             usage_window_seconds: None,
             usage_count: 3,
             usage_window_start_ms: None,
+            usage_window_end_running_ms: None,
             metadata: serde_json::Map::new(),
             value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
             secrets: BTreeMap::from([(
@@ -124,29 +163,70 @@ mod tests {
         batch.commit().unwrap();
     }
 
+    fn consumer(id: &str) -> ConsumerRecord {
+        ConsumerRecord {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            token_hash: Hex(vec![7; 32]),
+            active: true,
+            created_at_ms: 1,
+            scopes: vec!["t".into()],
+        }
+    }
+
     #[test]
-    fn everything_is_resealed_and_the_rest_of_each_record_kept() {
+    fn everything_is_resealed_and_resigned_and_the_rest_of_each_record_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pool.redb");
         let (old, new) = (sealer(1), sealer(2));
         write_keys(&path, &old, &[key("a", &old)]);
+        {
+            let store = Store::open(&path, &old).unwrap();
+            let batch = store.begin().unwrap();
+            batch
+                .put_tier(&TierRecord {
+                    id: "t".into(),
+                    name: "pro".into(),
+                    description: String::new(),
+                    created_at_ms: 1,
+                    features: BTreeMap::new(),
+                })
+                .unwrap();
+            batch.put_consumer(&consumer("c")).unwrap();
+            batch.commit().unwrap();
+            // Written into the file without the key: no signature.
+            let txn = store.db().begin_write().unwrap();
+            txn.open_table(CONSUMERS)
+                .unwrap()
+                .insert("forged", encode(&consumer("forged")).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let forged = Skipped {
+            table: "consumers",
+            id: "forged".into(),
+            reason: UNSIGNED.into(),
+        };
         assert_eq!(
             reseal_file(&path, &old, &new).unwrap(),
             Resealed::Done {
                 keys: 1,
-                secrets: 1
+                secrets: 1,
+                records: 3,
+                left_out: vec![forged],
             }
         );
         assert!(matches!(
             Store::open(&path, &old).unwrap_err(),
             StoreError::WrongKey(_)
         ));
-        let record = Store::open(&path, &new)
-            .unwrap()
-            .load()
-            .unwrap()
-            .keys
-            .remove(0);
+        let mut contents = Store::open(&path, &new).unwrap().load().unwrap();
+        assert_eq!(contents.tiers[0].name, "pro");
+        assert_eq!(contents.consumers, vec![consumer("c")]);
+        let left_out: Vec<_> = contents.left_out.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(left_out, ["forged"], "never signed under the new key");
+        let record = contents.keys.remove(0);
         assert_eq!(
             &*new.open(&record.value.0, &value_aad("a")).unwrap(),
             b"sk-1"

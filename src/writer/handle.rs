@@ -6,9 +6,10 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::WriteError;
-use super::request::{Call, Request};
+use super::idempotency::{Answer, Keyed, Once};
+use super::request::{Call, OnceCall, Request};
 use crate::broker::{Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec};
-use crate::store::UsageRecord;
+use crate::store::{Snapshot, UsageRecord};
 
 /// The handle handlers use to queue changes. Cheap to clone.
 #[derive(Clone)]
@@ -41,8 +42,27 @@ impl Writer {
         let _ = self.queue.try_send(request(Call::nudge(())));
     }
 
-    pub async fn create_tier(&self, spec: TierSpec) -> Result<Arc<Tier>, WriteError> {
-        self.ask(Request::CreateTier, spec).await
+    /// Queues a write that may carry an idempotency key (see [`Once`]).
+    async fn ask_once<I, O>(
+        &self,
+        request: fn(OnceCall<I, O>) -> Request,
+        input: I,
+        once: Option<Once<O>>,
+    ) -> Result<Answer<O>, WriteError> {
+        let keyed = Keyed {
+            input,
+            once: once.map(Box::new),
+        };
+        self.ask(request, keyed).await
+    }
+
+    /// Creates a tier; with `once`, at most once per idempotency key.
+    pub async fn create_tier(
+        &self,
+        spec: TierSpec,
+        once: Option<Once<Arc<Tier>>>,
+    ) -> Result<Answer<Arc<Tier>>, WriteError> {
+        self.ask_once(Request::CreateTier, spec, once).await
     }
 
     /// Replaces a tier's features (and description, when given), found by name.
@@ -50,29 +70,39 @@ impl Writer {
         self.ask(Request::UpdateTier, spec).await
     }
 
-    pub async fn add_key(&self, key: NewKey) -> Result<Arc<KeyEntry>, WriteError> {
-        self.ask(Request::AddKey, Box::new(key)).await
+    /// Adds a key; with `once`, at most once per idempotency key.
+    pub async fn add_key(
+        &self,
+        key: NewKey,
+        once: Option<Once<Arc<KeyEntry>>>,
+    ) -> Result<Answer<Arc<KeyEntry>>, WriteError> {
+        self.ask_once(Request::AddKey, Box::new(key), once).await
     }
 
     pub async fn delete_key(&self, id: String) -> Result<(), WriteError> {
         self.ask(Request::DeleteKey, id).await
     }
 
-    /// Creates a consumer; returns it with its token, which exists nowhere else afterwards.
+    /// Creates a consumer; answers with it and its token, which exists nowhere else afterwards.
+    /// With `once`, at most once per idempotency key (a replay has no token to give).
     pub async fn create_consumer(
         &self,
         consumer: NewConsumer,
-    ) -> Result<(Arc<Consumer>, Zeroizing<String>), WriteError> {
-        self.ask(Request::CreateConsumer, consumer).await
+        once: Option<Once<(Arc<Consumer>, Zeroizing<String>)>>,
+    ) -> Result<Answer<(Arc<Consumer>, Zeroizing<String>)>, WriteError> {
+        self.ask_once(Request::CreateConsumer, consumer, once).await
     }
 
     /// Lets a consumer draw from a tier (found by name or id); adding it twice is harmless.
+    /// With `once`, at most once per idempotency key.
     pub async fn add_scope(
         &self,
         consumer_id: String,
         scope: NewScope,
-    ) -> Result<Arc<Consumer>, WriteError> {
-        self.ask(Request::AddScope, (consumer_id, scope)).await
+        once: Option<Once<Arc<Consumer>>>,
+    ) -> Result<Answer<Arc<Consumer>>, WriteError> {
+        self.ask_once(Request::AddScope, (consumer_id, scope), once)
+            .await
     }
 
     pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
@@ -84,6 +114,15 @@ impl Writer {
         self.ask(Request::RecentUsage, limit).await
     }
 
+    /// Pins the database as it stands once every change answered so far is committed, for a
+    /// backup. The writer only opens a read transaction; the copy is the caller's, off the
+    /// writer thread.
+    pub async fn snapshot(&self) -> Result<Snapshot, WriteError> {
+        self.ask(Request::Snapshot, ())
+            .await
+            .map(|snapshot| *snapshot)
+    }
+
     /// Changes queued and not yet taken by the writer.
     pub fn queue_depth(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
@@ -92,6 +131,11 @@ impl Writer {
     /// Asks the writer to take expired keys out of the rotation, without waiting.
     pub fn expire_keys(&self) {
         self.nudge(Request::ExpireKeys);
+    }
+
+    /// Asks the writer to save the running time, without waiting.
+    pub fn save_running_time(&self) {
+        self.nudge(Request::SaveRunningTime);
     }
 
     /// Asks the writer to write the queued audit events, without waiting.

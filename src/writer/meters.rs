@@ -41,6 +41,8 @@ kinds! {
     FlushAudit => "flush_audit",
     RecentUsage => "recent_usage",
     ExpireKeys => "expire_keys",
+    SaveRunningTime => "save_running_time",
+    Snapshot => "snapshot",
 }
 
 /// One kind's counters, by the `outcome` label of [`WRITER_COMMANDS`].

@@ -13,6 +13,7 @@
 //!
 //! * `handle`: the [`Writer`] handlers hold, and the hot path's way to ask for reservations.
 //! * `request`: what the queue carries: one variant per operation, each with its typed reply.
+//! * `idempotency`: admin writes applied at most once per idempotency key, their answers stored.
 //! * `thread`: the thread and its batch loop (drain, stage, commit, publish, reply).
 //! * `ops`: one function per operation, applied to the batch being staged.
 //! * `change_log`: the log line of each committed change.
@@ -20,6 +21,7 @@
 
 mod change_log;
 mod handle;
+mod idempotency;
 mod meters;
 mod ops;
 mod request;
@@ -28,6 +30,10 @@ mod thread;
 use crate::store::StoreError;
 
 pub use handle::Writer;
+pub use idempotency::{
+    Answer, IDEMPOTENCY_TTL_MS, Idempotency, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, Once, Render,
+    StoredAnswer,
+};
 pub use ops::reserve_all;
 pub use thread::{WriterThread, spawn};
 
@@ -41,6 +47,10 @@ pub enum WriteError {
     KeyNotFound(String),
     #[error("consumer not found: {0}")]
     ConsumerNotFound(String),
+    #[error(
+        "this Idempotency-Key was used in the last 24 hours with a different request (method, path or body)"
+    )]
+    IdempotencyKeyReused,
     /// Raised while staging; aborts the whole batch, whose requests then get [`WriteError::Unsaved`].
     /// Boxed: it is rare and large, and every queued request holds room for its answer.
     #[error("the change was not saved: {0}")]

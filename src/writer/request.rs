@@ -7,10 +7,11 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use super::WriteError;
+use super::idempotency::{Answer, Keyed};
 use super::meters::{Kind, Meters};
 use super::ops::Reservation;
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
-use crate::store::{StoreError, UsageRecord};
+use crate::store::{Snapshot, StoreError, UsageRecord};
 
 /// Where a call's answer goes.
 type Reply<O> = oneshot::Sender<Result<O, WriteError>>;
@@ -64,6 +65,11 @@ impl<I, O> Call<I, O> {
         self.answer.as_ref()
     }
 
+    /// Sets the answer of a call that is answered once its batch has committed, not staged.
+    pub(super) fn answer_with(&mut self, answer: Result<O, WriteError>) {
+        self.answer = Some(answer);
+    }
+
     /// Counts the call and replies; `failure` is why the batch was not saved, if it was not.
     pub(super) fn finish(self, kind: Kind, failure: Option<&str>, meters: &Meters) {
         self.finish_or(kind, failure, meters, |_| ());
@@ -98,19 +104,26 @@ impl<I, O> Call<I, O> {
     }
 }
 
+/// A write that may carry an idempotency key: its input beside the key, answering whether it
+/// applied or replayed.
+pub(super) type OnceCall<I, O> = Call<Keyed<I, O>, Answer<O>>;
+
+/// A consumer just created, with its token.
+pub(super) type NewlyCreated = (Arc<Consumer>, Zeroizing<String>);
+
 /// A queued request.
 pub(super) enum Request {
-    CreateTier(Call<TierSpec, Arc<Tier>>),
+    CreateTier(OnceCall<TierSpec, Arc<Tier>>),
     /// Replaces a tier's features (and description, when given), found by name.
     UpdateTier(Call<TierSpec, Arc<Tier>>),
     /// Boxed: the largest input would otherwise set the size every queued request is copied at,
     /// the hot path's reservation requests included.
-    AddKey(Call<Box<NewKey>, Arc<KeyEntry>>),
+    AddKey(OnceCall<Box<NewKey>, Arc<KeyEntry>>),
     DeleteKey(Call<String, ()>),
     /// Answers with the consumer's token, which exists nowhere else afterwards.
-    CreateConsumer(Call<NewConsumer, (Arc<Consumer>, Zeroizing<String>)>),
+    CreateConsumer(OnceCall<NewConsumer, NewlyCreated>),
     /// The consumer's id and the tier it may draw from.
-    AddScope(Call<(String, NewScope), Arc<Consumer>>),
+    AddScope(OnceCall<(String, NewScope), Arc<Consumer>>),
     DeleteConsumer(Call<String, ()>),
     /// Write the queued audit events, then read the newest ones.
     RecentUsage(Call<usize, Vec<UsageRecord>>),
@@ -120,6 +133,11 @@ pub(super) enum Request {
     FlushAudit(Call<(), ()>),
     /// Take expired keys out of the rotation (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
+    /// Save the running time (every batch does; this one has nothing else).
+    SaveRunningTime(Call<(), ()>),
+    /// Pin the commit this batch ends with, for a backup (answered after the commit, so every
+    /// change answered before the request was queued is in it). Boxed, as `AddKey`.
+    Snapshot(Call<(), Box<Snapshot>>),
 }
 
 impl Request {
@@ -143,6 +161,10 @@ impl Request {
             }),
             Request::FlushAudit(call) => call.finish(Kind::FlushAudit, failure, meters),
             Request::ExpireKeys(call) => call.finish(Kind::ExpireKeys, failure, meters),
+            Request::SaveRunningTime(call) => {
+                call.finish(Kind::SaveRunningTime, failure, meters);
+            }
+            Request::Snapshot(call) => call.finish(Kind::Snapshot, failure, meters),
         }
     }
 }

@@ -7,13 +7,14 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
+use super::WriteError;
 use super::handle::{ReserveSink, Writer};
 use super::meters::Meters;
 use super::ops::{Staged, Staging};
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Pool};
 use crate::crypto::Sealer;
-use crate::store::{Store, StoreError};
+use crate::store::{Snapshot, Store, StoreError};
 use crate::telemetry::Meter;
 
 /// Requests a handler may queue before `send` waits.
@@ -128,6 +129,7 @@ impl State {
             }
             self.apply_batch(&mut batch);
         }
+        self.save_running_time();
         tracing::debug!(path = %self.path.display(), "writer stopped; database closed");
     }
 
@@ -143,6 +145,11 @@ impl State {
                         && let Some(Ok(Some(reservation))) = call.answer()
                     {
                         reservation.publish();
+                    }
+                }
+                for request in batch.iter_mut() {
+                    if let Request::Snapshot(call) = request {
+                        call.answer_with(self.snapshot());
                     }
                 }
                 if !dirty.is_empty() || !catalog.same_as(&self.catalog) {
@@ -166,6 +173,19 @@ impl State {
         }
     }
 
+    /// Saves the running time as the writer stops, so that the next run loses none of it.
+    fn save_running_time(&mut self) {
+        let running_ms = self.pool.clock().now_ms();
+        let saved = self.store().and_then(|store| {
+            let txn = store.begin()?;
+            txn.save_running_ms(running_ms)?;
+            txn.commit()
+        });
+        if let Err(err) = saved {
+            tracing::warn!(error = %err, "cannot save the running time; the next run goes on from the last commit");
+        }
+    }
+
     /// Applies the batch to a copy of the catalog and one transaction, and commits it.
     fn stage(&mut self, batch: &mut [Request]) -> Result<Staged, StoreError> {
         let txn = self.store()?.begin()?;
@@ -183,6 +203,11 @@ impl State {
         staging.commit(&self.meters.commit)
     }
 
+    /// Pins the last commit for a backup: a read transaction, which never holds the writer back.
+    fn snapshot(&mut self) -> Result<Box<Snapshot>, WriteError> {
+        Ok(Box::new(self.store()?.snapshot()?))
+    }
+
     /// The open store, reopening the file if the last batch failed.
     fn store(&mut self) -> Result<&Store, StoreError> {
         if self.store.is_none() {
@@ -191,5 +216,70 @@ impl State {
             self.store = Some(store);
         }
         Ok(self.store.as_ref().expect("opened above"))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::broker::{Clock, Limit, Tier, TierSpec};
+    use crate::crypto::EncryptionKey;
+    use crate::writer::idempotency::{Answer, Idempotency, IdempotencyKey, Keyed, StoredAnswer};
+    use crate::writer::request::Call;
+
+    fn render(
+        answer: &Result<Arc<Tier>, crate::writer::WriteError>,
+        _: &Catalog,
+    ) -> Option<StoredAnswer> {
+        answer.as_ref().ok().map(|tier| StoredAnswer {
+            status: 201,
+            body: tier.id.to_string(),
+        })
+    }
+
+    #[test]
+    fn two_requests_with_one_key_in_one_batch_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&EncryptionKey::generate());
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        let (clock, _) = Clock::manual();
+        let mut state = State {
+            audit: None,
+            last_created_ms: i64::MIN,
+            path: store.path().to_owned(),
+            store: Some(store),
+            sealer,
+            pool: Arc::new(Pool::new(clock)),
+            catalog: Catalog::default(),
+            meters: Meters::new(&Meter::off()),
+        };
+        let limit = Limit {
+            rate_limit: 1,
+            window_seconds: 60,
+        };
+        let spec = TierSpec::new("pro", None, BTreeMap::from([("chat".into(), limit)])).unwrap();
+        let request = || {
+            let key = IdempotencyKey::parse(b"same").unwrap();
+            let once = Idempotency::new(key, "POST", "/admin/tiers", b"{}").answered_by(render);
+            Call::ask(Keyed {
+                input: spec.clone(),
+                once: Some(Box::new(once)),
+            })
+        };
+        let (first, mut first_answer) = request();
+        let (second, mut second_answer) = request();
+        let mut batch = vec![Request::CreateTier(first), Request::CreateTier(second)];
+        state.apply_batch(&mut batch);
+
+        let Ok(Ok(Answer::Applied(tier))) = first_answer.try_recv() else {
+            panic!("the first request applies");
+        };
+        let Ok(Ok(Answer::Replayed(stored))) = second_answer.try_recv() else {
+            panic!("the second request, in the same batch, replays the first's answer");
+        };
+        assert_eq!(stored.body, tier.id.to_string());
+        assert_eq!(state.catalog.tier_count(), 1);
     }
 }

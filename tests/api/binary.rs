@@ -3,7 +3,7 @@
 use std::process::Output;
 
 use crate::helpers::hex_key;
-use crate::process::{Server, http_get, run};
+use crate::process::{Server, TOKEN, http_get, run};
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -21,30 +21,40 @@ pub fn assert_one_clear_line(output: &Output, code: i32, expected: &str) {
     assert!(!text.contains("panicked"), "{text}");
 }
 
+/// An admin token one character too short: refused without being echoed.
+const SHORT_TOKEN: &str = "short-secret-15";
+
 #[test]
 fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let key = hex_key(0x11);
     let not_hex = "zq".repeat(32);
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![("ADMIN_TOKEN", "t")], "ENCRYPTION_KEY is required"),
+        (vec![("ADMIN_TOKEN", TOKEN)], "ENCRYPTION_KEY is required"),
         (
-            vec![("ENCRYPTION_KEY", ""), ("ADMIN_TOKEN", "t")],
+            vec![("ENCRYPTION_KEY", ""), ("ADMIN_TOKEN", TOKEN)],
             "ENCRYPTION_KEY is required",
         ),
         (
-            vec![("ENCRYPTION_KEY", "deadbeef-secret"), ("ADMIN_TOKEN", "t")],
+            vec![
+                ("ENCRYPTION_KEY", "deadbeef-secret"),
+                ("ADMIN_TOKEN", TOKEN),
+            ],
             "ENCRYPTION_KEY must be exactly 64 hex characters",
         ),
         (
-            vec![("ENCRYPTION_KEY", &not_hex), ("ADMIN_TOKEN", "t")],
+            vec![("ENCRYPTION_KEY", &not_hex), ("ADMIN_TOKEN", TOKEN)],
             "ENCRYPTION_KEY must be hex",
         ),
         (vec![("ENCRYPTION_KEY", &key)], "ADMIN_TOKEN is required"),
         (
+            vec![("ENCRYPTION_KEY", &key), ("ADMIN_TOKEN", SHORT_TOKEN)],
+            "ADMIN_TOKEN must be at least 16 characters",
+        ),
+        (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("SERVER_PORT", "0"),
             ],
             "SERVER_PORT must be an integer from 1 to 65535",
@@ -52,7 +62,7 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("SERVER_PORT", "99999"),
             ],
             "SERVER_PORT must be an integer from 1 to 65535",
@@ -60,7 +70,7 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("LOG_LEVEL", "verbose"),
             ],
             "LOG_LEVEL must be one of debug, info, warn, error",
@@ -68,7 +78,7 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("LOG_FORMAT", "xml"),
             ],
             "LOG_FORMAT must be json or pretty",
@@ -76,7 +86,7 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("AUDIT", "sometimes"),
             ],
             "AUDIT must be on or off",
@@ -84,7 +94,7 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("METRICS_PORT", "0"),
             ],
             "METRICS_PORT must be an integer from 1 to 65535",
@@ -92,17 +102,33 @@ fn each_bad_setting_stops_start_up_with_one_line_and_no_secret() {
         (
             vec![
                 ("ENCRYPTION_KEY", &key),
-                ("ADMIN_TOKEN", "t"),
+                ("ADMIN_TOKEN", TOKEN),
                 ("METRICS", "sometimes"),
             ],
             "METRICS must be on or off",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", TOKEN),
+                ("WRITE_TIMEOUT", "forever"),
+            ],
+            "WRITE_TIMEOUT must be a number of seconds",
+        ),
+        (
+            vec![
+                ("ENCRYPTION_KEY", &key),
+                ("ADMIN_TOKEN", TOKEN),
+                ("MAX_CONNECTIONS_PER_IP", "-1"),
+            ],
+            "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
         ),
     ];
     for (env, expected) in cases {
         let output = run(dir.path(), &env, &[]);
         assert_one_clear_line(&output, 2, expected);
         let text = stderr(&output);
-        for secret in ["deadbeef-secret", &not_hex, &key] {
+        for secret in ["deadbeef-secret", &not_hex, &key, SHORT_TOKEN] {
             assert!(!text.contains(secret), "a secret was echoed: {text}");
         }
     }
@@ -118,7 +144,7 @@ fn a_flag_overrides_its_variable() {
     let key = hex_key(0x11);
     let env = [
         ("ENCRYPTION_KEY", key.as_str()),
-        ("ADMIN_TOKEN", "t"),
+        ("ADMIN_TOKEN", TOKEN),
         ("SERVER_PORT", "8080"),
     ];
     let output = run(dir.path(), &env, &["serve", "--server-port", "0"]);
@@ -138,7 +164,7 @@ fn a_sqlite_file_at_db_path_is_refused_untouched_naming_the_import_command() {
     let db_text = db.to_str().unwrap();
     let env = [
         ("ENCRYPTION_KEY", key.as_str()),
-        ("ADMIN_TOKEN", "t"),
+        ("ADMIN_TOKEN", TOKEN),
         ("DB_PATH", db_text),
     ];
     let output = run(dir.path(), &env, &[]);
@@ -156,21 +182,21 @@ fn the_binary_serves_stops_on_sigterm_and_refuses_a_wrong_key_afterwards() {
         (200, r#"{"status":"ok"}"#.into())
     );
     assert_eq!(
-        http_get(server.port, "/admin/tiers", "binary-token"),
+        http_get(server.port, "/admin/tiers", TOKEN),
         (200, "[]".into())
     );
     let status = server.terminate();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 
     let wrong = hex_key(0x22);
-    let env = [("ENCRYPTION_KEY", wrong.as_str()), ("ADMIN_TOKEN", "t")];
+    let env = [("ENCRYPTION_KEY", wrong.as_str()), ("ADMIN_TOKEN", TOKEN)];
     let output = run(dir.path(), &env, &[]);
     assert_one_clear_line(&output, 1, "ENCRYPTION_KEY does not match this database");
     assert!(!stderr(&output).contains(&wrong));
 
     // The right key still opens it: the refusal changed nothing.
     let server = Server::start(dir.path(), &key);
-    assert_eq!(http_get(server.port, "/admin/tiers", "binary-token").0, 200);
+    assert_eq!(http_get(server.port, "/admin/tiers", TOKEN).0, 200);
     assert!(server.terminate().success());
 }
 
@@ -181,7 +207,7 @@ fn a_database_in_use_by_a_running_server_is_refused() {
     let server = Server::start(dir.path(), &key);
     let env = [
         ("ENCRYPTION_KEY", key.as_str()),
-        ("ADMIN_TOKEN", "t"),
+        ("ADMIN_TOKEN", TOKEN),
         ("SERVER_PORT", "1"),
     ];
     let output = run(dir.path(), &env, &[]);

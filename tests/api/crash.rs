@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::files::Rng;
 use crate::helpers::hex_key;
-use crate::process::{Launch, Server, free_port, keypooler};
+use crate::process::{Launch, Server, TOKEN, free_port, keypooler};
 
 const WORKERS: usize = 4;
 /// Live keys above which workers delete more than they add.
@@ -318,7 +318,7 @@ fn acknowledged_writes_survive_kill_9_at_random_moments() {
                 dir.path(),
                 &[
                     ("ENCRYPTION_KEY", &key),
-                    ("ADMIN_TOKEN", "t"),
+                    ("ADMIN_TOKEN", TOKEN),
                     ("SERVER_PORT", &free_port().to_string()),
                 ],
             )

@@ -15,7 +15,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::helpers::hex_key;
-use crate::process::{Server, free_port};
+use crate::process::{Server, TOKEN, free_port};
 
 /// A tmpfs mounted for the test, unmounted (lazily) when dropped, even after a failure.
 struct Tmpfs(PathBuf);
@@ -166,7 +166,7 @@ fn a_full_or_read_only_disk_fails_the_write_cleanly_and_serving_goes_on() {
         dir.path(),
         &[
             ("ENCRYPTION_KEY", key.as_str()),
-            ("ADMIN_TOKEN", "t"),
+            ("ADMIN_TOKEN", TOKEN),
             ("DB_PATH", db.to_str().unwrap()),
             ("SERVER_PORT", "1"),
         ],

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::binary::assert_one_clear_line;
 use crate::helpers::hex_key;
-use crate::process::{Server, free_port, keypooler, listens};
+use crate::process::{Server, TOKEN, free_port, keypooler, listens};
 
 /// A small xorshift generator: the cases are reproducible from their seed.
 pub struct Rng(pub u64);
@@ -69,7 +69,7 @@ fn assert_refused(dir: &Path, db: &Path, key: &str, expected: &str, as_nobody: b
     let port_text = port.to_string();
     let env = [
         ("ENCRYPTION_KEY", key),
-        ("ADMIN_TOKEN", "t"),
+        ("ADMIN_TOKEN", TOKEN),
         ("SERVER_PORT", port_text.as_str()),
         ("DB_PATH", db.to_str().unwrap()),
     ];
@@ -304,4 +304,64 @@ fn randomly_damaged_files_are_refused_by_the_store_without_panic_or_change() {
     println!(
         "damaged files through the store: {cases} cases, {refused} refused untouched, {served} opened"
     );
+}
+
+/// The binary under `umask 022` (files 0644 and folders 0755 unless it asks for less), in `dir`.
+fn under_umask_022(dir: &Path, env: &[(&str, &str)]) -> std::process::Command {
+    crate::process::wrapped(&["sh", "-c", "umask 022 && exec \"$0\" \"$@\""], dir, env)
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// What keypooler creates is its owner's only, whatever the umask: the data folder (and the
+/// folders above it that it makes) 0700, the database and every export 0600. A folder the
+/// operator made keeps its mode.
+#[test]
+fn the_data_folder_is_created_0700_and_the_database_and_exports_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let db = dir.path().join("data/pools/pool.redb");
+    let key = hex_key(0x61);
+    let port = free_port();
+    let port_text = port.to_string();
+    let env = [
+        ("ENCRYPTION_KEY", key.as_str()),
+        ("ADMIN_TOKEN", crate::process::TOKEN),
+        ("SERVER_PORT", port_text.as_str()),
+        ("DB_PATH", db.to_str().unwrap()),
+    ];
+    let server = Server::spawn(under_umask_022(dir.path(), &env), port);
+    server.create_tier("pro", "chat", 10);
+    assert!(server.terminate().success());
+    assert_eq!(mode(&dir.path().join("data")), 0o700);
+    assert_eq!(mode(&dir.path().join("data/pools")), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(
+        mode(dir.path()),
+        0o755,
+        "an existing folder is left as it was"
+    );
+
+    for schema in ["seed", "latest"] {
+        let out = dir.path().join(format!("{schema}.db"));
+        let output = under_umask_022(dir.path(), &env)
+            .args(["export", "--schema", schema, "--to", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(mode(&out), 0o600, "{schema} export");
+
+        // Imported into a new database: created 0600 too.
+        let imported = dir.path().join(format!("imported/{schema}.redb"));
+        let output = under_umask_022(dir.path(), &[("ENCRYPTION_KEY", key.as_str())])
+            .env("DB_PATH", &imported)
+            .args(["import", "--from", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(mode(&imported), 0o600);
+        assert_eq!(mode(imported.parent().unwrap()), 0o700);
+    }
 }

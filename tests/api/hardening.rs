@@ -44,7 +44,7 @@ fn start(dir: &Path, wrapper: &[&str], extra: &[(&str, &str)]) -> Server {
     let key = hex_key(0x42);
     let mut env = vec![
         ("ENCRYPTION_KEY", key.as_str()),
-        ("ADMIN_TOKEN", "hardening-token"),
+        ("ADMIN_TOKEN", "hardening-admin-token"),
         ("SERVER_PORT", port_text.as_str()),
     ];
     env.extend_from_slice(extra);
@@ -154,7 +154,7 @@ fn mlock_under_a_low_memlock_limit_stops_with_one_line_naming_the_limit() {
     let key = hex_key(0x42);
     let env = [
         ("ENCRYPTION_KEY", key.as_str()),
-        ("ADMIN_TOKEN", "hardening-token"),
+        ("ADMIN_TOKEN", "hardening-admin-token"),
         ("SERVER_PORT", "1"),
     ];
     let output = wrapped(&wrapper, dir.path(), &env)

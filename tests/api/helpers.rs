@@ -134,10 +134,16 @@ impl TestApp {
     }
 
     /// Stops and starts a new server on the same database file.
-    pub async fn restart(mut self) -> Self {
-        self.stop().await;
+    pub async fn restart(self) -> Self {
         // The new process starts where the old one's wall clock stood.
-        let (clock, hand) = Clock::manual_at(self.wall.unix_now_ms());
+        let unix_ms = self.wall.unix_now_ms();
+        self.restart_at(unix_ms).await
+    }
+
+    /// Stops and starts a new server on the same database file, its wall clock at `unix_ms`.
+    pub async fn restart_at(mut self, unix_ms: i64) -> Self {
+        self.stop().await;
+        let (clock, hand) = Clock::manual_at(unix_ms);
         Self::start(
             Arc::clone(&self.dir),
             self.db_path.clone(),

@@ -177,6 +177,45 @@ async fn an_expired_key_is_never_served() {
     assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// The values of the next four keys served for "chat".
+async fn values(app: &TestApp) -> Vec<String> {
+    let mut values = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = app.key("chat").await;
+        assert_eq!(status, StatusCode::OK);
+        values.push(body["value"].as_str().unwrap().to_owned());
+    }
+    values
+}
+
+/// Expiry is judged on the wall clock at each request: a step forward (NTP, an operator)
+/// expires the key at once, and a step back does not bring it back.
+#[tokio::test]
+async fn a_wall_clock_step_forward_expires_a_key_and_a_step_back_does_not_revive_it() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let in_an_hour =
+        time::OffsetDateTime::from_unix_timestamp(app.wall.unix_now_ms() / 1000 + 3_600)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let response = app
+        .post(
+            "/admin/keys",
+            &json!({"name": "k", "key": "sk", "tier": "pro", "expires_at": in_an_hour}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.add_key("other", "sk-other", "pro").await;
+    assert_eq!(values(&app).await, ["sk", "sk-other", "sk", "sk-other"]);
+    app.clock.step_wall_ms(2 * 3_600_000);
+    assert_eq!(values(&app).await, ["sk-other"; 4]);
+    app.clock.step_wall_ms(-3 * 3_600_000);
+    assert_eq!(values(&app).await, ["sk-other"; 4]);
+    let health = expect(app.get("/admin/health").await, StatusCode::OK).await;
+    assert_eq!(health["active_keys"], 1, "only \"other\"");
+}
+
 /// Many concurrent HTTP clients against a budget of N: exactly N are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_never_exceed_the_budget() {

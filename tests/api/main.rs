@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, real redb files, the built binary.
 
 mod audit;
+mod backup;
 mod binary;
 mod compat;
 mod consumers;
@@ -10,11 +11,14 @@ mod files;
 mod fuzz_json;
 mod hardening;
 mod helpers;
+mod idempotency;
 mod key;
 mod keys;
 mod leak;
+mod listen;
 mod metrics;
 mod persistence;
+mod poison;
 mod process;
 mod routes;
 mod sealing;

@@ -622,7 +622,7 @@ fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) 
             })
             .collect();
         let tier = TierSpec::new("big", None, limits).unwrap();
-        writer.create_tier(tier).await.unwrap();
+        writer.create_tier(tier, None).await.unwrap();
         let mut adds = tokio::task::JoinSet::new();
         for i in 0..keys {
             let writer = writer.clone();
@@ -632,7 +632,7 @@ fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) 
                 "tier": "big",
             });
             let key = NewKey::try_from(serde_json::from_value::<KeyBody>(body).unwrap()).unwrap();
-            adds.spawn(async move { writer.add_key(key).await.map(drop) });
+            adds.spawn(async move { writer.add_key(key, None).await.map(drop) });
         }
         while let Some(added) = adds.join_next().await {
             added.unwrap().unwrap();

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keypooler");
-const SETTINGS: [&str; 19] = [
+const SETTINGS: &[&str] = &[
     "ENCRYPTION_KEY",
     "NEW_ENCRYPTION_KEY",
     "SOURCE_ENCRYPTION_KEY",
     "ADMIN_TOKEN",
     "SERVER_PORT",
+    "BIND_ADDRESS",
     "DB_PATH",
     "LOG_LEVEL",
     "LOG_FORMAT",
@@ -27,10 +28,13 @@ const SETTINGS: [&str; 19] = [
     "HEADER_READ_TIMEOUT",
     "REQUEST_TIMEOUT",
     "MAX_CONNECTIONS",
+    "WRITE_TIMEOUT",
+    "MAX_CONNECTIONS_PER_IP",
     "ALLOW_CORE_DUMPS",
     "MLOCK",
+    "KEYPOOLER_URL",
 ];
-pub const TOKEN: &str = "binary-token";
+pub const TOKEN: &str = "binary-admin-token";
 
 /// The binary with a clean environment, run in `dir`, with `DB_PATH` = `dir/pool.redb` unless
 /// `env` says otherwise.

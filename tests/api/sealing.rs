@@ -1,23 +1,93 @@
-//! Ciphertexts are bound to their record, and `keypooler rekey` rotates the key atomically.
-//! All through the built binary, with the redb file edited or inspected directly.
+//! Ciphertexts are bound to their record, records are signed, and `keypooler rekey` rotates the
+//! key atomically. All through the built binary, with the redb file edited or inspected
+//! directly, as someone who can write the file but lacks the key would.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keypooler::broker::{KeyInfo, Plaintext};
-use keypooler::crypto::{EncryptionKey, Sealer};
-use keypooler::store::{Store, TierRecord, key_record, load_catalog};
-use redb::{ReadableTable, TableDefinition};
+use keypooler::crypto::{EncryptionKey, Sealer, token_hash};
+use keypooler::store::{Store, TierRecord, key_record, load_catalog, open_key};
+use redb::{ReadableDatabase, TableDefinition};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::binary::{assert_one_clear_line, stderr};
 use crate::files::Rng;
 use crate::helpers::hex_key;
-use crate::process::{Server, keypooler, run};
+use crate::process::{Server, TOKEN, http_get, keypooler, run};
 
-const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// A signed record is its JSON followed by a signature of this many bytes.
+const SIGNATURE: usize = 32;
+
+fn table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// The stored bytes of `table`/`id` in the file at `path`.
+fn stored(path: &Path, name: &str, id: &str) -> Vec<u8> {
+    let db = redb::ReadOnlyDatabase::open(path).unwrap();
+    let read = db.begin_read().unwrap();
+    let table = read.open_table(table(name)).unwrap();
+    table.get(id).unwrap().unwrap().value().to_vec()
+}
+
+/// Writes `bytes` as `table`/`id` into the file at `path`, through redb, without the key.
+fn plant(path: &Path, name: &str, id: &str, bytes: &[u8]) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(table(name))
+        .unwrap()
+        .insert(id, bytes)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+/// Changes the JSON of `table`/`id` in the file at `path`, keeping its signature as it was.
+fn edit(path: &Path, name: &str, id: &str, change: impl FnOnce(&mut Value)) {
+    let bytes = stored(path, name, id);
+    let (json, signature) = bytes.split_at(bytes.len() - SIGNATURE);
+    let mut record: Value = serde_json::from_slice(json).unwrap();
+    change(&mut record);
+    let mut edited = serde_json::to_vec(&record).unwrap();
+    edited.extend_from_slice(signature);
+    plant(path, name, id, &edited);
+}
+
+/// The `(table, id)` of every record the server's start-up log reports left out.
+fn left_out(server: &Server) -> BTreeSet<(String, String)> {
+    server
+        .log()
+        .iter()
+        .filter(|line| line.contains("record left out of the pool"))
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(entry["level"], "ERROR");
+            let field = |name: &str| entry[name].as_str().unwrap().to_owned();
+            (field("table"), field("id"))
+        })
+        .collect()
+}
+
+fn pair(table: &str, id: &str) -> (String, String) {
+    (table.to_owned(), id.to_owned())
+}
+
+/// Creates a consumer scoped to `tier`; answers its id and token.
+fn create_consumer(server: &Server, name: &str, tier: &str) -> (String, String) {
+    let (status, body) = server
+        .request("POST", "/admin/consumers", Some(&json!({"name": name})))
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let field = |name: &str| body[name].as_str().unwrap().to_owned();
+    let (id, token) = (field("id"), field("token"));
+    let scope = json!({"tier": tier});
+    let path = format!("/admin/consumers/{id}/scopes");
+    let (status, answer) = server.request("POST", &path, Some(&scope)).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    (id, token)
+}
 
 /// A server over `dir` with a tier "pro" (feature "chat") and `count` keys, each with a bound
 /// secret; returns the ids, in the order added, with their values.
@@ -55,45 +125,31 @@ fn serve_all(server: &Server, rounds: usize) -> BTreeMap<String, (String, Value)
 }
 
 #[test]
-fn a_ciphertext_moved_to_another_record_does_not_open_and_is_reported_by_id() {
+fn a_ciphertext_moved_to_another_record_is_left_out_and_reported_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let key = hex_key(0x51);
     let keys = populate(dir.path(), &key, 4);
     let (a, b) = (&keys[0].0, &keys[1].0);
 
-    // Swap the sealed values of the first two keys, inside redb.
-    {
-        let db = redb::Database::open(dir.path().join("pool.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(KEYS).unwrap();
-            let record = |id: &str| -> Value {
-                serde_json::from_slice(table.get(id).unwrap().unwrap().value()).unwrap()
-            };
-            let (mut first, mut second) = (record(a), record(b));
-            std::mem::swap(&mut first["value"], &mut second["value"]);
-            for record in [first, second] {
-                let id = record["id"].as_str().unwrap().to_owned();
-                let bytes = serde_json::to_vec(&record).unwrap();
-                table.insert(id.as_str(), bytes.as_slice()).unwrap();
-            }
-        }
-        txn.commit().unwrap();
-    }
+    // Swap the sealed values of the first two keys, inside redb, each record keeping its
+    // signature (a value sealed for another key does not open either: the store's own tests
+    // sign such a record and see it left out for its associated data).
+    let db = dir.path().join("pool.redb");
+    let value = |id: &str| -> Value {
+        let bytes = stored(&db, "keys", id);
+        let record: Value = serde_json::from_slice(&bytes[..bytes.len() - SIGNATURE]).unwrap();
+        record["value"].clone()
+    };
+    let (first, second) = (value(a), value(b));
+    edit(&db, "keys", a, |record| record["value"] = second);
+    edit(&db, "keys", b, |record| record["value"] = first);
 
     let server = Server::start(dir.path(), &key);
+    assert_eq!(
+        left_out(&server),
+        BTreeSet::from([pair("keys", a), pair("keys", b)])
+    );
     let log = server.log();
-    let left_out: BTreeSet<String> = log
-        .iter()
-        .filter(|line| line.contains("record left out of the pool"))
-        .map(|line| {
-            let entry: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(entry["level"], "ERROR");
-            assert_eq!(entry["table"], "keys");
-            entry["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    assert_eq!(left_out, BTreeSet::from([a.clone(), b.clone()]));
     let opened = log.iter().find(|l| l.contains("database opened")).unwrap();
     let opened: Value = serde_json::from_str(opened).unwrap();
     assert_eq!(
@@ -116,6 +172,136 @@ fn a_ciphertext_moved_to_another_record_does_not_open_and_is_reported_by_id() {
     assert!(server.terminate().success());
 }
 
+#[test]
+fn a_consumer_written_into_the_file_without_the_key_is_refused_by_id_and_its_token_gets_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = hex_key(0x55);
+    let server = Server::start(dir.path(), &key);
+    server.create_tier("pro", "chat", 1000);
+    let body = json!({"name": "k", "key": "sk-pro", "tier": "pro"});
+    assert_eq!(
+        server
+            .request("POST", "/admin/keys", Some(&body))
+            .unwrap()
+            .0,
+        201
+    );
+    let (real, real_token) = create_consumer(&server, "billing", "pro");
+    assert!(server.terminate().success());
+
+    // What a planted consumer looks like: a real one's record, with the attacker's token hash.
+    let db = dir.path().join("pool.redb");
+    let real_bytes = stored(&db, "consumers", &real);
+    let mut planted: Value =
+        serde_json::from_slice(&real_bytes[..real_bytes.len() - SIGNATURE]).unwrap();
+    let hash = |token: &str| hex::encode(token_hash(token.as_bytes()));
+    let mut as_planted = |id: &str, token: &str| {
+        planted["id"] = json!(id);
+        planted["token_hash"] = json!(hash(token));
+        serde_json::to_vec(&planted).unwrap()
+    };
+    // Without a signature, with a made-up one, and a real record copied under another id.
+    let unsigned = as_planted("unsigned", "attacker-1");
+    let mut forged = as_planted("forged", "attacker-2");
+    forged.extend_from_slice(&[0x5a; SIGNATURE]);
+    plant(&db, "consumers", "unsigned", &unsigned);
+    plant(&db, "consumers", "forged", &forged);
+    plant(&db, "consumers", "copied", &real_bytes);
+
+    let server = Server::start(dir.path(), &key);
+    assert_eq!(
+        left_out(&server),
+        BTreeSet::from([
+            pair("consumers", "unsigned"),
+            pair("consumers", "forged"),
+            pair("consumers", "copied"),
+        ])
+    );
+    for token in ["attacker-1", "attacker-2"] {
+        assert_eq!(http_get(server.port, "/key?feature=chat", token).0, 401);
+    }
+    let (status, body) = http_get(server.port, "/key?feature=chat", &real_token);
+    assert_eq!(status, 200, "{body}");
+    let (_, listed) = server.request("GET", "/admin/consumers", None).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(server.terminate().success());
+
+    // Nor exported: the export says which it left out.
+    let output = run(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &key)],
+        &["export", "--to", "go.db", "--schema", "latest"],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout.contains("1 consumers"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "3 records left out (unsigned or unreadable): consumers/copied, consumers/forged, consumers/unsigned"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_tier_or_key_edited_in_the_file_without_the_key_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = hex_key(0x56);
+    let server = Server::start(dir.path(), &key);
+    server.create_tier("pro", "chat", 1);
+    server.create_tier("free", "image", 1000);
+    let add = |body: Value| {
+        let (status, answer) = server.request("POST", "/admin/keys", Some(&body)).unwrap();
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().unwrap().to_owned()
+    };
+    let pro_key = add(json!({"name": "p", "key": "sk-pro", "tier": "pro"}));
+    let capped = add(json!({"name": "c", "key": "sk-capped", "tier": "free", "usage_limit": 5}));
+    let plain = add(json!({"name": "f", "key": "sk-free", "tier": "free"}));
+    let (_, tiers) = server.request("GET", "/admin/tiers", None).unwrap();
+    let pro = tiers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tier| tier["name"] == "pro")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(server.terminate().success());
+
+    let db = dir.path().join("pool.redb");
+    edit(&db, "tiers", &pro, |tier| {
+        tier["features"]["chat"]["rate_limit"] = json!(1_000_000);
+    });
+    edit(&db, "keys", &capped, |key| {
+        key["usage_limit"] = json!(1_000_000);
+    });
+
+    let server = Server::start(dir.path(), &key);
+    assert_eq!(
+        left_out(&server),
+        BTreeSet::from([
+            pair("tiers", &pro),
+            // Its tier is not loaded.
+            pair("keys", &pro_key),
+            pair("keys", &capped),
+        ])
+    );
+    assert_eq!(
+        http_get(server.port, "/key?feature=chat", crate::process::TOKEN).0,
+        404
+    );
+    for _ in 0..3 {
+        let (status, body) = server.request("GET", "/key?feature=image", None).unwrap();
+        assert_eq!(
+            (status, body["key_id"].as_str()),
+            (200, Some(plain.as_str()))
+        );
+    }
+    assert!(server.terminate().success());
+}
+
 fn rekey(dir: &Path, old: &str, new: &str) -> std::process::Output {
     run(
         dir,
@@ -129,13 +315,16 @@ fn rekey_reseals_everything_and_the_old_key_stops_working() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (hex_key(0x61), hex_key(0x62));
     let keys = populate(dir.path(), &old, 3);
+    let server = Server::start(dir.path(), &old);
+    let (_, consumer_token) = create_consumer(&server, "billing", "pro");
+    assert!(server.terminate().success());
 
     let output = rekey(dir.path(), &old, &new);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(
-        stdout.contains("3 keys, 3 secrets and the canary re-sealed"),
+        stdout.contains("3 keys, 3 secrets and the canary re-sealed, 5 records re-signed"),
         "{stdout}"
     );
     for secret in [&old, &new] {
@@ -144,17 +333,23 @@ fn rekey_reseals_everything_and_the_old_key_stops_working() {
 
     let refused = run(
         dir.path(),
-        &[("ENCRYPTION_KEY", &old), ("ADMIN_TOKEN", "t")],
+        &[("ENCRYPTION_KEY", &old), ("ADMIN_TOKEN", TOKEN)],
         &[],
     );
     assert_one_clear_line(&refused, 1, "ENCRYPTION_KEY does not match this database");
 
+    // Every record re-signed: the tier, the keys and the consumer all load.
     let server = Server::start(dir.path(), &new);
+    assert!(left_out(&server).is_empty(), "{:?}", left_out(&server));
     let served = serve_all(&server, 3);
     for (i, (id, value)) in keys.iter().enumerate() {
         assert_eq!(served[id].0, *value);
         assert_eq!(served[id].1, json!({"org": format!("org-secret-{i}")}));
     }
+    assert_eq!(
+        http_get(server.port, "/key?feature=chat", &consumer_token).0,
+        200
+    );
     // Refused while a server holds the file.
     let busy = rekey(dir.path(), &new, &hex_key(0x63));
     assert_one_clear_line(&busy, 1, "in use by another process");
@@ -361,4 +556,108 @@ fn a_rekey_killed_at_any_moment_leaves_the_old_key_or_the_new_one_never_a_mix() 
     println!(
         "rekey of {count} keys (a full run took {measured:?}), {rounds} rounds ({finished_first} finished before the kill): {under_old} under the old key, {under_new} under the new, 0 mixed"
     );
+}
+
+/// A database as schema 1 wrote it, built here from that format's own rules (no signatures,
+/// associated data joined with `/`, a `keypooler canary v1` canary): a tier "pro" with "chat",
+/// the keys `X` (with the secret `n/value`) and `X/secrets/n`, whose schema 1 associated data
+/// were equal, and a consumer whose token is `schema-1-token`.
+fn write_schema_1(path: &Path, sealer: &Sealer) {
+    let seal =
+        |plain: &str, aad: String| hex::encode(sealer.seal(plain.as_bytes(), aad.as_bytes()));
+    let key = |id: &str, value: &str, secrets: Value| {
+        json!({"id": id, "name": id, "tier_id": "tier-1", "active": true, "created_at_ms": 1,
+            "value": seal(value, format!("keypooler:keys/{id}/value")), "secrets": secrets})
+    };
+    let x_secret = seal("org-x", "keypooler:keys/X/secrets/n/value".into());
+    let records = [
+        (
+            "tiers",
+            "tier-1",
+            json!({"id": "tier-1", "name": "pro", "created_at_ms": 1,
+            "features": {"chat": {"rate_limit": 1000, "window_seconds": 60}}}),
+        ),
+        ("keys", "X", key("X", "sk-x", json!({"n/value": x_secret}))),
+        ("keys", "X/secrets/n", key("X/secrets/n", "sk-n", json!({}))),
+        (
+            "consumers",
+            "c-1",
+            json!({"id": "c-1", "name": "billing", "active": true,
+            "created_at_ms": 1, "token_hash": hex::encode(token_hash(b"schema-1-token")),
+            "scopes": ["tier-1"]}),
+        ),
+    ];
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(table("meta")).unwrap();
+        meta.insert("schema_version", 1u32.to_le_bytes().as_slice())
+            .unwrap();
+        let canary = sealer.seal(b"keypooler canary v1", b"keypooler:meta/canary");
+        meta.insert("canary", canary.as_slice()).unwrap();
+        for name in ["tiers", "keys", "consumers"] {
+            txn.open_table(table(name)).unwrap();
+        }
+        txn.open_table(TableDefinition::<u64, &[u8]>::new("usage_events"))
+            .unwrap();
+        for (name, id, record) in records {
+            let bytes = serde_json::to_vec(&record).unwrap();
+            txn.open_table(table(name))
+                .unwrap()
+                .insert(id, bytes.as_slice())
+                .unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_schema_1_database_is_upgraded_at_its_first_start_and_serves_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    let (old_hex, new_hex) = (hex_key(0x91), hex_key(0x92));
+    let old = Sealer::new(&EncryptionKey::parse_hex(&old_hex).unwrap());
+    write_schema_1(&db, &old);
+
+    let server = Server::start(dir.path(), &old_hex);
+    let log = server.log().join("\n");
+    assert!(log.contains("database upgraded to schema 2"), "{log}");
+    assert!(left_out(&server).is_empty(), "{log}");
+    let served = serve_all(&server, 4);
+    assert_eq!(
+        served["X"],
+        ("sk-x".to_owned(), json!({"n/value": "org-x"}))
+    );
+    assert_eq!(served["X/secrets/n"], ("sk-n".to_owned(), json!({})));
+    assert_eq!(
+        http_get(server.port, "/key?feature=chat", "schema-1-token").0,
+        200
+    );
+    assert!(server.terminate().success());
+
+    // Upgraded once: the next start has nothing to upgrade.
+    let server = Server::start(dir.path(), &old_hex);
+    assert!(!server.log().join("\n").contains("database upgraded"));
+    assert_eq!(serve_all(&server, 2).len(), 2);
+    assert!(server.terminate().success());
+
+    // After a rekey, every value opens under the new key with the new associated data, the
+    // only one the store knows outside the upgrade.
+    assert!(rekey(dir.path(), &old_hex, &new_hex).status.success());
+    let new = Sealer::new(&EncryptionKey::parse_hex(&new_hex).unwrap());
+    let contents = Store::open(&db, &new).unwrap().load().unwrap();
+    assert!(contents.left_out.is_empty());
+    assert_eq!((contents.tiers.len(), contents.consumers.len()), (1, 1));
+    let opened: BTreeMap<String, String> = contents
+        .keys
+        .iter()
+        .map(|record| {
+            (
+                record.id.clone(),
+                open_key(record, &new).unwrap().value.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(opened["X"], "sk-x");
+    assert_eq!(opened["X/secrets/n"], "sk-n");
 }

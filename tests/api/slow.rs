@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use keypooler::config::ConnectionLimits;
+use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +20,7 @@ fn limits(header_read_ms: u64, request_ms: u64, max_connections: u32) -> Connect
         header_read_timeout: Duration::from_millis(header_read_ms),
         request_timeout: Duration::from_millis(request_ms),
         max_connections,
+        ..ConnectionLimits::default()
     }
 }
 
@@ -188,4 +190,114 @@ async fn shutdown_finishes_in_flight_requests_and_closes_idle_connections() {
     let app = app.restart().await;
     let tiers: Value = app.get("/admin/tiers").await.json().await.unwrap();
     assert_eq!(tiers.as_array().unwrap().len(), 2, "{tiers}");
+}
+
+/// A connection that never reads what it is sent: its receive buffer is small, so the server's
+/// answers back up quickly.
+async fn never_reading(app: &TestApp) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect(app.address.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clients_that_pipeline_and_never_read_are_closed_after_the_write_timeout() {
+    const SLOTS: u32 = 4;
+    const PIPELINED: usize = 500;
+    let app = TestApp::spawn_with_limits(ConnectionLimits {
+        write_timeout: Duration::from_secs(1),
+        max_connections: SLOTS,
+        ..ConnectionLimits::default()
+    })
+    .await;
+    app.create_tier("pro", json!({"chat": 16_000_000})).await;
+    // 64 KiB answers: a few fill the socket buffers.
+    let id = app.add_key("big", &"v".repeat(64 * 1024), "pro").await;
+    // The setup's kept-alive connection closes, so that only the clients below hold slots.
+    app.request(Method::GET, "/health")
+        .header(reqwest::header::CONNECTION, "close")
+        .send()
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /key?feature=chat HTTP/1.1\r\nHost: keypooler\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..SLOTS {
+        let mut stream = never_reading(&app).await;
+        stream
+            .write_all(request.repeat(PIPELINED).as_bytes())
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // Every slot is held by a client that reads nothing. Fresh clients are answered only once
+    // the server has closed those: as many as there are slots, each kept open, prove that it
+    // closed every one.
+    let mut fresh = Vec::new();
+    for _ in 0..SLOTS {
+        let mut stream = connect(&app).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (status, body) = response(&mut stream).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["key_id"], id.as_str());
+        fresh.push(stream);
+    }
+    for stream in &mut stalled {
+        closed_by_server(stream).await;
+    }
+    drop(fresh);
+    // The server stopped reading pipelined requests once their answers backed up: it served
+    // a bounded number of them, not all.
+    let keys: Value = app.get("/admin/keys").await.json().await.unwrap();
+    let used = keys[0]["usage"]["chat"]["used"].as_u64().unwrap();
+    assert!(
+        used < (SLOTS as u64) * (PIPELINED as u64) / 2,
+        "{used} of {} pipelined requests were answered",
+        SLOTS as usize * PIPELINED
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_are_closed_at_accept_and_those_within_are_served() {
+    let app = TestApp::spawn_with_limits(ConnectionLimits {
+        max_connections_per_ip: Some(2),
+        ..ConnectionLimits::default()
+    })
+    .await;
+    let mut first = connect(&app).await;
+    let mut second = connect(&app).await;
+    for stream in [&mut first, &mut second] {
+        stream.write_all(HEALTH).await.unwrap();
+        assert_eq!(response(stream).await.0, 200);
+    }
+    // A third from 127.0.0.1 is accepted and closed at once, unanswered.
+    let mut third = connect(&app).await;
+    let _ = third.write_all(HEALTH).await;
+    assert!(closed_by_server(&mut third).await.is_empty());
+    // The two within the cap are still served.
+    for stream in [&mut first, &mut second] {
+        stream.write_all(HEALTH).await.unwrap();
+        assert_eq!(response(stream).await.0, 200);
+    }
+    // One closes: its place is given back (as soon as the server has seen it close).
+    drop(first);
+    tokio::time::timeout(BOUND, async {
+        while !answered_over_a_new_connection(&app).await {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a place is given back when a connection closes");
+}
+
+/// Whether a new connection's request gets an answer (`false`: closed unanswered).
+async fn answered_over_a_new_connection(app: &TestApp) -> bool {
+    let mut stream = connect(app).await;
+    let _ = stream.write_all(HEALTH).await;
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte).await, Ok(1..))
 }

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::hex_key;
-use crate::process::keypooler;
+use crate::process::{TOKEN, keypooler};
 
 /// A running binary whose stdout and stderr are kept whole.
 struct Captured {
@@ -258,7 +258,7 @@ fn pretty_logs_are_lines_for_people() {
         dir.path(),
         &[
             ("ENCRYPTION_KEY", &key),
-            ("ADMIN_TOKEN", "t"),
+            ("ADMIN_TOKEN", TOKEN),
             ("SERVER_PORT", &port),
             ("LOG_FORMAT", "pretty"),
             ("METRICS", "off"),

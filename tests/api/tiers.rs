@@ -116,6 +116,67 @@ async fn invalid_tiers_are_400_and_change_nothing() {
     );
 }
 
+/// A direction override, isolate, zero-width or other format character would make a listing show
+/// other than what is stored: refused in every name, the error naming the field and never
+/// repeating the value.
+#[tokio::test]
+async fn names_with_direction_overrides_or_invisible_characters_are_400_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1})).await;
+    let hidden = |bad: &str| {
+        format!(
+            "{bad} contains control or format characters (such as direction overrides or zero-width characters)"
+        )
+    };
+    for trick in [
+        "\u{202E}gpj.exe",
+        "a\u{2067}b\u{2069}",
+        "ad\u{200B}min",
+        "\u{FEFF}pro",
+    ] {
+        let cases = [
+            (
+                "/admin/tiers",
+                json!({"name": format!("free{trick}"), "features": {"chat": 1}}),
+                hidden("name"),
+            ),
+            (
+                "/admin/tiers",
+                json!({"name": "free", "features": {format!("chat{trick}"): 1}}),
+                hidden("feature name"),
+            ),
+            (
+                "/admin/keys",
+                json!({"name": format!("k{trick}"), "key": "sk-1", "tier": "pro"}),
+                hidden("name"),
+            ),
+            (
+                "/admin/keys",
+                json!({"name": "k", "key": "sk-1", "tier": "pro",
+                       "secrets": {format!("org{trick}"): "x"}}),
+                hidden("secrets name"),
+            ),
+            (
+                "/admin/consumers",
+                json!({"name": format!("svc{trick}")}),
+                hidden("name"),
+            ),
+        ];
+        for (path, body, message) in cases {
+            let response = app.post(path, &body).await;
+            let answer = expect(response, StatusCode::BAD_REQUEST).await;
+            assert_eq!(answer, json!({ "error": message }), "{path} {body}");
+            assert!(!answer.to_string().contains(trick), "echoed: {answer}");
+        }
+    }
+    let tiers = expect(app.get("/admin/tiers").await, StatusCode::OK).await;
+    assert_eq!(tiers.as_array().unwrap().len(), 1);
+    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    assert_eq!(keys, json!([]));
+    let consumers = expect(app.get("/admin/consumers").await, StatusCode::OK).await;
+    assert_eq!(consumers, json!([]));
+}
+
 #[tokio::test]
 async fn a_duplicate_name_is_409() {
     let app = TestApp::spawn().await;

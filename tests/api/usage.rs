@@ -96,6 +96,45 @@ async fn a_restart_resumes_from_the_reservation_and_never_over_serves() {
     assert_eq!(usage_count(&app, &id).await, 100);
 }
 
+/// A usage window ends in the broker's running time, which a restart resumes: a wall clock a
+/// month ahead at start does not reopen a 100 s window, which reopens once the broker has run
+/// the rest of it. (Each use of a cap of 3 waits for its own reservation: hence the attempts.)
+#[tokio::test]
+async fn a_wall_clock_ahead_at_restart_does_not_reopen_a_usage_window() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = add_capped(&app, "monthly", 3, Some(100)).await;
+    assert_eq!(serve_up_to(&app, 3, 1_000_000).await, 3);
+    app.clock.advance_ms(40_000);
+    let a_month_ahead = app.wall.unix_now_ms() + 30 * 86_400_000;
+    let app = app.restart_at(a_month_ahead).await;
+    assert_eq!(usage_count(&app, &id).await, 3, "the window is still open");
+    assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
+    app.clock.advance_ms(59_999);
+    assert_eq!(usage_count(&app, &id).await, 3, "the window is still open");
+    app.clock.advance_ms(1);
+    assert_eq!(usage_count(&app, &id).await, 0);
+    assert_eq!(serve_up_to(&app, 3, 1_000_000).await, 3);
+    assert_eq!(usage_count(&app, &id).await, 3);
+}
+
+/// The same across a restart with the wall clock a month behind: the window ends after the
+/// rest of its length, not a month later.
+#[tokio::test]
+async fn a_wall_clock_behind_at_restart_does_not_lengthen_a_usage_window() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = add_capped(&app, "monthly", 3, Some(100)).await;
+    assert_eq!(serve_up_to(&app, 3, 1_000_000).await, 3);
+    app.clock.advance_ms(40_000);
+    let a_month_behind = app.wall.unix_now_ms() - 30 * 86_400_000;
+    let app = app.restart_at(a_month_behind).await;
+    assert_eq!(usage_count(&app, &id).await, 3, "the window is still open");
+    app.clock.advance_ms(60_000);
+    assert_eq!(usage_count(&app, &id).await, 0);
+    assert_eq!(serve_up_to(&app, 3, 1_000_000).await, 3);
+}
+
 #[tokio::test]
 async fn invalid_usage_settings_are_400() {
     let app = TestApp::spawn().await;

@@ -5,7 +5,7 @@ use rusqlite::types::ValueRef;
 use zeroize::Zeroizing;
 
 use super::super::{CompatError, time};
-use crate::broker::parse_name;
+use crate::broker::{is_hidden, parse_name};
 use crate::crypto::{CryptoError, Sealer};
 
 /// The longest id accepted (the Go service writes UUIDs: 36 characters).
@@ -154,14 +154,14 @@ impl Cells<'_, '_> {
         parse_name(column, self.text(column)?).map_err(|err| self.fail(err.0))
     }
 
-    /// An id, kept exactly as it is: no surrounding spaces, no control characters.
+    /// An id, kept exactly as it is: no surrounding spaces, no control or format characters.
     pub(super) fn id(&self, column: &str) -> Result<String, CompatError> {
         let text = self.text(column)?;
         usable_id(text)
             .then(|| text.to_owned())
             .ok_or_else(|| {
                 self.fail(format!(
-                    "{column} must be 1 to {MAX_ID_CHARS} characters, without spaces around it or control characters"
+                    "{column} must be 1 to {MAX_ID_CHARS} characters, without spaces around it or control or format characters"
                 ))
             })
     }
@@ -194,7 +194,7 @@ pub(super) fn usable_id(text: &str) -> bool {
     !text.is_empty()
         && text.chars().count() <= MAX_ID_CHARS
         && text.trim() == text
-        && !text.chars().any(char::is_control)
+        && !text.chars().any(is_hidden)
 }
 
 /// How a row is named in errors: by its id columns when they are printable, else by rowid.

@@ -14,7 +14,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::{CompatError, Schema};
@@ -122,6 +123,7 @@ fn open_read_only(path: &Path) -> Result<Connection, CompatError> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn =
         Connection::open_with_flags(uri, flags).map_err(|err| open_error(err.to_string()))?;
+    distrust_schema(&conn).map_err(|err| open_error(err.to_string()))?;
     // The first read checks the header and schema: a damaged file fails here, clearly.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
         .map_err(|err| match err.sqlite_error_code() {
@@ -132,6 +134,23 @@ fn open_read_only(path: &Path) -> Result<Connection, CompatError> {
             _ => open_error(err.to_string()),
         })?;
     Ok(conn)
+}
+
+/// The file is hostile until proven otherwise, and its schema is code (views, triggers, column
+/// defaults and generated columns are SQL that SQLite runs). Before the schema is first read:
+/// no function the schema names may have side effects (`trusted_schema` off), the defensive
+/// flag (no writing the schema or shadow tables, whatever the SQL), and neither views nor
+/// triggers may run at all. The import then reads plain tables only (see `Reader::columns`).
+fn distrust_schema(conn: &Connection) -> rusqlite::Result<()> {
+    for (setting, on) in [
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+    ] {
+        conn.set_db_config(setting, on)?;
+    }
+    conn.pragma_update(None, "trusted_schema", false)
 }
 
 /// Characters kept as they are in a `file:` URI path; everything else is percent-encoded.
@@ -186,16 +205,53 @@ impl Reader<'_> {
         }
     }
 
-    /// The columns a table has, or `None` when the table does not exist.
+    /// The columns a table has, or `None` when there is no such table. A view, a virtual table
+    /// or a generated column under one of the names the import reads is refused: each would run
+    /// the file's SQL (or a module's code) on every read, and the Go service makes none.
     fn columns(&self, table: &str) -> Result<Option<BTreeSet<String>>, CompatError> {
+        let kind = self
+            .conn
+            .query_row(
+                "SELECT type, coalesce(sql, '') FROM sqlite_master \
+                 WHERE name = ?1 COLLATE NOCASE AND type IN ('table', 'view')",
+                [table],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(|err| self.sqlite_error(err))?;
+        let Some((kind, sql)) = kind else {
+            return Ok(None);
+        };
+        if kind != "table" {
+            return Err(self.not_keypooler(format!(
+                "{table} is a {kind}, not a table (the import reads tables only)"
+            )));
+        }
+        let virtual_table = sql
+            .trim_start()
+            .get(..14)
+            .is_some_and(|head| head.eq_ignore_ascii_case("CREATE VIRTUAL"));
+        if virtual_table {
+            return Err(self.not_keypooler(format!(
+                "{table} is a virtual table, not a table (the import reads tables only)"
+            )));
+        }
         let mut statement = self
             .conn
-            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .prepare("SELECT name, hidden FROM pragma_table_xinfo(?1)")
             .map_err(|err| self.sqlite_error(err))?;
-        let names = statement
-            .query_map([table], |row| row.get::<_, String>(0))
-            .and_then(Iterator::collect::<Result<BTreeSet<_>, _>>)
+        let columns = statement
+            .query_map([table], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(|err| self.sqlite_error(err))?;
+        if columns.iter().any(|(_, hidden)| *hidden != 0) {
+            return Err(self.not_keypooler(format!(
+                "{table} has a generated column (the import reads stored values only)"
+            )));
+        }
+        let names: BTreeSet<String> = columns.into_iter().map(|(name, _)| name).collect();
         Ok((!names.is_empty()).then_some(names))
     }
 
@@ -314,6 +370,38 @@ impl Reader<'_> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_connection_trusts_nothing_in_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("go.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "CREATE TABLE t (x INTEGER);
+                 CREATE VIEW v AS SELECT x FROM t;
+                 CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; END;",
+            )
+            .unwrap();
+        drop(writer);
+        let conn = open_read_only(&path).unwrap();
+        for (setting, on) in [
+            (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+            (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+            (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+            (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+        ] {
+            assert_eq!(conn.db_config(setting).unwrap(), on, "{setting:?}");
+        }
+        let trusted: bool = conn
+            .query_row("PRAGMA trusted_schema", [], |row| row.get(0))
+            .unwrap();
+        assert!(!trusted);
+        let err = conn
+            .query_row("SELECT count(*) FROM v", [], |row| row.get::<_, i64>(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("view"), "{err}");
+    }
 
     #[test]
     fn uri_paths_escape_what_sqlite_would_read_as_query_or_fragment() {

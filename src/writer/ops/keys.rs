@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::Staging;
-use super::usage::window_start_unix_ms;
+use super::usage::store_window;
 use crate::broker::LIFETIME;
 use crate::broker::to_cap_seconds;
 use crate::broker::{KeyEntry, KeyInfo, NewKey, UsageCap};
@@ -40,8 +40,9 @@ pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>
         record.usage_limit = Some(limit.into());
         record.usage_window_seconds = window.map(u64::from);
         record.usage_count = reserved.into();
-        record.usage_window_start_ms =
-            window.map(|window| window_start_unix_ms(s.clock, end_s, window));
+        if let Some(window) = window {
+            store_window(&mut record, s.clock, end_s, window);
+        }
         UsageCap::new(limit, window, end_s, reserved, 0)
     });
     s.txn.put_key(&record)?;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use metrics::Histogram;
 
 use super::change_log::Change;
+use super::idempotency::apply_once;
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Clock, Dirty};
 use crate::crypto::Sealer;
@@ -66,26 +67,37 @@ impl<'a> Staging<'a> {
     /// Applies `request`, keeping its answer in it. A storage error aborts the batch.
     pub(super) fn apply(&mut self, request: &mut Request) -> Result<(), StoreError> {
         match request {
-            Request::CreateTier(call) => call.stage(|spec| tiers::create_tier(self, spec)),
+            Request::CreateTier(call) => {
+                call.stage(|keyed| apply_once(self, keyed, tiers::create_tier))
+            }
             Request::UpdateTier(call) => call.stage(|spec| tiers::update_tier(self, spec)),
-            Request::AddKey(call) => call.stage(|key| keys::add_key(self, key)),
+            Request::AddKey(call) => {
+                call.stage(|keyed| apply_once(self, keyed, |s, key| keys::add_key(s, key)))
+            }
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
             Request::CreateConsumer(call) => {
-                call.stage(|consumer| consumers::create_consumer(self, consumer))
+                call.stage(|keyed| apply_once(self, keyed, consumers::create_consumer))
             }
-            Request::AddScope(call) => {
-                call.stage(|(consumer_id, scope)| consumers::add_scope(self, consumer_id, scope))
-            }
+            Request::AddScope(call) => call.stage(|keyed| {
+                apply_once(self, keyed, |s, (consumer_id, scope)| {
+                    consumers::add_scope(s, consumer_id, scope)
+                })
+            }),
             Request::DeleteConsumer(call) => call.stage(|id| consumers::delete_consumer(self, id)),
             Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
             // Every batch takes expired keys out when it commits; this request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
+            // Every batch saves the running time when it commits.
+            Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
+            // Answered once the batch has committed (see the writer thread).
+            Request::Snapshot(_) => Ok(()),
         }
     }
 
-    /// Takes expired keys out of the rotation and commits durably, timing the commit.
+    /// Takes expired keys out of the rotation, saves the running time and commits durably,
+    /// timing the commit.
     pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
         let Self {
             mut catalog,
@@ -97,6 +109,7 @@ impl<'a> Staging<'a> {
         } = self;
         // Expired keys leave the rotation with whatever batch comes first.
         dirty.extend(catalog.expire(clock.unix_now_ms()));
+        txn.save_running_ms(clock.now_ms())?;
         let started = Instant::now();
         txn.commit()?;
         commit_time.record(started.elapsed().as_secs_f64());
@@ -105,6 +118,21 @@ impl<'a> Staging<'a> {
             dirty,
             changes,
         })
+    }
+
+    /// The batch's write transaction.
+    pub(super) fn txn(&self) -> &Batch {
+        &self.txn
+    }
+
+    /// The catalog as the batch has left it so far.
+    pub(super) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Unix ms now.
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.unix_now_ms()
     }
 
     fn next_created_ms(&mut self) -> i64 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::Staging;
 use crate::broker::to_cap_seconds;
 use crate::broker::{Catalog, Clock, UsageCap};
-use crate::store::{Batch, Store, UsageRecord};
+use crate::store::{Batch, KeyRecord, Store, UsageRecord};
 use crate::writer::WriteError;
 
 /// Audit events kept on disk; older ones are dropped as new ones arrive.
@@ -70,10 +70,13 @@ pub(super) fn recent_usage(
     Ok(s.txn.recent_usage(limit)?)
 }
 
-/// The unix time (ms) at which the usage window ending at clock second `end_s` began.
-pub(super) fn window_start_unix_ms(clock: &Clock, end_s: u32, window_s: u32) -> i64 {
+/// Stores the usage window ending at running second `end_s` in `record`: its end in running
+/// time (what a restart judges it on), and its start on the wall clock (what the listings and the
+/// Go service's format show).
+pub(super) fn store_window(record: &mut KeyRecord, clock: &Clock, end_s: u32, window_s: u32) {
     let start_s = u64::from(end_s.saturating_sub(window_s));
-    clock.to_unix_ms(start_s * 1_000)
+    record.usage_window_start_ms = Some(clock.to_unix_ms(start_s * 1_000));
+    record.usage_window_end_running_ms = Some(u64::from(end_s) * 1_000);
 }
 
 /// Writes the next reservation of a capped key into `txn`; the caller publishes it with
@@ -91,9 +94,9 @@ fn write_reservation(
         .get_key(id)?
         .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
     record.usage_count = reserved.into();
-    record.usage_window_start_ms = cap
-        .window_s
-        .map(|window| window_start_unix_ms(clock, end, window));
+    if let Some(window) = cap.window_s {
+        store_window(&mut record, clock, end, window);
+    }
     txn.put_key(&record)?;
     tracing::debug!(key_id = %id, reserved, "usage reserved");
     Ok(Some((end, reserved)))
@@ -120,6 +123,7 @@ pub fn reserve_all(store: &Store, catalog: &Catalog, clock: &Clock) -> Result<()
             });
         }
     }
+    txn.save_running_ms(clock.now_ms())?;
     txn.commit()?;
     for reservation in &reserved {
         reservation.publish();

@@ -154,6 +154,149 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
     }
 }
 
+/// A direction override, isolate or zero-width character in a name (or an id) is refused on
+/// import as on the API: the error names the row and the column, never the value.
+#[test]
+fn names_with_direction_overrides_or_invisible_characters_are_refused_naming_the_row() {
+    let hidden = "contains control or format characters (such as direction overrides or zero-width characters)";
+    let free1 = "043d79b3-8ddf-4d36-86d4-ddf50110a74b";
+    let pro = "923ef101-b09e-4bd7-8919-42c44918b90c";
+    let consumer = "cd447e35-b8b6-d8fe-442e-3d437204e52d";
+    // char(8238) is U+202E, 8294/8297 U+2066/U+2069, 8203 U+200B, 65279 U+FEFF.
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            SEED,
+            "UPDATE tiers SET name = 'pro' || char(8238) || 'eerf' WHERE name = 'pro'".into(),
+            format!("tiers row {pro}: name {hidden}"),
+        ),
+        (
+            SEED,
+            "UPDATE tier_features SET feature = 'ch' || char(8203) || 'at' WHERE feature = 'chat'"
+                .into(),
+            "tier_features row at rowid".into(),
+        ),
+        (
+            SEED,
+            format!("UPDATE keys SET name = char(8294) || 'k' || char(8297) WHERE id = '{free1}'"),
+            format!("keys row {free1}: name {hidden}"),
+        ),
+        (
+            SEED,
+            format!("UPDATE keys SET id = id || char(8238) WHERE id = '{free1}'"),
+            "keys row at rowid 4: id must be 1 to 128 characters, without spaces around it or control or format characters".into(),
+        ),
+        (
+            LATEST,
+            "UPDATE key_secrets SET name = 'webhook' || char(65279) WHERE name = 'webhook_secret'"
+                .into(),
+            "key_secrets row at rowid".into(),
+        ),
+        (
+            LATEST,
+            "UPDATE consumers SET name = name || char(8238)".into(),
+            format!("consumers row {consumer}: name {hidden}"),
+        ),
+    ];
+    for (fixture, sql, message) in &cases {
+        let (_dir, from) = altered(fixture, sql);
+        let err = assert_refused(&from, &fixture_key(fixture), ImportMode::Merge, message);
+        assert!(matches!(err, CompatError::BadRow { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(hidden) || text.contains("id must be"),
+            "{text}"
+        );
+        for c in ['\u{202E}', '\u{2066}', '\u{2069}', '\u{200B}', '\u{FEFF}'] {
+            assert!(!text.contains(c), "a value was echoed: {text:?}");
+        }
+    }
+}
+
+/// A SQLite file's schema is code: a view or a generated column runs the file's SQL whenever
+/// it is read. The import reads plain tables only, and refuses a view, a virtual table or a
+/// generated column under a name it reads, before reading a row; what it does not read (an
+/// unrelated view, a trigger, which never fires on a read) is left alone.
+#[test]
+fn a_view_or_generated_column_where_a_table_belongs_is_refused_unread() {
+    let cases = [
+        (
+            // Reads exactly like the table (rowid included): only its kind gives it away.
+            "ALTER TABLE keys RENAME TO keys_real;
+             CREATE VIEW keys AS SELECT rowid AS rowid, id, name, upper(key_encrypted) AS
+                 key_encrypted, tier_id, is_active, created_at FROM keys_real;",
+            "is a SQLite database but not the Go keypooler's: keys is a view, not a table (the import reads tables only)",
+        ),
+        (
+            "ALTER TABLE tier_features RENAME TO tf;
+             CREATE VIEW tier_features AS SELECT rowid AS rowid, * FROM tf;",
+            "tier_features is a view, not a table",
+        ),
+        (
+            "ALTER TABLE keys ADD COLUMN probe TEXT GENERATED ALWAYS AS (upper(key_encrypted)) VIRTUAL;",
+            "keys has a generated column (the import reads stored values only)",
+        ),
+    ];
+    for (sql, message) in cases {
+        let (_dir, from) = altered(SEED, sql);
+        let err = assert_refused(&from, &fixture_key(SEED), ImportMode::Merge, message);
+        assert!(matches!(err, CompatError::NotKeypooler { .. }), "{err:?}");
+    }
+
+    // A trigger on a table it reads and a view it does not read: imported as the plain file is.
+    let (_dir, from) = altered(
+        SEED,
+        "CREATE TRIGGER grab AFTER INSERT ON keys BEGIN
+             UPDATE tiers SET name = 'x' || randomblob(4);
+         END;
+         CREATE VIEW everything AS SELECT * FROM keys, tiers;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    let summary = import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
+    assert_eq!((summary.tiers, summary.keys), (2, 5));
+    let plain = tempfile::tempdir().unwrap();
+    let expected = plain.path().join("pool.redb");
+    import_fixture(SEED, &expected);
+    assert_eq!(view(&db), view(&expected));
+}
+
+/// Metadata nested 127 deep parses as a row, but inside its stored record it is one level
+/// deeper than start-up's decoder goes: such a key would stop `serve` and `export`. The import
+/// decodes every record as start-up will, and refuses it, naming the row.
+#[test]
+fn a_key_that_would_not_load_back_is_refused_naming_the_row() {
+    let nested = format!("{}1{}", "{\"a\":".repeat(127), "}".repeat(127));
+    let (_dir, from) = altered(
+        LATEST,
+        &format!("UPDATE keys SET metadata_json = '{nested}' WHERE name = 'fc-01'"),
+    );
+    let fc01 = expected(LATEST)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "fc-01")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = assert_refused(
+        &from,
+        &fixture_key(LATEST),
+        ImportMode::Merge,
+        &format!(
+            "keys row {fc01}: keypooler could not load it back once stored: the record is not valid JSON (recursion limit exceeded)"
+        ),
+    );
+    assert!(matches!(err, CompatError::BadRow { .. }), "{err:?}");
+
+    // Into a new database: refused, and no file is left that start-up could not open.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    assert!(import_into(&from, &fixture_key(LATEST), &db, ImportMode::Refuse).is_err());
+    let contents = Store::open(&db, &ours()).unwrap().load().unwrap();
+    assert!(contents.keys.is_empty() && contents.left_out.is_empty());
+}
+
 #[test]
 fn a_wrong_source_key_is_refused_and_nothing_is_written() {
     let (_dir, from) = copy_fixture(SEED);
@@ -286,6 +429,83 @@ fn merge_refuses_a_tier_name_already_used_by_another_id() {
         ImportMode::Merge,
         "tiers row other-pro: a tier named \"pro\" is already in the database under another id",
     );
+}
+
+/// The attack a hostile `--merge` file tries: a tier row reusing the id of a tier already in
+/// the database (so it is skipped), and a new consumer, whose token the attacker knows, scoped
+/// to it. The import is refused whole, naming the scope row; the token draws nothing.
+#[tokio::test]
+async fn merge_refuses_a_consumer_scoped_to_a_tier_it_did_not_create_and_the_token_draws_nothing() {
+    let pro = "923ef101-b09e-4bd7-8919-42c44918b90c";
+    let hash = hex::encode(Sha256::digest(b"attacker-token"));
+    let (_src, from) = altered(
+        LATEST,
+        &format!(
+            "INSERT INTO tiers (id, name, description) VALUES ('{pro}', 'decoy', '');
+             INSERT INTO tier_features (tier_id, feature, rate_limit, window_seconds)
+                 VALUES ('{pro}', 'chat', 1, 60);
+             INSERT INTO consumers (id, name, token_hash) VALUES ('planted', 'planted', '{hash}');
+             INSERT INTO consumer_scopes (consumer_id, tier_id) VALUES ('planted', '{pro}');"
+        ),
+    );
+    let message = format!(
+        "consumer_scopes row planted/{pro}: the tier is already in the database (its row was skipped): an imported consumer may draw only from tiers the import creates"
+    );
+    assert_refused(&from, &fixture_key(LATEST), ImportMode::Merge, &message);
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(SEED, &db);
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert!(err.to_string().contains(&message), "{err}");
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    for feature in ["chat", "firecrawl_scrape"] {
+        let response = app
+            .client
+            .get(format!("{}/key?feature={feature}", app.address))
+            .bearer_auth("attacker-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{feature}");
+    }
+    let consumers = crate::helpers::expect(app.get("/admin/consumers").await, StatusCode::OK).await;
+    assert_eq!(consumers, json!([]));
+    // The pool itself serves as before.
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+}
+
+/// A consumer whose token hash is already some consumer's (in the database, or twice in the
+/// file) is refused: two consumers would answer to one token.
+#[test]
+fn a_token_hash_already_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(LATEST, &db);
+    let before = view(&db);
+    // The same consumer under a new id and name, scoped to nothing.
+    let (_src, from) = altered(
+        LATEST,
+        "UPDATE consumers SET id = 'copy', name = 'copy'; DELETE FROM consumer_scopes;",
+    );
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "consumers row copy: its token_hash is already the token of a consumer in the database"
+    );
+    assert_eq!(view(&db), before);
+
+    let (_src, from) = altered(
+        LATEST,
+        "INSERT INTO consumers (id, name, token_hash)
+             SELECT 'twin', 'twin', upper(token_hash) FROM consumers;",
+    );
+    let err = import_into(&from, &fixture_key(LATEST), &db, ImportMode::Merge).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "consumers row twin: another consumer has the same token_hash"
+    );
+    assert_eq!(view(&db), before);
 }
 
 #[tokio::test]

@@ -11,6 +11,17 @@
 //!   kept-alive connections, so a silent client cannot hold a permit.
 //! * Each request must be answered within [`ConnectionLimits::request_timeout`], reading its
 //!   body included; otherwise it gets `408 {"error": "request timed out"}`.
+//! * A write that makes no progress for [`ConnectionLimits::write_timeout`] (the client reads
+//!   nothing, the socket's buffers are full) closes the connection, so a client that never
+//!   reads cannot hold a permit.
+//! * Pipelined requests are answered one at a time, and the next is read only once the answer
+//!   before it is in the connection's write buffer, which holds at most [`BUFFER_BYTES`] plus
+//!   one answer; the read buffer holds at most [`BUFFER_BYTES`]. A client that pipelines and
+//!   never reads therefore gets answers only until the kernel's socket buffers and these are
+//!   full, and then holds about twice [`BUFFER_BYTES`] plus one answer of memory and no thread
+//!   (a stalled connection is a parked task), until the write timeout closes it.
+//! * With [`ConnectionLimits::max_connections_per_ip`], a connection from an address that has
+//!   that many open already is closed as soon as it is accepted.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +39,17 @@ use tower_http::timeout::Timeout;
 
 use crate::config::ConnectionLimits;
 use crate::http::{ApiError, Routed};
+
+mod per_ip;
+mod write_timeout;
+
+use per_ip::PerIp;
+use write_timeout::WriteTimeout;
+
+/// The most a connection's read buffer holds, and the most its write buffer holds before the
+/// answer it is writing (hyper's `max_buf_size`). A request head must fit (else 431); bodies
+/// and answers of any size stream through it.
+pub const BUFFER_BYTES: usize = 64 * 1024;
 
 /// Answers a request that ran out of time with the JSON error every other failure has.
 /// tower-http's timeout answers with an empty body and no content type; nothing else in
@@ -63,7 +85,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // Answers are small: one buffer copied whole beats a vectored write of head and body.
-        .writev(false);
+        .writev(false)
+        .max_buf_size(BUFFER_BYTES);
+    let per_ip = limits.max_connections_per_ip.map(PerIp::new);
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
     let (stop, stopping) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -86,13 +110,23 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let slot = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "connection closed: MAX_CONNECTIONS_PER_IP reached");
+                    continue;
+                }
+            },
+        };
         // Small JSON answers: send them at once rather than wait to coalesce.
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
         let connection = builder
             .serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(WriteTimeout::new(stream, limits.write_timeout)),
                 TowerToHyperService::new(service.clone()),
             )
             .into_owned();
@@ -109,6 +143,7 @@ pub async fn serve(
             if let Err(err) = outcome {
                 tracing::debug!(%peer, error = %err, "connection closed");
             }
+            drop(slot);
             drop(permit);
         });
     }
