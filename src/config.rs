@@ -60,6 +60,10 @@ pub struct Settings {
     /// on or off: the per-key budget series (off for very large pools) [default: on].
     #[arg(long, env = "METRICS_PER_KEY", global = true)]
     pub metrics_per_key: Option<String>,
+    /// Most per-key series /metrics lists (0-10000000); above it they give way to the per-tier
+    /// ones [default: 10000].
+    #[arg(long, env = "METRICS_PER_KEY_MAX", global = true)]
+    pub metrics_per_key_max: Option<String>,
     /// Seconds a client may take to send a request's head (0.001-3600) [default: 10].
     #[arg(long, env = "HEADER_READ_TIMEOUT", global = true)]
     pub header_read_timeout: Option<String>,
@@ -101,6 +105,7 @@ impl std::fmt::Debug for Settings {
             .field("metrics_port", &self.metrics_port)
             .field("metrics_token", &redacted(&self.metrics_token))
             .field("metrics_per_key", &self.metrics_per_key)
+            .field("metrics_per_key_max", &self.metrics_per_key_max)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_connections", &self.max_connections)
@@ -121,8 +126,17 @@ pub struct MetricsConfig {
     pub port: Option<u16>,
     /// The bearer token `/metrics` requires, if any.
     pub token: Option<SecretString>,
-    /// Whether `/metrics` lists every key's budget per feature.
+    /// Whether `/metrics` lists every key's budget per feature (only ever with a token).
     pub per_key: bool,
+    /// The most per-key series one scrape lists; with more, it lists none and says so.
+    pub per_key_max: usize,
+}
+
+impl MetricsConfig {
+    /// The default of `METRICS_PER_KEY_MAX`.
+    pub const DEFAULT_PER_KEY_MAX: usize = 10_000;
+    /// The largest `METRICS_PER_KEY_MAX`.
+    const MAX_PER_KEY_MAX: usize = 10_000_000;
 }
 
 impl Default for MetricsConfig {
@@ -132,6 +146,7 @@ impl Default for MetricsConfig {
             port: None,
             token: None,
             per_key: true,
+            per_key_max: Self::DEFAULT_PER_KEY_MAX,
         }
     }
 }
@@ -280,6 +295,19 @@ impl Settings {
                 self.metrics_per_key.as_ref(),
                 defaults.per_key,
             )?,
+            per_key_max: match given(self.metrics_per_key_max.as_ref()) {
+                None => defaults.per_key_max,
+                Some(text) => text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MetricsConfig::MAX_PER_KEY_MAX)
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "METRICS_PER_KEY_MAX must be an integer from 0 to {} (got {text:?})",
+                            MetricsConfig::MAX_PER_KEY_MAX
+                        ))
+                    })?,
+            },
         })
     }
 
@@ -450,6 +478,7 @@ mod tests {
         assert_eq!(config.port, 8080);
         assert_eq!(config.bind_address, None);
         assert!(config.metrics.enabled && config.metrics.per_key);
+        assert_eq!(config.metrics.per_key_max, 10_000);
         assert!(config.metrics.port.is_none() && config.metrics.token.is_none());
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
         assert_eq!(config.limits, ConnectionLimits::default());
@@ -518,6 +547,14 @@ mod tests {
             (
                 Box::new(|s| s.metrics = Some("maybe".into())),
                 "METRICS must be on or off",
+            ),
+            (
+                Box::new(|s| s.metrics_per_key_max = Some("-1".into())),
+                "METRICS_PER_KEY_MAX must be an integer from 0 to 10000000",
+            ),
+            (
+                Box::new(|s| s.metrics_per_key_max = Some("10000001".into())),
+                "METRICS_PER_KEY_MAX must be an integer from 0 to 10000000",
             ),
             (
                 Box::new(|s| s.metrics_per_key = Some("sometimes".into())),
@@ -592,9 +629,11 @@ mod tests {
         s.metrics_port = Some("9091".into());
         s.metrics_token = Some("scrape-secret".into());
         s.metrics_per_key = Some("false".into());
+        s.metrics_per_key_max = Some(" 250 ".into());
         let metrics = s.metrics().unwrap();
         assert!(!metrics.enabled && !metrics.per_key);
         assert_eq!(metrics.port, Some(9091));
+        assert_eq!(metrics.per_key_max, 250);
         assert_eq!(
             metrics.token.as_ref().map(ExposeSecret::expose_secret),
             Some("scrape-secret")

@@ -1,5 +1,6 @@
 //! `GET /metrics` and the Prometheus exporter behind it: the recorder, the description and
-//! buckets of every metric, and the families read from the live snapshot at scrape time.
+//! buckets of every metric, and who may see what. The families read from the live snapshot are
+//! rendered by [`super::scrape`].
 //!
 //! Each app owns its exporter rather than installing a recorder process-wide: two apps in one
 //! process (the integration tests) keep separate counts, and `METRICS=off` is simply no
@@ -8,11 +9,14 @@
 //! Two kinds of series:
 //! * events (requests, `GET /key` outcomes, writer commands, durations) are counted as they
 //!   happen, through handles registered once;
-//! * state (pool sizes, snapshot age, writer queue, each key's budget) is read from the current
-//!   snapshot when `/metrics` is scraped and written here: nothing is recorded per request, and a
-//!   deleted key or tier simply stops appearing.
+//! * state (pool sizes, snapshot age, writer queue, budgets) is read from the current snapshot
+//!   when `/metrics` is scraped: nothing is recorded per request, and a deleted key or tier
+//!   simply stops appearing.
+//!
+//! Without `METRICS_TOKEN` the scrape is public and shows aggregates only (tier and feature
+//! names, never a key's or a consumer's id or name); with it, each key's budget too, up to
+//! `METRICS_PER_KEY_MAX` series.
 
-use std::fmt::{Display, Write};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,17 +27,15 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use secrecy::SecretString;
+use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::auth::{bearer, same_token};
 use super::error::ApiError;
-use crate::broker::{Clock, Snapshot};
+use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    BUILD_INFO, HTTP_DURATION, HTTP_REQUESTS, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, KEY_REQUESTS,
-    Meter, POOL_ACTIVE_KEYS, POOL_FEATURES, POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION,
-    SNAPSHOT_BUILT, SNAPSHOT_GENERATION, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
-    WRITER_QUEUE_DEPTH,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
 };
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
@@ -48,7 +50,13 @@ const COMMIT_BUCKETS: [f64; 13] = [
 /// The Prometheus text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `GET /metrics`: what the recorder holds, then the families read from the live snapshot.
+/// Scrapes rendered at once; one more is answered 503 at once (Prometheus tries again at its
+/// next interval). Each holds a blocking thread and a snapshot until its client has read it, or
+/// for at most [`super::scrape::STALLED_SCRAPE`] of a client that does not read.
+pub const CONCURRENT_SCRAPES: usize = 4;
+
+/// `GET /metrics`: what the recorder holds, then the families read from the live snapshot,
+/// streamed.
 pub async fn get_metrics(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -56,17 +64,27 @@ pub async fn get_metrics(
     let exporter = app
         .exporter()
         .ok_or_else(|| ApiError::NotFound("not found".into()))?;
-    if let Some(token) = exporter.token()
-        && !same_token(bearer(&headers)?, token)
-    {
-        return Err(ApiError::Unauthorized("invalid token"));
-    }
-    let body = exporter.render(
-        &app.pool().load(),
-        app.pool().clock(),
-        app.writer().queue_depth(),
-    );
-    let mut response = Response::new(body.into());
+    let detail = match exporter.token() {
+        Some(token) if !same_token(bearer(&headers)?, token) => {
+            return Err(ApiError::Unauthorized("invalid token"));
+        }
+        Some(_) if exporter.per_key => Detail::PerKey {
+            max: exporter.per_key_max,
+        },
+        _ => Detail::Aggregate,
+    };
+    let permit = Arc::clone(&exporter.scrapes)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable("too many scrapes at once; try again".into()))?;
+    let clock = app.pool().clock();
+    let scrape = Scrape {
+        snapshot: arc_swap::Guard::into_inner(app.pool().load()),
+        now_ms: clock.now_ms(),
+        unix_now_ms: clock.unix_now_ms(),
+        queue_depth: app.writer().queue_depth(),
+        detail,
+    };
+    let mut response = Response::new(scrape.stream(exporter.handle(), permit));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -78,7 +96,11 @@ pub struct PrometheusExporter {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     token: Option<SecretString>,
+    /// `METRICS_PER_KEY`: per-key series (with a token) at all.
     per_key: bool,
+    per_key_max: usize,
+    /// The scrapes being rendered: a semaphore so that one more is refused without waiting.
+    scrapes: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for PrometheusExporter {
@@ -86,6 +108,7 @@ impl std::fmt::Debug for PrometheusExporter {
         f.debug_struct("PrometheusExporter")
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
             .field("per_key", &self.per_key)
+            .field("per_key_max", &self.per_key_max)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +135,8 @@ impl PrometheusExporter {
             recorder: Arc::new(recorder),
             token: config.token.clone(),
             per_key: config.per_key,
+            per_key_max: config.per_key_max,
+            scrapes: Arc::new(Semaphore::new(CONCURRENT_SCRAPES)),
         })
     }
 
@@ -129,17 +154,6 @@ impl PrometheusExporter {
     /// histogram samples into their buckets (they wait in lock-free blocks until then).
     pub fn handle(&self) -> PrometheusHandle {
         self.handle.clone()
-    }
-
-    /// The whole exposition: the recorder's series, then those read from `snapshot` now.
-    pub fn render(&self, snapshot: &Snapshot, clock: &Clock, queue_depth: usize) -> String {
-        let mut out = self.handle.render();
-        let mut families = Families(&mut out);
-        families.live(snapshot, clock, queue_depth);
-        if self.per_key {
-            families.budgets(snapshot, clock.now_ms());
-        }
-        out
     }
 }
 
@@ -171,141 +185,9 @@ fn describe() {
     );
 }
 
-/// Writes families in the text exposition format.
-struct Families<'a>(&'a mut String);
-
-impl Families<'_> {
-    fn header(&mut self, name: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.0.push_str(name);
-        for (i, (label, text)) in labels.iter().enumerate() {
-            self.0.push(if i == 0 { '{' } else { ',' });
-            self.0.push_str(label);
-            self.0.push_str("=\"");
-            escape_into(self.0, text);
-            self.0.push('"');
-        }
-        if !labels.is_empty() {
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
-        self.header(name, help);
-        self.sample(name, &[], value);
-    }
-
-    fn live(&mut self, snapshot: &Snapshot, clock: &Clock, queue_depth: usize) {
-        self.header(BUILD_INFO, "The running version; always 1.");
-        self.sample(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
-        let catalog = &snapshot.catalog;
-        let tiers: Vec<_> = catalog.tier_keys(clock.unix_now_ms()).collect();
-        self.header(POOL_KEYS, "Keys stored, by tier.");
-        for (tier, keys) in &tiers {
-            self.sample(POOL_KEYS, &[("tier", &tier.name)], keys.total);
-        }
-        self.header(
-            POOL_ACTIVE_KEYS,
-            "Keys servable now (active, not expired), by tier.",
-        );
-        for (tier, keys) in &tiers {
-            self.sample(POOL_ACTIVE_KEYS, &[("tier", &tier.name)], keys.active);
-        }
-        self.gauge(POOL_TIERS, "Tiers defined.", catalog.tier_count());
-        self.gauge(
-            POOL_FEATURES,
-            "Features some tier lists.",
-            snapshot.feature_count(),
-        );
-        self.gauge(
-            SNAPSHOT_GENERATION,
-            "Generation of the published snapshot; each committed admin batch adds one.",
-            snapshot.generation,
-        );
-        self.gauge(
-            SNAPSHOT_BUILT,
-            "Unix time at which the published snapshot was built.",
-            snapshot.built_at_unix_ms as f64 / 1_000.0,
-        );
-        self.gauge(
-            SNAPSHOT_BUILD_DURATION,
-            "Time building the published snapshot took.",
-            snapshot.build_duration.as_secs_f64(),
-        );
-        self.gauge(
-            WRITER_QUEUE_DEPTH,
-            "Admin changes queued for the writer and not yet taken.",
-            queue_depth,
-        );
-    }
-
-    /// Each key's budget per feature, read from the live counters (METRICS_PER_KEY).
-    fn budgets(&mut self, snapshot: &Snapshot, now_ms: u64) {
-        let catalog = &snapshot.catalog;
-        let rows: Vec<_> = catalog
-            .keys()
-            .flat_map(|key| {
-                catalog
-                    .budgets(key, now_ms)
-                    .map(move |(feature, budget)| (key, feature, budget))
-            })
-            .collect();
-        for (name, help, limit) in [
-            (
-                KEY_BUDGET_USED,
-                "Uses of each key for each feature in its open window.",
-                false,
-            ),
-            (
-                KEY_BUDGET_LIMIT,
-                "Uses each key may serve for each feature per window.",
-                true,
-            ),
-        ] {
-            self.header(name, help);
-            for (key, feature, budget) in &rows {
-                let labels = [
-                    ("key_id", &*key.info.id),
-                    ("key_name", &*key.info.name),
-                    ("feature", &**feature),
-                ];
-                let value = if limit {
-                    budget.limit.rate_limit
-                } else {
-                    budget.used
-                };
-                self.sample(name, &labels, value);
-            }
-        }
-    }
-}
-
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        Families(&mut out).sample("m", &[("a", "x\"y\\z\nw"), ("b", "ok")], 3);
-        assert_eq!(out, "m{a=\"x\\\"y\\\\z\\nw\",b=\"ok\"} 3\n");
-    }
 
     #[test]
     fn metrics_off_means_no_exporter() {

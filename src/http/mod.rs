@@ -13,10 +13,11 @@ mod json;
 mod key;
 mod request_metrics;
 mod routes;
+mod scrape;
 mod state;
 
 pub use error::{ApiError, json_response};
-pub use exporter::PrometheusExporter;
+pub use exporter::{CONCURRENT_SCRAPES, PrometheusExporter};
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use json::{BODY_LIMIT, parse_json};
 pub use request_metrics::RequestMetricsService;

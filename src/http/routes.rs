@@ -4,8 +4,8 @@
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::error::{ApiError, json_response};
@@ -34,7 +34,8 @@ pub struct Route {
     /// In axum syntax (`{id}` for a path parameter).
     pub path: &'static str,
     pub access: Access,
-    /// The handler, routed for `method` alone.
+    /// The handler, routed for `method` alone (axum answers `HEAD` through a `GET` handler,
+    /// unless the entry says `no HEAD`).
     handler: fn() -> MethodRouter<AppState>,
 }
 
@@ -48,13 +49,23 @@ macro_rules! route {
             handler: || on(MethodFilter::$method, $handler),
         }
     };
+    // A GET that spends (a key's budget, an audit event): axum would answer HEAD through it and
+    // drop the body, spending for nothing, so HEAD is refused.
+    ($method:ident $path:literal, $access:ident, $handler:path, no HEAD) => {
+        Route {
+            method: Method::$method,
+            path: $path,
+            access: Access::$access,
+            handler: || on(MethodFilter::$method, $handler).head(head_not_allowed),
+        }
+    };
 }
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
 pub const ROUTES: [Route; 16] = [
     route!(GET "/health", Public, health),
-    route!(GET "/key", AdminOrConsumer, key::get_key),
+    route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
     route!(POST "/admin/tiers", Admin, admin::create_tier),
     route!(GET "/admin/tiers", Admin, admin::list_tiers),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier),
@@ -116,4 +127,13 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+/// `HEAD` of a route that spends: 405, naming the one method it takes.
+async fn head_not_allowed() -> Response {
+    let mut response = ApiError::MethodNotAllowed.into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+    response
 }

@@ -34,7 +34,13 @@ pub const SNAPSHOT_BUILT: &str = "keypooler_snapshot_built_timestamp_seconds";
 pub const SNAPSHOT_BUILD_DURATION: &str = "keypooler_snapshot_build_duration_seconds";
 /// Admin changes queued for the writer.
 pub const WRITER_QUEUE_DEPTH: &str = "keypooler_writer_queue_depth";
-/// Uses of each key for each feature in its open window (`METRICS_PER_KEY`).
+/// Uses of a tier's keys for each feature in their open windows, summed, by `tier`, `feature`.
+pub const TIER_BUDGET_USED: &str = "keypooler_tier_budget_used";
+/// Uses a tier's keys may serve for each feature per window, summed, by `tier`, `feature`.
+pub const TIER_BUDGET_LIMIT: &str = "keypooler_tier_budget_limit";
+/// Uses of each key for each feature in its open window (with `METRICS_TOKEN` only).
 pub const KEY_BUDGET_USED: &str = "keypooler_key_budget_used";
-/// Uses each key may serve for each feature per window (`METRICS_PER_KEY`).
+/// Uses each key may serve for each feature per window (with `METRICS_TOKEN` only).
 pub const KEY_BUDGET_LIMIT: &str = "keypooler_key_budget_limit";
+/// Per-key series a scrape left out because there were more than `METRICS_PER_KEY_MAX`.
+pub const KEY_BUDGET_CUT: &str = "keypooler_key_budget_series_cut";

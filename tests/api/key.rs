@@ -229,3 +229,37 @@ async fn concurrent_requests_never_exceed_the_budget() {
     assert_eq!(total.len(), 4);
     assert!(total.values().all(|n| *n == 25), "{total:?}");
 }
+
+/// axum answers `HEAD` through a `GET` handler and drops the body: on `/key` that would spend a
+/// use and record an audit event for a key nobody receives.
+#[tokio::test]
+async fn head_key_is_405_and_spends_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1})).await;
+    let id = app.add_key("only", "sk-only", "pro").await;
+    for _ in 0..3 {
+        let head = app
+            .request(reqwest::Method::HEAD, "/key?feature=chat")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(head.headers()["allow"], "GET");
+    }
+    assert_eq!(
+        expect(app.get("/admin/usage").await, StatusCode::OK).await,
+        json!([]),
+        "HEAD wrote audit events"
+    );
+    // The key's one use per window is still there.
+    let (status, body) = app.key("chat").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["key_id"], id.as_str());
+    // Other reads keep HEAD: they spend nothing.
+    let health = app
+        .request(reqwest::Method::HEAD, "/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}

@@ -1,15 +1,20 @@
-//! `/metrics`: exact counts after known calls, bounded cardinality, where it is served and who
-//! may read it. Each `TestApp` owns its recorder, so counts here are exact even though the
+//! `/metrics`: exact counts after known calls, bounded cardinality, where it is served, who may
+//! read it and what each reader sees (aggregates for anyone, each key's budget only with
+//! `METRICS_TOKEN`). Each `TestApp` owns its recorder, so counts here are exact even though the
 //! tests run in parallel in one process.
 
 use std::collections::BTreeMap;
 
+use keypooler::app::Options;
+use keypooler::broker::{KeyBody, Limit, NewKey, TierSpec};
 use keypooler::config::MetricsConfig;
+use keypooler::http::CONCURRENT_SCRAPES;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp};
+use crate::helpers::{ADMIN_TOKEN, TestApp, hex_key, start_app};
+use crate::process::{Launch, Server, TOKEN, free_port, http};
 
 /// One sample of the text exposition format.
 #[derive(Debug)]
@@ -101,8 +106,28 @@ fn parse_sample(line: &str) -> Sample {
     }
 }
 
+/// The token of the apps started with [`with_token`].
+const SCRAPE_TOKEN: &str = "scrape-token-0123456789";
+
+/// `/metrics` on the main port behind [`SCRAPE_TOKEN`]: each key's budget is listed.
+fn with_token() -> MetricsConfig {
+    MetricsConfig {
+        token: Some(SecretString::from(SCRAPE_TOKEN)),
+        ..MetricsConfig::default()
+    }
+}
+
+/// A scrape with no token (public `/metrics`).
 async fn scrape(app: &TestApp) -> Scrape {
-    let response = app.get("/metrics").await;
+    scrape_as(app, None).await
+}
+
+async fn scrape_as(app: &TestApp, token: Option<&str>) -> Scrape {
+    let mut request = app.client.get(format!("{}/metrics", app.address));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
@@ -116,7 +141,8 @@ const HTTP: &str = "keypooler_http_requests_total";
 
 #[tokio::test]
 async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
-    let app = TestApp::spawn().await;
+    // Per-key budgets are listed only behind a token.
+    let app = TestApp::spawn_with_metrics(with_token()).await;
     app.create_tier(
         "pro",
         json!({ "chat": 2, "img": { "rate_limit": 5, "window_seconds": 10 } }),
@@ -156,7 +182,7 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     let missing = app.get("/key").await;
     assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
 
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     let outcome = |feature, outcome| m.get(KEY, &[("feature", feature), ("outcome", outcome)]);
     assert_eq!(outcome("chat", "served"), 4.0);
     assert_eq!(outcome("chat", "spent"), 1.0);
@@ -245,6 +271,14 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
         .map(|s| s.value)
         .sum();
     assert_eq!(img_used, 1.0);
+    // And per tier: the two keys' uses and limits, summed.
+    const TIER_USED: &str = "keypooler_tier_budget_used";
+    const TIER_LIMIT: &str = "keypooler_tier_budget_limit";
+    let tier = |feature| [("tier", "pro"), ("feature", feature)];
+    assert_eq!(m.get(TIER_USED, &tier("chat")), 4.0);
+    assert_eq!(m.get(TIER_LIMIT, &tier("chat")), 4.0);
+    assert_eq!(m.get(TIER_USED, &tier("img")), 1.0);
+    assert_eq!(m.get(TIER_LIMIT, &tier("img")), 10.0);
 
     // Pool and writer state.
     assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 2.0);
@@ -270,7 +304,7 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     app.clock.advance_ms(60_000);
     let deleted = app.delete(&format!("/admin/keys/{first}")).await;
     assert_eq!(deleted.status(), StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     let labels = [
         ("key_id", second.as_str()),
         ("key_name", "second"),
@@ -408,18 +442,25 @@ async fn without_a_token_metrics_is_public_on_the_main_port() {
 async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
     let app = TestApp::spawn_with_metrics(MetricsConfig {
         per_key: false,
-        ..MetricsConfig::default()
+        ..with_token()
     })
     .await;
     app.create_tier("pro", json!({ "chat": 2 })).await;
     app.add_key("k", "sk-k", "pro").await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     assert_eq!(
         m.get(KEY, &[("feature", "chat"), ("outcome", "served")]),
         1.0
     );
     assert!(!m.text.contains("keypooler_key_budget"));
+    assert_eq!(
+        m.get(
+            "keypooler_tier_budget_used",
+            &[("tier", "pro"), ("feature", "chat")]
+        ),
+        1.0
+    );
 
     let off = TestApp::spawn_with_metrics(MetricsConfig {
         enabled: false,
@@ -435,11 +476,11 @@ async fn per_key_series_can_be_turned_off_and_metrics_entirely() {
 /// Every series the Grafana dashboard queries is one the server exposes.
 #[tokio::test]
 async fn the_dashboard_queries_only_series_that_exist() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with_metrics(with_token()).await;
     app.create_tier("pro", json!({ "chat": 2 })).await;
     app.add_key("k", "sk-k", "pro").await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    let m = scrape(&app).await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
     let dashboard: serde_json::Value =
@@ -466,4 +507,272 @@ async fn the_dashboard_queries_only_series_that_exist() {
             "the dashboard queries {name}, which is not exposed"
         );
     }
+}
+
+/// Without a token `/metrics` is public, so it carries aggregates only: tier and feature names
+/// (chosen by the operator), never a key's or a consumer's id or name. With the token the same
+/// pool lists each key's budget.
+#[tokio::test]
+async fn without_a_token_no_key_or_consumer_id_or_name_is_shown() {
+    for token in [None, Some(SCRAPE_TOKEN)] {
+        let app = TestApp::spawn_with_metrics(MetricsConfig {
+            token: token.map(SecretString::from),
+            ..MetricsConfig::default()
+        })
+        .await;
+        app.create_tier("pro", json!({ "chat": 3 })).await;
+        let key_ids = [
+            app.add_key("key-name-alpha", "sk-a", "pro").await,
+            app.add_key("key-name-beta", "sk-b", "pro").await,
+        ];
+        let consumer = app
+            .post(
+                "/admin/consumers",
+                &json!({ "name": "consumer-name-gamma" }),
+            )
+            .await;
+        assert_eq!(consumer.status(), StatusCode::CREATED);
+        let consumer: serde_json::Value = consumer.json().await.unwrap();
+        let consumer_id = consumer["id"].as_str().unwrap();
+        let scoped = app
+            .post(
+                &format!("/admin/consumers/{consumer_id}/scopes"),
+                &json!({ "tier": "pro" }),
+            )
+            .await;
+        assert_eq!(scoped.status(), StatusCode::OK);
+        let served = app
+            .client
+            .get(format!("{}/key?feature=chat", app.address))
+            .bearer_auth(consumer["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(app.key("chat").await.0, StatusCode::OK);
+
+        let m = scrape_as(&app, token).await;
+        for hidden in [consumer_id, "consumer-name-gamma"] {
+            assert!(!m.text.contains(hidden), "/metrics shows {hidden}");
+        }
+        let per_key = ["key-name-alpha", "key-name-beta", &key_ids[0], &key_ids[1]];
+        if token.is_none() {
+            for hidden in per_key {
+                assert!(!m.text.contains(hidden), "public /metrics shows {hidden}");
+            }
+            assert!(!m.text.contains("keypooler_key_budget"), "{}", m.text);
+        } else {
+            for shown in per_key {
+                assert!(m.text.contains(shown), "{shown} missing with the token");
+            }
+        }
+        let tier = [("tier", "pro"), ("feature", "chat")];
+        assert_eq!(m.get("keypooler_tier_budget_used", &tier), 2.0);
+        assert_eq!(m.get("keypooler_tier_budget_limit", &tier), 6.0);
+        assert_eq!(m.get("keypooler_pool_keys", &[("tier", "pro")]), 2.0);
+    }
+}
+
+/// Above `METRICS_PER_KEY_MAX` per-key series, a scrape lists none: the per-tier series stand
+/// in for them, and one series says how many were left out.
+#[tokio::test]
+async fn per_key_series_give_way_to_tier_series_above_the_limit() {
+    let app = TestApp::spawn_with_metrics(MetricsConfig {
+        per_key_max: 4,
+        ..with_token()
+    })
+    .await;
+    app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
+    let first = app.add_key("first", "sk-1", "pro").await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    // One key, two features: used and limit for each, 4 series.
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 2);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), 2);
+    assert_eq!(m.value("keypooler_key_budget_series_cut", &[]), None);
+
+    let second = app.add_key("second", "sk-2", "pro").await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), 0);
+    assert!(!m.text.contains(&first) && !m.text.contains(&second));
+    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 8.0);
+    let tier = |feature| [("tier", "pro"), ("feature", feature)];
+    assert_eq!(m.get("keypooler_tier_budget_used", &tier("chat")), 1.0);
+    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("chat")), 10.0);
+    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
+}
+
+/// Writes `dir/pool.redb` with a tier "big" listing `features` (1,000 uses a minute each) and
+/// `keys` keys with long names, in-process and all at once, so that the writer commits them in
+/// a few batches (one request per key through the binary takes several times longer).
+fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (app, _) = start_app(&dir.join("pool.redb"), key_hex, Options::default());
+        let writer = app.state.writer().clone();
+        let limits = features
+            .iter()
+            .map(|f| {
+                let limit = Limit {
+                    rate_limit: 1_000,
+                    window_seconds: 60,
+                };
+                (f.clone(), limit)
+            })
+            .collect();
+        let tier = TierSpec::new("big", None, limits).unwrap();
+        writer.create_tier(tier, None).await.unwrap();
+        let mut adds = tokio::task::JoinSet::new();
+        for i in 0..keys {
+            let writer = writer.clone();
+            let body = json!({
+                "name": format!("{i:05}-{}", "k".repeat(250)),
+                "key": format!("sk-{i}"),
+                "tier": "big",
+            });
+            let key = NewKey::try_from(serde_json::from_value::<KeyBody>(body).unwrap()).unwrap();
+            adds.spawn(async move { writer.add_key(key, None).await.map(drop) });
+        }
+        while let Some(added) = adds.join_next().await {
+            added.unwrap().unwrap();
+        }
+        // Serving until a shutdown that has already come: the writer finishes (once every
+        // handle to it is gone) and the file closes.
+        drop(writer);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        app.serve(listener, async {}).await.unwrap();
+    });
+}
+
+/// A body sent with `Transfer-Encoding: chunked`, joined; panics unless it ends with the last
+/// (empty) chunk, as a cut scrape does not.
+fn dechunk(mut raw: &str) -> String {
+    let mut text = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size, 16).expect("a hexadecimal chunk size");
+        if size == 0 {
+            assert_eq!(rest, "\r\n", "trailing bytes after the last chunk");
+            return text;
+        }
+        text.push_str(&rest[..size]);
+        raw = rest[size..]
+            .strip_prefix("\r\n")
+            .expect("a chunk ends with CRLF");
+    }
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kib / 1024
+}
+
+/// 50 clients ask for `/metrics` of 2,000 keys × 3 features (long names: several MB of text
+/// each) and never read the body. The server (the built binary, so that the memory measured is
+/// its own) stays under 300 MB, `GET /key` keeps answering, and once they are gone a whole
+/// scrape is served again.
+#[test]
+fn fifty_stalled_scrapes_of_a_large_pool_keep_memory_bounded_and_keys_served() {
+    use std::io::{Read, Write};
+
+    const KEYS: usize = 2_000;
+    const STALLED: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let key = hex_key(0x4d);
+    // Names of 256 characters, the most allowed, make each scrape about 7 MB of text.
+    let features: Vec<String> = (0..3).map(|i| format!("{i}{}", "f".repeat(255))).collect();
+    seed(dir.path(), &key, &features, KEYS);
+    let env = [
+        ("ENCRYPTION_KEY", key.as_str()),
+        ("METRICS_TOKEN", SCRAPE_TOKEN),
+        // Every per-key series is listed: the largest scrape there is.
+        ("METRICS_PER_KEY_MAX", "100000"),
+    ];
+    let Launch::Listening(server) = Server::launch(dir.path(), &env, free_port()) else {
+        panic!("the server did not start");
+    };
+    let port = server.port;
+    let before = rss_mib(server.pid());
+
+    // Each sends its request and reads the status line only; the body is never read.
+    let mut stalled = Vec::new();
+    let mut served = 0;
+    for _ in 0..STALLED {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {SCRAPE_TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut status_line = [0; 12];
+        stream.read_exact(&mut status_line).unwrap();
+        match &status_line[9..] {
+            b"200" => served += 1,
+            b"503" => {}
+            other => panic!("{}", String::from_utf8_lossy(other)),
+        }
+        stalled.push(stream);
+    }
+    assert!(
+        (1..=CONCURRENT_SCRAPES).contains(&served),
+        "{served} scrapes rendered at once"
+    );
+
+    // GET /key answers while they stall.
+    for _ in 0..20 {
+        let (status, body) = http(
+            port,
+            "GET",
+            &format!("/key?feature={}", features[0]),
+            TOKEN,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let during = rss_mib(server.pid());
+    assert!(
+        during < 300,
+        "{STALLED} stalled scrapes took the server from {before} MiB to {during} MiB"
+    );
+
+    // Gone, they leave room for a whole scrape (their renderings stop as their connections
+    // close, which the server learns on its own time).
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = http(port, "GET", "/metrics", SCRAPE_TOKEN, None).unwrap();
+        if status == 200 {
+            break text;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(std::time::Instant::now() < deadline, "scrapes stay refused");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let m = Scrape::parse(dechunk(&text));
+    assert_eq!(m.named("keypooler_key_budget_used").count(), KEYS * 3);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), KEYS * 3);
+    assert_eq!(
+        m.get(
+            "keypooler_tier_budget_used",
+            &[("tier", "big"), ("feature", &features[0])]
+        ),
+        20.0
+    );
+    let (status, _) = server.stop();
+    assert!(status.success());
 }
