@@ -323,12 +323,12 @@ impl Settings {
 
     pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
         Ok(ConnectionLimits {
-            header_read_timeout: seconds(
+            header_read_timeout: parse_timeout(
                 "HEADER_READ_TIMEOUT",
                 self.header_read_timeout.as_ref(),
                 ConnectionLimits::DEFAULT_HEADER_READ_TIMEOUT,
             )?,
-            request_timeout: seconds(
+            request_timeout: parse_timeout(
                 "REQUEST_TIMEOUT",
                 self.request_timeout.as_ref(),
                 ConnectionLimits::DEFAULT_REQUEST_TIMEOUT,
@@ -337,7 +337,7 @@ impl Settings {
                 None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
                 Some(text) => connection_count("MAX_CONNECTIONS", text)?,
             },
-            write_timeout: seconds(
+            write_timeout: parse_timeout(
                 "WRITE_TIMEOUT",
                 self.write_timeout.as_ref(),
                 ConnectionLimits::DEFAULT_WRITE_TIMEOUT,
@@ -379,7 +379,7 @@ fn connection_count(variable: &str, text: &str) -> Result<u32, ConfigError> {
 }
 
 /// A duration in seconds (fractions allowed), from a millisecond to an hour.
-fn seconds(
+fn parse_timeout(
     variable: &str,
     value: Option<&String>,
     default: Duration,

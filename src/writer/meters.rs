@@ -71,13 +71,13 @@ impl ByOutcome {
     }
 }
 
-pub(super) struct Meters {
+pub(super) struct CommandSeries {
     /// By [`Kind`].
     commands: [ByOutcome; Kind::ALL.len()],
     pub(super) commit: Histogram,
 }
 
-impl Meters {
+impl CommandSeries {
     pub(super) fn new(meter: &Meter) -> Self {
         Self {
             commands: Kind::ALL.map(|kind| ByOutcome::new(meter, kind)),

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::WriteError;
 use super::idempotency::{Answer, Keyed};
-use super::meters::{Kind, Meters};
+use super::meters::{CommandSeries, Kind};
 use super::ops::Reservation;
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
 use crate::store::{Snapshot, StoreError, UsageRecord};
@@ -71,7 +71,7 @@ impl<I, O> Call<I, O> {
     }
 
     /// Counts the call and replies; `failure` is why the batch was not saved, if it was not.
-    pub(super) fn finish(self, kind: Kind, failure: Option<&str>, meters: &Meters) {
+    pub(super) fn finish(self, kind: Kind, failure: Option<&str>, meters: &CommandSeries) {
         self.finish_or(kind, failure, meters, |_| ());
     }
 
@@ -80,7 +80,7 @@ impl<I, O> Call<I, O> {
         self,
         kind: Kind,
         failure: Option<&str>,
-        meters: &Meters,
+        meters: &CommandSeries,
         unapplied: impl FnOnce(&I),
     ) {
         let answer = match failure {
@@ -143,7 +143,7 @@ pub(super) enum Request {
 impl Request {
     /// Counts the request and replies once its batch is over: committed into `catalog`, or not
     /// saved for the reason `failure` gives.
-    pub(super) fn finish(self, failure: Option<&str>, catalog: &Catalog, meters: &Meters) {
+    pub(super) fn finish(self, failure: Option<&str>, catalog: &Catalog, meters: &CommandSeries) {
         match self {
             Request::CreateTier(call) => call.finish(Kind::CreateTier, failure, meters),
             Request::UpdateTier(call) => call.finish(Kind::UpdateTier, failure, meters),

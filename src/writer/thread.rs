@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::WriteError;
 use super::handle::{ReserveSink, Writer};
-use super::meters::Meters;
+use super::meters::CommandSeries;
 use super::ops::{Staged, Staging};
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Pool};
@@ -58,7 +58,7 @@ pub fn spawn(
         sealer,
         pool,
         catalog,
-        meters: Meters::new(meter),
+        meters: CommandSeries::new(meter),
     };
     // Returns only once the thread runs, named and at its lower priority, so the server never
     // serves a request before the writer has taken its place below the request threads.
@@ -113,7 +113,7 @@ struct State {
     sealer: Sealer,
     pool: Arc<Pool>,
     catalog: Catalog,
-    meters: Meters,
+    meters: CommandSeries,
 }
 
 impl State {
@@ -253,7 +253,7 @@ mod tests {
             sealer,
             pool: Arc::new(Pool::new(clock)),
             catalog: Catalog::default(),
-            meters: Meters::new(&Meter::off()),
+            meters: CommandSeries::new(&Meter::off()),
         };
         let limit = Limit {
             rate_limit: 1,
