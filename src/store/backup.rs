@@ -22,8 +22,7 @@ use redb::{
 use super::guard::guarded;
 use super::open::CACHE_BYTES;
 use super::{
-    CONSUMERS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, KEYS, META, SCHEMA_VERSION, Store, StoreError,
-    TIERS, USAGE,
+    CONSUMERS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, KEYS, META, Store, StoreError, TIERS, USAGE,
 };
 
 /// Whether `name` is one of the tables a backup copies (every table keypooler stores). A table
@@ -213,22 +212,13 @@ pub fn inspect_backup(path: &Path) -> Result<BackupCounts, StoreError> {
     guarded(path, || {
         let db = ReadOnlyDatabase::open(path).map_err(|err| super::open::open_error(path, err))?;
         let read = db.begin_read()?;
-        let version = read
+        let meta = read
             .open_table(META)
-            .ok()
-            .and_then(|meta| meta.get(super::open::SCHEMA_KEY).ok().flatten())
-            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| StoreError::NotKeypooler {
+            .map_err(|_| StoreError::NotKeypooler {
                 path: path.into(),
                 reason: "no schema version".into(),
             })?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                path: path.into(),
-                found: version,
-            });
-        }
+        super::open::schema_version(&meta, path)?;
         let len = |table: TableDefinition<'static, &str, &[u8]>| -> Result<u64, StoreError> {
             Ok(read.open_table(table)?.len()?)
         };

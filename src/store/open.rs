@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableError};
 
 use super::guard::guarded;
 use super::{
@@ -131,6 +131,29 @@ pub(super) fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
     }
 }
 
+/// The schema version stored in `meta`: an error for a file without one, or of a newer
+/// keypooler than this one.
+pub(super) fn schema_version(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+) -> Result<u32, StoreError> {
+    let version = meta
+        .get(SCHEMA_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| StoreError::NotKeypooler {
+            path: path.into(),
+            reason: "no schema version".into(),
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.into(),
+            found: version,
+        });
+    }
+    Ok(version)
+}
+
 /// Whether a database holds keypooler's tables, checked against `sealer`.
 enum Layout {
     /// A redb file with no table at all: keypooler adopts it.
@@ -155,20 +178,7 @@ fn check(db: &impl ReadableDatabase, path: &Path, sealer: &Sealer) -> Result<Lay
         }
         Err(err) => return Err(err.into()),
     };
-    let version = meta
-        .get(SCHEMA_KEY)?
-        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| StoreError::NotKeypooler {
-            path: path.into(),
-            reason: "no schema version".into(),
-        })?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema {
-            path: path.into(),
-            found: version,
-        });
-    }
+    let version = schema_version(&meta, path)?;
     let canary = meta
         .get(CANARY_KEY)?
         .ok_or_else(|| StoreError::NotKeypooler {
