@@ -690,7 +690,8 @@ mod tests {
     #[test]
     fn a_bare_switch_is_on() {
         use clap::{Parser, Subcommand};
-        /// The settings before a subcommand, as the command line reads them.
+        /// The settings before a subcommand, flattened as the command line flattens them: a
+        /// stand-in for `cli::Cli`, which sits above this layer (the binary tests run the real one).
         #[derive(Parser)]
         struct Cli {
             #[command(flatten)]

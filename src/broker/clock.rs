@@ -97,9 +97,8 @@ fn coarse_ms(id: rustix::time::ClockId) -> i64 {
 #[cfg(any(target_os = "linux", target_os = "android"))]
 #[inline]
 fn os_monotonic_ms() -> u64 {
-    // Counts from boot: never negative, and far from overflowing in milliseconds.
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    (now.tv_sec as u64) * 1_000 + (now.tv_nsec as u64) / 1_000_000
+    // Counts from boot: never negative.
+    coarse_ms(rustix::time::ClockId::MonotonicCoarse) as u64
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -34,8 +34,8 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
-    key_record, load_catalog, open_key, tier_record,
+    Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record, key_record,
+    load_catalog, open_key, tier_record,
 };
 pub use records::{
     ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
@@ -180,13 +180,12 @@ impl Contents {
     }
 }
 
-/// Reads and decodes every record, one at a time, handing each to `each`. With a `signer`,
-/// each record's signature is checked first (without one, a schema 1 file before its upgrade,
-/// none is); a record whose signature does not match, or that does not decode, is handed over
-/// as [`Record::LeftOut`].
+/// Reads and decodes every record, one at a time, handing each to `each`, each record's
+/// signature checked first; a record whose signature does not match, or that does not decode,
+/// is handed over as [`Record::LeftOut`].
 fn read_each(
     db: &impl ReadableDatabase,
-    signer: Option<&Signer>,
+    signer: &Signer,
     each: &mut dyn FnMut(Record),
 ) -> Result<(), StoreError> {
     let read = db.begin_read()?;
@@ -206,28 +205,21 @@ fn read_table<T: serde::de::DeserializeOwned>(
     read: &redb::ReadTransaction,
     definition: TableDefinition<&str, &[u8]>,
     table: &'static str,
-    signer: Option<&Signer>,
+    signer: &Signer,
     record: fn(T) -> Record,
     each: &mut dyn FnMut(Record),
 ) -> Result<(), StoreError> {
     for entry in read.open_table(definition)?.iter()? {
         let (id, bytes) = entry?;
         let (id, stored) = (id.value(), bytes.value());
-        let json = match signer {
-            None => stored,
-            Some(signer) => match records::verified(signer, table, id, stored) {
-                Some(json) => json,
-                None => {
-                    each(Record::LeftOut(Skipped {
-                        table,
-                        id: id.to_owned(),
-                        reason: records::UNSIGNED.into(),
-                    }));
-                    continue;
-                }
-            },
-        };
-        each(decoded(table, id, json, record));
+        match records::verified(signer, table, id, stored) {
+            Some(json) => each(decoded(table, id, json, record)),
+            None => each(Record::LeftOut(Skipped {
+                table,
+                id: id.to_owned(),
+                reason: records::UNSIGNED.into(),
+            })),
+        }
     }
     Ok(())
 }
@@ -285,7 +277,7 @@ impl Store {
     pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
         let mut escaped = None;
         let read = guarded(&self.path, || {
-            read_each(self.db(), Some(&self.signer), &mut |record| {
+            read_each(self.db(), &self.signer, &mut |record| {
                 if escaped.is_none() {
                     escaped = guard::unguarded(|| each(record)).err();
                 }

@@ -30,10 +30,7 @@ mod thread;
 use crate::store::StoreError;
 
 pub use handle::Writer;
-pub use idempotency::{
-    Answer, IDEMPOTENCY_TTL_MS, Idempotency, IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN, Once, Render,
-    StoredAnswer,
-};
+pub use idempotency::{Answer, Idempotency, IdempotencyKey, Once, StoredAnswer};
 pub use ops::reserve_all;
 pub use thread::{WriterThread, spawn};
 

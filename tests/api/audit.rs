@@ -27,14 +27,10 @@ async fn served_keys_are_listed_newest_first_with_who_asked() {
 
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
     assert_eq!(app.key("embed").await.0, StatusCode::OK);
-    let response = app
-        .client
-        .get(format!("{}/key?feature=chat", app.address))
-        .bearer_auth(consumer["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let (status, _) = app
+        .key_as(consumer["token"].as_str().unwrap(), "chat")
+        .await;
+    assert_eq!(status, StatusCode::OK);
     // Refusals are not usage.
     assert_eq!(app.key("nope").await.0, StatusCode::NOT_FOUND);
 

@@ -29,19 +29,6 @@ async fn scope(app: &TestApp, consumer: &str, tier: &str) -> reqwest::Response {
     .await
 }
 
-async fn key_as(app: &TestApp, token: &str, feature: &str) -> (StatusCode, Value) {
-    let response = app
-        .client
-        .get(format!("{}/key", app.address))
-        .query(&[("feature", feature)])
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_consumer_draws_only_from_its_scoped_tiers() {
     let app = TestApp::spawn().await;
@@ -58,7 +45,7 @@ async fn a_consumer_draws_only_from_its_scoped_tiers() {
 
     // No scope yet: every feature is forbidden, listed elsewhere or not at all.
     for feature in ["chat", "nonexistent"] {
-        let (status, body) = key_as(&app, &token, feature).await;
+        let (status, body) = app.key_as(&token, feature).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     }
 
@@ -68,18 +55,18 @@ async fn a_consumer_draws_only_from_its_scoped_tiers() {
         json!({"id": id, "name": "billing", "description": "svc", "is_active": true, "scopes": ["free"]})
     );
     for _ in 0..2 {
-        let (status, body) = key_as(&app, &token, "chat").await;
+        let (status, body) = app.key_as(&token, "chat").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["key_id"], free_key.as_str());
     }
     // Its tier is spent: 429, though the pro tier still has budget for the admin.
-    let (status, _) = key_as(&app, &token, "chat").await;
+    let (status, _) = app.key_as(&token, "chat").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     let (status, body) = app.key("chat").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["key_id"], pro_key.as_str());
     // A feature only the pro tier lists is forbidden to it.
-    let (status, body) = key_as(&app, &token, "embed").await;
+    let (status, body) = app.key_as(&token, "embed").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         body,
@@ -88,7 +75,7 @@ async fn a_consumer_draws_only_from_its_scoped_tiers() {
 
     // Scoping both tiers gives both keys; budgets are shared with the admin's view.
     expect(scope(&app, &id, "pro").await, StatusCode::OK).await;
-    let (status, body) = key_as(&app, &token, "chat").await;
+    let (status, body) = app.key_as(&token, "chat").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["key_id"], pro_key.as_str());
 }
@@ -131,14 +118,14 @@ async fn listing_never_shows_a_token_and_deleting_revokes_it() {
         listed,
         json!([{"id": id, "name": "svc", "description": "svc", "is_active": true, "scopes": ["pro"]}])
     );
-    assert_eq!(key_as(&app, &token, "chat").await.0, StatusCode::OK);
+    assert_eq!(app.key_as(&token, "chat").await.0, StatusCode::OK);
 
     let response = app.delete(&format!("/admin/consumers/{id}")).await;
     assert_eq!(
         expect(response, StatusCode::OK).await,
         json!({"status": "deleted"})
     );
-    let (status, body) = key_as(&app, &token, "chat").await;
+    let (status, body) = app.key_as(&token, "chat").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body, json!({"error": "invalid token"}));
     let again = app.delete(&format!("/admin/consumers/{id}")).await;
@@ -185,7 +172,7 @@ async fn consumers_and_scopes_survive_a_restart() {
     let (id, token) = create_consumer(&app, "svc").await;
     expect(scope(&app, &id, "pro").await, StatusCode::OK).await;
     let app = app.restart().await;
-    let (status, body) = key_as(&app, &token, "chat").await;
+    let (status, body) = app.key_as(&token, "chat").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["key_id"], key.as_str());
     assert_eq!(body["value"], "sk-restart");

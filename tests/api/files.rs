@@ -40,13 +40,7 @@ fn base_database(dir: &Path, key: &str) -> Vec<u8> {
     for i in 0..5 {
         let body = json!({"name": format!("k{i}"), "key": format!("sk-{i}"), "tier": "pro",
             "secrets": {"org": format!("org-{i}")}});
-        assert_eq!(
-            server
-                .request("POST", "/admin/keys", Some(&body))
-                .unwrap()
-                .0,
-            201
-        );
+        server.add_key(&body);
     }
     assert!(server.terminate().success());
     fs::read(dir.join("pool.redb")).unwrap()

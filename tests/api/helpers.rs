@@ -201,15 +201,23 @@ impl TestApp {
     }
 
     /// `GET /key?feature=...`: the status and the JSON body.
-    pub async fn key(&self, feature: &str) -> (StatusCode, Value) {
+    /// `GET /key` for `feature` with `token` (a consumer's, or any other): status and body.
+    pub async fn key_as(&self, token: &str, feature: &str) -> (StatusCode, Value) {
         let response = self
-            .request(Method::GET, "/key")
+            .client
+            .get(format!("{}/key", self.address))
             .query(&[("feature", feature)])
+            .bearer_auth(token)
             .send()
             .await
             .unwrap();
         let status = response.status();
         (status, response.json().await.unwrap())
+    }
+
+    /// `GET /key` for `feature` with the admin token.
+    pub async fn key(&self, feature: &str) -> (StatusCode, Value) {
+        self.key_as(ADMIN_TOKEN, feature).await
     }
 }
 

@@ -6,7 +6,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect, expect_error, hex_key};
-use crate::process::Server;
+use crate::process::{Server, TOKEN, http_with_headers};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -102,14 +102,8 @@ async fn a_replayed_consumer_creation_answers_its_id_without_the_token() {
     let (status, again, scoped_again) = answer(post_once(&app, &path, "s-1", &scope).await).await;
     assert_eq!((status, again), (StatusCode::OK, true));
     assert_eq!(scoped, scoped_again);
-    let drawn = app
-        .client
-        .get(format!("{}/key?feature=chat", app.address))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(drawn.status(), StatusCode::OK);
+    let (drawn, _) = app.key_as(&token, "chat").await;
+    assert_eq!(drawn, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -305,26 +299,12 @@ async fn a_key_is_honoured_for_24_hours_then_forgotten() {
 /// A raw request with an idempotency key to the built binary: its status, replay header and
 /// body, or an error if the connection dropped.
 fn post_raw(port: u16, path: &str, key: &str, body: &Value) -> std::io::Result<(u16, bool, Value)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nIdempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        crate::process::TOKEN,
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no complete response"))?;
-    let status = head[9..12].parse().unwrap();
+    let headers = [("Idempotency-Key", key)];
+    let (status, head, body) = http_with_headers(port, "POST", path, TOKEN, &headers, Some(body))?;
     let again = head
         .lines()
         .any(|line| line.eq_ignore_ascii_case("idempotent-replayed: true"));
-    Ok((status, again, serde_json::from_str(body).unwrap()))
+    Ok((status, again, serde_json::from_str(&body).unwrap()))
 }
 
 #[test]

@@ -157,21 +157,26 @@ async fn a_percent_encoded_feature_name_is_decoded() {
     );
 }
 
-#[tokio::test]
-async fn an_expired_key_is_never_served() {
-    let app = TestApp::spawn().await;
-    app.create_tier("pro", json!({"chat": 10})).await;
-    let soon = time::OffsetDateTime::from_unix_timestamp(app.wall.unix_now_ms() / 1000 + 5 * 60)
+/// Adds key "k" (value "sk") to tier "pro", expiring `seconds` after the server's wall clock.
+async fn add_key_expiring_in(app: &TestApp, seconds: i64) {
+    let at = time::OffsetDateTime::from_unix_timestamp(app.wall.unix_now_ms() / 1000 + seconds)
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let response = app
         .post(
             "/admin/keys",
-            &json!({"name": "k", "key": "sk", "tier": "pro", "expires_at": soon}),
+            &json!({"name": "k", "key": "sk", "tier": "pro", "expires_at": at}),
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn an_expired_key_is_never_served() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 10})).await;
+    add_key_expiring_in(&app, 5 * 60).await;
     assert_eq!(app.key("chat").await.0, StatusCode::OK);
     app.clock.advance_ms(5 * 60 * 1000 + 1_000);
     assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
@@ -194,18 +199,7 @@ async fn values(app: &TestApp) -> Vec<String> {
 async fn a_wall_clock_step_forward_expires_a_key_and_a_step_back_does_not_revive_it() {
     let app = TestApp::spawn().await;
     app.create_tier("pro", json!({"chat": 100})).await;
-    let in_an_hour =
-        time::OffsetDateTime::from_unix_timestamp(app.wall.unix_now_ms() / 1000 + 3_600)
-            .unwrap()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap();
-    let response = app
-        .post(
-            "/admin/keys",
-            &json!({"name": "k", "key": "sk", "tier": "pro", "expires_at": in_an_hour}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    add_key_expiring_in(&app, 3_600).await;
     app.add_key("other", "sk-other", "pro").await;
     assert_eq!(values(&app).await, ["sk", "sk-other", "sk", "sk-other"]);
     app.clock.step_wall_ms(2 * 3_600_000);

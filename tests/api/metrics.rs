@@ -164,14 +164,8 @@ async fn a_known_sequence_of_calls_gives_exact_counts_histograms_and_budgets() {
     assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(app.key("img").await.0, StatusCode::OK);
     assert_eq!(app.key("no-such-feature").await.0, StatusCode::NOT_FOUND);
-    let bad_token = app
-        .client
-        .get(format!("{}/key?feature=chat", app.address))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad_token.status(), StatusCode::UNAUTHORIZED);
+    let (bad_token, _) = app.key_as("wrong", "chat").await;
+    assert_eq!(bad_token, StatusCode::UNAUTHORIZED);
     let no_header = app
         .client
         .get(format!("{}/key?feature=whatever", app.address))
@@ -541,14 +535,10 @@ async fn without_a_token_no_key_or_consumer_id_or_name_is_shown() {
             )
             .await;
         assert_eq!(scoped.status(), StatusCode::OK);
-        let served = app
-            .client
-            .get(format!("{}/key?feature=chat", app.address))
-            .bearer_auth(consumer["token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(served.status(), StatusCode::OK);
+        let (served, _) = app
+            .key_as(consumer["token"].as_str().unwrap(), "chat")
+            .await;
+        assert_eq!(served, StatusCode::OK);
         assert_eq!(app.key("chat").await.0, StatusCode::OK);
 
         let m = scrape_as(&app, token).await;

@@ -104,8 +104,7 @@ fn records_that_do_not_decode_are_left_out_by_id_and_the_rest_is_served_and_expo
     for i in 0..3 {
         let value = format!("sk-good-{i}");
         let body = json!({"name": format!("k{i}"), "key": value, "tier": "pro"});
-        let (status, _) = server.request("POST", "/admin/keys", Some(&body)).unwrap();
-        assert_eq!(status, 201);
+        server.add_key(&body);
         values.insert(value);
     }
     assert!(server.terminate().success());

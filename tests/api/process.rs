@@ -247,6 +247,13 @@ impl Server {
         assert_eq!(status, 201, "{answer}");
     }
 
+    /// Adds the key `body` describes, asserts the 201 and answers its id.
+    pub fn add_key(&self, body: &serde_json::Value) -> String {
+        let (status, answer) = self.request("POST", "/admin/keys", Some(body)).unwrap();
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().unwrap().to_owned()
+    }
+
     pub fn request(
         &self,
         method: &str,
@@ -281,12 +288,29 @@ pub fn http(
     token: &str,
     body: Option<&serde_json::Value>,
 ) -> std::io::Result<(u16, String)> {
+    http_with_headers(port, method, path, token, &[], body).map(|(status, _, body)| (status, body))
+}
+
+/// [`http`] with `headers` added to the request; answers the status, the response's head and
+/// its body.
+pub fn http_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
@@ -309,7 +333,7 @@ pub fn http(
     if body.len() < length {
         return Err(std::io::Error::other("the response was cut short"));
     }
-    Ok((status, body.to_owned()))
+    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 pub fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {

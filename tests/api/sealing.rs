@@ -99,9 +99,7 @@ fn populate(dir: &Path, key: &str, count: usize) -> Vec<(String, String)> {
         let value = format!("sk-value-{i}-7f3a9c");
         let body = json!({"name": format!("k{i}"), "key": value, "tier": "pro",
             "secrets": {"org": format!("org-secret-{i}")}});
-        let (status, answer) = server.request("POST", "/admin/keys", Some(&body)).unwrap();
-        assert_eq!(status, 201);
-        keys.push((answer["id"].as_str().unwrap().to_owned(), value));
+        keys.push((server.add_key(&body), value));
     }
     assert!(server.terminate().success());
     keys
@@ -179,13 +177,7 @@ fn a_consumer_written_into_the_file_without_the_key_is_refused_by_id_and_its_tok
     let server = Server::start(dir.path(), &key);
     server.create_tier("pro", "chat", 1000);
     let body = json!({"name": "k", "key": "sk-pro", "tier": "pro"});
-    assert_eq!(
-        server
-            .request("POST", "/admin/keys", Some(&body))
-            .unwrap()
-            .0,
-        201
-    );
+    server.add_key(&body);
     let (real, real_token) = create_consumer(&server, "billing", "pro");
     assert!(server.terminate().success());
 
@@ -250,14 +242,10 @@ fn a_tier_or_key_edited_in_the_file_without_the_key_is_left_out() {
     let server = Server::start(dir.path(), &key);
     server.create_tier("pro", "chat", 1);
     server.create_tier("free", "image", 1000);
-    let add = |body: Value| {
-        let (status, answer) = server.request("POST", "/admin/keys", Some(&body)).unwrap();
-        assert_eq!(status, 201, "{answer}");
-        answer["id"].as_str().unwrap().to_owned()
-    };
-    let pro_key = add(json!({"name": "p", "key": "sk-pro", "tier": "pro"}));
-    let capped = add(json!({"name": "c", "key": "sk-capped", "tier": "free", "usage_limit": 5}));
-    let plain = add(json!({"name": "f", "key": "sk-free", "tier": "free"}));
+    let pro_key = server.add_key(&json!({"name": "p", "key": "sk-pro", "tier": "pro"}));
+    let capped =
+        server.add_key(&json!({"name": "c", "key": "sk-capped", "tier": "free", "usage_limit": 5}));
+    let plain = server.add_key(&json!({"name": "f", "key": "sk-free", "tier": "free"}));
     let (_, tiers) = server.request("GET", "/admin/tiers", None).unwrap();
     let pro = tiers
         .as_array()

@@ -460,14 +460,8 @@ async fn merge_refuses_a_consumer_scoped_to_a_tier_it_did_not_create_and_the_tok
     assert!(err.to_string().contains(&message), "{err}");
     let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
     for feature in ["chat", "firecrawl_scrape"] {
-        let response = app
-            .client
-            .get(format!("{}/key?feature={feature}", app.address))
-            .bearer_auth("attacker-token")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{feature}");
+        let (status, _) = app.key_as("attacker-token", feature).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{feature}");
     }
     let consumers = crate::helpers::expect(app.get("/admin/consumers").await, StatusCode::OK).await;
     assert_eq!(consumers, json!([]));
