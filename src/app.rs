@@ -8,8 +8,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{AuditLog, Clock, Pool};
-use crate::config::{ConnectionLimits, MetricsConfig};
+use crate::broker::{AuditLog, Clock, HealthPolicy, Pool};
+use crate::config::{ConnectionLimits, KeyHealthSettings, MetricsConfig};
 use crate::crypto::Sealer;
 use crate::http::{AppState, PrometheusExporter};
 use crate::store::{Store, StoreError, load_catalog};
@@ -31,6 +31,8 @@ pub struct Options {
     pub metrics: MetricsConfig,
     /// Connection limits and timeouts.
     pub limits: ConnectionLimits,
+    /// How reports of the provider's answers turn into cooldowns.
+    pub health: KeyHealthSettings,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             audit: true,
             metrics: MetricsConfig::default(),
             limits: ConnectionLimits::default(),
+            health: KeyHealthSettings::default(),
         }
     }
 }
@@ -127,6 +130,10 @@ impl App {
             catalog,
             audit.clone(),
             &meter,
+            HealthPolicy {
+                cooldown_max_seconds: options.health.cooldown_max_seconds,
+                failure_threshold: options.health.failure_threshold,
+            },
         )?;
         Ok(Self {
             state: AppState::new(pool, writer, admin_token, exporter, audit),
@@ -224,8 +231,9 @@ impl App {
 }
 
 /// Once a second, asks the writer for its periodic work when there is some: writing the audit
-/// queue when something is in it, and taking keys that have expired out of the rotation (until
-/// then `GET /key` skips them); and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
+/// queue when something is in it, taking keys that have expired out of the rotation (until
+/// then `GET /key` skips them) and letting keys whose cooldown or exhaustion ended be available
+/// again (`GET /key` serves them from their deadline on; this is for what waits on them); and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
 /// time (every commit does too).
 fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
@@ -240,9 +248,13 @@ fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
             if state.audit().is_some_and(|audit| !audit.is_empty()) {
                 state.writer().flush_audit();
             }
-            let now = state.pool().clock().unix_now_ms();
-            let next_expiry = state.pool().load().catalog.next_expiry();
-            if next_expiry.is_some_and(|at| at <= now) {
+            let clock = state.pool().clock();
+            let snapshot = state.pool().load();
+            let expired =
+                (snapshot.catalog.next_expiry()).is_some_and(|at| at <= clock.unix_now_ms());
+            let recovered =
+                (snapshot.catalog.next_recovery()).is_some_and(|at| at <= clock.now_ms());
+            if expired || recovered {
                 state.writer().expire_keys();
             }
         }

@@ -81,6 +81,14 @@ pub struct Settings {
     /// 0); more are closed at accept [default: off].
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<String>,
+    /// Longest cooldown of a key reported rate-limited, in seconds (1-86400); a provider's
+    /// Retry-After is capped by it too [default: 300].
+    #[arg(long, env = "COOLDOWN_MAX", global = true)]
+    pub cooldown_max: Option<String>,
+    /// Consecutive 5xx answers or timeouts reported for a key that cool it (1-1000)
+    /// [default: 3].
+    #[arg(long, env = "FAILURE_THRESHOLD", global = true)]
+    pub failure_threshold: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
     #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
@@ -111,6 +119,8 @@ impl std::fmt::Debug for Settings {
             .field("max_connections", &self.max_connections)
             .field("write_timeout", &self.write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("cooldown_max", &self.cooldown_max)
+            .field("failure_threshold", &self.failure_threshold)
             .field("allow_core_dumps", &self.allow_core_dumps)
             .field("mlock", &self.mlock)
             .finish()
@@ -186,6 +196,31 @@ impl Default for ConnectionLimits {
             max_connections_per_ip: None,
         }
     }
+}
+
+/// How reports of the provider's answers turn into cooldowns (the broker's `HealthPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyHealthSettings {
+    /// `COOLDOWN_MAX`: the longest cooldown, in seconds.
+    pub cooldown_max_seconds: u32,
+    /// `FAILURE_THRESHOLD`: consecutive 5xx or timeouts that cool a key.
+    pub failure_threshold: u32,
+}
+
+impl Default for KeyHealthSettings {
+    fn default() -> Self {
+        Self {
+            cooldown_max_seconds: Self::DEFAULT_COOLDOWN_MAX,
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
+}
+
+impl KeyHealthSettings {
+    pub const DEFAULT_COOLDOWN_MAX: u32 = 300;
+    pub const MAX_COOLDOWN_MAX: u32 = 86_400;
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    pub const MAX_FAILURE_THRESHOLD: u32 = 1_000;
 }
 
 /// A value that was set to the empty string counts as unset.
@@ -350,6 +385,37 @@ impl Settings {
         })
     }
 
+    /// `COOLDOWN_MAX` and `FAILURE_THRESHOLD`.
+    pub fn key_health(&self) -> Result<KeyHealthSettings, ConfigError> {
+        let bounded = |variable: &str, value: Option<&String>, default: u32, max: u32| {
+            let Some(text) = given(value) else {
+                return Ok(default);
+            };
+            text.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{variable} must be an integer from 1 to {max} (got {text:?})"
+                    ))
+                })
+        };
+        Ok(KeyHealthSettings {
+            cooldown_max_seconds: bounded(
+                "COOLDOWN_MAX",
+                self.cooldown_max.as_ref(),
+                KeyHealthSettings::DEFAULT_COOLDOWN_MAX,
+                KeyHealthSettings::MAX_COOLDOWN_MAX,
+            )?,
+            failure_threshold: bounded(
+                "FAILURE_THRESHOLD",
+                self.failure_threshold.as_ref(),
+                KeyHealthSettings::DEFAULT_FAILURE_THRESHOLD,
+                KeyHealthSettings::MAX_FAILURE_THRESHOLD,
+            )?,
+        })
+    }
+
     pub fn hardening(&self) -> Result<hardening::Options, ConfigError> {
         Ok(hardening::Options {
             allow_core_dumps: switch("ALLOW_CORE_DUMPS", self.allow_core_dumps.as_ref(), false)?,
@@ -436,6 +502,7 @@ pub struct ServeConfig {
     pub audit: bool,
     pub metrics: MetricsConfig,
     pub limits: ConnectionLimits,
+    pub key_health: KeyHealthSettings,
     pub hardening: hardening::Options,
 }
 
@@ -450,6 +517,7 @@ impl ServeConfig {
             audit: settings.audit()?,
             metrics: settings.metrics()?,
             limits: settings.limits()?,
+            key_health: settings.key_health()?,
             hardening: settings.hardening()?,
         })
     }

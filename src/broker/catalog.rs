@@ -26,6 +26,10 @@ pub struct Catalog {
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
+    /// When keys' health deadlines (cooldowns, exhaustion) end, in running ms, so the writer
+    /// finds the keys that become available again without a scan. An entry may be stale (the
+    /// deadline moved, or the key went): whoever takes it checks the key.
+    recoveries: imbl::OrdSet<(u64, Arc<str>)>,
 }
 
 /// The features whose candidate lists a change touched.
@@ -168,6 +172,31 @@ impl Catalog {
             .insert(Arc::clone(&tier.id), Arc::clone(&tier.name));
         self.tiers.insert(Arc::clone(&tier.name), Arc::new(tier));
         dirty
+    }
+
+    /// Notes that key `id`'s last health deadline is at running ms `at` (none: nothing to note).
+    pub fn note_recovery(&mut self, id: &Arc<str>, at: Option<u64>) {
+        if let Some(at) = at {
+            self.recoveries.insert((at, Arc::clone(id)));
+        }
+    }
+
+    /// When the next noted health deadline ends (running ms).
+    pub fn next_recovery(&self) -> Option<u64> {
+        self.recoveries.get_min().map(|(at, _)| *at)
+    }
+
+    /// Takes the noted health deadlines that have ended at running ms `now`: the ids of their
+    /// keys.
+    pub fn recover(&mut self, now: u64) -> Vec<Arc<str>> {
+        let mut due = Vec::new();
+        while let Some((at, id)) = self.recoveries.get_min().cloned()
+            && at <= now
+        {
+            self.recoveries.remove(&(at, Arc::clone(&id)));
+            due.push(id);
+        }
+        due
     }
 
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.

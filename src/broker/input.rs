@@ -156,7 +156,7 @@ fn feature_limit(feature: &str, value: &serde_json::Value) -> Result<Limit, Inva
 }
 
 /// Unix ms of an RFC 3339 instant.
-fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
+pub(super) fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
         .map_err(|_| {

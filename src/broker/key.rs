@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::health::{Health, HealthState, KeyState, Now};
 use super::usage::UsageCap;
 
 /// What a key is, apart from its sealed material.
@@ -30,6 +31,8 @@ pub struct KeyEntry {
     pub info: KeyInfo,
     /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
     pub usage: Option<Arc<UsageCap>>,
+    /// What callers reported of the provider's answers, and the word `GET /key` checks.
+    pub health: Health,
     /// Set once the key has been found expired, so that a wall clock stepped back never serves
     /// it again (see [`Clock`](super::Clock)). `Relaxed`: it guards no other data.
     expired: AtomicBool,
@@ -41,9 +44,19 @@ impl std::fmt::Debug for KeyEntry {
         f.debug_struct("KeyEntry")
             .field("info", &self.info)
             .field("usage", &self.usage)
+            .field("health", &self.health)
             .field("body", &"[REDACTED]")
             .finish()
     }
+}
+
+/// What a report answers of a key: its state, when that ends (unix ms, if it ends by itself),
+/// and its cooling features with their ends (unix ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHealth {
+    pub state: KeyState,
+    pub until_ms: Option<i64>,
+    pub cooldowns: Vec<(Arc<str>, i64)>,
 }
 
 /// The plaintext a key carries to its callers.
@@ -104,8 +117,65 @@ impl KeyEntry {
         Self {
             info,
             usage: usage.map(Arc::new),
+            health: Health::default(),
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
+        }
+    }
+
+    /// This entry with `health` (as stored), judged at `now`.
+    #[must_use]
+    pub fn with_health(mut self, health: HealthState, now: Now) -> Self {
+        self.health = Health::new(health, now);
+        self
+    }
+
+    /// The same key with `info` and `health` instead: its body (the plaintext, shared, not
+    /// copied) and usage cap are kept.
+    pub fn replaced(&self, info: KeyInfo, health: HealthState, now: Now) -> Self {
+        Self {
+            info,
+            usage: self.usage.clone(),
+            health: Health::new(health, now),
+            expired: AtomicBool::new(false),
+            body: self.body.clone(),
+        }
+    }
+
+    /// The key's state at `now` (first match wins), and when it ends, if that is known.
+    pub fn state(&self, now: Now) -> (KeyState, Option<i64>) {
+        self.state_with(&self.health.state(), now)
+    }
+
+    /// The key's state and its cooling features at `now`, by its `health` (the published one,
+    /// or one being staged).
+    pub fn health_at(&self, health: &HealthState, now: Now) -> KeyHealth {
+        let (state, until_ms) = self.state_with(health, now);
+        KeyHealth {
+            state,
+            until_ms,
+            cooldowns: health
+                .cooling_features(now)
+                .map(|(feature, until)| (Arc::clone(feature), until.unix_ms))
+                .collect(),
+        }
+    }
+
+    /// [`KeyEntry::state`], with `health` instead of the key's published health.
+    pub fn state_with(&self, health: &HealthState, now: Now) -> (KeyState, Option<i64>) {
+        if !self.info.active {
+            let state = match health.disabled_reason {
+                Some(_) => KeyState::Disabled,
+                None => KeyState::Inactive,
+            };
+            return (state, None);
+        }
+        if !self.servable_at_unix(now.unix_ms) {
+            return (KeyState::Expired, None);
+        }
+        match health.unavailable(now) {
+            Some((state, until)) => (state, Some(until.unix_ms)),
+            None => (KeyState::Active, None),
         }
     }
 

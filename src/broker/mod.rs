@@ -7,18 +7,21 @@
 //! * `catalog`: everything the writer knows, persistent so a clone is O(1).
 //! * `snapshot`, `pool`: one published generation per feature, and picking from it.
 //! * `rate`, `usage`, `clock`: rate windows, usage caps, and the milliseconds they count in.
+//! * `health`: what callers report of the provider's answers: cooldowns, exhaustion, disabling.
 //! * `audit`, `outcomes`: the audit queue and the outcome counters of `GET /key`.
-//! * `input`: the validated admin inputs and the rules they obey.
+//! * `input`, `report`: the validated admin inputs and health reports, and the rules they obey.
 
 mod audit;
 mod catalog;
 mod clock;
 mod consumer;
+mod health;
 mod input;
 mod key;
 mod outcomes;
 mod pool;
 mod rate;
+mod report;
 mod roster;
 mod snapshot;
 mod sync;
@@ -29,14 +32,19 @@ pub use audit::{AuditLog, Event};
 pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
+pub use health::{
+    Backoff, Deadline, Health, HealthPolicy, HealthState, KeyState, MAX_EXHAUSTION_AHEAD_MS, Now,
+    Outcome, ReportCounts,
+};
 pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
     ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
-pub use key::{KeyEntry, KeyInfo, Plaintext};
+pub use key::{KeyEntry, KeyHealth, KeyInfo, Plaintext};
 pub use outcomes::Outcomes;
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};
+pub use report::{ExhaustedBody, ParsedReport, ReportBody};
 pub use roster::Unplaced;
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 pub use tier::{Budget, Limit, Tier, TierKeys};

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty};
 use super::clock::Clock;
+use super::health::ReportCounts;
 use super::key::KeyEntry;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
@@ -40,6 +41,8 @@ pub struct Pool {
     /// Where usage caps ask for more reserved uses: the writer, once it runs.
     reserve: OnceLock<Box<dyn Reserve>>,
     meter: Meter,
+    /// The `POST /key/{id}/report` counters, registered once.
+    reports: ReportCounts,
 }
 
 impl Pool {
@@ -54,6 +57,7 @@ impl Pool {
             current: ArcSwap::from_pointee(Snapshot::empty(&clock, &meter)),
             clock,
             reserve: OnceLock::new(),
+            reports: ReportCounts::new(&meter),
             meter,
         }
     }
@@ -67,6 +71,11 @@ impl Pool {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The counters of health reports, by outcome class.
+    pub fn reports(&self) -> &ReportCounts {
+        &self.reports
     }
 
     /// The current snapshot: a cheap guard for one request, not to be held across an await.

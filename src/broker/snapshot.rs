@@ -63,32 +63,37 @@ impl Modulus {
 
 /// Why a key could not be taken.
 enum Miss {
-    /// Spent until this clock instant.
+    /// Spent, cooling or exhausted until this clock instant.
     Until(u64),
     /// Its usage cap waits for the writer's next reservation.
     Pending,
-    /// Inactive, expired, or its lifetime cap is used up: only an admin change helps.
+    /// Inactive, expired, or its lifetime cap is used up: only an admin change helps (a key
+    /// disabled by a report is inactive).
     Never,
 }
 
 impl Segment {
-    /// Takes one use of `member` for this segment's feature: its rate window, then its usage
-    /// cap if it has one (giving the window's use back if the cap refuses). `now` is running
-    /// time; `wall` is the pick's reading of wall time, read on the first candidate that has an
-    /// expiry.
+    /// Takes one use of `member` for this segment's feature (`feature`): its health (not
+    /// exhausted, not cooling for the feature), its rate window, then its usage cap if it has
+    /// one (giving the window's use back if the cap refuses). `now` is running time; `wall` is
+    /// the pick's reading of wall time, read on the first candidate that has an expiry.
     #[inline]
     fn take(
         &self,
         member: &Member,
+        feature: &str,
         now: u64,
         wall: &mut Wall<'_>,
         reserve: &dyn Reserve,
     ) -> Result<(), Miss> {
         let entry = &member.entry;
-        let counter = member.counter(self.counter).ok_or(Miss::Never)?;
         if !entry.servable(|| wall.read()) {
             return Err(Miss::Never);
         }
+        if let Some(until) = entry.health.blocked_until(now, feature) {
+            return Err(Miss::Until(until));
+        }
+        let counter = member.counter(self.counter).ok_or(Miss::Never)?;
         let window = counter
             .try_acquire(now, self.limit, self.window_ms)
             .map_err(Miss::Until)?;
@@ -125,19 +130,21 @@ impl Wall<'_> {
 /// The keys that can serve one feature, in rotation order (tiers by name, keys by creation).
 ///
 /// A pool is the concatenation of the rosters of the tiers listing the feature, so building one
-/// is O(tiers), whatever the number of keys. Inactive keys are in no roster; a key that has
-/// expired is skipped by `pick` (its turn goes to the next key) until the writer's next sweep
-/// takes it out of its roster.
+/// is O(tiers), whatever the number of keys. Inactive keys (disabled ones too) are in no roster;
+/// a key that has expired is skipped by `pick` (its turn goes to the next key) until the
+/// writer's next sweep takes it out of its roster; an exhausted or cooling key is skipped until
+/// its deadline, which its health word gives in one load.
 pub struct FeaturePool {
     name: Arc<str>,
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
     /// point, not any ordering with other memory.
     cursor: CachePadded<AtomicUsize>,
-    /// Clock instant before which every candidate is known to be spent, so a request can answer
-    /// 429 without scanning. `u64::MAX` means nothing recovers without an admin change. Only ever
-    /// raised (`fetch_max`), and always to an instant at which some window really ends, so a
-    /// stale value can only cause a needless scan, never a wrong refusal. `Relaxed`: it guards no
-    /// other data.
+    /// Clock instant before which every candidate is known to be spent, cooling or exhausted, so
+    /// a request can answer 429 without scanning. `u64::MAX` means nothing recovers without an
+    /// admin change. Only ever raised (`fetch_max`), and always to an instant at which some
+    /// window, cooldown or exhaustion really ends, so a stale value can only cause a needless
+    /// scan, never a wrong refusal (a change that frees a key early rebuilds the pool, and the
+    /// new one starts at 0). `Relaxed`: it guards no other data.
     spent_until: CachePadded<AtomicU64>,
     /// Non-empty segments, in rotation order.
     segments: Box<[Segment]>,
@@ -145,12 +152,13 @@ pub struct FeaturePool {
     len: usize,
     /// `cursor % len` without a division.
     modulus: Modulus,
-    /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
-    /// expired): the shortest window of the tiers listing the feature.
-    idle_retry_ms: u64,
     /// Registered once per feature and carried over by rebuilds.
     outcomes: Arc<Outcomes>,
 }
+
+/// What `Retry-After` says when no candidate will recover on its own (none, or every one
+/// disabled, inactive or expired): a minute, when an operator may have acted.
+const NO_END_RETRY_MS: u64 = 60_000;
 
 /// Why a pick found no key: milliseconds until one may be available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,7 +216,7 @@ impl FeaturePool {
         for _ in 0..n {
             let segment = &self.segments[s];
             if let Some(member) = segment.members.get(i) {
-                match segment.take(member, now, &mut wall, reserve) {
+                match segment.take(member, &self.name, now, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
                     Err(Miss::Until(at)) => earliest = earliest.min(at),
                     Err(Miss::Pending) => pending = true,
@@ -235,7 +243,7 @@ impl FeaturePool {
     #[cold]
     fn spent(&self, until: u64, now: u64) -> Spent {
         let retry_after_ms = if until == u64::MAX {
-            self.idle_retry_ms
+            NO_END_RETRY_MS
         } else {
             until - now
         };
@@ -455,7 +463,7 @@ fn build_pool(
 ) -> Option<FeaturePool> {
     let mut segments = Vec::new();
     let mut len = 0;
-    let mut idle_retry_ms = u64::MAX;
+    let mut listed = false;
     let tiers = catalog
         .tiers()
         .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
@@ -465,7 +473,7 @@ fn build_pool(
         else {
             continue;
         };
-        idle_retry_ms = idle_retry_ms.min(limit.window_ms());
+        listed = true;
         let Some(members) = catalog.roster(&tier.id).filter(|r| !r.is_empty()) else {
             continue;
         };
@@ -478,14 +486,13 @@ fn build_pool(
         });
         len += members.len();
     }
-    (idle_retry_ms != u64::MAX).then(|| FeaturePool {
+    listed.then(|| FeaturePool {
         name: Arc::clone(feature),
         cursor: CachePadded::new(AtomicUsize::new(cursor)),
         spent_until: CachePadded::new(AtomicU64::new(0)),
         segments: segments.into_boxed_slice(),
         len,
         modulus: Modulus::new(len),
-        idle_retry_ms,
         outcomes: outcomes(),
     })
 }

@@ -26,6 +26,7 @@ pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
             audit: config.audit,
             metrics: metrics.clone(),
             limits: config.limits,
+            health: config.key_health,
         };
         let app = App::start_with(
             store,

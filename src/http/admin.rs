@@ -14,7 +14,9 @@ use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
-use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
+use crate::broker::{
+    Catalog, Deadline, HealthState, KeyBody, KeyEntry, Limit, NewKey, Now, Tier, TierBody, TierSpec,
+};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(status, to_json(body))
@@ -143,9 +145,24 @@ struct KeyView<'a> {
     usage_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
+    /// `disabled`, `inactive`, `expired`, `exhausted`, `cooling` or `active`.
+    state: &'static str,
+    disabled_reason: Option<&'a str>,
+    /// When the whole key's cooldown ends, while it runs.
+    cooldown_until: Option<String>,
+    /// Features cooling, with when each ends.
+    cooldowns: BTreeMap<&'a str, String>,
+    exhausted_until: Option<String>,
+    consecutive_failures: u32,
 }
 
-fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
+fn key_view<'a>(
+    catalog: &'a Catalog,
+    key: &'a KeyEntry,
+    health: &'a HealthState,
+    clocks: Now,
+) -> KeyView<'a> {
+    let now = clocks.running_ms;
     let cap = key.usage.as_deref();
     let usage_count = cap.map(|cap| {
         let (end, used) = cap.used();
@@ -179,16 +196,38 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         usage_limit: cap.map(|cap| cap.limit),
         usage_count,
         usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        state: key.state_with(health, clocks).0.as_str(),
+        disabled_reason: health.disabled_reason.as_deref(),
+        cooldown_until: running(health.key.until, clocks),
+        cooldowns: health
+            .cooling_features(clocks)
+            .map(|(feature, until)| (&**feature, rfc3339(until.unix_ms)))
+            .collect(),
+        exhausted_until: running(health.exhausted, clocks),
+        consecutive_failures: health.consecutive_failures,
     }
+}
+
+/// A deadline still ahead at `now`, as RFC 3339.
+fn running(deadline: Option<Deadline>, now: Now) -> Option<String> {
+    deadline
+        .filter(|d| now.running_ms < d.running_ms)
+        .map(|d| rfc3339(d.unix_ms))
 }
 
 pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
     let snapshot = app.pool().load();
-    let now = app.pool().clock().now_ms();
+    let now = Now::read(app.pool().clock());
+    let health: Vec<_> = snapshot
+        .catalog
+        .keys()
+        .map(|key| key.health.state())
+        .collect();
     let keys: Vec<KeyView<'_>> = snapshot
         .catalog
         .keys()
-        .map(|key| key_view(&snapshot.catalog, key, now))
+        .zip(&health)
+        .map(|(key, health)| key_view(&snapshot.catalog, key, health, now))
         .collect();
     json(StatusCode::OK, &keys)
 }
@@ -247,6 +286,9 @@ struct UsageView<'a> {
     consumer_id: &'a str,
     feature: &'a str,
     created_at: String,
+    /// A change to the key's health (`report 429`, `exhausted`): absent for a served key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
 }
 
 /// `?limit=N`: 1 or more (default 100); above 1000 reads as 1000.
@@ -284,6 +326,7 @@ pub async fn usage(
             consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
             feature: &event.feature,
             created_at: rfc3339(event.created_at_ms),
+            event: event.event.as_deref(),
         })
         .collect();
     Ok(json(StatusCode::OK, &views))

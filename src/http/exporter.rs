@@ -35,7 +35,8 @@ use super::error::ApiError;
 use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REPORTS, KEY_REQUESTS, Meter, WRITER_COMMANDS,
+    WRITER_COMMIT_DURATION,
 };
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
@@ -172,6 +173,12 @@ fn describe() {
         KEY_REQUESTS,
         Unit::Count,
         "GET /key answers, by feature (`unknown` for features no tier lists) and outcome."
+    );
+    metrics::describe_counter!(
+        KEY_REPORTS,
+        Unit::Count,
+        "POST /key/{id}/report calls answered, by outcome class (success, rate_limited, \
+         refused, server_error, timeout, other)."
     );
     metrics::describe_counter!(
         WRITER_COMMANDS,

@@ -8,6 +8,7 @@ mod backup;
 mod consumers;
 mod error;
 mod exporter;
+mod health;
 mod idempotency;
 mod json;
 mod key;

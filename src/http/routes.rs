@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::error::{ApiError, json_response};
+use super::health as key_health;
 use super::json::BODY_LIMIT;
 use super::request_metrics::{RequestMetricsService, RequestSeries};
 use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key};
@@ -21,7 +22,7 @@ pub enum Access {
     Public,
     /// The admin token only.
     Admin,
-    /// The admin token, or a consumer token whose tiers list the feature.
+    /// The admin token, or a consumer token whose tiers list the feature (or hold the key).
     AdminOrConsumer,
     /// Anyone, or only the `METRICS_TOKEN` when one is set.
     MetricsToken,
@@ -63,9 +64,11 @@ macro_rules! route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 16] = [
+pub const ROUTES: [Route; 18] = [
     route!(GET "/health", Public, health),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
+    route!(POST "/key/{id}/report", AdminOrConsumer, key_health::report),
+    route!(POST "/key/{id}/exhausted", AdminOrConsumer, key_health::exhausted),
     route!(POST "/admin/tiers", Admin, admin::create_tier),
     route!(GET "/admin/tiers", Admin, admin::list_tiers),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier),

@@ -17,11 +17,11 @@ use http_body::Frame;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::broker::{Catalog, Snapshot, Tier, TierKeys};
+use crate::broker::{Catalog, KeyState, Now, Snapshot, Tier, TierKeys};
 use crate::telemetry::{
-    BUILD_INFO, KEY_BUDGET_CUT, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, POOL_ACTIVE_KEYS, POOL_FEATURES,
-    POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION, SNAPSHOT_BUILT, SNAPSHOT_GENERATION,
-    TIER_BUDGET_LIMIT, TIER_BUDGET_USED, WRITER_QUEUE_DEPTH,
+    BUILD_INFO, KEY_BUDGET_CUT, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, KEYS_UNAVAILABLE,
+    POOL_ACTIVE_KEYS, POOL_FEATURES, POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION,
+    SNAPSHOT_BUILT, SNAPSHOT_GENERATION, TIER_BUDGET_LIMIT, TIER_BUDGET_USED, WRITER_QUEUE_DEPTH,
 };
 
 /// The size at which a chunk is handed to the response body.
@@ -79,6 +79,13 @@ impl Scrape {
         let catalog = &self.snapshot.catalog;
         let tiers: Vec<_> = catalog.tier_keys(self.unix_now_ms).collect();
         families.live(&self.snapshot, &tiers, self.queue_depth);
+        families.key_health(
+            catalog,
+            Now {
+                running_ms: self.now_ms,
+                unix_ms: self.unix_now_ms,
+            },
+        );
         families.tier_budgets(catalog, self.now_ms);
         if let Detail::PerKey { max } = self.detail {
             // Two series (used, limit) per key and feature of its tier.
@@ -279,6 +286,31 @@ impl Families<'_> {
             "Admin changes queued for the writer and not yet taken.",
             queue_depth,
         );
+    }
+
+    /// Keys not servable now by their health, by state: aggregates only (no key id or name).
+    fn key_health(&mut self, catalog: &Catalog, now: Now) {
+        let (mut cooling, mut disabled, mut exhausted) = (0usize, 0usize, 0usize);
+        for key in catalog.keys() {
+            match key.state(now).0 {
+                KeyState::Cooling => cooling += 1,
+                KeyState::Disabled => disabled += 1,
+                KeyState::Exhausted => exhausted += 1,
+                KeyState::Inactive | KeyState::Expired | KeyState::Active => {}
+            }
+        }
+        self.header(
+            KEYS_UNAVAILABLE,
+            "Keys not servable now by what was reported of them: cooling (the whole key), \
+             disabled (by a 401, 402 or 403) or exhausted.",
+        );
+        for (state, count) in [
+            ("cooling", cooling),
+            ("disabled", disabled),
+            ("exhausted", exhausted),
+        ] {
+            self.sample(KEYS_UNAVAILABLE, &[("state", state)], count);
+        }
     }
 
     /// Each tier's budget per feature: its keys' uses in their open windows and their limits,

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::records::{
-    ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode, secret_aad, value_aad,
+    ConsumerRecord, CooldownRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode,
+    secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
 use crate::broker::{
-    Catalog, Clock, Consumer, KeyEntry, KeyInfo, Limit, Plaintext, Tier, Unplaced, UsageCap,
+    Backoff, Catalog, Clock, Consumer, HealthState, KeyEntry, KeyInfo, Limit, Now, Plaintext, Tier,
+    Unplaced, UsageCap,
 };
 use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::{CryptoError, Sealer};
@@ -151,6 +153,7 @@ fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
 }
 
 fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
+    let now = Now::read(clock);
     KeyEntry::new(
         key_info(record),
         &Plaintext {
@@ -160,6 +163,52 @@ fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
         },
         usage_cap(record, clock),
     )
+    .with_health(health_from_record(record, now), now)
+}
+
+/// A stored key's health, its deadlines placed at `now`: a deadline is stored on the wall
+/// clock, so a restart judges it on the wall clock as it then reads.
+pub fn health_from_record(record: &KeyRecord, now: Now) -> HealthState {
+    HealthState {
+        disabled_reason: record.disabled_reason.as_deref().map(Into::into),
+        exhausted: record.exhausted_until_ms.map(|at| now.at_unix(at)),
+        key: Backoff {
+            until: record.cooldown_until_ms.map(|at| now.at_unix(at)),
+            level: record.backoff_level,
+        },
+        features: record
+            .cooldowns
+            .iter()
+            .map(|(feature, cooldown)| {
+                let backoff = Backoff {
+                    until: cooldown.until_ms.map(|at| now.at_unix(at)),
+                    level: cooldown.level,
+                };
+                (feature.as_str().into(), backoff)
+            })
+            .collect(),
+        consecutive_failures: record.consecutive_failures,
+    }
+}
+
+/// Writes `health` into a key's record.
+pub fn store_health(record: &mut KeyRecord, health: &HealthState) {
+    record.disabled_reason = health.disabled_reason.as_deref().map(Into::into);
+    record.exhausted_until_ms = health.exhausted.map(|d| d.unix_ms);
+    record.cooldown_until_ms = health.key.until.map(|d| d.unix_ms);
+    record.backoff_level = health.key.level;
+    record.cooldowns = health
+        .features
+        .iter()
+        .map(|(feature, backoff)| {
+            let cooldown = CooldownRecord {
+                until_ms: backoff.until.map(|d| d.unix_ms),
+                level: backoff.level,
+            };
+            (feature.to_string(), cooldown)
+        })
+        .collect();
+    record.consecutive_failures = health.consecutive_failures;
 }
 
 /// A stored consumer, or why it cannot be loaded.
@@ -214,7 +263,11 @@ pub fn load_catalog(
         }
         Record::Key(record) => match open_key(&record, sealer) {
             Ok(opened) => {
-                catalog.put_key_unplaced(key_entry(&record, &opened, clock), &mut unplaced);
+                let entry = key_entry(&record, &opened, clock);
+                let deadline = entry.health.state().last_deadline(Now::read(clock));
+                let id = std::sync::Arc::clone(&entry.info.id);
+                catalog.put_key_unplaced(entry, &mut unplaced);
+                catalog.note_recovery(&id, deadline);
             }
             Err(err) => skipped.push(Skipped {
                 table: "keys",
@@ -300,5 +353,11 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
                 )
             })
             .collect(),
+        exhausted_until_ms: None,
+        disabled_reason: None,
+        cooldown_until_ms: None,
+        backoff_level: 0,
+        cooldowns: BTreeMap::new(),
+        consecutive_failures: 0,
     }
 }

@@ -34,12 +34,12 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record, key_record,
-    load_catalog, open_key, tier_record,
+    Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    health_from_record, key_record, load_catalog, open_key, store_health, tier_record,
 };
 pub use records::{
-    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
-    secret_aad, value_aad,
+    ConsumerRecord, CooldownRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord,
+    UsageRecord, secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 

@@ -63,6 +63,34 @@ pub struct KeyRecord {
     /// Bound secrets, each sealed with [`secret_aad`] for its name.
     #[serde(default)]
     pub secrets: BTreeMap<String, Hex>,
+    /// Unix ms until which the key is not served (`POST /key/{id}/exhausted`).
+    #[serde(default)]
+    pub exhausted_until_ms: Option<i64>,
+    /// Why a report of 401, 402 or 403 disabled the key (it is then not `active`).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Unix ms until which the whole key cools.
+    #[serde(default)]
+    pub cooldown_until_ms: Option<i64>,
+    /// Cooldowns the whole key's current run of failures has started.
+    #[serde(default)]
+    pub backoff_level: u8,
+    /// Per feature: its cooldown and backoff level.
+    #[serde(default)]
+    pub cooldowns: BTreeMap<String, CooldownRecord>,
+    /// 5xx answers and timeouts reported since the last success.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+}
+
+/// A feature's cooldown on a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownRecord {
+    /// Unix ms; `None` once ended, while its level is kept.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    #[serde(default)]
+    pub level: u8,
 }
 
 /// A consumer: a service with its own token, drawing keys only from its scoped tiers.
@@ -90,6 +118,10 @@ pub struct UsageRecord {
     pub consumer_id: Option<String>,
     pub feature: String,
     pub created_at_ms: i64,
+    /// For a change to the key's health (`report 429`, `exhausted`), what it was; `None` for a
+    /// served key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// The first answer to an admin write sent with an idempotency key, kept (by that key) for as

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::WriteError;
 use super::idempotency::{Answer, Keyed, Once};
+use super::ops::{Exhaustion, HealthReport, Reported};
 use super::request::{Call, OnceCall, Request};
 use crate::broker::{Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec};
 use crate::store::{Snapshot, UsageRecord};
@@ -83,6 +84,17 @@ impl Writer {
         self.ask(Request::DeleteKey, id).await
     }
 
+    /// Applies a report of what the provider answered for a key; answers once it is durable
+    /// and in effect.
+    pub async fn report(&self, report: HealthReport) -> Result<Reported, WriteError> {
+        self.ask(Request::Report, report).await
+    }
+
+    /// Sets (or, with a time past, clears) a key's exhaustion.
+    pub async fn exhaust(&self, exhaustion: Exhaustion) -> Result<Reported, WriteError> {
+        self.ask(Request::Exhaust, exhaustion).await
+    }
+
     /// Creates a consumer; answers with it and its token, which exists nowhere else afterwards.
     /// With `once`, at most once per idempotency key (a replay has no token to give).
     pub async fn create_consumer(
@@ -128,7 +140,8 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Asks the writer to take expired keys out of the rotation, without waiting.
+    /// Asks the writer to take expired keys out of the rotation and let keys whose cooldown or
+    /// exhaustion ended be available again, without waiting.
     pub fn expire_keys(&self) {
         self.nudge(Request::ExpireKeys);
     }

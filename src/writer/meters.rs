@@ -34,6 +34,8 @@ kinds! {
     UpdateTier => "update_tier",
     AddKey => "add_key",
     DeleteKey => "delete_key",
+    ReportHealth => "report_health",
+    Exhaust => "exhaust_key",
     CreateConsumer => "create_consumer",
     AddScope => "add_scope",
     DeleteConsumer => "delete_consumer",

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::WriteError;
 use super::idempotency::{Answer, Keyed};
 use super::meters::{CommandSeries, Kind};
-use super::ops::Reservation;
+use super::ops::{Exhaustion, HealthReport, Reported, Reservation};
 use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
 use crate::store::{Snapshot, StoreError, UsageRecord};
 
@@ -120,6 +120,10 @@ pub(super) enum Request {
     /// the hot path's reservation requests included.
     AddKey(OnceCall<Box<NewKey>, Arc<KeyEntry>>),
     DeleteKey(Call<String, ()>),
+    /// What the provider answered for a key (`POST /key/{id}/report`).
+    Report(Call<HealthReport, Reported>),
+    /// Sets or clears a key's exhaustion (`POST /key/{id}/exhausted`).
+    Exhaust(Call<Exhaustion, Reported>),
     /// Answers with the consumer's token, which exists nowhere else afterwards.
     CreateConsumer(OnceCall<NewConsumer, NewlyCreated>),
     /// The consumer's id and the tier it may draw from.
@@ -131,7 +135,8 @@ pub(super) enum Request {
     Reserve(Call<Arc<str>, Option<Reservation>>),
     /// Write the queued audit events.
     FlushAudit(Call<(), ()>),
-    /// Take expired keys out of the rotation (every batch does; this one has nothing else).
+    /// Take expired keys out of the rotation and let keys whose cooldown or exhaustion ended be
+    /// available again (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
     /// Save the running time (every batch does; this one has nothing else).
     SaveRunningTime(Call<(), ()>),
@@ -149,6 +154,8 @@ impl Request {
             Request::UpdateTier(call) => call.finish(Kind::UpdateTier, failure, meters),
             Request::AddKey(call) => call.finish(Kind::AddKey, failure, meters),
             Request::DeleteKey(call) => call.finish(Kind::DeleteKey, failure, meters),
+            Request::Report(call) => call.finish(Kind::ReportHealth, failure, meters),
+            Request::Exhaust(call) => call.finish(Kind::Exhaust, failure, meters),
             Request::CreateConsumer(call) => call.finish(Kind::CreateConsumer, failure, meters),
             Request::AddScope(call) => call.finish(Kind::AddScope, failure, meters),
             Request::DeleteConsumer(call) => call.finish(Kind::DeleteConsumer, failure, meters),

@@ -200,6 +200,7 @@ fn large_database(path: &Path, key_hex: &str, megabytes: usize) {
             consumer_id: None,
             feature: "chat".into(),
             created_at_ms: 1,
+            event: None,
         })
         .collect();
     batch.append_usage(&events, u64::MAX).unwrap();

@@ -2,10 +2,13 @@
 //! and one write transaction, committed together by the writer thread.
 
 mod consumers;
+mod health;
 mod keys;
 mod tiers;
 mod usage;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use metrics::Histogram;
@@ -13,10 +16,11 @@ use metrics::Histogram;
 use super::change_log::Change;
 use super::idempotency::apply_once;
 use super::request::Request;
-use crate::broker::{AuditLog, Catalog, Clock, Dirty};
+use crate::broker::{AuditLog, Catalog, Clock, Dirty, HealthPolicy, HealthState, KeyEntry, Now};
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
+pub use health::{Exhaustion, HealthReport, Recovery, Reported};
 pub(super) use usage::Reservation;
 pub use usage::reserve_all;
 
@@ -33,6 +37,10 @@ pub(super) struct Staging<'a> {
     /// Unix ms given to the last key created: creation times are kept strictly increasing so
     /// that keys rotate in the order they were added, even within one millisecond.
     last_created_ms: &'a mut i64,
+    policy: HealthPolicy,
+    /// Keys whose health the batch changed, by id, with their new health: published to each
+    /// key once the batch has committed.
+    health: HashMap<Arc<str>, (Arc<KeyEntry>, HealthState)>,
 }
 
 /// A committed batch: the catalog it leads to, the features it touched, and the changes to log.
@@ -40,6 +48,19 @@ pub(super) struct Staged {
     pub(super) catalog: Catalog,
     pub(super) dirty: Dirty,
     pub(super) changes: Vec<Change>,
+    /// Health to publish to these keys, now committed.
+    pub(super) health: Vec<(Arc<KeyEntry>, HealthState)>,
+}
+
+impl Staged {
+    /// Gives each key whose health the batch changed its new health (before the next snapshot
+    /// is published, so its rebuilt pools see it).
+    pub(super) fn publish_health(&mut self, clock: &Clock) {
+        let now = Now::read(clock);
+        for (key, health) in self.health.drain(..) {
+            key.health.publish(health, now);
+        }
+    }
 }
 
 impl<'a> Staging<'a> {
@@ -51,6 +72,7 @@ impl<'a> Staging<'a> {
         sealer: &'a Sealer,
         audit: Option<&'a AuditLog>,
         last_created_ms: &'a mut i64,
+        policy: HealthPolicy,
     ) -> Self {
         Self {
             catalog: catalog.clone(),
@@ -61,6 +83,8 @@ impl<'a> Staging<'a> {
             sealer,
             audit,
             last_created_ms,
+            policy,
+            health: HashMap::new(),
         }
     }
 
@@ -75,6 +99,8 @@ impl<'a> Staging<'a> {
                 call.stage(|keyed| apply_once(self, keyed, |s, key| keys::add_key(s, key)))
             }
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
+            Request::Report(call) => call.stage(|report| health::report(self, report)),
+            Request::Exhaust(call) => call.stage(|exhaustion| health::exhaust(self, exhaustion)),
             Request::CreateConsumer(call) => {
                 call.stage(|keyed| apply_once(self, keyed, consumers::create_consumer))
             }
@@ -87,7 +113,8 @@ impl<'a> Staging<'a> {
             Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
-            // Every batch takes expired keys out when it commits; this request asks nothing more.
+            // Every batch takes expired keys out, and lets keys whose health deadlines ended be
+            // available again, when it commits; this request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
             // Every batch saves the running time when it commits.
             Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
@@ -96,15 +123,17 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Takes expired keys out of the rotation, saves the running time and commits durably,
-    /// timing the commit.
-    pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
+    /// Takes expired keys out of the rotation, lets keys whose health deadlines ended be
+    /// available again, saves the running time and commits durably, timing the commit.
+    pub(super) fn commit(mut self, commit_time: &Histogram) -> Result<Staged, StoreError> {
+        health::recover_due(&mut self);
         let Self {
             mut catalog,
             mut dirty,
             changes,
             txn,
             clock,
+            health,
             ..
         } = self;
         // Expired keys leave the rotation with whatever batch comes first.
@@ -117,6 +146,7 @@ impl<'a> Staging<'a> {
             catalog,
             dirty,
             changes,
+            health: health.into_values().collect(),
         })
     }
 

@@ -9,7 +9,7 @@ use crate::store::{Batch, KeyRecord, Store, UsageRecord};
 use crate::writer::WriteError;
 
 /// Audit events kept on disk; older ones are dropped as new ones arrive.
-const AUDIT_RETENTION: u64 = 100_000;
+pub(super) const AUDIT_RETENTION: u64 = 100_000;
 
 /// A reservation written into the batch, to publish once it is committed.
 pub(in crate::writer) struct Reservation {
@@ -55,6 +55,7 @@ pub(super) fn flush_audit(s: &mut Staging<'_>) -> Result<(), WriteError> {
             consumer_id: event.consumer_id.map(|id| id.to_string()),
             feature: event.feature.to_string(),
             created_at_ms: event.at_unix_ms,
+            event: None,
         })
         .collect();
     s.txn.append_usage(&records, AUDIT_RETENTION)?;

@@ -1,0 +1,168 @@
+//! Key health: `POST /key/{id}/report` (what the provider answered) and
+//! `POST /key/{id}/exhausted` (not to be served until a time). The admin token, or a consumer
+//! token for keys of its scoped tiers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::AppState;
+use super::admin::{json, rfc3339};
+use super::auth::{bearer, is_admin};
+use super::error::ApiError;
+use super::json::JsonBody;
+use crate::broker::{
+    Catalog, Consumer, ExhaustedBody, KeyEntry, KeyHealth, Now, Outcome, ReportBody,
+};
+use crate::crypto::token_hash;
+use crate::writer::{Exhaustion, HealthReport};
+
+/// Who reports: the admin, or an active consumer (by its token). Extracted before the body is
+/// read, so a request without a valid token is 401 whatever it carries.
+pub enum Reporter {
+    Admin,
+    Consumer(Arc<Consumer>),
+}
+
+impl FromRequestParts<AppState> for Reporter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        if is_admin(token, app.admin_token()) {
+            return Ok(Reporter::Admin);
+        }
+        let snapshot = app.pool().load();
+        let scoped = snapshot
+            .consumer(&token_hash(token))
+            .ok_or(ApiError::Unauthorized("invalid token"))?;
+        Ok(Reporter::Consumer(Arc::clone(&scoped.consumer)))
+    }
+}
+
+impl Reporter {
+    /// The id the audit trail names (`None`: the admin).
+    fn id(&self) -> Option<Arc<str>> {
+        match self {
+            Reporter::Admin => None,
+            Reporter::Consumer(consumer) => Some(Arc::clone(&consumer.id)),
+        }
+    }
+
+    /// The key `id`, if this reporter may act on it: 404 unknown, 403 outside a consumer's
+    /// tiers.
+    fn key<'c>(&self, catalog: &'c Catalog, id: &str) -> Result<&'c Arc<KeyEntry>, ApiError> {
+        let key = catalog
+            .key(id)
+            .ok_or_else(|| ApiError::NotFound(format!("key not found: {id}")))?;
+        match self {
+            Reporter::Consumer(consumer) if !consumer.scopes.contains(&key.info.tier_id) => Err(
+                ApiError::Forbidden("key not in this consumer's tiers".into()),
+            ),
+            _ => Ok(key),
+        }
+    }
+}
+
+/// `{"key_id","state","until","cooldowns"}`.
+#[derive(Serialize)]
+struct HealthView<'a> {
+    key_id: &'a str,
+    state: &'static str,
+    until: Option<String>,
+    cooldowns: BTreeMap<&'a str, String>,
+}
+
+fn health_view<'a>(key: &'a KeyEntry, health: &'a KeyHealth) -> HealthView<'a> {
+    HealthView {
+        key_id: &key.info.id,
+        state: health.state.as_str(),
+        until: health.until_ms.map(rfc3339),
+        cooldowns: health
+            .cooldowns
+            .iter()
+            .map(|(feature, until)| (&**feature, rfc3339(*until)))
+            .collect(),
+    }
+}
+
+pub async fn report(
+    reporter: Reporter,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReportBody>,
+) -> Result<Response, ApiError> {
+    let now = Now::read(app.pool().clock());
+    let report = body.parse(now.unix_ms)?;
+    let snapshot = app.pool().load();
+    let key = reporter.key(&snapshot.catalog, &id)?;
+    let feature = match report.feature {
+        None => None,
+        Some(feature) => Some(listed_feature(&snapshot.catalog, key, &feature)?),
+    };
+    // A success for a key with no failure run changes nothing durable: answered from memory.
+    if report.outcome == Outcome::Success && !key.health.in_failure_run() {
+        app.pool().reports().count(report.outcome);
+        let health = key.health_at(&key.health.state(), now);
+        return Ok(json(StatusCode::OK, &health_view(key, &health)));
+    }
+    let reported = app
+        .writer()
+        .report(HealthReport {
+            key_id: id,
+            reporter: reporter.id(),
+            outcome: report.outcome,
+            feature,
+        })
+        .await?;
+    app.pool().reports().count(report.outcome);
+    Ok(json(
+        StatusCode::OK,
+        &health_view(&reported.key, &reported.health),
+    ))
+}
+
+/// The key's tier's own name of `feature`: 400 if the tier does not list it.
+fn listed_feature(catalog: &Catalog, key: &KeyEntry, feature: &str) -> Result<Arc<str>, ApiError> {
+    catalog
+        .tier_by_id(&key.info.tier_id)
+        .and_then(|tier| tier.features.get_key_value(feature))
+        .map(|(name, _)| Arc::clone(name))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("the key's tier does not list feature {feature}"))
+        })
+}
+
+/// `{"status":"exhausted","until"}`, as the Go service answers.
+#[derive(Serialize)]
+struct ExhaustedView {
+    status: &'static str,
+    until: String,
+}
+
+pub async fn exhausted(
+    reporter: Reporter,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ExhaustedBody>,
+) -> Result<Response, ApiError> {
+    let until_ms = body.parse(app.pool().clock().unix_now_ms())?;
+    reporter.key(&app.pool().load().catalog, &id)?;
+    app.writer()
+        .exhaust(Exhaustion {
+            key_id: id,
+            reporter: reporter.id(),
+            until_ms,
+        })
+        .await?;
+    let view = ExhaustedView {
+        status: "exhausted",
+        until: rfc3339(until_ms),
+    };
+    Ok(json(StatusCode::OK, &view))
+}
