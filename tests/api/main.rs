@@ -10,6 +10,7 @@ mod disk;
 mod files;
 mod fuzz_json;
 mod hardening;
+mod health;
 mod helpers;
 mod idempotency;
 mod key;
