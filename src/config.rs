@@ -552,6 +552,22 @@ mod tests {
         assert_eq!(config.limits, ConnectionLimits::default());
         assert_eq!(config.hardening, hardening::Options::default());
         assert_eq!(
+            config.key_health,
+            KeyHealthSettings {
+                cooldown_max_seconds: 300,
+                failure_threshold: 3
+            }
+        );
+        s.cooldown_max = Some("60".into());
+        s.failure_threshold = Some("1".into());
+        assert_eq!(
+            s.key_health(),
+            Ok(KeyHealthSettings {
+                cooldown_max_seconds: 60,
+                failure_threshold: 1
+            })
+        );
+        assert_eq!(
             s.log().unwrap(),
             LogConfig {
                 level: tracing::Level::INFO,
@@ -673,6 +689,22 @@ mod tests {
             (
                 Box::new(|s| s.mlock = Some("2".into())),
                 "MLOCK must be on or off",
+            ),
+            (
+                Box::new(|s| s.cooldown_max = Some("0".into())),
+                "COOLDOWN_MAX must be an integer from 1 to 86400",
+            ),
+            (
+                Box::new(|s| s.cooldown_max = Some("86401".into())),
+                "COOLDOWN_MAX must be an integer from 1 to 86400",
+            ),
+            (
+                Box::new(|s| s.failure_threshold = Some("1001".into())),
+                "FAILURE_THRESHOLD must be an integer from 1 to 1000",
+            ),
+            (
+                Box::new(|s| s.failure_threshold = Some("three".into())),
+                "FAILURE_THRESHOLD must be an integer from 1 to 1000",
             ),
         ];
         for (change, expected) in cases.into_iter().chain(more) {

@@ -253,6 +253,53 @@ mod tests {
         assert!(served_id(&pool, "chat").is_some());
     }
 
+    /// Cooling keys are skipped; once every key cools, the pool remembers the earliest end and
+    /// refuses until then without looking at its keys again (as a spent pool does), so only a
+    /// rebuild makes a key freed early servable before it.
+    #[test]
+    fn cooling_keys_are_skipped_and_an_all_cooling_pool_refuses_in_one_load() {
+        use crate::broker::{Backoff, HealthState, Now};
+        let (pool, hand) = pool_with(2, 1_000);
+        let now = Now::read(pool.clock());
+        let cool = |id: &str, ms: u64| {
+            let state = HealthState {
+                key: Backoff {
+                    until: Some(now.after(ms)),
+                    level: 1,
+                },
+                ..HealthState::default()
+            };
+            pool.load()
+                .catalog
+                .key(id)
+                .unwrap()
+                .health
+                .publish(state, now);
+        };
+        cool("k0", 5_000);
+        for _ in 0..3 {
+            assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        }
+        cool("k1", 2_000);
+        let snapshot = pool.load();
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 2_000),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // k1 freed without a rebuild: the pool still refuses on what it remembered.
+        let key = snapshot.catalog.key("k1").unwrap();
+        key.health.publish(HealthState::default(), now);
+        assert_eq!(served_id(&pool, "chat"), None);
+        let mut catalog = snapshot.catalog.clone();
+        let dirty = catalog.features();
+        pool.publish(catalog, &dirty);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        // k0 comes back by itself at its deadline.
+        hand.advance_ms(5_000);
+        let served: Vec<_> = (0..2).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert!(served.contains(&"k0".to_owned()), "{served:?}");
+    }
+
     #[test]
     fn a_rebuild_keeps_the_counts_of_open_windows() {
         let (pool, _) = pool_with(1, 2);
