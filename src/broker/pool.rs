@@ -290,7 +290,7 @@ mod tests {
         let key = snapshot.catalog.key("k1").unwrap();
         key.health.publish(HealthState::default(), now);
         assert_eq!(served_id(&pool, "chat"), None);
-        let mut catalog = snapshot.catalog.clone();
+        let catalog = snapshot.catalog.clone();
         let dirty = catalog.features();
         pool.publish(catalog, &dirty);
         assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));

@@ -336,11 +336,6 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         active: info.active,
         created_at_ms: info.created_at_ms,
         expires_at_ms: info.expires_at_ms,
-        usage_limit: None,
-        usage_window_seconds: None,
-        usage_count: 0,
-        usage_window_start_ms: None,
-        usage_window_end_running_ms: None,
         metadata: plain.metadata.clone(),
         value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
         secrets: plain
@@ -353,11 +348,6 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
                 )
             })
             .collect(),
-        exhausted_until_ms: None,
-        disabled_reason: None,
-        cooldown_until_ms: None,
-        backoff_level: 0,
-        cooldowns: BTreeMap::new(),
-        consecutive_failures: 0,
+        ..KeyRecord::default()
     }
 }

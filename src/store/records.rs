@@ -14,7 +14,7 @@ use super::StoreError;
 use crate::crypto::{SIGNATURE_LEN, Signer, fields};
 
 /// Bytes stored as lowercase hex inside a record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Hex(#[serde(with = "hex")] pub Vec<u8>);
 
@@ -34,7 +34,9 @@ pub struct TierRecord {
     pub features: BTreeMap<String, LimitRecord>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` (no value, no tier) is only a base to fill: every field a record needs is set by
+/// whoever writes one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,

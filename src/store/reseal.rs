@@ -150,12 +150,7 @@ mod tests {
                 "org".to_string(),
                 Hex(sealer.seal(b"org-1", &secret_aad(id, "org"))),
             )]),
-            exhausted_until_ms: None,
-            disabled_reason: None,
-            cooldown_until_ms: None,
-            backoff_level: 0,
-            cooldowns: BTreeMap::new(),
-            consecutive_failures: 0,
+            ..KeyRecord::default()
         }
     }
 

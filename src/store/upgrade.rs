@@ -164,12 +164,7 @@ mod tests {
                     ((*name).to_owned(), Hex(sealed))
                 })
                 .collect(),
-            exhausted_until_ms: None,
-            disabled_reason: None,
-            cooldown_until_ms: None,
-            backoff_level: 0,
-            cooldowns: BTreeMap::new(),
-            consecutive_failures: 0,
+            ..KeyRecord::default()
         }
     }
 

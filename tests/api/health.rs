@@ -32,20 +32,26 @@ async fn report(app: &TestApp, id: &str, body: Value) -> Value {
     answer
 }
 
+/// Reports `body` for key `id` and checks the cooldown ends at `expected`.
+async fn cools_until(app: &TestApp, id: &str, body: Value, expected: &str) {
+    assert_eq!(report(app, id, body).await["until"], expected, "{id}");
+}
+
 async fn exhausted(app: &TestApp, id: &str, until: &str) -> reqwest::Response {
     app.post(&format!("/key/{id}/exhausted"), &json!({ "until": until }))
         .await
 }
 
+/// The entry of key `id` in a `GET /admin/keys` answer.
+fn entry_of(keys: &Value, id: &str) -> Value {
+    let entry = keys.as_array().unwrap().iter().find(|key| key["id"] == id);
+    entry.cloned().unwrap()
+}
+
 /// The listing entry of key `id`.
 async fn listed(app: &TestApp, id: &str) -> Value {
     let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
-    keys.as_array()
-        .unwrap()
-        .iter()
-        .find(|key| key["id"] == id)
-        .cloned()
-        .unwrap()
+    entry_of(&keys, id)
 }
 
 /// `GET /key` for `feature`: the id served, or the `Retry-After` of the 429.
@@ -102,19 +108,16 @@ async fn a_429_cools_the_key_with_exponential_backoff_and_it_comes_back_by_itsel
         served.insert(draw(&app, "chat").await.unwrap());
     }
     assert!(served.contains(&a), "{served:?}");
-    let answer = report(&app, &a, json!({"status": 429})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:03Z");
+    cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:03Z").await;
     app.clock.advance_ms(2_000);
-    let answer = report(&app, &a, json!({"status": 429})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:07Z");
+    cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:07Z").await;
 
     // A success ends the run: the next 429 cools for a second again. The success itself does
     // not cut the running cooldown short (the provider's word on it holds).
     let answer = report(&app, &a, json!({"status": 200})).await;
     assert_eq!(answer["state"], "cooling");
     app.clock.advance_ms(4_000);
-    let answer = report(&app, &a, json!({"status": 429})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:08Z");
+    cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:08Z").await;
 }
 
 #[tokio::test]
@@ -143,31 +146,34 @@ async fn twenty_concurrent_429_reports_escalate_the_backoff_once() {
     }
     // The next cooldown is the second of the run (2 s), not the twenty-first.
     app.clock.advance_ms(1_000);
-    let answer = report(&app, &a, json!({"status": 429})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:03Z");
+    cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:03Z").await;
 }
 
 #[tokio::test]
 async fn retry_after_in_seconds_or_as_an_http_date_sets_the_cooldown() {
     let (app, a, b) = two_keys().await;
-    let answer = report(&app, &a, json!({"status": 429, "retry_after": 30})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:30Z");
-    let answer = report(
-        &app,
-        &b,
-        json!({"status": 429, "retry_after": "Mon, 01 Jun 2026 00:01:30 GMT"}),
-    )
-    .await;
-    assert_eq!(answer["until"], "2026-06-01T00:01:30Z");
-    // Every key cools: the refusal says when the first comes back.
-    assert_eq!(draw(&app, "chat").await, Err("30".into()));
-    // Floored at a second, capped at COOLDOWN_MAX (300 s).
-    app.clock.advance_ms(30_000);
-    let answer = report(&app, &a, json!({"status": 429, "retry_after": 0})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:00:31Z");
-    app.clock.advance_ms(1_000);
-    let answer = report(&app, &a, json!({"status": 429, "retry_after": 86_400})).await;
-    assert_eq!(answer["until"], "2026-06-01T00:05:31Z");
+    // (key, ms to let pass first, retry_after, the cooldown's end)
+    let cases = [
+        (&a, 0, json!(30), "2026-06-01T00:00:30Z"),
+        (
+            &b,
+            0,
+            json!("Mon, 01 Jun 2026 00:01:30 GMT"),
+            "2026-06-01T00:01:30Z",
+        ),
+        // Floored at a second, capped at COOLDOWN_MAX (300 s).
+        (&a, 30_000, json!(0), "2026-06-01T00:00:31Z"),
+        (&a, 1_000, json!(86_400), "2026-06-01T00:05:31Z"),
+    ];
+    for (n, (key, pass_ms, retry_after, end)) in cases.into_iter().enumerate() {
+        app.clock.advance_ms(pass_ms);
+        let body = json!({"status": 429, "retry_after": retry_after});
+        cools_until(&app, key, body, end).await;
+        if n == 1 {
+            // Every key cools: the refusal says when the first comes back.
+            assert_eq!(draw(&app, "chat").await, Err("30".into()));
+        }
+    }
     let bad = report_as(
         &app,
         ADMIN_TOKEN,
@@ -470,12 +476,7 @@ async fn add_keys(app: &TestApp, n: usize) -> Vec<String> {
 fn listed_on(server: &Server, id: &str) -> Value {
     let (status, keys) = server.request("GET", "/admin/keys", None).unwrap();
     assert_eq!(status, 200);
-    keys.as_array()
-        .unwrap()
-        .iter()
-        .find(|key| key["id"] == id)
-        .cloned()
-        .unwrap()
+    entry_of(&keys, id)
 }
 
 fn start(dir: &Path, key: &str, port: u16) -> Server {
