@@ -354,11 +354,15 @@ impl std::fmt::Debug for Health {
     }
 }
 
+/// The health of every key nothing was reported of, shared: a healthy key costs no allocation
+/// of its own (a pool may hold millions).
+static HEALTHY: std::sync::LazyLock<Arc<HealthState>> = std::sync::LazyLock::new(Arc::default);
+
 impl Default for Health {
     fn default() -> Self {
         Self {
             word: AtomicU64::new(0),
-            state: ArcSwap::from_pointee(HealthState::default()),
+            state: ArcSwap::new(Arc::clone(&HEALTHY)),
         }
     }
 }
@@ -367,7 +371,9 @@ impl Health {
     /// A key's health as it was stored, judged at `now`.
     pub fn new(state: HealthState, now: Now) -> Self {
         let health = Self::default();
-        health.publish(state, now);
+        if state != **HEALTHY {
+            health.publish(state, now);
+        }
         health
     }
 
