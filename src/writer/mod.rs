@@ -31,7 +31,7 @@ use crate::store::StoreError;
 
 pub use handle::Writer;
 pub use idempotency::{Answer, Idempotency, IdempotencyKey, Once, StoredAnswer};
-pub use ops::{Exhaustion, HealthReport, Recovery, Reported, reserve_all};
+pub use ops::{Exhaustion, HealthReport, Reported, reserve_all};
 pub use thread::{WriterThread, spawn};
 
 #[derive(Debug, thiserror::Error)]

@@ -40,7 +40,7 @@ pub struct Reported {
 
 /// Why a key became available again.
 #[derive(Clone, Copy, Debug)]
-pub enum Recovery {
+pub(in crate::writer) enum Recovery {
     /// Its exhaustion was cleared or brought forward.
     Cleared,
     /// A cooldown or exhaustion ended by itself.

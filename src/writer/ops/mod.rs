@@ -20,7 +20,7 @@ use crate::broker::{AuditLog, Catalog, Clock, Dirty, HealthPolicy, HealthState, 
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
-pub use health::{Exhaustion, HealthReport, Recovery, Reported};
+pub use health::{Exhaustion, HealthReport, Reported};
 pub(super) use usage::Reservation;
 pub use usage::reserve_all;
 
