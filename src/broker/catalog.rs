@@ -26,6 +26,10 @@ pub struct Catalog {
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
+    /// The members of keys out of their rosters (made inactive, or expired) with the counters
+    /// they had, by key id: a key made active again (or given a later expiry) goes on counting
+    /// its open windows instead of starting them afresh.
+    parked: imbl::HashMap<Arc<str>, Member>,
 }
 
 /// The features whose candidate lists a change touched.
@@ -163,6 +167,13 @@ impl Catalog {
                     .map(|member| member.refeatured(&old, &tier))
                     .collect();
             }
+            if !same_features {
+                for (_, member) in self.parked.iter_mut() {
+                    if member.entry.info.tier_id == tier.id {
+                        *member = member.refeatured(&old, &tier);
+                    }
+                }
+            }
         }
         self.tier_names
             .insert(Arc::clone(&tier.id), Arc::clone(&tier.name));
@@ -170,14 +181,47 @@ impl Catalog {
         dirty
     }
 
-    /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
+    /// Adds a key (its tier must be in the catalog) or replaces the one with the same id, with
+    /// fresh counters.
     pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
+        self.put_member(entry, None)
+    }
+
+    /// Replaces the key with the same id, tier and creation time by `entry`, keeping its live
+    /// counters: the uses counted in its open windows go on counting, whether it stays active,
+    /// is made inactive (its counters are parked) or active again.
+    pub fn replace_key(&mut self, entry: KeyEntry) -> Dirty {
+        let kept = self.take_member(&entry.info.id);
+        self.put_member(entry, kept)
+    }
+
+    /// Takes a key's member (its counters) out of its roster or out of the parked ones.
+    fn take_member(&mut self, id: &str) -> Option<Member> {
+        if let Some(member) = self.parked.remove(id) {
+            return Some(member);
+        }
+        let order = self.key_orders.get(id)?;
+        let tier_id = &self.keys.get(order)?.info.tier_id;
+        let roster = self.tier_keys.get_mut(tier_id)?;
+        let at = position(roster, (order.0, &order.1)).ok()?;
+        Some(roster.remove(at))
+    }
+
+    fn put_member(&mut self, entry: KeyEntry, kept: Option<Member>) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
         if !entry.info.active {
+            // Only a key that had counters parks them: one added inactive has none to keep.
+            if let Some(kept) = kept {
+                self.parked
+                    .insert(Arc::clone(&entry.info.id), kept.with_entry(entry));
+            }
             return dirty;
         }
+        let member = match kept {
+            Some(kept) => kept.with_entry(Arc::clone(&entry)),
+            None => Member::new(Arc::clone(&entry), &tier),
+        };
         self.note_expiry(&entry);
-        let member = Member::new(entry, &tier);
         let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
         match position(roster, member.order()) {
             Ok(at) => {
@@ -278,19 +322,16 @@ impl Catalog {
             }) else {
                 continue;
             };
-            dirty.extend(self.leave_roster(&tier_id, &order));
+            if let Some(member) = self.take_member(&id) {
+                self.parked.insert(id, member);
+            }
+            dirty.extend(self.features_of(&tier_id));
         }
         dirty
     }
 
-    /// Takes the key at `order` out of its tier's roster, if it is there; returns the features
-    /// of the tier.
-    fn leave_roster(&mut self, tier_id: &str, order: &KeyOrder) -> Dirty {
-        if let Some(roster) = self.tier_keys.get_mut(tier_id)
-            && let Ok(at) = position(roster, (order.0, &order.1))
-        {
-            roster.remove(at);
-        }
+    /// The features of a tier (none if it is gone).
+    fn features_of(&self, tier_id: &str) -> Dirty {
         self.tier_by_id(tier_id)
             .map(|tier| tier.features.keys().cloned().collect())
             .unwrap_or_default()
@@ -298,6 +339,8 @@ impl Catalog {
 
     /// Removes a key if present; returns the features it was a candidate for.
     pub fn remove_key(&mut self, id: &str) -> Dirty {
+        // Out of its roster (or the parked ones) first: that looks the key up by its order.
+        self.take_member(id);
         let Some(order) = self.key_orders.remove(id) else {
             return Dirty::new();
         };
@@ -307,6 +350,22 @@ impl Catalog {
         if let Some(at) = entry.info.expires_at_ms {
             self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
         }
-        self.leave_roster(&entry.info.tier_id, &order)
+        self.features_of(&entry.info.tier_id)
+    }
+
+    /// Removes a tier that has no keys left; returns the features it listed.
+    pub fn remove_tier(&mut self, id: &str) -> Dirty {
+        debug_assert!(self.keys().all(|key| &*key.info.tier_id != id));
+        let dirty = self.features_of(id);
+        if let Some(name) = self.tier_names.remove(id) {
+            self.tiers.remove(&name);
+        }
+        self.tier_keys.remove(id);
+        dirty
+    }
+
+    /// Whether any key, active or not, belongs to the tier.
+    pub fn tier_has_keys(&self, id: &str) -> bool {
+        self.keys().any(|key| &*key.info.tier_id == id)
     }
 }

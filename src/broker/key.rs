@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::usage::UsageCap;
@@ -84,8 +85,29 @@ impl AsRef<[u8]> for ZeroizingBody {
     }
 }
 
+/// What the admin listing shows of a key's plaintext, read back from its `GET /key` body: the
+/// metadata, and the names of its secrets (never a value: the value and the secrets' values are
+/// skipped by the parser, not copied).
+#[derive(Deserialize)]
+pub struct Described {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<String, IgnoredAny>,
+}
+
+impl Described {
+    /// The secrets' names, sorted.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+}
+
 impl KeyEntry {
     pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
+        Self::sharing(info, plain, usage.map(Arc::new))
+    }
+
+    /// A key whose usage cap, if any, is shared with the entry it replaces (its count goes on).
+    pub fn sharing(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<Arc<UsageCap>>) -> Self {
         let body = Body {
             key_id: &info.id,
             value: plain.value,
@@ -103,7 +125,7 @@ impl KeyEntry {
         debug_assert_eq!(buffer.len(), buffer.capacity());
         Self {
             info,
-            usage: usage.map(Arc::new),
+            usage,
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
@@ -139,6 +161,16 @@ impl KeyEntry {
     /// [`KeyEntry::servable`] at wall time `unix_ms`.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
         self.servable(|| unix_ms)
+    }
+
+    /// Whether the key has been found expired in this run.
+    pub fn found_expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Its metadata and the names of its secrets, for the admin listing.
+    pub fn described(&self) -> Described {
+        serde_json::from_slice(&self.body).expect("the body is the JSON this entry wrote")
     }
 
     /// Records that the key has expired: it is never served again in this run.

@@ -14,7 +14,9 @@ use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
-use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
+use crate::broker::{
+    Catalog, KeyBody, KeyEntry, KeyPatch, Limit, NewKey, Tier, TierBody, TierSpec,
+};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(status, to_json(body))
@@ -90,21 +92,50 @@ pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
     json(StatusCode::OK, &tiers)
 }
 
+/// The answer to `POST /admin/keys`: the seed's `id`, `name` and `tier`, and the fields the Go
+/// service's later versions added (`null` where not set; never a value or secret).
 #[derive(Serialize)]
 struct AddedKey<'a> {
     id: &'a str,
     name: &'a str,
     tier: &'a str,
+    expires_at: Option<String>,
+    usage_limit: Option<u32>,
+    usage_window_seconds: Option<u32>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// Sorted.
+    secret_names: Vec<String>,
 }
 
 fn key_added(key: &Arc<KeyEntry>, catalog: &Catalog) -> Answered {
     let tier = catalog.tier_by_id(&key.info.tier_id);
+    let cap = key.usage.as_deref();
+    let Described { metadata, secret_names } = described(key);
     let added = AddedKey {
         id: &key.info.id,
         name: &key.info.name,
         tier: tier.map_or("", |tier| &tier.name),
+        expires_at: key.info.expires_at_ms.map(rfc3339),
+        usage_limit: cap.map(|cap| cap.limit),
+        usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        metadata,
+        secret_names,
     };
     (StatusCode::CREATED, to_json(&added))
+}
+
+/// What the admin views show of a key's plaintext: its metadata and its secrets' names.
+struct Described {
+    metadata: serde_json::Map<String, serde_json::Value>,
+    secret_names: Vec<String>,
+}
+
+fn described(key: &KeyEntry) -> Described {
+    let described = key.described();
+    Described {
+        secret_names: described.secret_names().map(str::to_owned).collect(),
+        metadata: described.metadata,
+    }
 }
 
 pub async fn add_key(
@@ -143,6 +174,9 @@ struct KeyView<'a> {
     usage_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// Sorted; never a value.
+    secret_names: Vec<String>,
 }
 
 fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
@@ -156,6 +190,10 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         }
     });
     let tier = catalog.tier_by_id(&key.info.tier_id);
+    let Described {
+        metadata,
+        secret_names,
+    } = described(key);
     let usage = catalog
         .budgets(key, now)
         .map(|(feature, budget)| {
@@ -179,6 +217,8 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         usage_limit: cap.map(|cap| cap.limit),
         usage_count,
         usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        metadata,
+        secret_names,
     }
 }
 
@@ -191,6 +231,40 @@ pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
         .map(|key| key_view(&snapshot.catalog, key, now))
         .collect();
     json(StatusCode::OK, &keys)
+}
+
+/// The answer to `PATCH /admin/keys/{id}`: the key's listing entry, plus `key_id` (the Go
+/// service's answer names the key so).
+#[derive(Serialize)]
+struct PatchedKey<'a> {
+    key_id: &'a str,
+    #[serde(flatten)]
+    view: KeyView<'a>,
+}
+
+pub async fn patch_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let key = app.writer().patch_key(id, KeyPatch::try_from(body)?).await?;
+    let snapshot = app.pool().load();
+    let now = app.pool().clock().now_ms();
+    let patched = PatchedKey {
+        key_id: &key.info.id,
+        view: key_view(&snapshot.catalog, &key, now),
+    };
+    Ok(json(StatusCode::OK, &patched))
+}
+
+pub async fn delete_tier(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.writer().delete_tier(name).await?;
+    Ok(deleted())
 }
 
 pub async fn delete_key(

@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 use super::AppState;
 use super::admin::{deleted, json, to_json};
 use super::auth::Admin;
-use super::error::ApiError;
-use super::idempotency::{Answered, Retryable, respond, stored};
+use super::error::{ApiError, json_response};
+use super::idempotency::{Answered, Retryable, RetryableBodiless, respond, stored};
 use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
 
 #[derive(Serialize)]
@@ -121,4 +121,47 @@ pub async fn add_scope(
     let once = once.map(|once| once.answered_by(|done, at| stored(done, at, scoped)));
     let answer = app.writer().add_scope(id, scope, once).await?;
     Ok(respond(answer, &app.pool().load().catalog, scoped))
+}
+
+pub async fn remove_scope(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, tier)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let consumer = app.writer().remove_scope(id, tier).await?;
+    let (status, body) = scoped(&consumer, &app.pool().load().catalog);
+    Ok(json_response(status, body))
+}
+
+#[derive(Serialize)]
+struct Rotated<'a> {
+    id: &'a str,
+    /// Shown once: only its SHA-256 is stored.
+    token: &'a str,
+}
+
+fn rotated((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
+    let rotated = Rotated {
+        id: &consumer.id,
+        token,
+    };
+    (StatusCode::OK, to_json(&rotated))
+}
+
+/// What a retry with the rotation's idempotency key answers: the token is gone (only its hash
+/// was stored); rotating again (without the key) gives a new one.
+fn rotated_again((consumer, _): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
+    let replayed = serde_json::json!({"id": &*consumer.id, "replayed": true});
+    (StatusCode::OK, to_json(&replayed))
+}
+
+pub async fn rotate_token(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RetryableBodiless { once }: RetryableBodiless,
+) -> Result<Response, ApiError> {
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, rotated_again)));
+    let answer = app.writer().rotate_token(id, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, rotated))
 }

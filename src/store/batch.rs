@@ -34,6 +34,11 @@ impl Batch {
         Ok(())
     }
 
+    /// Removes a tier; `false` when there was none with that id.
+    pub fn delete_tier(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(TIERS)?.remove(id)?.is_some())
+    }
+
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let id = record.id.as_str();
         let stored = encode_signed(&self.signer, "keys", id, record);

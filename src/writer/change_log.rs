@@ -18,6 +18,21 @@ pub(super) enum Change {
         key: Arc<KeyEntry>,
         tier: Arc<str>,
     },
+    /// The names of the fields changed, never their values.
+    KeyUpdated {
+        key: Arc<KeyEntry>,
+        fields: Vec<&'static str>,
+    },
+    /// With how many consumers lost their scope to it.
+    TierDeleted {
+        tier: Arc<Tier>,
+        unscoped: usize,
+    },
+    ScopeRemoved {
+        consumer: Arc<Consumer>,
+        tier: Arc<str>,
+    },
+    TokenRotated(Arc<Consumer>),
     ConsumerCreated(Arc<Consumer>),
     ScopeAdded {
         consumer: Arc<Consumer>,
@@ -60,6 +75,29 @@ impl Change {
                 key = %key.info.name,
                 tier = %tier,
                 "key deleted"
+            ),
+            Change::KeyUpdated { key, fields } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                fields = %fields.join(","),
+                "key updated"
+            ),
+            Change::TierDeleted { tier, unscoped } => tracing::info!(
+                tier_id = %tier.id,
+                tier = %tier.name,
+                consumers_unscoped = unscoped,
+                "tier deleted"
+            ),
+            Change::ScopeRemoved { consumer, tier } => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                tier = %tier,
+                "consumer scope removed"
+            ),
+            Change::TokenRotated(consumer) => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                "consumer token rotated"
             ),
             Change::ConsumerCreated(consumer) => tracing::info!(
                 consumer_id = %consumer.id,

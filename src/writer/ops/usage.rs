@@ -81,7 +81,7 @@ pub(super) fn store_window(record: &mut KeyRecord, clock: &Clock, end_s: u32, wi
 
 /// Writes the next reservation of a capped key into `txn`; the caller publishes it with
 /// [`UsageCap::apply_reservation`] once the transaction is committed.
-fn write_reservation(
+pub(super) fn write_reservation(
     txn: &Batch,
     id: &str,
     cap: &UsageCap,

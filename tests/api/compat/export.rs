@@ -114,7 +114,10 @@ fn seed_export_at(now_ms: i64) {
     let db2 = src_dir.path().join("pool.redb");
     import_into(&from, &fixture_key(LATEST), &db2, ImportMode::Refuse).unwrap();
     let summary = export_at(&db2, &file, Schema::Seed, false, now_ms).unwrap();
-    assert_eq!(summary.expired_as_inactive, 1);
+    assert_eq!(
+        summary.written_inactive,
+        std::collections::BTreeMap::from([(keypooler::compat::Unservable::Expired, 1)])
+    );
     assert_eq!(
         summary.left_out,
         [
