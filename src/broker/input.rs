@@ -534,7 +534,10 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for KeyPatch {
     /// Unlike the `POST` bodies, a `PATCH` refuses a field it does not know: every field is
     /// optional, so a misspelt one would otherwise be a change silently not made.
     fn try_from(body: serde_json::Map<String, serde_json::Value>) -> Result<Self, Invalid> {
-        if let Some(name) = body.keys().find(|name| !PATCH_FIELDS.contains(&name.as_str())) {
+        if let Some(name) = body
+            .keys()
+            .find(|name| !PATCH_FIELDS.contains(&name.as_str()))
+        {
             return Err(unknown_field(name));
         }
         let mut patch = KeyPatch::default();

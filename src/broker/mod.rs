@@ -30,8 +30,8 @@ pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
 pub use input::{
-    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey, NewScope,
-    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
+    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
 pub use key::{Described, KeyEntry, KeyInfo, Plaintext};
 pub use outcomes::Outcomes;

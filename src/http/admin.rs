@@ -110,7 +110,10 @@ struct AddedKey<'a> {
 fn key_added(key: &Arc<KeyEntry>, catalog: &Catalog) -> Answered {
     let tier = catalog.tier_by_id(&key.info.tier_id);
     let cap = key.usage.as_deref();
-    let Described { metadata, secret_names } = described(key);
+    let Described {
+        metadata,
+        secret_names,
+    } = described(key);
     let added = AddedKey {
         id: &key.info.id,
         name: &key.info.name,
@@ -248,7 +251,10 @@ pub async fn patch_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
-    let key = app.writer().patch_key(id, KeyPatch::try_from(body)?).await?;
+    let key = app
+        .writer()
+        .patch_key(id, KeyPatch::try_from(body)?)
+        .await?;
     let snapshot = app.pool().load();
     let now = app.pool().clock().now_ms();
     let patched = PatchedKey {

@@ -86,7 +86,11 @@ impl Writer {
     }
 
     /// Changes a key in place, keeping its id and live counters.
-    pub async fn patch_key(&self, id: String, patch: KeyPatch) -> Result<Arc<KeyEntry>, WriteError> {
+    pub async fn patch_key(
+        &self,
+        id: String,
+        patch: KeyPatch,
+    ) -> Result<Arc<KeyEntry>, WriteError> {
         self.ask(Request::PatchKey, (id, Box::new(patch))).await
     }
 

@@ -7,13 +7,20 @@ use serde_json::json;
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, expect, expect_error};
 
-/// A path parameter's sample value.
+/// A path parameter's sample value (an id, or a tier's name).
 const SAMPLE_ID: &str = "00000000-0000-4000-8000-000000000000";
+/// Every path parameter the route table uses.
+const PARAMETERS: [&str; 3] = ["{id}", "{name}", "{tier}"];
 
 /// The route's path with sample values, and a plausible query and body: valid for every admin
 /// body (unknown fields are ignored), so a refusal can only come from the access rule.
 fn probe(app: &TestApp, route: &Route, token: Option<&str>, body: &str) -> RequestBuilder {
-    let path = route.path.replace("{id}", SAMPLE_ID);
+    let path = PARAMETERS
+        .iter()
+        .fold(route.path.to_owned(), |path, parameter| {
+            path.replace(parameter, SAMPLE_ID)
+        });
+    assert!(!path.contains('{'), "a parameter without a sample: {path}");
     let mut request = app
         .client
         .request(route.method.clone(), format!("{}{path}", app.address))

@@ -107,7 +107,6 @@ pub(super) fn rotate_token(
     s.txn.put_consumer(&consumer_record(&consumer))?;
     s.catalog.put_consumer(consumer);
     let consumer = Arc::clone(s.catalog.consumer(consumer_id).expect("just put"));
-    s.changes
-        .push(Change::TokenRotated(Arc::clone(&consumer)));
+    s.changes.push(Change::TokenRotated(Arc::clone(&consumer)));
     Ok((consumer, token))
 }

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use metrics::Histogram;
 
+use super::WriteError;
 use super::change_log::Change;
 use super::idempotency::apply_once;
-use super::WriteError;
 use super::request::Request;
 use crate::broker::{AuditLog, Catalog, Clock, Consumer, Dirty, Tier};
 use crate::crypto::Sealer;
@@ -76,9 +76,7 @@ impl<'a> Staging<'a> {
             Request::AddKey(call) => {
                 call.stage(|keyed| apply_once(self, keyed, |s, key| keys::add_key(s, key)))
             }
-            Request::PatchKey(call) => {
-                call.stage(|(id, patch)| keys::patch_key(self, id, patch))
-            }
+            Request::PatchKey(call) => call.stage(|(id, patch)| keys::patch_key(self, id, patch)),
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
             Request::DeleteTier(call) => call.stage(|name| tiers::delete_tier(self, name)),
             Request::CreateConsumer(call) => {
@@ -89,9 +87,9 @@ impl<'a> Staging<'a> {
                     consumers::add_scope(s, consumer_id, scope)
                 })
             }),
-            Request::RemoveScope(call) => call.stage(|(consumer_id, tier)| {
-                consumers::remove_scope(self, consumer_id, tier)
-            }),
+            Request::RemoveScope(call) => {
+                call.stage(|(consumer_id, tier)| consumers::remove_scope(self, consumer_id, tier))
+            }
             Request::RotateToken(call) => {
                 call.stage(|keyed| apply_once(self, keyed, |s, id| consumers::rotate_token(s, id)))
             }
