@@ -509,12 +509,11 @@ fn string<'a>(field: &str, value: &'a serde_json::Value) -> Result<&'a str, Inva
         .ok_or_else(|| Invalid(format!("{field} must be a string")))
 }
 
-/// An unknown field's name, for its error: repeated only when short and plain.
+/// An unknown field's name, for its error: repeated only when it looks like a field's name
+/// (short, lowercase letters and underscores), never when it could be a value sent by mistake
+/// (`{"sk-live-…": …}`).
 fn unknown_field(name: &str) -> Invalid {
-    let plain = name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let plain = name.len() <= 32 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
     if plain {
         Invalid(format!(
             "unknown field `{name}`; a key's PATCH takes {}",
