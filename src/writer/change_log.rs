@@ -28,15 +28,13 @@ pub(super) enum Change {
         tier: Arc<Tier>,
         unscoped: usize,
     },
-    ScopeRemoved {
-        consumer: Arc<Consumer>,
-        tier: Arc<str>,
-    },
     TokenRotated(Arc<Consumer>),
     ConsumerCreated(Arc<Consumer>),
-    ScopeAdded {
+    /// A consumer's scope to a tier added (`true`) or removed.
+    Scope {
         consumer: Arc<Consumer>,
         tier: Arc<str>,
+        added: bool,
     },
     ConsumerDeleted(Arc<Consumer>),
 }
@@ -88,12 +86,6 @@ impl Change {
                 consumers_unscoped = unscoped,
                 "tier deleted"
             ),
-            Change::ScopeRemoved { consumer, tier } => tracing::info!(
-                consumer_id = %consumer.id,
-                consumer = %consumer.name,
-                tier = %tier,
-                "consumer scope removed"
-            ),
             Change::TokenRotated(consumer) => tracing::info!(
                 consumer_id = %consumer.id,
                 consumer = %consumer.name,
@@ -104,11 +96,16 @@ impl Change {
                 consumer = %consumer.name,
                 "consumer created"
             ),
-            Change::ScopeAdded { consumer, tier } => tracing::info!(
+            Change::Scope {
+                consumer,
+                tier,
+                added,
+            } => tracing::info!(
                 consumer_id = %consumer.id,
                 consumer = %consumer.name,
                 tier = %tier,
-                "consumer scope added"
+                scope = if *added { "added" } else { "removed" },
+                "consumer scope changed"
             ),
             Change::ConsumerDeleted(consumer) => tracing::info!(
                 consumer_id = %consumer.id,

@@ -52,9 +52,10 @@ pub(super) fn add_scope(
             .consumer(consumer_id)
             .expect("the consumer exists"),
     );
-    s.changes.push(Change::ScopeAdded {
+    s.changes.push(Change::Scope {
         consumer: Arc::clone(&consumer),
         tier: Arc::clone(&tier.name),
+        added: true,
     });
     Ok(consumer)
 }
@@ -80,9 +81,10 @@ pub(super) fn remove_scope(
     if consumer.scopes.remove(&tier.id) {
         s.txn.put_consumer(&consumer_record(&consumer))?;
         s.catalog.put_consumer(consumer);
-        s.changes.push(Change::ScopeRemoved {
+        s.changes.push(Change::Scope {
             consumer: Arc::clone(s.catalog.consumer(consumer_id).expect("just put")),
             tier: Arc::clone(&tier.name),
+            added: false,
         });
     }
     Ok(Arc::clone(
