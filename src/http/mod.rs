@@ -11,10 +11,12 @@ mod exporter;
 mod idempotency;
 mod json;
 mod key;
+mod listing;
 mod request_metrics;
 mod routes;
 mod scrape;
 mod state;
+mod stream;
 
 pub use error::{ApiError, json_response};
 pub use exporter::{CONCURRENT_SCRAPES, PrometheusExporter};

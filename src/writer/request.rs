@@ -125,8 +125,9 @@ pub(super) enum Request {
     /// The consumer's id and the tier it may draw from.
     AddScope(OnceCall<(String, NewScope), Arc<Consumer>>),
     DeleteConsumer(Call<String, ()>),
-    /// Write the queued audit events, then read the newest ones.
-    RecentUsage(Call<usize, Vec<UsageRecord>>),
+    /// Write the queued audit events, then read the newest ones (how many, and before which
+    /// event id), with their ids.
+    RecentUsage(Call<(usize, Option<u64>), Vec<(u64, UsageRecord)>>),
     /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
     Reserve(Call<Arc<str>, Option<Reservation>>),
     /// Write the queued audit events.
