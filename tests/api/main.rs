@@ -16,6 +16,7 @@ mod key;
 mod keys;
 mod leak;
 mod listen;
+mod listings;
 mod metrics;
 mod persistence;
 mod poison;

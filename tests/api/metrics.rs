@@ -593,6 +593,75 @@ async fn per_key_series_give_way_to_tier_series_above_the_limit() {
     assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
 }
 
+/// The per-tier series are the per-key ones summed, tier by tier (read from each tier's
+/// rotation, not key by key), and the per-key series stay up to exactly `METRICS_PER_KEY_MAX`.
+#[tokio::test]
+async fn tier_series_sum_the_key_series_up_to_the_cut() {
+    let app = TestApp::spawn_with_metrics(MetricsConfig {
+        per_key_max: 12,
+        ..with_token()
+    })
+    .await;
+    app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
+    app.create_tier("free", json!({ "chat": 2 })).await;
+    for name in ["p1", "p2", "p3"] {
+        app.add_key(name, &format!("sk-{name}"), "pro").await;
+    }
+    // Uses spread unevenly: pro's keys take turns, free has no key yet.
+    for feature in ["chat", "chat", "chat", "chat", "img"] {
+        assert_eq!(app.key(feature).await.0, StatusCode::OK);
+    }
+    // 3 keys × 2 features × (used, limit) = 12 series: all shown.
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.value("keypooler_key_budget_series_cut", &[]), None);
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 6);
+    for (tier, feature) in [("pro", "chat"), ("pro", "img")] {
+        for (per_key, per_tier) in [
+            ("keypooler_key_budget_used", "keypooler_tier_budget_used"),
+            ("keypooler_key_budget_limit", "keypooler_tier_budget_limit"),
+        ] {
+            let summed: f64 = m
+                .named(per_key)
+                .filter(|s| s.labels["feature"] == feature)
+                .map(|s| s.value)
+                .sum();
+            let labels = [("tier", tier), ("feature", feature)];
+            assert_eq!(m.get(per_tier, &labels), summed, "{per_tier} {labels:?}");
+        }
+    }
+    let tier = |tier, feature| [("tier", tier), ("feature", feature)];
+    assert_eq!(
+        m.get("keypooler_tier_budget_used", &tier("pro", "chat")),
+        4.0
+    );
+    assert_eq!(
+        m.get("keypooler_tier_budget_used", &tier("pro", "img")),
+        1.0
+    );
+    assert_eq!(
+        m.get("keypooler_tier_budget_limit", &tier("pro", "img")),
+        21.0
+    );
+    assert_eq!(
+        m.get("keypooler_tier_budget_limit", &tier("free", "chat")),
+        0.0
+    );
+
+    // One key more, in another tier: 14 series, over the limit. The tier series carry on.
+    app.add_key("f1", "sk-f1", "free").await;
+    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 14.0);
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
+    assert_eq!(
+        m.get("keypooler_tier_budget_used", &tier("pro", "chat")),
+        4.0
+    );
+    assert_eq!(
+        m.get("keypooler_tier_budget_limit", &tier("free", "chat")),
+        2.0
+    );
+}
+
 /// Writes `dir/pool.redb` with a tier "big" listing `features` (1,000 uses a minute each) and
 /// `keys` keys with long names, in-process and all at once, so that the writer commits them in
 /// a few batches (one request per key through the binary takes several times longer).
