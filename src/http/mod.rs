@@ -1,6 +1,6 @@
 //! HTTP: the route table, the state handlers share, auth, JSON bodies, the handlers of each
-//! route (the online backup among them), the one error type, and the request metrics and
-//! Prometheus exporter.
+//! route (the online backup among them), paged and streamed listings, the one error type, and the
+//! request metrics and Prometheus exporter.
 
 mod admin;
 mod auth;
