@@ -34,12 +34,14 @@ pub struct Catalog {
 /// The features whose candidate lists a change touched.
 pub type Dirty = BTreeSet<Arc<str>>;
 
-/// The ids after `after` (every id when `None`).
-fn after_bounds(after: Option<&str>) -> (Bound<&str>, Bound<&str>) {
-    (
-        after.map_or(Bound::Unbounded, Bound::Excluded),
-        Bound::Unbounded,
-    )
+/// The values of `map` whose id comes after `after` (every value when `None`), by id.
+fn by_id_after<'a, V: Clone>(
+    map: &'a imbl::OrdMap<Arc<str>, V>,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a V> {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<_, str>((from, Bound::Unbounded))
+        .map(|(_, value)| value)
 }
 
 impl Catalog {
@@ -81,9 +83,7 @@ impl Catalog {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = &'a Arc<KeyEntry>> {
-        self.key_orders
-            .range::<_, str>(after_bounds(after))
-            .filter_map(|(_, order)| self.keys.get(order))
+        by_id_after(&self.key_orders, after).filter_map(|order| self.keys.get(order))
     }
 
     /// The active keys of a tier in rotation order with their counters (none if it has none).
@@ -112,9 +112,7 @@ impl Catalog {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = &'a Arc<Consumer>> {
-        self.consumers
-            .range::<_, str>(after_bounds(after))
-            .map(|(_, consumer)| consumer)
+        by_id_after(&self.consumers, after)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {

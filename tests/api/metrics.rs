@@ -563,40 +563,11 @@ async fn without_a_token_no_key_or_consumer_id_or_name_is_shown() {
     }
 }
 
-/// Above `METRICS_PER_KEY_MAX` per-key series, a scrape lists none: the per-tier series stand
-/// in for them, and one series says how many were left out.
+/// Up to exactly `METRICS_PER_KEY_MAX` per-key series a scrape lists them all, and the per-tier
+/// series are their sums (read from each tier's rotation, not key by key); above it, it lists
+/// none: the per-tier series stand in for them, and one series says how many were left out.
 #[tokio::test]
 async fn per_key_series_give_way_to_tier_series_above_the_limit() {
-    let app = TestApp::spawn_with_metrics(MetricsConfig {
-        per_key_max: 4,
-        ..with_token()
-    })
-    .await;
-    app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
-    let first = app.add_key("first", "sk-1", "pro").await;
-    assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    // One key, two features: used and limit for each, 4 series.
-    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
-    assert_eq!(m.named("keypooler_key_budget_used").count(), 2);
-    assert_eq!(m.named("keypooler_key_budget_limit").count(), 2);
-    assert_eq!(m.value("keypooler_key_budget_series_cut", &[]), None);
-
-    let second = app.add_key("second", "sk-2", "pro").await;
-    let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
-    assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
-    assert_eq!(m.named("keypooler_key_budget_limit").count(), 0);
-    assert!(!m.text.contains(&first) && !m.text.contains(&second));
-    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 8.0);
-    let tier = |feature| [("tier", "pro"), ("feature", feature)];
-    assert_eq!(m.get("keypooler_tier_budget_used", &tier("chat")), 1.0);
-    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("chat")), 10.0);
-    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
-}
-
-/// The per-tier series are the per-key ones summed, tier by tier (read from each tier's
-/// rotation, not key by key), and the per-key series stay up to exactly `METRICS_PER_KEY_MAX`.
-#[tokio::test]
-async fn tier_series_sum_the_key_series_up_to_the_cut() {
     let app = TestApp::spawn_with_metrics(MetricsConfig {
         per_key_max: 12,
         ..with_token()
@@ -604,8 +575,9 @@ async fn tier_series_sum_the_key_series_up_to_the_cut() {
     .await;
     app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
     app.create_tier("free", json!({ "chat": 2 })).await;
+    let mut ids = Vec::new();
     for name in ["p1", "p2", "p3"] {
-        app.add_key(name, &format!("sk-{name}"), "pro").await;
+        ids.push(app.add_key(name, &format!("sk-{name}"), "pro").await);
     }
     // Uses spread unevenly: pro's keys take turns, free has no key yet.
     for feature in ["chat", "chat", "chat", "chat", "img"] {
@@ -630,28 +602,22 @@ async fn tier_series_sum_the_key_series_up_to_the_cut() {
         }
     }
     let tier = |tier, feature| [("tier", tier), ("feature", feature)];
-    assert_eq!(
-        m.get("keypooler_tier_budget_used", &tier("pro", "chat")),
-        4.0
-    );
-    assert_eq!(
-        m.get("keypooler_tier_budget_used", &tier("pro", "img")),
-        1.0
-    );
-    assert_eq!(
-        m.get("keypooler_tier_budget_limit", &tier("pro", "img")),
-        21.0
-    );
-    assert_eq!(
-        m.get("keypooler_tier_budget_limit", &tier("free", "chat")),
-        0.0
-    );
+    for (name, tier_name, feature, value) in [
+        ("keypooler_tier_budget_used", "pro", "chat", 4.0),
+        ("keypooler_tier_budget_used", "pro", "img", 1.0),
+        ("keypooler_tier_budget_limit", "pro", "img", 21.0),
+        ("keypooler_tier_budget_limit", "free", "chat", 0.0),
+    ] {
+        assert_eq!(m.get(name, &tier(tier_name, feature)), value, "{name}");
+    }
 
     // One key more, in another tier: 14 series, over the limit. The tier series carry on.
     app.add_key("f1", "sk-f1", "free").await;
     let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
     assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 14.0);
     assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
+    assert_eq!(m.named("keypooler_key_budget_limit").count(), 0);
+    assert!(ids.iter().all(|id| !m.text.contains(id.as_str())));
     assert_eq!(
         m.get("keypooler_tier_budget_used", &tier("pro", "chat")),
         4.0
