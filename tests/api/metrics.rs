@@ -670,24 +670,6 @@ fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) 
     });
 }
 
-/// A body sent with `Transfer-Encoding: chunked`, joined; panics unless it ends with the last
-/// (empty) chunk, as a cut scrape does not.
-fn dechunk(mut raw: &str) -> String {
-    let mut text = String::new();
-    loop {
-        let (size, rest) = raw.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size, 16).expect("a hexadecimal chunk size");
-        if size == 0 {
-            assert_eq!(rest, "\r\n", "trailing bytes after the last chunk");
-            return text;
-        }
-        text.push_str(&rest[..size]);
-        raw = rest[size..]
-            .strip_prefix("\r\n")
-            .expect("a chunk ends with CRLF");
-    }
-}
-
 /// Resident memory of process `pid`, in MiB.
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -788,7 +770,7 @@ fn fifty_stalled_scrapes_of_a_large_pool_keep_memory_bounded_and_keys_served() {
         assert!(std::time::Instant::now() < deadline, "scrapes stay refused");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let m = Scrape::parse(dechunk(&text));
+    let m = Scrape::parse(text);
     assert_eq!(m.named("keypooler_key_budget_used").count(), KEYS * 3);
     assert_eq!(m.named("keypooler_key_budget_limit").count(), KEYS * 3);
     assert_eq!(
