@@ -3,6 +3,7 @@
 //! clone and every snapshot carries the catalog it was built from without copying it.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::consumer::Consumer;
@@ -17,7 +18,9 @@ pub struct Catalog {
     tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
-    key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
+    /// By id: ordered, so that a listing pages by id from a cursor in O(log n) (a B-tree of
+    /// shared chunks, like `keys`; only the writer and the listings read it, never `GET /key`).
+    key_orders: imbl::OrdMap<Arc<str>, KeyOrder>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
@@ -34,6 +37,16 @@ pub struct Catalog {
 
 /// The features whose candidate lists a change touched.
 pub type Dirty = BTreeSet<Arc<str>>;
+
+/// The values of `map` whose id comes after `after` (every value when `None`), by id.
+fn by_id_after<'a, V: Clone>(
+    map: &'a imbl::OrdMap<Arc<str>, V>,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a V> {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<_, str>((from, Bound::Unbounded))
+        .map(|(_, value)| value)
+}
 
 impl Catalog {
     pub fn tiers(&self) -> impl Iterator<Item = &Arc<Tier>> {
@@ -68,23 +81,42 @@ impl Catalog {
             .and_then(|order| self.keys.get(order))
     }
 
+    /// The keys by id, from the first id after `after` (from the first when `None`): a page
+    /// costs O(log n) per key, whatever the number of keys before it.
+    pub fn keys_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<KeyEntry>> {
+        by_id_after(&self.key_orders, after).filter_map(|order| self.keys.get(order))
+    }
+
     /// The active keys of a tier in rotation order with their counters (none if it has none).
     pub fn roster(&self, tier_id: &str) -> Option<&Roster> {
         self.tier_keys.get(tier_id)
     }
 
     pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
-        let order = self.key_orders.get(key_id)?;
-        let entry = self.keys.get(order)?;
+        let entry = self.key(key_id)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
-        let roster = self.roster(&entry.info.tier_id)?;
-        roster
-            .get(position(roster, (order.0, &order.1)).ok()?)?
-            .counter(index)
+        self.member(entry)?.counter(index)
+    }
+
+    /// `key` as a member of its tier's roster, with its counters (none if it is not in one).
+    fn member(&self, key: &KeyEntry) -> Option<&Member> {
+        let roster = self.roster(&key.info.tier_id)?;
+        roster.get(position(roster, (key.info.created_at_ms, &key.info.id)).ok()?)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
         self.consumers.values()
+    }
+
+    /// The consumers by id, from the first id after `after` (from the first when `None`).
+    pub fn consumers_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<Consumer>> {
+        by_id_after(&self.consumers, after)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
@@ -116,15 +148,31 @@ impl Catalog {
         key: &'a KeyEntry,
         now_ms: u64,
     ) -> impl Iterator<Item = (&'a Arc<str>, Budget)> + 'a {
+        let member = self.member(key);
         self.tier_by_id(&key.info.tier_id)
             .into_iter()
-            .flat_map(|tier| tier.features.iter())
-            .map(move |(feature, &limit)| {
-                let used = self
-                    .counter(&key.info.id, feature)
+            .flat_map(|tier| tier.features.iter().enumerate())
+            .map(move |(index, (feature, &limit))| {
+                let used = member
+                    .and_then(|member| member.counter(index))
                     .map_or(0, |counter| counter.used(now_ms, limit.window_ms()));
                 (feature, Budget { used, limit })
             })
+    }
+
+    /// The uses of `tier`'s keys for each feature (in the tier's feature order) in their windows
+    /// open at clock instant `now_ms`, summed: read from its roster (a key outside it has no
+    /// counters), with no lookup per key.
+    pub fn tier_used(&self, tier: &Tier, now_ms: u64) -> Vec<u64> {
+        let mut sums = vec![0; tier.features.len()];
+        for member in self.roster(&tier.id).into_iter().flatten() {
+            for ((sum, limit), index) in sums.iter_mut().zip(tier.features.values()).zip(0..) {
+                if let Some(counter) = member.counter(index) {
+                    *sum += u64::from(counter.used(now_ms, limit.window_ms()));
+                }
+            }
+        }
+        sums
     }
 
     /// Each tier (by name) with its key counts at unix time `unix_now_ms`.

@@ -24,6 +24,36 @@ pub struct KeyInfo {
     pub expires_at_ms: Option<i64>,
 }
 
+/// What a key is at a given moment, as the key listing filters it (`?state=`). The one place
+/// that names the states: a new one is a variant here, its name in [`KeyState::ALL`], and its
+/// rule in [`KeyEntry::state_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Servable now (budget aside).
+    Active,
+    /// Turned off by an admin.
+    Inactive,
+    /// Past its `expires_at`.
+    Expired,
+}
+
+impl KeyState {
+    /// Every state, with its name.
+    pub const ALL: [(KeyState, &str); 3] = [
+        (KeyState::Active, "active"),
+        (KeyState::Inactive, "inactive"),
+        (KeyState::Expired, "expired"),
+    ];
+
+    /// The state called `name`, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map(|(state, _)| *state)
+    }
+}
+
 /// A key as the pool serves it: its description and the `GET /key` body, built once when the key
 /// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
 /// snapshot holding it is dropped; `Debug` never shows it.
@@ -171,6 +201,17 @@ impl KeyEntry {
     /// Its metadata and the names of its secrets, for the admin listing.
     pub fn described(&self) -> Described {
         serde_json::from_slice(&self.body).expect("the body is the JSON this entry wrote")
+    }
+
+    /// Its state at wall time `unix_ms`: the first that applies of inactive, expired, active.
+    pub fn state_at(&self, unix_ms: i64) -> KeyState {
+        if !self.info.active {
+            KeyState::Inactive
+        } else if !self.servable_at_unix(unix_ms) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
     }
 
     /// Records that the key has expired: it is never served again in this run.

@@ -3,17 +3,18 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::AppState;
-use super::admin::{deleted, json, to_json};
+use super::admin::{deleted, to_json};
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, RetryableBodiless, respond, stored};
-use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
+use super::listing::{self, Items, Listing, Source};
+use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody, Snapshot};
 
 #[derive(Serialize)]
 struct Created<'a> {
@@ -89,13 +90,28 @@ fn view<'a>(catalog: &'a Catalog, consumer: &'a Consumer) -> ConsumerView<'a> {
     }
 }
 
-pub async fn list(_: Admin, State(app): State<AppState>) -> Response {
-    let snapshot = app.pool().load();
-    let catalog = &snapshot.catalog;
-    let mut consumers: Vec<&Consumer> = catalog.consumers().map(|c| &**c).collect();
-    consumers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    let views: Vec<ConsumerView<'_>> = consumers.into_iter().map(|c| view(catalog, c)).collect();
-    json(StatusCode::OK, &views)
+/// What `GET /admin/consumers` lists: every consumer, by id.
+struct Consumers;
+
+impl Source for Consumers {
+    fn each(&self, snapshot: &Snapshot, after: Option<&str>, items: &mut impl Items) {
+        let catalog = &snapshot.catalog;
+        for consumer in catalog.consumers_by_id(after) {
+            if !items.push(&consumer.id, &view(catalog, consumer)) {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /admin/consumers`: by id; paged with `limit` and `after`, else streamed whole.
+pub async fn list(_: Admin, State(app): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    listing::list(
+        &listing,
+        arc_swap::Guard::into_inner(app.pool().load()),
+        Consumers,
+    )
 }
 
 pub async fn delete(

@@ -88,17 +88,22 @@ impl Batch {
         Ok(())
     }
 
-    /// The newest `limit` audit events, newest first.
-    pub fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, StoreError> {
+    /// The newest `limit` audit events stored before sequence number `before` (the newest of
+    /// all when `None`), newest first, with their sequence numbers.
+    pub fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, StoreError> {
         let table = self.txn.open_table(USAGE)?;
         let mut events = Vec::with_capacity(limit);
-        for entry in table.iter()?.rev().take(limit) {
+        for entry in table.range(..before.unwrap_or(u64::MAX))?.rev().take(limit) {
             let (seq, bytes) = entry?;
-            events.push(decode(
-                "usage_events",
-                &seq.value().to_string(),
-                bytes.value(),
-            )?);
+            let seq = seq.value();
+            events.push((
+                seq,
+                decode("usage_events", &seq.to_string(), bytes.value())?,
+            ));
         }
         Ok(events)
     }

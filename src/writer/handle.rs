@@ -146,9 +146,14 @@ impl Writer {
         self.ask(Request::DeleteConsumer, id).await
     }
 
-    /// The newest `limit` audit events, newest first, including those still queued.
-    pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
-        self.ask(Request::RecentUsage, limit).await
+    /// The newest `limit` audit events before event id `before` (or the newest), newest first,
+    /// with their ids, including those still queued.
+    pub async fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, WriteError> {
+        self.ask(Request::RecentUsage, (limit, before)).await
     }
 
     /// Pins the database as it stands once every change answered so far is committed, for a

@@ -113,6 +113,9 @@ pub(super) type OnceCall<I, O> = Call<Keyed<I, O>, Answer<O>>;
 /// A consumer just created, with its token.
 pub(super) type NewlyCreated = (Arc<Consumer>, Zeroizing<String>);
 
+/// Audit events with their ids, newest first.
+pub(super) type AuditEvents = Vec<(u64, UsageRecord)>;
+
 /// A queued request.
 pub(super) enum Request {
     CreateTier(OnceCall<TierSpec, Arc<Tier>>),
@@ -135,8 +138,9 @@ pub(super) enum Request {
     /// A consumer's id; answers with its new token, which exists nowhere else afterwards.
     RotateToken(OnceCall<String, NewlyCreated>),
     DeleteConsumer(Call<String, ()>),
-    /// Write the queued audit events, then read the newest ones.
-    RecentUsage(Call<usize, Vec<UsageRecord>>),
+    /// Write the queued audit events, then read the newest ones (how many, and before which
+    /// event id), with their ids.
+    RecentUsage(Call<(usize, Option<u64>), AuditEvents>),
     /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
     Reserve(Call<Arc<str>, Option<Reservation>>),
     /// Write the queued audit events.

@@ -17,6 +17,7 @@ mod keys;
 mod leak;
 mod listen;
 mod manage;
+mod listings;
 mod metrics;
 mod persistence;
 mod poison;

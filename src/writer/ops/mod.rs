@@ -94,7 +94,9 @@ impl<'a> Staging<'a> {
                 call.stage(|keyed| apply_once(self, keyed, |s, id| consumers::rotate_token(s, id)))
             }
             Request::DeleteConsumer(call) => call.stage(|id| consumers::delete_consumer(self, id)),
-            Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
+            Request::RecentUsage(call) => {
+                call.stage(|&(limit, before)| usage::recent_usage(self, limit, before))
+            }
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
             // Every batch takes expired keys out when it commits; this request asks nothing more.
