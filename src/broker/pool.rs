@@ -28,6 +28,15 @@ pub enum Pick<'a> {
     AboveLimit(u32),
 }
 
+/// Whether a draw counts its outcome (`keypooler_key_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    Counted,
+    /// For a request that may try again: it counts its final outcome through
+    /// [`Snapshot::outcomes`] itself.
+    Uncounted,
+}
+
 /// Whose request it is: the admin draws from every tier, a consumer from its scoped tiers.
 #[derive(Clone, Copy)]
 pub enum Caller<'a> {
@@ -121,11 +130,11 @@ impl Pool {
         snapshot: &'s Snapshot,
         feature: &str,
     ) -> Pick<'s> {
-        self.draw(caller, snapshot, feature, 1)
+        self.draw(caller, snapshot, feature, 1, Tally::Counted)
     }
 
     /// Draws `cost` units (at least 1) of a key's window for `feature` among the tiers `caller`
-    /// may draw from, counting the outcome.
+    /// may draw from, counting the outcome as `tally` says.
     #[inline]
     pub fn draw<'s>(
         &self,
@@ -133,31 +142,9 @@ impl Pool {
         snapshot: &'s Snapshot,
         feature: &str,
         cost: u32,
+        tally: Tally,
     ) -> Pick<'s> {
-        self.draw_counting(caller, snapshot, feature, cost, true)
-    }
-
-    /// [`Pool::draw`] without counting the outcome: for a request that may try again (it
-    /// counts its final outcome through [`Snapshot::outcomes`] itself).
-    pub fn try_draw<'s>(
-        &self,
-        caller: Caller<'s>,
-        snapshot: &'s Snapshot,
-        feature: &str,
-        cost: u32,
-    ) -> Pick<'s> {
-        self.draw_counting(caller, snapshot, feature, cost, false)
-    }
-
-    #[inline(always)]
-    fn draw_counting<'s>(
-        &self,
-        caller: Caller<'s>,
-        snapshot: &'s Snapshot,
-        feature: &str,
-        cost: u32,
-        count: bool,
-    ) -> Pick<'s> {
+        let count = tally == Tally::Counted;
         let pool: Option<&'s FeaturePool> = match caller {
             Caller::Admin => snapshot.feature(feature),
             Caller::Consumer(scoped) => match scoped.feature(feature) {

@@ -17,7 +17,7 @@ use super::AppState;
 use super::auth::{bearer, is_admin};
 use super::error::{ApiError, json_response};
 use super::wait::{Waiting, Who};
-use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Snapshot};
+use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Snapshot, Tally};
 use crate::crypto::token_hash;
 
 /// The longest `wait`, in seconds.
@@ -83,7 +83,9 @@ fn serve(app: &AppState, request: &Request) -> Result<Response, Refused> {
             }));
         }
     }
-    let pick = app.pool().draw(caller, &snapshot, &feature, cost);
+    let pick = app
+        .pool()
+        .draw(caller, &snapshot, &feature, cost, Tally::Counted);
     let (key, feature_name) = served(pick, &feature)?;
     let consumer = match caller {
         Caller::Admin => None,

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use super::AppState;
 use super::error::ApiError;
 use super::key::{answer, served};
-use crate::broker::{Awaken, Caller, KeyEntry, Pick, Pool, Snapshot};
+use crate::broker::{Awaken, Caller, KeyEntry, Pick, Pool, Snapshot, Tally};
 use crate::telemetry::{KEY_WAITERS, KEY_WAITS, Meter};
 
 /// Who waits, resolved against the snapshot of each try (a consumer deleted meanwhile is
@@ -260,7 +260,10 @@ impl Waiters {
                 }
             },
         };
-        let pick = self.0.pool.try_draw(caller, snapshot, feature, entry.cost);
+        let pick = self
+            .0
+            .pool
+            .draw(caller, snapshot, feature, entry.cost, Tally::Uncounted);
         let outcomes = snapshot.outcomes(feature);
         if let Pick::Spent(spent) = pick {
             if now < entry.deadline_ms {
