@@ -35,7 +35,7 @@ pub use input::{
 };
 pub use key::{Described, KeyEntry, KeyInfo, KeyState, Plaintext};
 pub use outcomes::Outcomes;
-pub use pool::{Caller, Pick, Pool};
+pub use pool::{Awaken, Caller, Pick, Pool, Tally};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};
 pub use roster::Unplaced;
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};

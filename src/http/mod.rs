@@ -17,11 +17,14 @@ mod routes;
 mod scrape;
 mod state;
 mod stream;
+mod wait;
 
 pub use error::{ApiError, json_response};
 pub use exporter::{CONCURRENT_SCRAPES, PrometheusExporter};
 pub use idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use json::{BODY_LIMIT, parse_json};
+pub use key::{MAX_WAIT_SECONDS, waits};
 pub use request_metrics::RequestMetricsService;
 pub use routes::{Access, ROUTES, Route, Routed, api_router, metrics_router, router};
 pub use state::AppState;
+pub use wait::Waiters;

@@ -279,3 +279,36 @@ async fn an_imported_usage_window_that_has_ended_starts_fresh() {
     assert_eq!(fc01["usage_limit"], 1000);
     assert_eq!(fc01["usage_count"], 0, "{fc01}");
 }
+
+/// Limits as large as the Go service's users write ("1000000000" for unlimited) import and
+/// serve.
+#[tokio::test]
+async fn a_limit_of_a_billion_imports_and_serves() {
+    let (_source_dir, from) = altered(
+        SEED,
+        "UPDATE tier_features SET rate_per_minute = 1000000000 WHERE feature = 'chat'",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    let tiers = crate::helpers::expect(app.get("/admin/tiers").await, StatusCode::OK).await;
+    let limits: Vec<&Value> = tiers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tier| tier["features"].get("chat"))
+        .map(|chat| &chat["rate_limit"])
+        .collect();
+    assert!(!limits.is_empty());
+    assert!(
+        limits.iter().all(|limit| **limit == 1_000_000_000),
+        "{limits:?}"
+    );
+    let response = app
+        .request(reqwest::Method::GET, "/key?feature=chat&cost=1000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
