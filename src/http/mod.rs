@@ -1,6 +1,6 @@
 //! HTTP: the route table, the state handlers share, auth, JSON bodies, the handlers of each
-//! route (the online backup among them), the one error type, and the request metrics and
-//! Prometheus exporter.
+//! route (the online backup among them), the one error type, the request metrics and
+//! Prometheus exporter, and the admin page (`/ui`).
 
 mod admin;
 mod auth;
@@ -15,6 +15,7 @@ mod request_metrics;
 mod routes;
 mod scrape;
 mod state;
+mod ui;
 
 pub use error::{ApiError, json_response};
 pub use exporter::{CONCURRENT_SCRAPES, PrometheusExporter};
