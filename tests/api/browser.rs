@@ -153,14 +153,20 @@ impl Browser {
     /// The text of the element `css` selects, once `ready` accepts it.
     pub async fn text_when(&self, css: &str, ready: impl Fn(&str) -> bool) -> String {
         let started = Instant::now();
+        let mut last = None;
         loop {
             if let Ok(element) = self.client.find(Locator::Css(css)).await
                 && let Ok(text) = element.text().await
-                && ready(&text)
             {
-                return text;
+                if ready(&text) {
+                    return text;
+                }
+                last = Some(text);
             }
-            assert!(started.elapsed() < PATIENCE, "{css} never became ready");
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{css} never became ready; it last read {last:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

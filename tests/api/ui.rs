@@ -118,8 +118,11 @@ const TYPED_VALUE: &str = "sk-typed-into-the-page-4be1";
 #[ignore = "needs chromium"]
 async fn an_operator_manages_the_pool_in_a_real_browser() {
     let app = TestApp::spawn().await;
-    app.create_tier("pro", json!({"chat": 100})).await;
+    let hourly = json!({"rate_limit": 20, "window_seconds": 3600});
+    app.create_tier("pro", json!({"chat": 100, "embeddings": hourly}))
+        .await;
     let seeded = app.add_key("openai-1", "sk-seeded-0001", "pro").await;
+    app.add_key("openai-2", "sk-seeded-0002", "pro").await;
     let consumer = expect(
         app.post(
             "/admin/consumers",
@@ -135,7 +138,9 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
     );
     let scoped = app.post(&scope, &json!({"tier": "pro"})).await;
     assert!(scoped.status().is_success());
-    app.key("chat").await;
+    for feature in ["chat", "chat", "chat", "embeddings"] {
+        assert_eq!(app.key(feature).await.0, StatusCode::OK);
+    }
 
     let mut browser = Browser::start(1280, 900).await;
     // Signed in by the fragment, which leaves the address bar at once.
@@ -157,18 +162,27 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
     );
     // The tiers, the consumer with its scope, the audit trail.
     browser
-        .text_when(r#"tr[data-tier="pro"]"#, |t| t.contains("chat 100 / 60s"))
+        .text_when(r#"tr[data-tier="pro"]"#, |t| {
+            t.contains("chat 100 / 60s") && t.contains("embeddings 20 / 3600s")
+        })
         .await;
     let consumer_row = browser
         .text_when("#consumers-table tbody tr", |t| !t.is_empty())
         .await;
     assert!(consumer_row.starts_with(HOSTILE_CONSUMER), "{consumer_row}");
     assert!(consumer_row.contains("<b>bold</b>") && consumer_row.ends_with("pro"));
-    browser
-        .text_when("#audit-table tbody tr", |t| {
-            t.contains("openai-1") && t.contains("chat")
-        })
+    let audit = browser
+        .text_when("#audit-table tbody", |t| t.lines().count() == 4)
         .await;
+    assert!(
+        audit.contains("openai-1") && audit.contains("openai-2"),
+        "{audit}"
+    );
+    assert!(
+        audit.lines().next().unwrap().ends_with("admin embeddings"),
+        "{audit}"
+    );
+    keep_screenshot(&browser.screenshot().await);
 
     // A tier added through its form; its name shows as the text it is.
     browser.click("#tiers summary").await;
@@ -246,9 +260,6 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
         json!(1),
         "usage refreshed without a reload"
     );
-
-    let png = browser.screenshot().await;
-    keep_screenshot(&png);
 
     // A provider's 401, reported by a caller, disables the key (once key health is served).
     let report = Method::POST;
@@ -353,8 +364,8 @@ async fn ten_thousand_keys_load_and_page_in_a_real_browser() {
     browser.goto(&format!("{}/ui", app.address)).await;
     browser.fill("#sign-in-token", ADMIN_TOKEN).await;
     browser.click("#sign-in-form button[type=submit]").await;
-    let range = browser.text_when("#keys-range", |t| t.contains("of")).await;
-    assert_eq!(range, format!("1–100 of {KEYS}"));
+    let first_page = format!("1–100 of {KEYS}");
+    browser.text_when("#keys-range", |t| t == first_page).await;
     let rows = "return document.querySelectorAll('#keys-table tbody tr').length";
     assert_eq!(browser.run(rows).await, json!(100));
 
@@ -362,13 +373,24 @@ async fn ten_thousand_keys_load_and_page_in_a_real_browser() {
     let mut times = Vec::new();
     for _ in 0..3 {
         browser.client.refresh().await.unwrap();
-        browser.text_when("#keys-range", |t| t.contains("of")).await;
+        browser.text_when("#keys-range", |t| t == first_page).await;
         let shown = browser
             .run("return performance.getEntriesByName('keypooler:keys-shown')[0].startTime")
             .await;
-        times.push(shown.as_f64().unwrap());
+        let listing = browser
+            .run(
+                "const keys = performance.getEntriesByType('resource')\
+                     .filter((entry) => entry.name.includes('/admin/keys?'))[0];\
+                 return `${keys.duration.toFixed()} ms, ${keys.encodedBodySize} bytes`;",
+            )
+            .await;
+        times.push(format!(
+            "first page after {:.0} ms (its listing: {})",
+            shown.as_f64().unwrap(),
+            listing.as_str().unwrap()
+        ));
     }
-    println!("/ui with {KEYS} keys: first page shown after {times:?} ms");
+    println!("/ui with {KEYS} keys: {}", times.join("; "));
 
     browser.click("#keys-next").await;
     browser

@@ -29,6 +29,7 @@
     return node;
   }
 
+  const counted = (n, noun) => `${n} ${noun}${n === 1 ? '' : 's'}`;
   const text = (value) => (value === null || value === undefined ? '' : String(value));
 
   function when(rfc3339) {
@@ -115,6 +116,8 @@
   const state = {
     tiers: [],
     consumers: [],
+    // Keys in the pool, from /admin/health.
+    poolSize: undefined,
     // The keys shown; with a server that pages, `cursors[i]` is the `after` of page i.
     keys: { rows: [], page: 0, cursors: [null], next: null, all: null },
     keyNames: new Map(),
@@ -140,10 +143,14 @@
 
   async function loadHealth() {
     const health = (await api('GET', '/admin/health')).data;
-    $('summary').textContent =
-      `${health.pool_size} keys, ${health.active_keys} servable, ` +
-      `${health.tiers} tiers, ${health.features} features`;
+    $('summary').textContent = [
+      counted(health.pool_size, 'key'),
+      `${health.active_keys} servable`,
+      counted(health.tiers, 'tier'),
+      counted(health.features, 'feature'),
+    ].join(' · ');
     state.poolSize = health.pool_size;
+    renderRange();
   }
 
   // One page of keys. A server that pages (`?limit=&after=`, `Link: rel="next"`) answers at
@@ -331,6 +338,12 @@
     const shown = new Set(keys.rows.map((key) => key.id));
     for (const id of state.rowsById.keys()) if (!shown.has(id)) state.rowsById.delete(id);
     $('keys-table').tBodies[0].replaceChildren(...keys.rows.map(keyRow));
+    renderRange();
+  }
+
+  // Which keys the page shows, of how many; whether there are pages before and after.
+  function renderRange() {
+    const keys = state.keys;
     const first = keys.page * PAGE_SIZE;
     const total = keys.all !== null ? keys.all.length : state.poolSize;
     const range = keys.rows.length ? `${first + 1}–${first + keys.rows.length}` : 'none';
@@ -542,6 +555,7 @@
     state.rowsById.clear();
     state.keyNames.clear();
     state.keys = { rows: [], page: 0, cursors: [null], next: null, all: null };
+    state.poolSize = undefined;
     $('summary').textContent = '';
     $('status').textContent = '';
     $('sign-in-error').textContent = message || '';
