@@ -30,10 +30,10 @@ pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
 pub use input::{
-    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
-    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
+    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
-pub use key::{KeyEntry, KeyInfo, Plaintext};
+pub use key::{Described, KeyEntry, KeyInfo, KeyState, Plaintext};
 pub use outcomes::Outcomes;
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};

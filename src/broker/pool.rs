@@ -214,6 +214,47 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_key_keeps_its_counters_while_inactive_and_across_a_change_of_its_tier() {
+        let (clock, _) = Clock::manual();
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 3, 60)]));
+        dirty.extend(catalog.put_key(key("k0", "pro", 0, None)));
+        dirty.extend(catalog.put_key(key("k1", "pro", 1, None)));
+        pool.publish(catalog.clone(), &dirty);
+        for _ in 0..4 {
+            assert!(served_id(&pool, "chat").is_some());
+        }
+        let used = |catalog: &Catalog, feature| {
+            let now = pool.clock().now_ms();
+            catalog
+                .counter("k0", feature)
+                .map(|counter| counter.used(now, 60_000))
+        };
+        assert_eq!(used(&catalog, "chat"), Some(2));
+
+        // Made inactive: out of the rotation, its counters parked.
+        let dirty = catalog.replace_key(key_of("k0", "pro", 0, None, false));
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), None);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        // Its tier gains a feature meanwhile.
+        let dirty = catalog.put_tier(tier("pro", &[("chat", 3, 60), ("embed", 1, 60)]));
+        pool.publish(catalog.clone(), &dirty);
+        // Active again: the open window's two uses still count.
+        let dirty = catalog.replace_key(key("k0", "pro", 0, None));
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), Some(2));
+        assert_eq!(used(&catalog, "embed"), Some(0));
+        let served: Vec<_> = (0..3).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert_eq!(served, ["k0"], "one use left for k0, none for k1");
+        // Deleted: nothing is left parked or in a roster.
+        let dirty = catalog.remove_key("k0");
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), None);
+    }
+
+    #[test]
     fn k_keys_times_m_picks_serve_each_key_m_times_in_rotation() {
         let (pool, _) = pool_with(5, 1_000);
         let served: Vec<String> = (0..5 * 7)

@@ -101,7 +101,10 @@ impl From<WriteError> for ApiError {
 impl From<&WriteError> for ApiError {
     fn from(err: &WriteError) -> Self {
         match err {
-            WriteError::TierExists(_) => ApiError::Conflict(err.to_string()),
+            WriteError::TierExists(_) | WriteError::TierHasKeys => {
+                ApiError::Conflict(err.to_string())
+            }
+            WriteError::Invalid(_) => ApiError::BadRequest(err.to_string()),
             WriteError::TierNotFound(_)
             | WriteError::KeyNotFound(_)
             | WriteError::ConsumerNotFound(_) => ApiError::NotFound(err.to_string()),

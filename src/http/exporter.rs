@@ -52,7 +52,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Scrapes rendered at once; one more is answered 503 at once (Prometheus tries again at its
 /// next interval). Each holds a blocking thread and a snapshot until its client has read it, or
-/// for at most [`super::scrape::STALLED_SCRAPE`] of a client that does not read.
+/// for at most [`super::stream::STALLED_BODY`] of a client that does not read.
 pub const CONCURRENT_SCRAPES: usize = 4;
 
 /// `GET /metrics`: what the recorder holds, then the families read from the live snapshot,

@@ -1,6 +1,6 @@
 //! HTTP: the route table, the state handlers share, auth, JSON bodies, the handlers of each
-//! route (the online backup among them), the one error type, the request metrics and
-//! Prometheus exporter, and the admin page (`/ui`).
+//! route (the online backup among them), paged and streamed listings, the one error type, the
+//! request metrics and Prometheus exporter, and the admin page (`/ui`).
 
 mod admin;
 mod auth;
@@ -11,10 +11,12 @@ mod exporter;
 mod idempotency;
 mod json;
 mod key;
+mod listing;
 mod request_metrics;
 mod routes;
 mod scrape;
 mod state;
+mod stream;
 mod ui;
 
 pub use error::{ApiError, json_response};

@@ -63,20 +63,24 @@ macro_rules! route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 19] = [
+pub const ROUTES: [Route; 23] = [
     route!(GET "/health", Public, health),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
     route!(POST "/admin/tiers", Admin, admin::create_tier),
     route!(GET "/admin/tiers", Admin, admin::list_tiers),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier),
+    route!(DELETE "/admin/tiers/{name}", Admin, admin::delete_tier),
     route!(POST "/admin/keys", Admin, admin::add_key),
     route!(GET "/admin/keys", Admin, admin::list_keys),
+    route!(PATCH "/admin/keys/{id}", Admin, admin::patch_key),
     route!(DELETE "/admin/keys/{id}", Admin, admin::delete_key),
     route!(GET "/admin/health", Admin, admin::health),
     route!(POST "/admin/consumers", Admin, consumers::create),
     route!(GET "/admin/consumers", Admin, consumers::list),
     route!(DELETE "/admin/consumers/{id}", Admin, consumers::delete),
     route!(POST "/admin/consumers/{id}/scopes", Admin, consumers::add_scope),
+    route!(DELETE "/admin/consumers/{id}/scopes/{tier}", Admin, consumers::remove_scope),
+    route!(POST "/admin/consumers/{id}/token", Admin, consumers::rotate_token),
     route!(GET "/admin/usage", Admin, admin::usage),
     route!(GET "/admin/backup", Admin, backup::backup),
     route!(GET "/metrics", MetricsToken, exporter::get_metrics),

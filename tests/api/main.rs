@@ -17,6 +17,8 @@ mod key;
 mod keys;
 mod leak;
 mod listen;
+mod listings;
+mod manage;
 mod metrics;
 mod persistence;
 mod poison;

@@ -401,6 +401,15 @@ async fn ten_thousand_keys_load_and_page_in_a_real_browser() {
     browser
         .text_when("#keys-range", |t| t.starts_with("1–100"))
         .await;
+    // The server pages: the page asked for 100 keys at a time and followed its `Link`.
+    let requests = browser.requests().await;
+    let after = format!("{}/admin/keys?limit=100&after=", app.address);
+    assert!(requests.iter().any(|url| url.starts_with(&after)));
+    assert!(
+        requests
+            .iter()
+            .all(|url| !url.contains("/admin/keys") || url.contains("limit=100"))
+    );
 
     assert_hermetic(&mut browser, &app).await;
     browser.close().await;

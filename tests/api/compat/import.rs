@@ -174,6 +174,44 @@ async fn imported_latest_keys_are_served_with_metadata_and_secrets_never_expired
     }
 }
 
+/// The imported keys listed by state: inactive and expired as the Go service's file has them,
+/// alone or with the other filters.
+#[tokio::test]
+async fn imported_keys_are_listed_by_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(LATEST, &db);
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    let names = async |query: &str| -> Vec<String> {
+        let keys: Value = app
+            .get(&format!("/admin/keys?{query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let keys = keys.as_array().unwrap().iter();
+        keys.map(|key| key["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // By id: fc-02 (35bf…), fc-01 (78e5…), oa-1 (9b81…), oa-2-inactive (b222…), fc-expired (e4b0…).
+    assert_eq!(names("state=active").await, ["fc-02", "fc-01", "oa-1"]);
+    assert_eq!(names("state=inactive").await, ["oa-2-inactive"]);
+    assert_eq!(names("state=expired").await, ["fc-expired"]);
+    assert_eq!(
+        names("state=active&tier=firecrawl").await,
+        ["fc-02", "fc-01"]
+    );
+    assert_eq!(
+        names("state=expired&tier=openai").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names("state=inactive&name_prefix=oa-").await,
+        ["oa-2-inactive"]
+    );
+    assert_eq!(names("state=active&limit=1&after=35bf").await, ["fc-02"]);
+}
+
 /// The imported database served with the clock at `time`; the consumer's token, and fc-01's
 /// listing entry before any draw.
 async fn latest_served_at(time: &str) -> (TestApp, String, Value) {
