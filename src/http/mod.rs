@@ -1,6 +1,6 @@
 //! HTTP: the route table, the state handlers share, auth, JSON bodies, the handlers of each
-//! route (the online backup among them), paged and streamed listings, the one error type, and the
-//! request metrics and Prometheus exporter.
+//! route (the online backup among them), paged and streamed listings, the one error type, the
+//! request metrics and Prometheus exporter, and the admin page (`/ui`).
 
 mod admin;
 mod auth;
@@ -17,6 +17,7 @@ mod routes;
 mod scrape;
 mod state;
 mod stream;
+mod ui;
 mod wait;
 
 pub use error::{ApiError, json_response};

@@ -11,7 +11,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use super::error::{ApiError, json_response};
 use super::json::BODY_LIMIT;
 use super::request_metrics::{RequestMetricsService, RequestSeries};
-use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key};
+use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key, ui};
 use crate::telemetry::Meter;
 
 /// Who may call a route.
@@ -63,7 +63,7 @@ macro_rules! route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 20] = [
+pub const ROUTES: [Route; 23] = [
     route!(GET "/health", Public, health),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
     route!(POST "/admin/tiers", Admin, admin::create_tier),
@@ -84,6 +84,9 @@ pub const ROUTES: [Route; 20] = [
     route!(GET "/admin/usage", Admin, admin::usage),
     route!(GET "/admin/backup", Admin, backup::backup),
     route!(GET "/metrics", MetricsToken, exporter::get_metrics),
+    route!(GET "/ui", Public, ui::page),
+    route!(GET "/ui/app.js", Public, ui::script),
+    route!(GET "/ui/app.css", Public, ui::style),
 ];
 
 /// The whole HTTP surface over `state` (`/metrics` only if metrics are on).

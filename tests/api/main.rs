@@ -3,6 +3,7 @@
 mod audit;
 mod backup;
 mod binary;
+mod browser;
 mod compat;
 mod consumers;
 mod crash;
@@ -28,6 +29,7 @@ mod sealing;
 mod slow;
 mod telemetry;
 mod tiers;
+mod ui;
 mod usage;
 mod wait;
 mod window_stress;
