@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use metrics::Counter;
 
 use super::clock::Clock;
+use super::key::KeyState;
 use super::sync::{AtomicU64, Ordering};
 use crate::telemetry::{KEY_REPORTS, Meter};
 
@@ -157,30 +158,6 @@ impl Outcome {
     }
 }
 
-/// The state a key is in, first match wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyState {
-    Disabled,
-    Inactive,
-    Expired,
-    Exhausted,
-    Cooling,
-    Active,
-}
-
-impl KeyState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Disabled => "disabled",
-            KeyState::Inactive => "inactive",
-            KeyState::Expired => "expired",
-            KeyState::Exhausted => "exhausted",
-            KeyState::Cooling => "cooling",
-            KeyState::Active => "active",
-        }
-    }
-}
-
 /// `2^(level - 1)` seconds (level 1 is 1 s), capped at `max_seconds`, in ms.
 fn backoff_ms(level: u8, max_seconds: u32) -> u64 {
     let seconds = 1u64
@@ -261,6 +238,35 @@ impl HealthState {
             Outcome::Other(_) => {}
         }
         next
+    }
+
+    /// What an admin's `is_active: true` leaves: no disabled reason, no cooldown (of the key or
+    /// of a feature), no backoff level, no run of failures. An exhaustion stands (the provider
+    /// said when the key has budget again; clearing it is its own change).
+    #[must_use]
+    pub fn re_enabled(&self) -> Self {
+        Self {
+            exhausted: self.exhausted,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `self`, replacing `before` at `now`, lets the key serve sooner: a deadline that
+    /// was running (its exhaustion, its cooldown or a feature's) is gone or earlier.
+    pub fn frees_sooner_than(&self, before: &HealthState, now: Now) -> bool {
+        let running = |d: Option<Deadline>| d.filter(|d| now.before(Some(*d)));
+        let earlier =
+            |was: Option<Deadline>, is: Option<Deadline>| match (running(was), running(is)) {
+                (Some(was), Some(is)) => is.running_ms < was.running_ms,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+        earlier(before.exhausted, self.exhausted)
+            || earlier(before.key.until, self.key.until)
+            || before.features.iter().any(|(feature, backoff)| {
+                let is = self.features.get(feature).and_then(|b| b.until);
+                earlier(backoff.until, is)
+            })
     }
 
     /// Whether a success would change anything durable: a run of failures or a backoff level
@@ -604,6 +610,37 @@ mod tests {
         let after = later(NOW, 5_000);
         assert_eq!(state.unavailable(after).unwrap().0, KeyState::Cooling);
         assert_eq!(state.last_deadline(NOW), Some(NOW.running_ms + 60_000));
+    }
+
+    #[test]
+    fn re_enabling_clears_all_but_the_exhaustion_and_frees_sooner() {
+        let chat: Arc<str> = "chat".into();
+        let state = HealthState {
+            exhausted: Some(NOW.after(5_000)),
+            ..HealthState::default()
+        }
+        .after(too_many(None), Some(&chat), NOW, policy())
+        .after(too_many(None), None, NOW, policy())
+        .after(Outcome::Timeout, None, NOW, policy())
+        .after(Outcome::Refused(401), None, NOW, policy());
+        let enabled = state.re_enabled();
+        assert_eq!(
+            enabled,
+            HealthState {
+                exhausted: state.exhausted,
+                ..HealthState::default()
+            }
+        );
+        assert!(enabled.frees_sooner_than(&state, NOW), "the cooldowns went");
+        let cleared = HealthState::default();
+        assert!(
+            cleared.frees_sooner_than(&enabled, NOW),
+            "the exhaustion went"
+        );
+        assert!(!enabled.frees_sooner_than(&cleared, NOW));
+        assert!(!state.frees_sooner_than(&state, NOW));
+        // A deadline that has passed frees nothing when it goes.
+        assert!(!cleared.frees_sooner_than(&enabled, later(NOW, 5_000)));
     }
 
     /// A state with random deadlines around `NOW`.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::health::{Health, HealthState, KeyState, Now};
+use super::health::{Health, HealthState, Now};
 use super::usage::UsageCap;
 
 /// What a key is, apart from its sealed material.
@@ -22,6 +23,54 @@ pub struct KeyInfo {
     pub created_at_ms: i64,
     /// Unix ms after which the key is never served.
     pub expires_at_ms: Option<i64>,
+}
+
+/// What a key is at a given moment: what its listing entry shows and its filter (`?state=`)
+/// matches. The one place that names the states: a new one is a variant here, in
+/// [`KeyState::ALL`] and [`KeyState::as_str`], and its rule in [`KeyEntry::state_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Inactive because the provider refused it (401, 402, 403): see `disabled_reason`.
+    Disabled,
+    /// Turned off by an admin.
+    Inactive,
+    /// Past its `expires_at`.
+    Expired,
+    /// Not served for any feature until its `exhausted_until`.
+    Exhausted,
+    /// The whole key is cooling down (429s, or a run of failures).
+    Cooling,
+    /// Servable now (budget and feature cooldowns aside).
+    Active,
+}
+
+impl KeyState {
+    /// Every state, in the order they are judged (the first that applies is the key's).
+    pub const ALL: [KeyState; 6] = [
+        KeyState::Disabled,
+        KeyState::Inactive,
+        KeyState::Expired,
+        KeyState::Exhausted,
+        KeyState::Cooling,
+        KeyState::Active,
+    ];
+
+    /// Its name, as listed and filtered.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Disabled => "disabled",
+            KeyState::Inactive => "inactive",
+            KeyState::Expired => "expired",
+            KeyState::Exhausted => "exhausted",
+            KeyState::Cooling => "cooling",
+            KeyState::Active => "active",
+        }
+    }
+
+    /// The state called `name`, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
+    }
 }
 
 /// A key as the pool serves it: its description and the `GET /key` body, built once when the key
@@ -97,8 +146,29 @@ impl AsRef<[u8]> for ZeroizingBody {
     }
 }
 
+/// What the admin listing shows of a key's plaintext, read back from its `GET /key` body: the
+/// metadata, and the names of its secrets (never a value: the value and the secrets' values are
+/// skipped by the parser, not copied).
+#[derive(Deserialize)]
+pub struct Described {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<String, IgnoredAny>,
+}
+
+impl Described {
+    /// The secrets' names, sorted.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+}
+
 impl KeyEntry {
     pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
+        Self::sharing(info, plain, usage.map(Arc::new))
+    }
+
+    /// A key whose usage cap, if any, is shared with the entry it replaces (its count goes on).
+    pub fn sharing(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<Arc<UsageCap>>) -> Self {
         let body = Body {
             key_id: &info.id,
             value: plain.value,
@@ -116,7 +186,7 @@ impl KeyEntry {
         debug_assert_eq!(buffer.len(), buffer.capacity());
         Self {
             info,
-            usage: usage.map(Arc::new),
+            usage,
             health: Health::default(),
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
@@ -209,6 +279,16 @@ impl KeyEntry {
     /// [`KeyEntry::servable`] at wall time `unix_ms`.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
         self.servable(|| unix_ms)
+    }
+
+    /// Whether the key has been found expired in this run.
+    pub fn found_expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Its metadata and the names of its secrets, for the admin listing.
+    pub fn described(&self) -> Described {
+        serde_json::from_slice(&self.body).expect("the body is the JSON this entry wrote")
     }
 
     /// Records that the key has expired: it is never served again in this run.

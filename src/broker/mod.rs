@@ -33,16 +33,16 @@ pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
 pub use health::{
-    Backoff, Deadline, Health, HealthPolicy, HealthState, KeyState, MAX_EXHAUSTION_AHEAD_MS, Now,
-    Outcome, ReportCounts,
+    Backoff, Deadline, Health, HealthPolicy, HealthState, MAX_EXHAUSTION_AHEAD_MS, Now, Outcome,
+    ReportCounts,
 };
 pub use input::{
-    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
-    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
+    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
-pub use key::{KeyEntry, KeyHealth, KeyInfo, Plaintext};
+pub use key::{Described, KeyEntry, KeyHealth, KeyInfo, KeyState, Plaintext};
 pub use outcomes::Outcomes;
-pub use pool::{Caller, Pick, Pool};
+pub use pool::{Awaken, Caller, Pick, Pool, Tally};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};
 pub use report::{ExhaustedBody, ParsedReport, ReportBody};
 pub use roster::Unplaced;

@@ -12,6 +12,7 @@ use super::clock::Clock;
 use super::consumer::Consumer;
 use super::key::KeyEntry;
 use super::outcomes::Outcomes;
+use super::rate::NEVER;
 use super::roster::{Member, Roster};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::tier::feature_index;
@@ -67,22 +68,24 @@ enum Miss {
     Until(u64),
     /// Its usage cap waits for the writer's next reservation.
     Pending,
-    /// Inactive, expired, or its lifetime cap is used up: only an admin change helps (a key
-    /// disabled by a report is inactive).
+    /// Inactive, expired, its lifetime cap is used up, or its limit is below the draw: only an
+    /// admin change helps (a key disabled by a report is inactive).
     Never,
 }
 
 impl Segment {
-    /// Takes one use of `member` for this segment's feature (`feature`): its health (not
-    /// exhausted, not cooling for the feature), its rate window, then its usage cap if it has
-    /// one (giving the window's use back if the cap refuses). `now` is running time; `wall` is
-    /// the pick's reading of wall time, read on the first candidate that has an expiry.
+    /// Takes `cost` uses of `member`'s rate window for this segment's feature (`feature`) if
+    /// its health allows (not exhausted, not cooling for the feature), then one use of its
+    /// usage cap if it has one (giving the window's uses back if the cap refuses). `now` is
+    /// running time; `wall` is the pick's reading of wall time, read on the first candidate
+    /// that has an expiry.
     #[inline]
     fn take(
         &self,
         member: &Member,
         feature: &str,
         now: u64,
+        cost: u32,
         wall: &mut Wall<'_>,
         reserve: &dyn Reserve,
     ) -> Result<(), Miss> {
@@ -95,14 +98,20 @@ impl Segment {
         }
         let counter = member.counter(self.counter).ok_or(Miss::Never)?;
         let window = counter
-            .try_acquire(now, self.limit, self.window_ms)
-            .map_err(Miss::Until)?;
+            .try_acquire(now, self.limit, self.window_ms, cost)
+            .map_err(|end| {
+                if end == NEVER {
+                    Miss::Never
+                } else {
+                    Miss::Until(end)
+                }
+            })?;
         let Some(cap) = &entry.usage else {
             return Ok(());
         };
         cap.try_acquire(to_cap_seconds(now), &entry.info.id, reserve)
             .map_err(|refusal| {
-                counter.release(window);
+                counter.release(window, cost);
                 match refusal {
                     Refusal::Pending => Miss::Pending,
                     Refusal::Exhausted { until_s: LIFETIME } => Miss::Never,
@@ -139,12 +148,14 @@ pub struct FeaturePool {
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
     /// point, not any ordering with other memory.
     cursor: CachePadded<AtomicUsize>,
-    /// Clock instant before which every candidate is known to be spent, cooling or exhausted, so
-    /// a request can answer 429 without scanning. `u64::MAX` means nothing recovers without an
-    /// admin change. Only ever raised (`fetch_max`), and always to an instant at which some
-    /// window, cooldown or exhaustion really ends, so a stale value can only cause a needless
-    /// scan, never a wrong refusal (a change that frees a key early rebuilds the pool, and the
-    /// new one starts at 0). `Relaxed`: it guards no other data.
+    /// Clock instant before which every candidate is known to be spent, cooling or exhausted
+    /// (for a draw of 1, so for any draw), so a request can answer 429 without scanning. Raised
+    /// by draws of 1 only: a key that refuses a larger draw may still serve a smaller one.
+    /// `u64::MAX` means nothing recovers without an admin change. Only ever raised
+    /// (`fetch_max`), and always to an instant at which some window, cooldown or exhaustion
+    /// really ends, so a stale value can only cause a needless scan, never a wrong refusal (a
+    /// change that frees a key early rebuilds the pool, and the new one starts at 0).
+    /// `Relaxed`: it guards no other data.
     spent_until: CachePadded<AtomicU64>,
     /// Non-empty segments, in rotation order.
     segments: Box<[Segment]>,
@@ -152,6 +163,8 @@ pub struct FeaturePool {
     len: usize,
     /// `cursor % len` without a division.
     modulus: Modulus,
+    /// The largest `rate_limit` the tiers listing the feature give it: the largest draw.
+    max_limit: u32,
     /// Registered once per feature and carried over by rebuilds.
     outcomes: Arc<Outcomes>,
 }
@@ -187,11 +200,23 @@ impl FeaturePool {
         &self.outcomes
     }
 
-    /// Takes one use of the next key with budget left, in rotation, reading `clock`'s running
-    /// time once (and its wall time at most once). A key with a usage cap also takes one use
-    /// of its cap; `reserve` is asked for more when its reservation runs low.
+    /// The largest draw a key of this pool can serve: the largest `rate_limit` its tiers give
+    /// the feature.
+    pub fn max_limit(&self) -> u32 {
+        self.max_limit
+    }
+
+    /// Takes `cost` uses (at least 1) of the next key with that many left in its window, in
+    /// rotation, reading `clock`'s running time once (and its wall time at most once); keys
+    /// whose limit is below `cost` are skipped. A key with a usage cap also takes one use of
+    /// its cap; `reserve` is asked for more when its reservation runs low.
     #[inline]
-    pub fn pick(&self, clock: &Clock, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
+    pub fn pick(
+        &self,
+        clock: &Clock,
+        cost: u32,
+        reserve: &dyn Reserve,
+    ) -> Result<&Arc<KeyEntry>, Spent> {
         let now = clock.now_ms();
         let spent_until = self.spent_until.load(Ordering::Relaxed);
         if now < spent_until {
@@ -216,7 +241,7 @@ impl FeaturePool {
         for _ in 0..n {
             let segment = &self.segments[s];
             if let Some(member) = segment.members.get(i) {
-                match segment.take(member, &self.name, now, &mut wall, reserve) {
+                match segment.take(member, &self.name, now, cost, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
                     Err(Miss::Until(at)) => earliest = earliest.min(at),
                     Err(Miss::Pending) => pending = true,
@@ -236,7 +261,9 @@ impl FeaturePool {
         if pending {
             return Err(Spent { retry_after_ms: 1 });
         }
-        self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        if cost == 1 {
+            self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        }
         Err(self.spent(earliest, now))
     }
 
@@ -464,6 +491,7 @@ fn build_pool(
     let mut segments = Vec::new();
     let mut len = 0;
     let mut listed = false;
+    let mut max_limit = 0;
     let tiers = catalog
         .tiers()
         .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
@@ -474,6 +502,7 @@ fn build_pool(
             continue;
         };
         listed = true;
+        max_limit = max_limit.max(limit.rate_limit);
         let Some(members) = catalog.roster(&tier.id).filter(|r| !r.is_empty()) else {
             continue;
         };
@@ -493,6 +522,7 @@ fn build_pool(
         segments: segments.into_boxed_slice(),
         len,
         modulus: Modulus::new(len),
+        max_limit,
         outcomes: outcomes(),
     })
 }

@@ -12,7 +12,7 @@ use super::error::{ApiError, json_response};
 use super::health as key_health;
 use super::json::BODY_LIMIT;
 use super::request_metrics::{RequestMetricsService, RequestSeries};
-use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key};
+use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key, ui};
 use crate::telemetry::Meter;
 
 /// Who may call a route.
@@ -64,7 +64,7 @@ macro_rules! route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 18] = [
+pub const ROUTES: [Route; 25] = [
     route!(GET "/health", Public, health),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
     route!(POST "/key/{id}/report", AdminOrConsumer, key_health::report),
@@ -72,17 +72,24 @@ pub const ROUTES: [Route; 18] = [
     route!(POST "/admin/tiers", Admin, admin::create_tier),
     route!(GET "/admin/tiers", Admin, admin::list_tiers),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier),
+    route!(DELETE "/admin/tiers/{name}", Admin, admin::delete_tier),
     route!(POST "/admin/keys", Admin, admin::add_key),
     route!(GET "/admin/keys", Admin, admin::list_keys),
+    route!(PATCH "/admin/keys/{id}", Admin, admin::patch_key),
     route!(DELETE "/admin/keys/{id}", Admin, admin::delete_key),
     route!(GET "/admin/health", Admin, admin::health),
     route!(POST "/admin/consumers", Admin, consumers::create),
     route!(GET "/admin/consumers", Admin, consumers::list),
     route!(DELETE "/admin/consumers/{id}", Admin, consumers::delete),
     route!(POST "/admin/consumers/{id}/scopes", Admin, consumers::add_scope),
+    route!(DELETE "/admin/consumers/{id}/scopes/{tier}", Admin, consumers::remove_scope),
+    route!(POST "/admin/consumers/{id}/token", Admin, consumers::rotate_token),
     route!(GET "/admin/usage", Admin, admin::usage),
     route!(GET "/admin/backup", Admin, backup::backup),
     route!(GET "/metrics", MetricsToken, exporter::get_metrics),
+    route!(GET "/ui", Public, ui::page),
+    route!(GET "/ui/app.js", Public, ui::script),
+    route!(GET "/ui/app.css", Public, ui::style),
 ];
 
 /// The whole HTTP surface over `state` (`/metrics` only if metrics are on).

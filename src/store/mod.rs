@@ -34,8 +34,9 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
-    health_from_record, key_record, load_catalog, open_key, store_health, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    health_from_record, key_info, key_record, load_catalog, open_key, seal_into, store_health,
+    tier_record, usage_cap,
 };
 pub use records::{
     ConsumerRecord, CooldownRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord,

@@ -65,10 +65,12 @@ pub struct KeyRecord {
     /// Bound secrets, each sealed with [`secret_aad`] for its name.
     #[serde(default)]
     pub secrets: BTreeMap<String, Hex>,
-    /// Unix ms until which the key is not served (`POST /key/{id}/exhausted`).
+    /// Wall-clock unix ms until which the key is not served (`POST /key/{id}/exhausted`, `PATCH
+    /// exhausted_until`); `None` or past: not exhausted.
     #[serde(default)]
     pub exhausted_until_ms: Option<i64>,
-    /// Why a report of 401, 402 or 403 disabled the key (it is then not `active`).
+    /// Why a report of 401, 402 or 403 disabled the key (it is then not `active`); `None`: not
+    /// disabled.
     #[serde(default)]
     pub disabled_reason: Option<String>,
     /// Unix ms until which the whole key cools.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Staging;
 use super::usage::AUDIT_RETENTION;
-use crate::broker::{HealthState, KeyEntry, KeyHealth, KeyInfo, Now, Outcome};
+use crate::broker::{HealthState, KeyEntry, KeyHealth, KeyInfo, KeyPatch, Now, Outcome};
 use crate::store::{UsageRecord, store_health};
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
@@ -41,10 +41,12 @@ pub struct Reported {
 /// Why a key became available again.
 #[derive(Clone, Copy, Debug)]
 pub(in crate::writer) enum Recovery {
-    /// Its exhaustion was cleared or brought forward.
+    /// Its exhaustion was cleared or brought forward, or its cooldowns cleared.
     Cleared,
     /// A cooldown or exhaustion ended by itself.
     Ended,
+    /// An admin made it active again.
+    Enabled,
 }
 
 pub(super) fn report(s: &mut Staging<'_>, report: &HealthReport) -> Result<Reported, WriteError> {
@@ -97,14 +99,7 @@ pub(super) fn exhaust(
         None,
         event.into(),
     )?;
-    let earlier = match (
-        before.exhausted.filter(|d| now.running_ms < d.running_ms),
-        until,
-    ) {
-        (Some(was), Some(is)) => is.running_ms < was.running_ms,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+    let earlier = after.frees_sooner_than(&before, now);
     let key = s.save_health(&key, after, now, true)?;
     if earlier {
         available_again(s, &key, Recovery::Cleared);
@@ -118,14 +113,52 @@ pub(super) fn exhaust(
 
 /// The one place where a key becomes available again: its exhaustion was cleared, a cooldown or
 /// exhaustion ended by itself (found by [`recover_due`] with the next batch once its deadline
-/// passed), or an admin enabled it again. The pools of its tier's features are rebuilt, so no
-/// pool keeps refusing on a deadline that no longer holds (their `spent_until`); whatever waits
-/// for a key of those features is to be woken from here.
+/// passed), or an admin enabled it again (see [`patched`]). The pools of its tier's features
+/// are rebuilt, so no pool keeps refusing on a deadline that no longer holds (their
+/// `spent_until`); publishing them wakes the requests waiting for a key of those features
+/// (`Pool::key_available`).
 pub(in crate::writer) fn available_again(s: &mut Staging<'_>, key: &KeyEntry, why: Recovery) {
     if let Some(tier) = s.catalog.tier_by_id(&key.info.tier_id) {
         s.dirty.extend(tier.features.keys().cloned());
     }
     tracing::debug!(key_id = %key.info.id, key = %key.info.name, ?why, "key available again");
+}
+
+/// A key's health after `patch` (`PATCH /admin/keys/{id}`), from `before` at `now`:
+/// `is_active: true` clears what a report held against it ([`HealthState::re_enabled`]);
+/// `exhausted_until` sets the exhaustion (a time past, or `null`, clears it).
+pub(super) fn patched(before: &HealthState, patch: &KeyPatch, now: Now) -> HealthState {
+    let mut after = if patch.active() == Some(true) {
+        before.re_enabled()
+    } else {
+        before.clone()
+    };
+    if let Some(until) = patch.exhausted_until_ms() {
+        after.exhausted = until
+            .filter(|&at| at > now.unix_ms)
+            .map(|at| now.at_unix(at));
+    }
+    after
+}
+
+/// Calls [`available_again`] for a key an admin change left servable sooner than `old` was:
+/// made active again, or a deadline (exhaustion, cooldown) cleared or brought forward.
+pub(super) fn after_change(
+    s: &mut Staging<'_>,
+    old: &KeyEntry,
+    before: &HealthState,
+    key: &KeyEntry,
+    after: &HealthState,
+    now: Now,
+) {
+    if !key.info.active {
+        return;
+    }
+    if !old.info.active {
+        available_again(s, key, Recovery::Enabled);
+    } else if after.frees_sooner_than(before, now) {
+        available_again(s, key, Recovery::Cleared);
+    }
 }
 
 /// Calls [`available_again`] for each key whose last deadline has passed (every batch does,
@@ -151,7 +184,7 @@ impl Staging<'_> {
     }
 
     /// The key's health as this batch has left it so far.
-    fn health_of(&self, key: &KeyEntry) -> HealthState {
+    pub(super) fn health_of(&self, key: &KeyEntry) -> HealthState {
         self.health
             .get(&key.info.id)
             .map_or_else(|| (*key.health.state()).clone(), |(_, state)| state.clone())
@@ -176,21 +209,36 @@ impl Staging<'_> {
         let disable = key.info.active && !active;
         record.active = record.active && active;
         self.txn.put_key(&record)?;
-        self.catalog.note_recovery(id, health.last_deadline(now));
-        self.health
-            .insert(Arc::clone(id), (Arc::clone(key), health.clone()));
         if !disable {
+            self.catalog.note_recovery(id, health.last_deadline(now));
+            self.health
+                .insert(Arc::clone(id), (Arc::clone(key), health));
             return Ok(Arc::clone(key));
         }
         let info = KeyInfo {
             active: false,
             ..key.info.clone()
         };
-        self.dirty
-            .extend(self.catalog.put_key(key.replaced(info, health, now)));
-        Ok(Arc::clone(
-            self.catalog.key(id).expect("the key was just put"),
-        ))
+        Ok(self.replace_key(key.replaced(info, health.clone(), now), &health, now))
+    }
+
+    /// Puts `entry` (built with its `health`) in place of the key with its id, keeping the live
+    /// counters of its open windows (parked while it is inactive), and notes its deadlines.
+    /// The one way a batch rebuilds a key it keeps: a report disabling it, a `PATCH`. Returns
+    /// the key as the catalog now holds it.
+    pub(super) fn replace_key(
+        &mut self,
+        entry: KeyEntry,
+        health: &HealthState,
+        now: Now,
+    ) -> Arc<KeyEntry> {
+        let id = Arc::clone(&entry.info.id);
+        self.catalog.note_recovery(&id, health.last_deadline(now));
+        self.dirty.extend(self.catalog.replace_key(entry));
+        // The new entry carries its health: nothing is left to publish to the old one, and
+        // later changes in this batch read it from the new one.
+        self.health.remove(&id);
+        Arc::clone(self.catalog.key(&id).expect("the key was just put"))
     }
 
     /// Appends a health event to the audit trail, in this batch (when the trail is on).
