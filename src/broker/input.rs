@@ -289,6 +289,39 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
+/// A usage cap: `limit` total uses (1 to [`MAX_USAGE_LIMIT`]), per `window_seconds` (1 second to
+/// ten times 366 days) when given; a window needs a limit.
+pub fn parse_usage(
+    limit: Option<i128>,
+    window_seconds: Option<i128>,
+) -> Result<(Option<u32>, Option<u32>), Invalid> {
+    let max = i128::from(MAX_USAGE_LIMIT);
+    let usage_limit = limit
+        .map(|n| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| (1..=max).contains(&i128::from(*n)))
+                .ok_or_else(|| Invalid(format!("usage_limit must be an integer from 1 to {max}")))
+        })
+        .transpose()?;
+    let usage_window_seconds = window_seconds
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=MAX_USAGE_WINDOW_SECONDS).contains(n))
+                    .ok_or_else(|| {
+                        Invalid(format!(
+                            "usage_window_seconds must be an integer from 1 to {MAX_USAGE_WINDOW_SECONDS}"
+                        ))
+                    })
+            })
+            .transpose()?;
+    if usage_window_seconds.is_some() && usage_limit.is_none() {
+        return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+    }
+    Ok((usage_limit, usage_window_seconds))
+}
+
 impl NewKey {
     /// A key named `name` in `tier` (its name or id), with no expiry, metadata, secrets or cap.
     pub fn new(name: &str, tier: &str, value: Zeroizing<String>) -> Result<Self, Invalid> {
@@ -315,32 +348,7 @@ impl NewKey {
         limit: Option<i128>,
         window_seconds: Option<i128>,
     ) -> Result<Self, Invalid> {
-        let max = i128::from(MAX_USAGE_LIMIT);
-        self.usage_limit = limit
-            .map(|n| {
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=max).contains(&i128::from(*n)))
-                    .ok_or_else(|| {
-                        Invalid(format!("usage_limit must be an integer from 1 to {max}"))
-                    })
-            })
-            .transpose()?;
-        self.usage_window_seconds = window_seconds
-            .map(|n| {
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=MAX_USAGE_WINDOW_SECONDS).contains(n))
-                    .ok_or_else(|| {
-                        Invalid(format!(
-                            "usage_window_seconds must be an integer from 1 to {MAX_USAGE_WINDOW_SECONDS}"
-                        ))
-                    })
-            })
-            .transpose()?;
-        if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
-            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
-        }
+        (self.usage_limit, self.usage_window_seconds) = parse_usage(limit, window_seconds)?;
         Ok(self)
     }
 

@@ -31,7 +31,7 @@ pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
 pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
-    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name, parse_usage,
 };
 pub use key::{KeyEntry, KeyInfo, Plaintext};
 pub use outcomes::Outcomes;

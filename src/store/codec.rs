@@ -288,6 +288,9 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         usage_count: 0,
         usage_window_start_ms: None,
         usage_window_end_running_ms: None,
+        exhausted_until_ms: None,
+        budget: None,
+        spent_nanos: 0,
         metadata: plain.metadata.clone(),
         value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
         secrets: plain

@@ -155,6 +155,9 @@ mod tests {
             usage_count: 0,
             usage_window_start_ms: None,
             usage_window_end_running_ms: None,
+            exhausted_until_ms: None,
+            budget: None,
+            spent_nanos: 0,
             metadata: serde_json::Map::new(),
             value: Hex(sealer.seal(value, &legacy_value_aad(id))),
             secrets: secrets
