@@ -18,6 +18,7 @@ mod leak;
 mod listen;
 mod metrics;
 mod persistence;
+mod pg;
 mod poison;
 mod process;
 mod routes;
