@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::{Failure, format_elapsed, progress_bar};
+use super::{Failure, format_elapsed, generation, progress_bar};
 use crate::compat::{ExportSummary, PostgresUrl, Schema, export, export_postgres, redact};
 use crate::config::Settings;
 use crate::crypto::Sealer;
@@ -83,11 +83,7 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
             format!("export to {shown} failed; no file was written")
         }
     })?;
-    let generation = if postgres {
-        "PostgreSQL".to_owned()
-    } else {
-        format!("{} schema", summary.schema)
-    };
+    let generation = generation(postgres, summary.schema);
     let mut line = format!(
         "exported {} to {shown} ({generation}): {} tiers, {} keys, {} consumers",
         db_path.display(),

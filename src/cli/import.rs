@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::{Failure, format_elapsed, progress_bar};
+use super::{Failure, format_elapsed, generation, progress_bar};
 use crate::compat::{
     ImportMode, ImportSummary, PostgresUrl, SourceContents, import, read_postgres, read_source,
     redact,
@@ -98,11 +98,7 @@ pub(super) fn run(settings: &Settings, args: &ImportArgs) -> Result<(), Failure>
                 .into());
         }
     };
-    let generation = if postgres {
-        "PostgreSQL".to_owned()
-    } else {
-        format!("{} schema", summary.schema)
-    };
+    let generation = generation(postgres, summary.schema);
     let mut line = format!(
         "imported {shown} ({generation}) into {}: {} tiers, {} keys, {} consumers, {} skipped, {} usage events",
         db_path.display(),

@@ -185,16 +185,18 @@ fn watch(dir: &Path, data: &Path) {
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf \"$2\"",
         pid = std::process::id()
     );
-    Command::new("setsid")
-        .args(["sh", "-c", &script])
+    // `setsid --fork` leaves the watcher in a session of its own and returns at once.
+    let started = Command::new("setsid")
+        .args(["--fork", "sh", "-c", &script])
         .arg(bin("pg_ctl"))
         .arg(data)
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
+    assert!(started.success(), "setsid failed");
 }
 
 /// Runs `f` on a thread of its own: the synchronous client may not run on the async runtime.
