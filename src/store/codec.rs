@@ -292,6 +292,8 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         metadata: serde_json::Map::new(),
         exhausted_until_ms: None,
         disabled_reason: None,
+        budget: None,
+        spent_nanos: 0,
         value: Hex(Vec::new()),
         secrets: BTreeMap::new(),
     };

@@ -38,8 +38,8 @@ pub use codec::{
     key_info, key_record, load_catalog, open_key, seal_into, tier_record, usage_cap,
 };
 pub use records::{
-    ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,
-    secret_aad, value_aad,
+    BudgetRecord, ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord,
+    UsageRecord, secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -64,6 +64,9 @@ const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// Audit events kept on disk; older ones are dropped as new ones arrive.
+pub const AUDIT_RETENTION: u64 = 100_000;
 /// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
 /// service's, to be imported), and the import requires them.
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
