@@ -313,6 +313,20 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
+/// A usage cap: `limit` total uses (1 to [`MAX_USAGE_LIMIT`]), per `window_seconds` (1 second to
+/// ten times 366 days) when given; a window needs a limit.
+pub fn parse_usage(
+    limit: Option<i128>,
+    window_seconds: Option<i128>,
+) -> Result<(Option<u32>, Option<u32>), Invalid> {
+    let usage_limit = limit.map(parse_usage_limit).transpose()?;
+    let usage_window_seconds = window_seconds.map(parse_usage_window).transpose()?;
+    if usage_window_seconds.is_some() && usage_limit.is_none() {
+        return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+    }
+    Ok((usage_limit, usage_window_seconds))
+}
+
 impl NewKey {
     /// A key named `name` in `tier` (its name or id), with no expiry, metadata, secrets or cap.
     pub fn new(name: &str, tier: &str, value: Zeroizing<String>) -> Result<Self, Invalid> {
@@ -339,11 +353,7 @@ impl NewKey {
         limit: Option<i128>,
         window_seconds: Option<i128>,
     ) -> Result<Self, Invalid> {
-        self.usage_limit = limit.map(parse_usage_limit).transpose()?;
-        self.usage_window_seconds = window_seconds.map(parse_usage_window).transpose()?;
-        if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
-            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
-        }
+        (self.usage_limit, self.usage_window_seconds) = parse_usage(limit, window_seconds)?;
         Ok(self)
     }
 

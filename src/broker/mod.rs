@@ -38,7 +38,7 @@ pub use health::{
 };
 pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
-    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name, parse_usage,
 };
 pub use key::{Described, KeyEntry, KeyHealth, KeyInfo, KeyState, Plaintext};
 pub use outcomes::Outcomes;

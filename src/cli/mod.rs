@@ -88,6 +88,15 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
+/// Which database a summary line speaks of: `PostgreSQL`, or the SQLite file's `seed schema`.
+fn generation(postgres: bool, schema: crate::compat::Schema) -> String {
+    if postgres {
+        "PostgreSQL".to_owned()
+    } else {
+        format!("{schema} schema")
+    }
+}
+
 /// How long a command took, for its summary line: `1.25 s`.
 fn format_elapsed(elapsed: Duration) -> String {
     format!("{:.2} s", elapsed.as_secs_f64())

@@ -9,8 +9,8 @@ use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
 use crate::store::{
-    Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads, check_tier_loads,
-    key_record,
+    AUDIT_RETENTION, Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads,
+    check_tier_loads, key_record,
 };
 
 /// What to do when the target database already holds tiers, keys or consumers.
@@ -35,8 +35,12 @@ pub struct ImportSummary {
     pub consumers: usize,
     /// Rows skipped by `--merge` because their id was already present.
     pub skipped: usize,
-    /// Audit rows of the source (`usage_events`), which are not imported.
+    /// Audit events imported (the newest of the source's `usage_events`).
     pub usage_events: u64,
+    /// Older audit events, beyond what the audit trail keeps, not imported.
+    pub usage_events_left_out: u64,
+    /// Rows of the source's `spend_events`, not imported.
+    pub spend_events: u64,
 }
 
 /// Writes what was read from a source file into `store` (values sealed with `sealer`), in one
@@ -128,7 +132,9 @@ fn write(
         keys: 0,
         consumers: 0,
         skipped: 0,
-        usage_events: source.usage_events,
+        usage_events: source.usage.len() as u64,
+        usage_events_left_out: source.usage_dropped,
+        spend_events: source.spend_events,
     };
     let batch = store.begin()?;
     if mode == ImportMode::Replace {
@@ -170,6 +176,9 @@ fn write(
             usage_window_seconds: key.usage_window_seconds,
             usage_count: key.usage_count,
             usage_window_start_ms: key.usage_window_start_ms,
+            exhausted_until_ms: key.exhausted_until_ms,
+            budget: key.budget.clone(),
+            spent_nanos: key.spent_nanos,
             ..key_record(&key.info, &plain, sealer)
         };
         check_key_loads(&record, sealer).map_err(would_not_load)?;
@@ -214,6 +223,7 @@ fn write(
         batch.put_consumer(consumer)?;
         summary.consumers += 1;
     }
+    batch.append_usage(&source.usage, AUDIT_RETENTION)?;
     batch.commit()?;
     Ok(summary)
 }

@@ -39,8 +39,8 @@ pub use codec::{
     tier_record, usage_cap,
 };
 pub use records::{
-    ConsumerRecord, CooldownRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord,
-    UsageRecord, secret_aad, value_aad,
+    BudgetRecord, ConsumerRecord, CooldownRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord,
+    TierRecord, UsageRecord, secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -65,6 +65,9 @@ const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// Audit events kept on disk; older ones are dropped as new ones arrive.
+pub const AUDIT_RETENTION: u64 = 100_000;
 /// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
 /// service's, to be imported), and the import requires them.
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -162,7 +165,8 @@ impl std::fmt::Debug for Store {
 /// every consumer.
 pub enum Record {
     Tier(TierRecord),
-    Key(KeyRecord),
+    /// Boxed: a key's record (with its health and budget) is several times the others.
+    Key(Box<KeyRecord>),
     Consumer(ConsumerRecord),
     /// A tier, key or consumer that is not loaded: its signature does not match, or its bytes do
     /// not decode. Reported by table and id and left out, so that one bad record never keeps the
@@ -174,7 +178,7 @@ impl Contents {
     fn push(&mut self, record: Record) {
         match record {
             Record::Tier(tier) => self.tiers.push(tier),
-            Record::Key(key) => self.keys.push(key),
+            Record::Key(key) => self.keys.push(*key),
             Record::Consumer(consumer) => self.consumers.push(consumer),
             Record::LeftOut(skipped) => self.left_out.push(skipped),
         }
@@ -191,7 +195,14 @@ fn read_each(
 ) -> Result<(), StoreError> {
     let read = db.begin_read()?;
     read_table(&read, TIERS, "tiers", signer, Record::Tier, each)?;
-    read_table(&read, KEYS, "keys", signer, Record::Key, each)?;
+    read_table(
+        &read,
+        KEYS,
+        "keys",
+        signer,
+        |key| Record::Key(Box::new(key)),
+        each,
+    )?;
     read_table(
         &read,
         CONSUMERS,

@@ -85,6 +85,12 @@ pub struct KeyRecord {
     /// 5xx answers and timeouts reported since the last success.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// The key's spend budget, if it has one.
+    #[serde(default)]
+    pub budget: Option<BudgetRecord>,
+    /// Spent in the budget's current period, in billionths of its unit.
+    #[serde(default)]
+    pub spent_nanos: u64,
 }
 
 /// A feature's cooldown on a key.
@@ -95,6 +101,17 @@ pub struct CooldownRecord {
     pub until_ms: Option<i64>,
     #[serde(default)]
     pub level: u8,
+}
+
+/// A spend budget: an exact decimal amount (in billionths) of a unit, per month or for life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRecord {
+    pub amount_nanos: u64,
+    /// `usd` or `credits`.
+    pub unit: String,
+    /// The day of the month (1–28) the budget resets at 00:00 UTC; `None` for a lifetime budget.
+    #[serde(default)]
+    pub reset_day: Option<u8>,
 }
 
 /// A consumer: a service with its own token, drawing keys only from its scoped tiers.

@@ -23,6 +23,7 @@ mod listings;
 mod manage;
 mod metrics;
 mod persistence;
+mod pg;
 mod poison;
 mod process;
 mod routes;

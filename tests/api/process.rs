@@ -33,6 +33,7 @@ const SETTINGS: &[&str] = &[
     "ALLOW_CORE_DUMPS",
     "MLOCK",
     "KEYPOOLER_URL",
+    "DATABASE_URL",
 ];
 pub const TOKEN: &str = "binary-admin-token";
 

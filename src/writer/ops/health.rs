@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use super::Staging;
-use super::usage::AUDIT_RETENTION;
 use crate::broker::{HealthState, KeyEntry, KeyHealth, KeyInfo, KeyPatch, Now, Outcome};
-use crate::store::{UsageRecord, store_health};
+use crate::store::{AUDIT_RETENTION, UsageRecord, store_health};
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
 

@@ -5,11 +5,8 @@ use std::sync::Arc;
 use super::Staging;
 use crate::broker::to_cap_seconds;
 use crate::broker::{Catalog, Clock, UsageCap};
-use crate::store::{Batch, KeyRecord, Store, UsageRecord};
+use crate::store::{AUDIT_RETENTION, Batch, KeyRecord, Store, UsageRecord};
 use crate::writer::WriteError;
-
-/// Audit events kept on disk; older ones are dropped as new ones arrive.
-pub(super) const AUDIT_RETENTION: u64 = 100_000;
 
 /// A reservation written into the batch, to publish once it is committed.
 pub(in crate::writer) struct Reservation {

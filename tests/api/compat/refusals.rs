@@ -109,7 +109,7 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
         (
             LATEST,
             "UPDATE keys SET usage_limit = 0 WHERE name = 'fc-02'".into(),
-            "usage_limit must be a positive integer".into(),
+            "usage_limit must be an integer from 1 to 4294967294".into(),
         ),
         (
             LATEST,
