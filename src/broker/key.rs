@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -53,8 +54,9 @@ pub struct Plaintext<'a> {
     pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of `GET /key`, encoded once when the key is loaded.
+#[derive(Serialize, JsonSchema)]
+pub struct ServedKey<'a> {
     key_id: &'a str,
     value: &'a str,
     metadata: &'a serde_json::Map<String, serde_json::Value>,
@@ -86,7 +88,7 @@ impl AsRef<[u8]> for ZeroizingBody {
 
 impl KeyEntry {
     pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
-        let body = Body {
+        let body = ServedKey {
             key_id: &info.id,
             value: plain.value,
             metadata: plain.metadata,

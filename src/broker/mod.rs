@@ -33,7 +33,7 @@ pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
     ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
-pub use key::{KeyEntry, KeyInfo, Plaintext};
+pub use key::{KeyEntry, KeyInfo, Plaintext, ServedKey};
 pub use outcomes::Outcomes;
 pub use pool::{Caller, Pick, Pool};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -15,8 +16,9 @@ use super::error::ApiError;
 use super::idempotency::{Answered, Retryable, respond, stored};
 use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
 
-#[derive(Serialize)]
-struct Created<'a> {
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "CreatedConsumer")]
+pub struct Created<'a> {
     id: &'a str,
     name: &'a str,
     /// Shown once: only its SHA-256 is stored.
@@ -25,12 +27,20 @@ struct Created<'a> {
 
 /// What a retry with the creation's idempotency key answers: the token is gone (only its hash
 /// was stored).
-#[derive(Serialize)]
-struct Replayed<'a> {
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "ReplayedConsumer")]
+pub struct Replayed<'a> {
     id: &'a str,
     name: &'a str,
     /// Always true: says why there is no `token`.
     replayed: bool,
+}
+
+/// The `201` of `POST /admin/consumers`: the consumer created, or a replay of its creation.
+pub fn created_schema(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "anyOf": [generator.subschema_for::<Created>(), generator.subschema_for::<Replayed>()],
+    })
 }
 
 fn created((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
@@ -62,8 +72,8 @@ pub async fn create(
     Ok(respond(answer, &app.pool().load().catalog, created))
 }
 
-#[derive(Serialize)]
-struct ConsumerView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct ConsumerView<'a> {
     id: &'a str,
     name: &'a str,
     description: &'a str,

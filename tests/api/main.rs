@@ -17,6 +17,7 @@ mod keys;
 mod leak;
 mod listen;
 mod metrics;
+mod openapi;
 mod persistence;
 mod poison;
 mod process;
