@@ -3,6 +3,7 @@
 mod audit;
 mod backup;
 mod binary;
+mod cli;
 mod compat;
 mod consumers;
 mod crash;

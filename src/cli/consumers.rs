@@ -1,0 +1,168 @@
+//! `keypooler consumers list|add|patch|delete`: a running server's consumers, their tiers and
+//! their tokens. A token is printed once, when it is made; the server keeps only its hash.
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use super::Failure;
+use super::output::{Remote, Session, Table, deleted, segment, text};
+use crate::config::{ConfigError, Settings};
+
+#[derive(Args, Debug)]
+pub struct ConsumersArgs {
+    #[command(subcommand)]
+    action: Action,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Subcommand, Debug)]
+enum Action {
+    /// Every consumer with its tiers.
+    List,
+    /// Create a consumer and print its token (shown this once).
+    Add {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// A tier (name or id) it may draw keys from; repeat for each.
+        #[arg(long = "scope", value_name = "TIER")]
+        scopes: Vec<String>,
+    },
+    /// Change a consumer's tiers, or give it a new token (the old one stops working at once).
+    Patch {
+        /// The consumer's id.
+        id: String,
+        /// A tier it may now draw keys from; repeat for each.
+        #[arg(long, value_name = "TIER")]
+        add_scope: Vec<String>,
+        /// A tier it may no longer draw keys from; repeat for each.
+        #[arg(long, value_name = "TIER")]
+        remove_scope: Vec<String>,
+        /// Make a new token and print it (shown this once).
+        #[arg(long)]
+        new_token: bool,
+    },
+    /// Delete a consumer: its token stops working.
+    Delete {
+        /// The consumer's id.
+        id: String,
+    },
+}
+
+pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failure> {
+    let session = Session::new(settings, &args.remote)?;
+    match &args.action {
+        Action::List => {
+            let consumers = session.call(Method::GET, "/admin/consumers", None)?;
+            session.show(&consumers, table);
+        }
+        Action::Add {
+            name,
+            description,
+            scopes,
+        } => {
+            let mut body = json!({"name": name});
+            if let Some(description) = description {
+                body["description"] = description.as_str().into();
+            }
+            let created = session.call(
+                Method::POST,
+                "/admin/consumers",
+                Some(body.to_string().into_bytes()),
+            )?;
+            let id = text(&created, "id");
+            add_scopes(&session, &id, scopes)?;
+            let mut shown = listed(&session, &id)?;
+            shown["token"] = created["token"].clone();
+            session.show(&shown, table_with_token);
+        }
+        Action::Patch {
+            id,
+            add_scope,
+            remove_scope,
+            new_token,
+        } => {
+            if add_scope.is_empty() && remove_scope.is_empty() && !new_token {
+                return Err(ConfigError("consumers patch: nothing to change".into()).into());
+            }
+            add_scopes(&session, id, add_scope)?;
+            for tier in remove_scope {
+                let path = format!("/admin/consumers/{}/scopes/{}", segment(id), segment(tier));
+                session.call(Method::DELETE, &path, None)?;
+            }
+            let token = if *new_token {
+                let path = format!("/admin/consumers/{}/token", segment(id));
+                Some(session.call(Method::POST, &path, None)?["token"].clone())
+            } else {
+                None
+            };
+            let mut shown = listed(&session, id)?;
+            match token {
+                Some(token) => {
+                    shown["token"] = token;
+                    session.show(&shown, table_with_token);
+                }
+                None => session.show(&shown, table),
+            }
+        }
+        Action::Delete { id } => {
+            let path = format!("/admin/consumers/{}", segment(id));
+            let answer = session.call(Method::DELETE, &path, None)?;
+            session.show(&answer, |_| deleted("consumer", id));
+        }
+    }
+    Ok(())
+}
+
+fn add_scopes(session: &Session, id: &str, tiers: &[String]) -> Result<(), Failure> {
+    let path = format!("/admin/consumers/{}/scopes", segment(id));
+    for tier in tiers {
+        let body = json!({"tier": tier}).to_string().into_bytes();
+        session.call(Method::POST, &path, Some(body))?;
+    }
+    Ok(())
+}
+
+/// The consumer's entry in the listing, as it now stands.
+fn listed(session: &Session, id: &str) -> Result<Value, Failure> {
+    let consumers = session.call(Method::GET, "/admin/consumers", None)?;
+    consumers
+        .as_array()
+        .and_then(|all| all.iter().find(|consumer| consumer["id"] == id))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("consumer {id} is not in the listing").into())
+}
+
+const COLUMNS: [&str; 5] = ["ID", "NAME", "ACTIVE", "SCOPES", "DESCRIPTION"];
+
+fn cell(consumer: &Value, column: usize) -> String {
+    match column {
+        0 => text(consumer, "id"),
+        1 => text(consumer, "name"),
+        2 => text(consumer, "is_active"),
+        3 => consumer["scopes"]
+            .as_array()
+            .map(|scopes| {
+                let names: Vec<String> = scopes
+                    .iter()
+                    .map(|s| s.as_str().unwrap_or("").to_owned())
+                    .collect();
+                names.join(",")
+            })
+            .unwrap_or_default(),
+        4 => text(consumer, "description"),
+        _ => text(consumer, "token"),
+    }
+}
+
+fn table(consumers: &Value) -> Table {
+    Table::of(&COLUMNS, consumers, cell)
+}
+
+fn table_with_token(consumer: &Value) -> Table {
+    let mut header = COLUMNS.to_vec();
+    header.push("TOKEN (shown once)");
+    Table::of(&header, consumer, cell)
+}
