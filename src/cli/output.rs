@@ -3,7 +3,7 @@
 //! which every user of the machine can read).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
@@ -160,7 +160,7 @@ pub fn read_secret(path: &Path) -> anyhow::Result<Zeroizing<String>> {
 
 /// A key value from `path` (`-`: stdin): its content without the one line ending a shell or an
 /// editor leaves; refused when empty.
-pub fn read_value(path: &PathBuf) -> Result<Zeroizing<String>, super::Failure> {
+pub fn read_value(path: &Path) -> Result<Zeroizing<String>, super::Failure> {
     let mut value = read_secret(path)?;
     for ending in ["\n", "\r"] {
         if value.ends_with(ending) {

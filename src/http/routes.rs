@@ -101,7 +101,7 @@ pub const ROUTES: [Route; 20] = [
     route!(GET "/admin/tiers", Admin, admin::list_tiers)
         .doc(doc("Every tier, by name.").json::<Vec<TierView<'static>>>(200)),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier).doc(
-        doc("Replace a tier's features (and description), named by `name`.")
+        doc("Replace a tier's features (and description), named in the body.")
             .body::<TierBody>()
             .json::<TierView<'static>>(200)
             .error(404),
@@ -121,7 +121,7 @@ pub const ROUTES: [Route; 20] = [
     route!(GET "/admin/health", Admin, admin::health)
         .doc(doc("Pool size and key counts.").json::<PoolHealth<'static>>(200)),
     route!(POST "/admin/consumers", Admin, consumers::create).doc(
-        doc("Create a consumer; its token is shown this once (a replay says `replayed`).")
+        doc("Create a consumer; its token is shown this once (a replay answers replayed: true).")
             .body::<ConsumerBody>()
             .json_with(201, consumers::created_schema)
             .error(422),
