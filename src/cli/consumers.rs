@@ -1,24 +1,18 @@
 //! `keypooler consumers list|add|patch|delete`: a running server's consumers, their tiers and
 //! their tokens. A token is printed once, when it is made; the server keeps only its hash.
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use hyper::Method;
 use serde_json::{Value, json};
 
 use super::Failure;
-use super::output::{Remote, Session, Table, deleted, segment, text};
+use super::output::{OnServer, Session, Table, segment, text};
 use crate::config::{ConfigError, Settings};
 
-#[derive(Args, Debug)]
-pub struct ConsumersArgs {
-    #[command(subcommand)]
-    action: Action,
-    #[command(flatten)]
-    remote: Remote,
-}
+pub type ConsumersArgs = OnServer<Action>;
 
 #[derive(Subcommand, Debug)]
-enum Action {
+pub enum Action {
     /// Every consumer with its tiers.
     List,
     /// Create a consumer and print its token (shown this once).
@@ -52,7 +46,7 @@ enum Action {
 }
 
 pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failure> {
-    let session = Session::new(settings, &args.remote)?;
+    let session = Session::new(settings, args)?;
     match &args.action {
         Action::List => {
             let consumers = session.call(Method::GET, "/admin/consumers", None)?;
@@ -107,11 +101,7 @@ pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failu
                 None => session.show(&shown, table),
             }
         }
-        Action::Delete { id } => {
-            let path = format!("/admin/consumers/{}", segment(id));
-            let answer = session.call(Method::DELETE, &path, None)?;
-            session.show(&answer, |_| deleted("consumer", id));
-        }
+        Action::Delete { id } => session.delete("consumer", "/admin/consumers", id)?,
     }
     Ok(())
 }

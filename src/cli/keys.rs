@@ -8,19 +8,13 @@ use hyper::Method;
 use serde_json::{Map, Value};
 
 use super::Failure;
-use super::output::{Remote, Session, Table, deleted, read_secret, read_value, segment, text};
+use super::output::{OnServer, Session, Table, entries, read_secret, read_value, segment, text};
 use crate::config::{ConfigError, Settings};
 
-#[derive(Args, Debug)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    action: Action,
-    #[command(flatten)]
-    remote: Remote,
-}
+pub type KeysArgs = OnServer<Action>;
 
 #[derive(Subcommand, Debug)]
-enum Action {
+pub enum Action {
     /// Every key with its state and live usage (never its value).
     List,
     /// Add a key; its value is read from --value-file.
@@ -35,7 +29,7 @@ enum Action {
 }
 
 #[derive(Args, Debug)]
-struct AddKey {
+pub struct AddKey {
     #[arg(long)]
     name: String,
     /// The tier's name or id.
@@ -49,7 +43,7 @@ struct AddKey {
 }
 
 #[derive(Args, Debug)]
-struct PatchKey {
+pub struct PatchKey {
     /// The key's id.
     id: String,
     #[arg(long)]
@@ -69,7 +63,7 @@ struct PatchKey {
 
 /// The fields `add` and `patch` share.
 #[derive(Args, Debug)]
-struct Fields {
+pub struct Fields {
     /// RFC 3339; the key is not served from then on (`none`: no expiry).
     #[arg(long, value_name = "TIME")]
     expires_at: Option<String>,
@@ -135,7 +129,7 @@ fn one_stdin(value: Option<&Path>, secrets: Option<&Path>) -> Result<(), ConfigE
 }
 
 pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
-    let session = Session::new(settings, &args.remote)?;
+    let session = Session::new(settings, args)?;
     match &args.action {
         Action::List => {
             let keys = session.call(Method::GET, "/admin/keys", None)?;
@@ -181,11 +175,7 @@ pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
             let key = session.call(Method::PATCH, &path, Some(to_bytes(body)))?;
             session.show(&key, table);
         }
-        Action::Delete { id } => {
-            let path = format!("/admin/keys/{}", segment(id));
-            let answer = session.call(Method::DELETE, &path, None)?;
-            session.show(&answer, |_| deleted("key", id));
-        }
+        Action::Delete { id } => session.delete("key", "/admin/keys", id)?,
     }
     Ok(())
 }
@@ -201,7 +191,10 @@ fn table(keys: &Value) -> Table {
         1 => text(key, "name"),
         2 => text(key, "tier"),
         3 => state(key),
-        _ => usage(&key["usage"]),
+        // Uses in the current window, of the limit: `chat=1/100 image=0/5`.
+        _ => entries(&key["usage"], |window| {
+            format!("{}/{}", window["used"], window["limit"])
+        }),
     })
 }
 
@@ -212,16 +205,4 @@ fn state(key: &Value) -> String {
         (_, Value::Bool(false)) => "inactive".into(),
         _ => "active".into(),
     }
-}
-
-/// `chat=1/100 image=0/5`: uses in the current window, of the limit.
-fn usage(usage: &Value) -> String {
-    let Some(usage) = usage.as_object() else {
-        return String::new();
-    };
-    usage
-        .iter()
-        .map(|(feature, window)| format!("{feature}={}/{}", window["used"], window["limit"]))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

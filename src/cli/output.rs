@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use hyper::Method;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -15,9 +15,11 @@ use zeroize::Zeroizing;
 use super::client::{Server, block_on, one_line};
 use crate::config::{ConfigError, Settings};
 
-/// The server, and how to print its answers.
+/// A command on a running server: what to do, where the server is, how to print its answers.
 #[derive(Args, Debug)]
-pub struct Remote {
+pub struct OnServer<A: Subcommand> {
+    #[command(subcommand)]
+    pub action: A,
     /// The running server, as http://host:port [default: http://127.0.0.1:8080].
     #[arg(long, env = "KEYPOOLER_URL", global = true)]
     pub url: Option<String>,
@@ -34,7 +36,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(settings: &Settings, remote: &Remote) -> Result<Self, ConfigError> {
+    pub fn new<A: Subcommand>(
+        settings: &Settings,
+        remote: &OnServer<A>,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             token: settings.admin_token()?,
             server: Server::parse(remote.url.as_deref())?,
@@ -45,6 +50,14 @@ impl Session {
     /// One request; the JSON answer.
     pub fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
         block_on(self.server.json(&self.token, method, path, body))
+    }
+
+    /// `DELETE <collection>/<name>`; prints what went.
+    pub fn delete(&self, what: &'static str, collection: &str, name: &str) -> anyhow::Result<()> {
+        let path = format!("{collection}/{}", segment(name));
+        let answer = self.call(Method::DELETE, &path, None)?;
+        self.show(&answer, |_| deleted(what, name));
+        Ok(())
     }
 
     /// Prints `answer`: as JSON with `--json`, else as the table `table` makes of it.
@@ -128,10 +141,22 @@ impl Table {
 }
 
 /// The table of a deletion: what was deleted.
-pub fn deleted(what: &'static str, name: &str) -> Table {
+fn deleted(what: &'static str, name: &str) -> Table {
     let mut table = Table::new(&["DELETED", "NAME"]);
     table.push(vec![what.to_owned(), name.to_owned()]);
     table
+}
+
+/// `name=<show(entry)>` for each entry of an object, joined by spaces (empty for no object).
+pub fn entries(object: &Value, show: impl Fn(&Value) -> String) -> String {
+    let Some(object) = object.as_object() else {
+        return String::new();
+    };
+    let shown: Vec<String> = object
+        .iter()
+        .map(|(name, entry)| format!("{name}={}", show(entry)))
+        .collect();
+    shown.join(" ")
 }
 
 /// A string field of `value`, or empty.

@@ -5,19 +5,13 @@ use hyper::Method;
 use serde_json::{Map, Value, json};
 
 use super::Failure;
-use super::output::{Remote, Session, Table, deleted, segment, text};
+use super::output::{OnServer, Session, Table, entries, text};
 use crate::config::{ConfigError, Settings};
 
-#[derive(Args, Debug)]
-pub struct TiersArgs {
-    #[command(subcommand)]
-    action: Action,
-    #[command(flatten)]
-    remote: Remote,
-}
+pub type TiersArgs = OnServer<Action>;
 
 #[derive(Subcommand, Debug)]
-enum Action {
+pub enum Action {
     /// Every tier, by name.
     List,
     /// Create a tier.
@@ -32,7 +26,7 @@ enum Action {
 }
 
 #[derive(Args, Debug)]
-struct Spec {
+pub struct Spec {
     /// The tier's name.
     name: String,
     /// A feature and its limit per key: NAME=LIMIT (per minute) or NAME=LIMIT/SECONDS.
@@ -78,7 +72,7 @@ fn parse_feature(given: &str) -> Result<(String, Value), ConfigError> {
 }
 
 pub(super) fn run(settings: &Settings, args: &TiersArgs) -> Result<(), Failure> {
-    let session = Session::new(settings, &args.remote)?;
+    let session = Session::new(settings, args)?;
     match &args.action {
         Action::List => {
             let tiers = session.call(Method::GET, "/admin/tiers", None)?;
@@ -92,11 +86,7 @@ pub(super) fn run(settings: &Settings, args: &TiersArgs) -> Result<(), Failure> 
             let tier = session.call(Method::PATCH, "/admin/tiers", Some(spec.body()?))?;
             session.show(&tier, table);
         }
-        Action::Delete { name } => {
-            let path = format!("/admin/tiers/{}", segment(name));
-            let answer = session.call(Method::DELETE, &path, None)?;
-            session.show(&answer, |_| deleted("tier", name));
-        }
+        Action::Delete { name } => session.delete("tier", "/admin/tiers", name)?,
     }
     Ok(())
 }
@@ -107,28 +97,13 @@ fn table(tiers: &Value) -> Table {
         tiers,
         |tier, column| match column {
             0 => text(tier, "name"),
-            1 => features(&tier["features"]),
+            1 => entries(&tier["features"], |limit| {
+                format!("{}/{}s", limit["rate_limit"], limit["window_seconds"])
+            }),
             2 => text(tier, "description"),
             _ => text(tier, "id"),
         },
     )
-}
-
-/// `chat=5/10s image=100/60s`.
-fn features(features: &Value) -> String {
-    let Some(features) = features.as_object() else {
-        return String::new();
-    };
-    features
-        .iter()
-        .map(|(name, limit)| {
-            format!(
-                "{name}={}/{}s",
-                limit["rate_limit"], limit["window_seconds"]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(all(test, not(loom)))]
