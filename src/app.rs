@@ -129,7 +129,14 @@ impl App {
             &meter,
         )?;
         Ok(Self {
-            state: AppState::new(pool, writer, admin_token, exporter, audit),
+            state: AppState::new(
+                pool,
+                writer,
+                admin_token,
+                exporter,
+                audit,
+                options.limits.max_waiters as usize,
+            ),
             writer: thread,
             limits: options.limits,
         })
@@ -172,8 +179,11 @@ impl App {
         // Dropped when `shutdown` resolves (or the main server fails), which stops the metrics
         // listener and the upkeep.
         let (stop, stopped) = tokio::sync::watch::channel(());
+        let waiters = state.waiters().clone();
         let shutdown = async move {
             shutdown.await;
+            // Waiting requests are answered 503 now, so the connections they hold can close.
+            waiters.close();
             drop(stop);
         };
         let upkeep = state.exporter().map(|exporter| {

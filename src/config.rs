@@ -81,6 +81,10 @@ pub struct Settings {
     /// 0); more are closed at accept [default: off].
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<String>,
+    /// Most `GET /key?wait=` requests waiting for a key at once (0 to half of MAX_CONNECTIONS);
+    /// more get 503 [default: 1024, or half of MAX_CONNECTIONS if that is less].
+    #[arg(long, env = "MAX_WAITERS", global = true)]
+    pub max_waiters: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
     #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
@@ -111,6 +115,7 @@ impl std::fmt::Debug for Settings {
             .field("max_connections", &self.max_connections)
             .field("write_timeout", &self.write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_waiters", &self.max_waiters)
             .field("allow_core_dumps", &self.allow_core_dumps)
             .field("mlock", &self.mlock)
             .finish()
@@ -167,6 +172,9 @@ pub struct ConnectionLimits {
     /// Connections open at once from one address (IPv4, or an IPv6 /64); more are closed at
     /// accept. `None`: no cap (behind a proxy every client has the proxy's address).
     pub max_connections_per_ip: Option<u32>,
+    /// `GET /key?wait=` requests that may wait for a key at once; more get 503. Each holds a
+    /// connection, so at most half of `max_connections`: the other half still serves.
+    pub max_waiters: u32,
 }
 
 impl ConnectionLimits {
@@ -174,6 +182,7 @@ impl ConnectionLimits {
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_WAITERS: u32 = 1_024;
 }
 
 impl Default for ConnectionLimits {
@@ -184,6 +193,7 @@ impl Default for ConnectionLimits {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
             max_connections_per_ip: None,
+            max_waiters: Self::DEFAULT_MAX_WAITERS,
         }
     }
 }
@@ -321,7 +331,26 @@ impl Settings {
             .into()
     }
 
+    /// A `MAX_WAITERS` set above half of `MAX_CONNECTIONS` stops start-up: waiters would hold
+    /// every connection. Unset, it is 1,024, or half of `MAX_CONNECTIONS` when that is less.
     pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        let max_connections = match given(self.max_connections.as_ref()) {
+            None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
+            Some(text) => connection_count("MAX_CONNECTIONS", text)?,
+        };
+        let most_waiters = max_connections / 2;
+        let max_waiters = match given(self.max_waiters.as_ref()) {
+            None => ConnectionLimits::DEFAULT_MAX_WAITERS.min(most_waiters),
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= most_waiters)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "MAX_WAITERS must be an integer from 0 to {most_waiters}, half of MAX_CONNECTIONS (got {text:?})"
+                    ))
+                })?,
+        };
         Ok(ConnectionLimits {
             header_read_timeout: parse_timeout(
                 "HEADER_READ_TIMEOUT",
@@ -333,10 +362,7 @@ impl Settings {
                 self.request_timeout.as_ref(),
                 ConnectionLimits::DEFAULT_REQUEST_TIMEOUT,
             )?,
-            max_connections: match given(self.max_connections.as_ref()) {
-                None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
-                Some(text) => connection_count("MAX_CONNECTIONS", text)?,
-            },
+            max_connections,
             write_timeout: parse_timeout(
                 "WRITE_TIMEOUT",
                 self.write_timeout.as_ref(),
@@ -347,6 +373,7 @@ impl Settings {
                 Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => None,
                 Some(text) => Some(connection_count("MAX_CONNECTIONS_PER_IP", text)?),
             },
+            max_waiters,
         })
     }
 
@@ -599,6 +626,17 @@ mod tests {
                 "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
             ),
             (
+                Box::new(|s| {
+                    s.max_connections = Some("100".into());
+                    s.max_waiters = Some("51".into());
+                }),
+                "MAX_WAITERS must be an integer from 0 to 50, half of MAX_CONNECTIONS",
+            ),
+            (
+                Box::new(|s| s.max_waiters = Some("-1".into())),
+                "MAX_WAITERS must be an integer from 0 to 2048",
+            ),
+            (
                 Box::new(|s| s.allow_core_dumps = Some("maybe".into())),
                 "ALLOW_CORE_DUMPS must be on or off",
             ),
@@ -659,12 +697,20 @@ mod tests {
                 max_connections: 10,
                 write_timeout: Duration::from_millis(1_500),
                 max_connections_per_ip: Some(4),
+                // The default, 1,024, held to half of MAX_CONNECTIONS.
+                max_waiters: 5,
             }
         );
         for off in ["OFF", "0"] {
             s.max_connections_per_ip = Some(off.into());
             assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
         }
+        s.max_waiters = Some("0".into());
+        assert_eq!(s.limits().unwrap().max_waiters, 0);
+        s.max_connections = None;
+        assert_eq!(settings().limits().unwrap().max_waiters, 1_024);
+        s.max_waiters = Some("2048".into());
+        assert_eq!(s.limits().unwrap().max_waiters, 2_048);
         assert_eq!(
             config.hardening,
             hardening::Options {

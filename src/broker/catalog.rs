@@ -3,6 +3,7 @@
 //! clone and every snapshot carries the catalog it was built from without copying it.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::consumer::Consumer;
@@ -17,7 +18,9 @@ pub struct Catalog {
     tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
-    key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
+    /// By id: ordered, so that a listing pages by id from a cursor in O(log n) (a B-tree of
+    /// shared chunks, like `keys`; only the writer and the listings read it, never `GET /key`).
+    key_orders: imbl::OrdMap<Arc<str>, KeyOrder>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
@@ -26,10 +29,24 @@ pub struct Catalog {
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
+    /// The members of keys out of their rosters (made inactive, or expired) with the counters
+    /// they had, by key id: a key made active again (or given a later expiry) goes on counting
+    /// its open windows instead of starting them afresh.
+    parked: imbl::HashMap<Arc<str>, Member>,
 }
 
 /// The features whose candidate lists a change touched.
 pub type Dirty = BTreeSet<Arc<str>>;
+
+/// The values of `map` whose id comes after `after` (every value when `None`), by id.
+fn by_id_after<'a, V: Clone>(
+    map: &'a imbl::OrdMap<Arc<str>, V>,
+    after: Option<&str>,
+) -> impl Iterator<Item = &'a V> {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<_, str>((from, Bound::Unbounded))
+        .map(|(_, value)| value)
+}
 
 impl Catalog {
     pub fn tiers(&self) -> impl Iterator<Item = &Arc<Tier>> {
@@ -64,23 +81,42 @@ impl Catalog {
             .and_then(|order| self.keys.get(order))
     }
 
+    /// The keys by id, from the first id after `after` (from the first when `None`): a page
+    /// costs O(log n) per key, whatever the number of keys before it.
+    pub fn keys_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<KeyEntry>> {
+        by_id_after(&self.key_orders, after).filter_map(|order| self.keys.get(order))
+    }
+
     /// The active keys of a tier in rotation order with their counters (none if it has none).
     pub fn roster(&self, tier_id: &str) -> Option<&Roster> {
         self.tier_keys.get(tier_id)
     }
 
     pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
-        let order = self.key_orders.get(key_id)?;
-        let entry = self.keys.get(order)?;
+        let entry = self.key(key_id)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
-        let roster = self.roster(&entry.info.tier_id)?;
-        roster
-            .get(position(roster, (order.0, &order.1)).ok()?)?
-            .counter(index)
+        self.member(entry)?.counter(index)
+    }
+
+    /// `key` as a member of its tier's roster, with its counters (none if it is not in one).
+    fn member(&self, key: &KeyEntry) -> Option<&Member> {
+        let roster = self.roster(&key.info.tier_id)?;
+        roster.get(position(roster, (key.info.created_at_ms, &key.info.id)).ok()?)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
         self.consumers.values()
+    }
+
+    /// The consumers by id, from the first id after `after` (from the first when `None`).
+    pub fn consumers_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<Consumer>> {
+        by_id_after(&self.consumers, after)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
@@ -112,15 +148,31 @@ impl Catalog {
         key: &'a KeyEntry,
         now_ms: u64,
     ) -> impl Iterator<Item = (&'a Arc<str>, Budget)> + 'a {
+        let member = self.member(key);
         self.tier_by_id(&key.info.tier_id)
             .into_iter()
-            .flat_map(|tier| tier.features.iter())
-            .map(move |(feature, &limit)| {
-                let used = self
-                    .counter(&key.info.id, feature)
+            .flat_map(|tier| tier.features.iter().enumerate())
+            .map(move |(index, (feature, &limit))| {
+                let used = member
+                    .and_then(|member| member.counter(index))
                     .map_or(0, |counter| counter.used(now_ms, limit.window_ms()));
                 (feature, Budget { used, limit })
             })
+    }
+
+    /// The uses of `tier`'s keys for each feature (in the tier's feature order) in their windows
+    /// open at clock instant `now_ms`, summed: read from its roster (a key outside it has no
+    /// counters), with no lookup per key.
+    pub fn tier_used(&self, tier: &Tier, now_ms: u64) -> Vec<u64> {
+        let mut sums = vec![0; tier.features.len()];
+        for member in self.roster(&tier.id).into_iter().flatten() {
+            for ((sum, limit), index) in sums.iter_mut().zip(tier.features.values()).zip(0..) {
+                if let Some(counter) = member.counter(index) {
+                    *sum += u64::from(counter.used(now_ms, limit.window_ms()));
+                }
+            }
+        }
+        sums
     }
 
     /// Each tier (by name) with its key counts at unix time `unix_now_ms`.
@@ -163,6 +215,13 @@ impl Catalog {
                     .map(|member| member.refeatured(&old, &tier))
                     .collect();
             }
+            if !same_features {
+                for (_, member) in self.parked.iter_mut() {
+                    if member.entry.info.tier_id == tier.id {
+                        *member = member.refeatured(&old, &tier);
+                    }
+                }
+            }
         }
         self.tier_names
             .insert(Arc::clone(&tier.id), Arc::clone(&tier.name));
@@ -170,14 +229,47 @@ impl Catalog {
         dirty
     }
 
-    /// Adds a key (its tier must be in the catalog) or replaces the one with the same id.
+    /// Adds a key (its tier must be in the catalog) or replaces the one with the same id, with
+    /// fresh counters.
     pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
+        self.put_member(entry, None)
+    }
+
+    /// Replaces the key with the same id, tier and creation time by `entry`, keeping its live
+    /// counters: the uses counted in its open windows go on counting, whether it stays active,
+    /// is made inactive (its counters are parked) or active again.
+    pub fn replace_key(&mut self, entry: KeyEntry) -> Dirty {
+        let kept = self.take_member(&entry.info.id);
+        self.put_member(entry, kept)
+    }
+
+    /// Takes a key's member (its counters) out of its roster or out of the parked ones.
+    fn take_member(&mut self, id: &str) -> Option<Member> {
+        if let Some(member) = self.parked.remove(id) {
+            return Some(member);
+        }
+        let order = self.key_orders.get(id)?;
+        let tier_id = &self.keys.get(order)?.info.tier_id;
+        let roster = self.tier_keys.get_mut(tier_id)?;
+        let at = position(roster, (order.0, &order.1)).ok()?;
+        Some(roster.remove(at))
+    }
+
+    fn put_member(&mut self, entry: KeyEntry, kept: Option<Member>) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
         if !entry.info.active {
+            // Only a key that had counters parks them: one added inactive has none to keep.
+            if let Some(kept) = kept {
+                self.parked
+                    .insert(Arc::clone(&entry.info.id), kept.with_entry(entry));
+            }
             return dirty;
         }
+        let member = match kept {
+            Some(kept) => kept.with_entry(Arc::clone(&entry)),
+            None => Member::new(Arc::clone(&entry), &tier),
+        };
         self.note_expiry(&entry);
-        let member = Member::new(entry, &tier);
         let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
         match position(roster, member.order()) {
             Ok(at) => {
@@ -278,19 +370,16 @@ impl Catalog {
             }) else {
                 continue;
             };
-            dirty.extend(self.leave_roster(&tier_id, &order));
+            if let Some(member) = self.take_member(&id) {
+                self.parked.insert(id, member);
+            }
+            dirty.extend(self.features_of(&tier_id));
         }
         dirty
     }
 
-    /// Takes the key at `order` out of its tier's roster, if it is there; returns the features
-    /// of the tier.
-    fn leave_roster(&mut self, tier_id: &str, order: &KeyOrder) -> Dirty {
-        if let Some(roster) = self.tier_keys.get_mut(tier_id)
-            && let Ok(at) = position(roster, (order.0, &order.1))
-        {
-            roster.remove(at);
-        }
+    /// The features of a tier (none if it is gone).
+    fn features_of(&self, tier_id: &str) -> Dirty {
         self.tier_by_id(tier_id)
             .map(|tier| tier.features.keys().cloned().collect())
             .unwrap_or_default()
@@ -298,6 +387,8 @@ impl Catalog {
 
     /// Removes a key if present; returns the features it was a candidate for.
     pub fn remove_key(&mut self, id: &str) -> Dirty {
+        // Out of its roster (or the parked ones) first: that looks the key up by its order.
+        self.take_member(id);
         let Some(order) = self.key_orders.remove(id) else {
             return Dirty::new();
         };
@@ -307,6 +398,22 @@ impl Catalog {
         if let Some(at) = entry.info.expires_at_ms {
             self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
         }
-        self.leave_roster(&entry.info.tier_id, &order)
+        self.features_of(&entry.info.tier_id)
+    }
+
+    /// Removes a tier that has no keys left; returns the features it listed.
+    pub fn remove_tier(&mut self, id: &str) -> Dirty {
+        debug_assert!(self.keys().all(|key| &*key.info.tier_id != id));
+        let dirty = self.features_of(id);
+        if let Some(name) = self.tier_names.remove(id) {
+            self.tiers.remove(&name);
+        }
+        self.tier_keys.remove(id);
+        dirty
+    }
+
+    /// Whether any key, active or not, belongs to the tier.
+    pub fn tier_has_keys(&self, id: &str) -> bool {
+        self.keys().any(|key| &*key.info.tier_id == id)
     }
 }

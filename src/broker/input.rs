@@ -282,6 +282,30 @@ impl TryFrom<TierBody> for TierSpec {
     }
 }
 
+/// A usage cap's limit: 1 to [`MAX_USAGE_LIMIT`].
+fn parse_usage_limit(n: i128) -> Result<u32, Invalid> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_USAGE_LIMIT).contains(&u64::from(*n)))
+        .ok_or_else(|| {
+            Invalid(format!(
+                "usage_limit must be an integer from 1 to {MAX_USAGE_LIMIT}"
+            ))
+        })
+}
+
+/// A usage cap's window: 1 to [`MAX_USAGE_WINDOW_SECONDS`].
+fn parse_usage_window(n: i128) -> Result<u32, Invalid> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=MAX_USAGE_WINDOW_SECONDS).contains(n))
+        .ok_or_else(|| {
+            Invalid(format!(
+                "usage_window_seconds must be an integer from 1 to {MAX_USAGE_WINDOW_SECONDS}"
+            ))
+        })
+}
+
 /// The body of `POST /admin/keys`.
 #[derive(Deserialize, JsonSchema)]
 pub struct KeyBody {
@@ -360,29 +384,8 @@ impl NewKey {
         limit: Option<i128>,
         window_seconds: Option<i128>,
     ) -> Result<Self, Invalid> {
-        let max = i128::from(MAX_USAGE_LIMIT);
-        self.usage_limit = limit
-            .map(|n| {
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=max).contains(&i128::from(*n)))
-                    .ok_or_else(|| {
-                        Invalid(format!("usage_limit must be an integer from 1 to {max}"))
-                    })
-            })
-            .transpose()?;
-        self.usage_window_seconds = window_seconds
-            .map(|n| {
-                u32::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=MAX_USAGE_WINDOW_SECONDS).contains(n))
-                    .ok_or_else(|| {
-                        Invalid(format!(
-                            "usage_window_seconds must be an integer from 1 to {MAX_USAGE_WINDOW_SECONDS}"
-                        ))
-                    })
-            })
-            .transpose()?;
+        self.usage_limit = limit.map(parse_usage_limit).transpose()?;
+        self.usage_window_seconds = window_seconds.map(parse_usage_window).transpose()?;
         if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
             return Err(Invalid("usage_window_seconds needs usage_limit".into()));
         }
@@ -450,6 +453,244 @@ impl TryFrom<KeyBody> for NewKey {
             .try_fold(key, |key, (name, value)| {
                 key.with_secret(&name, Zeroizing::new(value))
             })
+    }
+}
+
+/// The fields `PATCH /admin/keys/{id}` takes, in the order they are listed and logged.
+const PATCH_FIELDS: [&str; 9] = [
+    "name",
+    "key",
+    "is_active",
+    "expires_at",
+    "exhausted_until",
+    "metadata",
+    "secrets",
+    "usage_limit",
+    "usage_window_seconds",
+];
+
+/// A change to a key (`PATCH /admin/keys/{id}`): each field `None` when the body leaves it as it
+/// is. The value and secrets are plaintext, held in zeroizing buffers.
+#[derive(Default)]
+pub struct KeyPatch {
+    name: Option<String>,
+    value: Option<Zeroizing<String>>,
+    active: Option<bool>,
+    /// `Some(None)` clears the expiry.
+    expires_at_ms: Option<Option<i64>>,
+    /// `Some(None)` clears the exhaustion.
+    exhausted_until_ms: Option<Option<i64>>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Replaces every secret.
+    secrets: Option<BTreeMap<String, Zeroizing<String>>>,
+    /// `Some(None)` removes the cap.
+    usage_limit: Option<Option<u32>>,
+    /// `Some(None)` makes the cap a lifetime one.
+    usage_window_seconds: Option<Option<u32>>,
+    /// The fields the body named, in [`PATCH_FIELDS`] order.
+    fields: Vec<&'static str>,
+}
+
+/// The body `PATCH /admin/keys/{id}` takes: every field optional, `null` clearing the nullable
+/// ones, any other field refused.
+impl JsonSchema for KeyPatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeyPatch".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let instant = json_schema!({"type": ["string", "null"], "format": "date-time"});
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "key": {"type": "string", "minLength": 1, "description": "The new value: the provider key rotated in place."},
+                "is_active": {"type": "boolean"},
+                "expires_at": instant,
+                "exhausted_until": instant,
+                "metadata": {"type": ["object", "null"], "description": "Replaces the metadata; null empties it."},
+                "secrets": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "string"},
+                    "description": "Replaces every secret; null removes them.",
+                },
+                "usage_limit": optional_count(MAX_USAGE_LIMIT),
+                "usage_window_seconds": optional_count(MAX_USAGE_WINDOW_SECONDS.into()),
+            },
+            "additionalProperties": false,
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPatch")
+            .field("fields", &self.fields)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyPatch {
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The new value: the provider key rotated in place.
+    pub fn value(&self) -> Option<&Zeroizing<String>> {
+        self.value.as_ref()
+    }
+
+    pub fn active(&self) -> Option<bool> {
+        self.active
+    }
+
+    pub fn expires_at_ms(&self) -> Option<Option<i64>> {
+        self.expires_at_ms
+    }
+
+    pub fn exhausted_until_ms(&self) -> Option<Option<i64>> {
+        self.exhausted_until_ms
+    }
+
+    pub fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.metadata.as_ref()
+    }
+
+    pub fn secrets(&self) -> Option<&BTreeMap<String, Zeroizing<String>>> {
+        self.secrets.as_ref()
+    }
+
+    pub fn usage_limit(&self) -> Option<Option<u32>> {
+        self.usage_limit
+    }
+
+    pub fn usage_window_seconds(&self) -> Option<Option<u32>> {
+        self.usage_window_seconds
+    }
+
+    /// The names of the fields it changes (for the log: never their values).
+    pub fn fields(&self) -> &[&'static str] {
+        &self.fields
+    }
+}
+
+/// A field's value, or `None` for `null`.
+fn nullable(value: &serde_json::Value) -> Option<&serde_json::Value> {
+    (!value.is_null()).then_some(value)
+}
+
+fn string<'a>(field: &str, value: &'a serde_json::Value) -> Result<&'a str, Invalid> {
+    value
+        .as_str()
+        .ok_or_else(|| Invalid(format!("{field} must be a string")))
+}
+
+/// An unknown field's name, for its error: repeated only when it looks like a field's name
+/// (short, lowercase letters and underscores), never when it could be a value sent by mistake
+/// (`{"sk-live-…": …}`).
+fn unknown_field(name: &str) -> Invalid {
+    let plain = name.len() <= 32 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    if plain {
+        Invalid(format!(
+            "unknown field `{name}`; a key's PATCH takes {}",
+            PATCH_FIELDS.join(", ")
+        ))
+    } else {
+        Invalid(format!(
+            "an unknown field; a key's PATCH takes {}",
+            PATCH_FIELDS.join(", ")
+        ))
+    }
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for KeyPatch {
+    type Error = Invalid;
+
+    /// Unlike the `POST` bodies, a `PATCH` refuses a field it does not know: every field is
+    /// optional, so a misspelt one would otherwise be a change silently not made.
+    fn try_from(body: serde_json::Map<String, serde_json::Value>) -> Result<Self, Invalid> {
+        if let Some(name) = body
+            .keys()
+            .find(|name| !PATCH_FIELDS.contains(&name.as_str()))
+        {
+            return Err(unknown_field(name));
+        }
+        let mut patch = KeyPatch::default();
+        for field in PATCH_FIELDS {
+            let Some(value) = body.get(field) else {
+                continue;
+            };
+            patch.fields.push(field);
+            match field {
+                "name" => patch.name = Some(parse_name("name", string("name", value)?)?),
+                "key" => {
+                    let value = string("key", value)?;
+                    if value.is_empty() {
+                        return Err(Invalid("key must not be empty".into()));
+                    }
+                    patch.value = Some(Zeroizing::new(value.to_owned()));
+                }
+                "is_active" => {
+                    patch.active = Some(
+                        value
+                            .as_bool()
+                            .ok_or_else(|| Invalid("is_active must be true or false".into()))?,
+                    );
+                }
+                "expires_at" | "exhausted_until" => {
+                    let at = nullable(value)
+                        .map(|value| parse_instant(field, string(field, value)?))
+                        .transpose()?;
+                    if field == "expires_at" {
+                        patch.expires_at_ms = Some(at);
+                    } else {
+                        patch.exhausted_until_ms = Some(at);
+                    }
+                }
+                "metadata" => {
+                    let metadata = match nullable(value) {
+                        None => serde_json::Map::new(),
+                        Some(serde_json::Value::Object(map)) => map.clone(),
+                        Some(_) => return Err(Invalid("metadata must be an object".into())),
+                    };
+                    patch.metadata = Some(metadata);
+                }
+                "secrets" => {
+                    let mut secrets = BTreeMap::new();
+                    if let Some(value) = nullable(value) {
+                        let map = value.as_object().ok_or_else(|| {
+                            Invalid("secrets must be an object of strings".into())
+                        })?;
+                        for (name, secret) in map {
+                            let name = parse_name("secrets name", name)?;
+                            let secret = secret.as_str().ok_or_else(|| {
+                                Invalid(format!("secrets.{name} must be a string"))
+                            })?;
+                            secrets.insert(name, Zeroizing::new(secret.to_owned()));
+                        }
+                    }
+                    patch.secrets = Some(secrets);
+                }
+                "usage_limit" => {
+                    patch.usage_limit = Some(
+                        optional_integer(field, Some(value))?
+                            .map(parse_usage_limit)
+                            .transpose()?,
+                    );
+                }
+                _ => {
+                    patch.usage_window_seconds = Some(
+                        optional_integer(field, Some(value))?
+                            .map(parse_usage_window)
+                            .transpose()?,
+                    );
+                }
+            }
+        }
+        if patch.usage_limit == Some(None) && matches!(patch.usage_window_seconds, Some(Some(_))) {
+            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+        }
+        Ok(patch)
     }
 }
 
@@ -522,6 +763,21 @@ impl TryFrom<ScopeBody> for NewScope {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_patch_schema_lists_exactly_the_fields_a_patch_takes() {
+        let schema = KeyPatch::json_schema(&mut SchemaGenerator::default());
+        let listed: Vec<&str> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = PATCH_FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(listed, fields);
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

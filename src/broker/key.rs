@@ -1,13 +1,15 @@
 //! A key: what it is, and the `GET /key` body holding its plaintext.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use schemars::JsonSchema;
-use serde::Serialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::usage::UsageCap;
@@ -22,6 +24,48 @@ pub struct KeyInfo {
     pub created_at_ms: i64,
     /// Unix ms after which the key is never served.
     pub expires_at_ms: Option<i64>,
+}
+
+/// What a key is at a given moment, as the key listing filters it (`?state=`). The one place
+/// that names the states: a new one is a variant here, its name in [`KeyState::ALL`], and its
+/// rule in [`KeyEntry::state_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Servable now (budget aside).
+    Active,
+    /// Turned off by an admin.
+    Inactive,
+    /// Past its `expires_at`.
+    Expired,
+}
+
+impl KeyState {
+    /// Every state, with its name.
+    pub const ALL: [(KeyState, &str); 3] = [
+        (KeyState::Active, "active"),
+        (KeyState::Inactive, "inactive"),
+        (KeyState::Expired, "expired"),
+    ];
+
+    /// The state called `name`, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map(|(state, _)| *state)
+    }
+}
+
+/// A state's name, one of [`KeyState::ALL`]'s (the `?state=` of the key listing).
+impl JsonSchema for KeyState {
+    fn schema_name() -> Cow<'static, str> {
+        "KeyState".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|(_, name)| *name).collect();
+        json_schema!({"type": "string", "enum": names})
+    }
 }
 
 /// A key as the pool serves it: its description and the `GET /key` body, built once when the key
@@ -86,8 +130,29 @@ impl AsRef<[u8]> for ZeroizingBody {
     }
 }
 
+/// What the admin listing shows of a key's plaintext, read back from its `GET /key` body: the
+/// metadata, and the names of its secrets (never a value: the value and the secrets' values are
+/// skipped by the parser, not copied).
+#[derive(Deserialize)]
+pub struct Described {
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    secrets: BTreeMap<String, IgnoredAny>,
+}
+
+impl Described {
+    /// The secrets' names, sorted.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+}
+
 impl KeyEntry {
     pub fn new(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<UsageCap>) -> Self {
+        Self::sharing(info, plain, usage.map(Arc::new))
+    }
+
+    /// A key whose usage cap, if any, is shared with the entry it replaces (its count goes on).
+    pub fn sharing(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<Arc<UsageCap>>) -> Self {
         let body = ServedKey {
             key_id: &info.id,
             value: plain.value,
@@ -105,7 +170,7 @@ impl KeyEntry {
         debug_assert_eq!(buffer.len(), buffer.capacity());
         Self {
             info,
-            usage: usage.map(Arc::new),
+            usage,
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
@@ -141,6 +206,27 @@ impl KeyEntry {
     /// [`KeyEntry::servable`] at wall time `unix_ms`.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
         self.servable(|| unix_ms)
+    }
+
+    /// Whether the key has been found expired in this run.
+    pub fn found_expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// Its metadata and the names of its secrets, for the admin listing.
+    pub fn described(&self) -> Described {
+        serde_json::from_slice(&self.body).expect("the body is the JSON this entry wrote")
+    }
+
+    /// Its state at wall time `unix_ms`: the first that applies of inactive, expired, active.
+    pub fn state_at(&self, unix_ms: i64) -> KeyState {
+        if !self.info.active {
+            KeyState::Inactive
+        } else if !self.servable_at_unix(unix_ms) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
     }
 
     /// Records that the key has expired: it is never served again in this run.

@@ -30,12 +30,12 @@ pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
 pub use input::{
-    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, NewConsumer, NewKey, NewScope,
-    ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
+    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
+    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name,
 };
-pub use key::{KeyEntry, KeyInfo, Plaintext, ServedKey};
+pub use key::{Described, KeyEntry, KeyInfo, KeyState, Plaintext, ServedKey};
 pub use outcomes::Outcomes;
-pub use pool::{Caller, Pick, Pool};
+pub use pool::{Awaken, Caller, Pick, Pool, Tally};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};
 pub use roster::Unplaced;
 pub use snapshot::{FeaturePool, Scoped, Snapshot, Spent};

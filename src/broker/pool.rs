@@ -24,6 +24,17 @@ pub enum Pick<'a> {
     UnknownFeature,
     /// None of the consumer's tiers lists the feature.
     OutOfScope,
+    /// The draw is larger than the largest limit any tier gives the feature (that limit).
+    AboveLimit(u32),
+}
+
+/// Whether a draw counts its outcome (`keypooler_key_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    Counted,
+    /// For a request that may try again: it counts its final outcome through
+    /// [`Snapshot::outcomes`] itself.
+    Uncounted,
 }
 
 /// Whose request it is: the admin draws from every tier, a consumer from its scoped tiers.
@@ -33,12 +44,22 @@ pub enum Caller<'a> {
     Consumer(&'a Scoped),
 }
 
+/// Told that a key may have become servable: requests waiting for one (`GET /key?wait=`)
+/// look again. Implemented by the HTTP layer; called from any thread, so it must not block for
+/// long (it takes the waiters' lock and tries one draw per waiter).
+pub trait Awaken: Send + Sync {
+    /// `feature`: the feature a key may now serve; `None`: any feature.
+    fn key_available(&self, feature: Option<&str>);
+}
+
 /// The current snapshot, swapped whole by the writer and read lock-free by every request.
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     clock: Clock,
     /// Where usage caps ask for more reserved uses: the writer, once it runs.
     reserve: OnceLock<Box<dyn Reserve>>,
+    /// Who waits for keys: the waiting requests, once the HTTP state exists.
+    awaken: OnceLock<Box<dyn Awaken>>,
     meter: Meter,
 }
 
@@ -54,6 +75,7 @@ impl Pool {
             current: ArcSwap::from_pointee(Snapshot::empty(&clock, &meter)),
             clock,
             reserve: OnceLock::new(),
+            awaken: OnceLock::new(),
             meter,
         }
     }
@@ -62,6 +84,25 @@ impl Pool {
     pub fn set_reserve(&self, reserve: Box<dyn Reserve>) {
         if self.reserve.set(reserve).is_err() {
             tracing::warn!("a reservation sink was already set; keeping the first");
+        }
+    }
+
+    /// Connects the requests that wait for keys. Set once.
+    pub fn set_awaken(&self, awaken: Box<dyn Awaken>) {
+        if self.awaken.set(awaken).is_err() {
+            tracing::warn!("waiters were already connected; keeping the first");
+        }
+    }
+
+    /// Says that a key may have become servable for `feature` (`None`: for any feature): a
+    /// key was added, re-enabled, or its cooldown or exhaustion ended; the requests waiting
+    /// for one try again now, in arrival order. [`Pool::publish`] calls it for every feature a
+    /// new generation changes, and a manual clock for every feature when it moves; call it for
+    /// any other change that can make a key servable without publishing. Cheap when nobody
+    /// waits; never call it from `GET /key`'s hot path.
+    pub fn key_available(&self, feature: Option<&str>) {
+        if let Some(awaken) = self.awaken.get() {
+            awaken.key_available(feature);
         }
     }
 
@@ -89,32 +130,59 @@ impl Pool {
         snapshot: &'s Snapshot,
         feature: &str,
     ) -> Pick<'s> {
+        self.draw(caller, snapshot, feature, 1, Tally::Counted)
+    }
+
+    /// Draws `cost` units (at least 1) of a key's window for `feature` among the tiers `caller`
+    /// may draw from, counting the outcome as `tally` says.
+    #[inline]
+    pub fn draw<'s>(
+        &self,
+        caller: Caller<'s>,
+        snapshot: &'s Snapshot,
+        feature: &str,
+        cost: u32,
+        tally: Tally,
+    ) -> Pick<'s> {
+        let count = tally == Tally::Counted;
         let pool: Option<&'s FeaturePool> = match caller {
             Caller::Admin => snapshot.feature(feature),
             Caller::Consumer(scoped) => match scoped.feature(feature) {
                 Some(pool) => Some(pool),
                 None => {
-                    snapshot.outcomes(feature).forbidden.increment(1);
+                    if count {
+                        snapshot.outcomes(feature).forbidden.increment(1);
+                    }
                     return Pick::OutOfScope;
                 }
             },
         };
-        match pool {
-            None => {
+        let Some(pool) = pool else {
+            if count {
                 snapshot.unlisted_outcomes().unknown_feature.increment(1);
-                Pick::UnknownFeature
             }
-            Some(pool) => {
-                match pool.pick(&self.clock, self.reserve.get().map_or(&NoReserve, |r| &**r)) {
-                    Ok(key) => {
-                        pool.outcomes().served.increment(1);
-                        Pick::Served(key, pool.name())
-                    }
-                    Err(spent) => {
-                        pool.outcomes().spent.increment(1);
-                        Pick::Spent(spent)
-                    }
+            return Pick::UnknownFeature;
+        };
+        if cost > 1 {
+            // Measured against every tier listing the feature, whoever asks.
+            let max = snapshot.feature(feature).map_or(0, FeaturePool::max_limit);
+            if cost > max {
+                return Pick::AboveLimit(max);
+            }
+        }
+        let reserve: &dyn Reserve = self.reserve.get().map_or(&NoReserve, |r| &**r);
+        match pool.pick(&self.clock, cost, reserve) {
+            Ok(key) => {
+                if count {
+                    pool.outcomes().served.increment(1);
                 }
+                Pick::Served(key, pool.name())
+            }
+            Err(spent) => {
+                if count {
+                    pool.outcomes().spent.increment(1);
+                }
+                Pick::Spent(spent)
             }
         }
     }
@@ -128,6 +196,9 @@ impl Pool {
                 .next(catalog, dirty, &self.clock, &self.meter),
         );
         self.current.store(Arc::clone(&next));
+        for feature in dirty {
+            self.key_available(Some(feature));
+        }
         next
     }
 }
@@ -211,6 +282,47 @@ mod tests {
             Pick::Served(key, _) => Some(key.info.id.to_string()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_replaced_key_keeps_its_counters_while_inactive_and_across_a_change_of_its_tier() {
+        let (clock, _) = Clock::manual();
+        let pool = Pool::new(clock);
+        let mut catalog = Catalog::default();
+        let mut dirty = catalog.put_tier(tier("pro", &[("chat", 3, 60)]));
+        dirty.extend(catalog.put_key(key("k0", "pro", 0, None)));
+        dirty.extend(catalog.put_key(key("k1", "pro", 1, None)));
+        pool.publish(catalog.clone(), &dirty);
+        for _ in 0..4 {
+            assert!(served_id(&pool, "chat").is_some());
+        }
+        let used = |catalog: &Catalog, feature| {
+            let now = pool.clock().now_ms();
+            catalog
+                .counter("k0", feature)
+                .map(|counter| counter.used(now, 60_000))
+        };
+        assert_eq!(used(&catalog, "chat"), Some(2));
+
+        // Made inactive: out of the rotation, its counters parked.
+        let dirty = catalog.replace_key(key_of("k0", "pro", 0, None, false));
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), None);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        // Its tier gains a feature meanwhile.
+        let dirty = catalog.put_tier(tier("pro", &[("chat", 3, 60), ("embed", 1, 60)]));
+        pool.publish(catalog.clone(), &dirty);
+        // Active again: the open window's two uses still count.
+        let dirty = catalog.replace_key(key("k0", "pro", 0, None));
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), Some(2));
+        assert_eq!(used(&catalog, "embed"), Some(0));
+        let served: Vec<_> = (0..3).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert_eq!(served, ["k0"], "one use left for k0, none for k1");
+        // Deleted: nothing is left parked or in a roster.
+        let dirty = catalog.remove_key("k0");
+        pool.publish(catalog.clone(), &dirty);
+        assert_eq!(used(&catalog, "chat"), None);
     }
 
     #[test]

@@ -28,6 +28,14 @@ impl Member {
         }
     }
 
+    /// The same member, counters and all, for a new version of its key (same id and order).
+    pub(super) fn with_entry(self, entry: Arc<KeyEntry>) -> Self {
+        Self {
+            entry,
+            counters: self.counters,
+        }
+    }
+
     /// Its counter for the feature at `index` in its tier's feature order ([`feature_index`]).
     #[inline]
     pub fn counter(&self, index: usize) -> Option<&WindowCounter> {
@@ -56,9 +64,9 @@ impl Member {
     }
 }
 
-/// A tier's active keys in rotation order, each with its counters. An inactive key never
-/// changes (keys are only added and deleted), so it is kept out: it would only be skipped, and a
-/// run of them would give its whole share to the next active key. Persistent (`imbl::Vector`, an
+/// A tier's active keys in rotation order, each with its counters. An inactive key is kept out
+/// (its counters are parked in the catalog until it is active again): it would only be skipped,
+/// and a run of them would give its whole share to the next active key. Persistent (`imbl::Vector`, an
 /// RRB tree of shared 64-element chunks): a clone is O(1) and adding one key copies O(log n)
 /// nodes, so every snapshot shares its tiers' rosters with the catalog and adding a key costs
 /// the same with 100 keys as with 100,000.

@@ -12,6 +12,7 @@ use super::clock::Clock;
 use super::consumer::Consumer;
 use super::key::KeyEntry;
 use super::outcomes::Outcomes;
+use super::rate::NEVER;
 use super::roster::{Member, Roster};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::tier::feature_index;
@@ -67,20 +68,22 @@ enum Miss {
     Until(u64),
     /// Its usage cap waits for the writer's next reservation.
     Pending,
-    /// Inactive, expired, or its lifetime cap is used up: only an admin change helps.
+    /// Inactive, expired, its lifetime cap is used up, or its limit is below the draw: only an
+    /// admin change helps.
     Never,
 }
 
 impl Segment {
-    /// Takes one use of `member` for this segment's feature: its rate window, then its usage
-    /// cap if it has one (giving the window's use back if the cap refuses). `now` is running
-    /// time; `wall` is the pick's reading of wall time, read on the first candidate that has an
-    /// expiry.
+    /// Takes `cost` uses of `member`'s rate window for this segment's feature, then one use of
+    /// its usage cap if it has one (giving the window's uses back if the cap refuses). `now` is
+    /// running time; `wall` is the pick's reading of wall time, read on the first candidate
+    /// that has an expiry.
     #[inline]
     fn take(
         &self,
         member: &Member,
         now: u64,
+        cost: u32,
         wall: &mut Wall<'_>,
         reserve: &dyn Reserve,
     ) -> Result<(), Miss> {
@@ -90,14 +93,20 @@ impl Segment {
             return Err(Miss::Never);
         }
         let window = counter
-            .try_acquire(now, self.limit, self.window_ms)
-            .map_err(Miss::Until)?;
+            .try_acquire(now, self.limit, self.window_ms, cost)
+            .map_err(|end| {
+                if end == NEVER {
+                    Miss::Never
+                } else {
+                    Miss::Until(end)
+                }
+            })?;
         let Some(cap) = &entry.usage else {
             return Ok(());
         };
         cap.try_acquire(to_cap_seconds(now), &entry.info.id, reserve)
             .map_err(|refusal| {
-                counter.release(window);
+                counter.release(window, cost);
                 match refusal {
                     Refusal::Pending => Miss::Pending,
                     Refusal::Exhausted { until_s: LIFETIME } => Miss::Never,
@@ -133,8 +142,9 @@ pub struct FeaturePool {
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
     /// point, not any ordering with other memory.
     cursor: CachePadded<AtomicUsize>,
-    /// Clock instant before which every candidate is known to be spent, so a request can answer
-    /// 429 without scanning. `u64::MAX` means nothing recovers without an admin change. Only ever
+    /// Clock instant before which every candidate is known to be spent (for a draw of 1, so for
+    /// any draw), so a request can answer 429 without scanning. Raised by draws of 1 only: a
+    /// key that refuses a larger draw may still serve a smaller one. `u64::MAX` means nothing recovers without an admin change. Only ever
     /// raised (`fetch_max`), and always to an instant at which some window really ends, so a
     /// stale value can only cause a needless scan, never a wrong refusal. `Relaxed`: it guards no
     /// other data.
@@ -148,6 +158,8 @@ pub struct FeaturePool {
     /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
     /// expired): the shortest window of the tiers listing the feature.
     idle_retry_ms: u64,
+    /// The largest `rate_limit` the tiers listing the feature give it: the largest draw.
+    max_limit: u32,
     /// Registered once per feature and carried over by rebuilds.
     outcomes: Arc<Outcomes>,
 }
@@ -179,11 +191,23 @@ impl FeaturePool {
         &self.outcomes
     }
 
-    /// Takes one use of the next key with budget left, in rotation, reading `clock`'s running
-    /// time once (and its wall time at most once). A key with a usage cap also takes one use
-    /// of its cap; `reserve` is asked for more when its reservation runs low.
+    /// The largest draw a key of this pool can serve: the largest `rate_limit` its tiers give
+    /// the feature.
+    pub fn max_limit(&self) -> u32 {
+        self.max_limit
+    }
+
+    /// Takes `cost` uses (at least 1) of the next key with that many left in its window, in
+    /// rotation, reading `clock`'s running time once (and its wall time at most once); keys
+    /// whose limit is below `cost` are skipped. A key with a usage cap also takes one use of
+    /// its cap; `reserve` is asked for more when its reservation runs low.
     #[inline]
-    pub fn pick(&self, clock: &Clock, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
+    pub fn pick(
+        &self,
+        clock: &Clock,
+        cost: u32,
+        reserve: &dyn Reserve,
+    ) -> Result<&Arc<KeyEntry>, Spent> {
         let now = clock.now_ms();
         let spent_until = self.spent_until.load(Ordering::Relaxed);
         if now < spent_until {
@@ -208,7 +232,7 @@ impl FeaturePool {
         for _ in 0..n {
             let segment = &self.segments[s];
             if let Some(member) = segment.members.get(i) {
-                match segment.take(member, now, &mut wall, reserve) {
+                match segment.take(member, now, cost, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
                     Err(Miss::Until(at)) => earliest = earliest.min(at),
                     Err(Miss::Pending) => pending = true,
@@ -228,7 +252,9 @@ impl FeaturePool {
         if pending {
             return Err(Spent { retry_after_ms: 1 });
         }
-        self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        if cost == 1 {
+            self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        }
         Err(self.spent(earliest, now))
     }
 
@@ -456,6 +482,7 @@ fn build_pool(
     let mut segments = Vec::new();
     let mut len = 0;
     let mut idle_retry_ms = u64::MAX;
+    let mut max_limit = 0;
     let tiers = catalog
         .tiers()
         .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
@@ -466,6 +493,7 @@ fn build_pool(
             continue;
         };
         idle_retry_ms = idle_retry_ms.min(limit.window_ms());
+        max_limit = max_limit.max(limit.rate_limit);
         let Some(members) = catalog.roster(&tier.id).filter(|r| !r.is_empty()) else {
             continue;
         };
@@ -486,6 +514,7 @@ fn build_pool(
         len,
         modulus: Modulus::new(len),
         idle_retry_ms,
+        max_limit,
         outcomes: outcomes(),
     })
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LINK};
 use hyper::{Method, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use secrecy::{ExposeSecret, SecretString};
@@ -142,14 +142,48 @@ impl Server {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Value> {
-        let response = self.send(token, method, path, body).await?;
-        let body = Limited::new(response.into_body(), JSON_BODY_LIMIT);
-        let body = idle(body.collect())
-            .await?
-            .map_err(|err| anyhow!("the answer was cut short: {err}"))?
-            .to_bytes();
-        serde_json::from_slice(&body).context("the server's answer is not JSON")
+        read_json(self.send(token, method, path, body).await?).await
     }
+
+    /// `GET path`, a page of a listing: its items, and the path of the next page when the
+    /// answer's `Link` names one.
+    pub async fn page(
+        &self,
+        token: &SecretString,
+        path: &str,
+    ) -> anyhow::Result<(Vec<Value>, Option<String>)> {
+        let response = self.send(token, Method::GET, path, None).await?;
+        let next = response
+            .headers()
+            .get(LINK)
+            .and_then(|link| link.to_str().ok())
+            .and_then(next_page)
+            .map(str::to_owned);
+        match read_json(response).await? {
+            Value::Array(items) => Ok((items, next)),
+            _ => bail!("the server's answer to {path} is not a list"),
+        }
+    }
+}
+
+/// The JSON body of `response`.
+async fn read_json(response: Response<Incoming>) -> anyhow::Result<Value> {
+    let body = Limited::new(response.into_body(), JSON_BODY_LIMIT);
+    let body = idle(body.collect())
+        .await?
+        .map_err(|err| anyhow!("the answer was cut short: {err}"))?
+        .to_bytes();
+    serde_json::from_slice(&body).context("the server's answer is not JSON")
+}
+
+/// The target of a `Link: <target>; rel="next"` header: a path on the server (as the server
+/// saw it, so under the same URL prefix as the request).
+fn next_page(link: &str) -> Option<&str> {
+    let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+    let next = params
+        .split(';')
+        .any(|param| param.trim().replace(' ', "") == "rel=\"next\"");
+    (next && target.starts_with('/')).then_some(target)
 }
 
 /// `future`, unless the server sends nothing for [`IDLE_TIMEOUT`].
@@ -213,6 +247,16 @@ mod tests {
             assert!(err.0.starts_with("KEYPOOLER_URL must be"), "{bad}: {err}");
             assert!(!err.0.contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_next_page_is_a_path_on_the_server() {
+        let link = "</admin/keys?limit=2&after=a%2Fb>; rel=\"next\"";
+        assert_eq!(next_page(link), Some("/admin/keys?limit=2&after=a%2Fb"));
+        assert_eq!(next_page("</k?after=1>; rel=next"), None);
+        assert_eq!(next_page("</k?after=1>; rel=\"prev\""), None);
+        assert_eq!(next_page("<http://elsewhere/k>; rel=\"next\""), None);
+        assert_eq!(next_page("garbage"), None);
     }
 
     #[test]

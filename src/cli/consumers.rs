@@ -6,7 +6,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::Failure;
-use super::output::{OnServer, Session, Table, segment, text};
+use super::output::{OnServer, Paging, Session, Table, segment, text};
 use crate::config::{ConfigError, Settings};
 
 pub type ConsumersArgs = OnServer<Action>;
@@ -14,7 +14,7 @@ pub type ConsumersArgs = OnServer<Action>;
 #[derive(Subcommand, Debug)]
 pub enum Action {
     /// Every consumer with its tiers.
-    List,
+    List(Paging),
     /// Create a consumer and print its token (shown this once).
     Add {
         name: String,
@@ -48,8 +48,8 @@ pub enum Action {
 pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failure> {
     let session = Session::new(settings, args)?;
     match &args.action {
-        Action::List => {
-            let consumers = session.call(Method::GET, "/admin/consumers", None)?;
+        Action::List(paging) => {
+            let consumers = session.list("/admin/consumers", paging)?;
             session.show(&consumers, table);
         }
         Action::Add {
@@ -67,10 +67,19 @@ pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failu
                 Some(body.to_string().into_bytes()),
             )?;
             let id = text(&created, "id");
-            add_scopes(&session, &id, scopes)?;
-            let mut shown = listed(&session, &id)?;
-            shown["token"] = created["token"].clone();
-            session.show(&shown, table_with_token);
+            // Each scope added answers the consumer as it then stands; without one, the
+            // creation's answer is what there is to show.
+            match add_scopes(&session, &id, scopes)? {
+                Some(mut shown) => {
+                    shown["token"] = created["token"].clone();
+                    session.show(&shown, table_with_token);
+                }
+                None => session.show(&created, |created| {
+                    Table::of(&["ID", "NAME", TOKEN], created, |created, column| {
+                        text(created, ["id", "name", "token"][column])
+                    })
+                }),
+            }
         }
         Action::Patch {
             id,
@@ -81,24 +90,28 @@ pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failu
             if add_scope.is_empty() && remove_scope.is_empty() && !new_token {
                 return Err(ConfigError("consumers patch: nothing to change".into()).into());
             }
-            add_scopes(&session, id, add_scope)?;
+            let mut shown = add_scopes(&session, id, add_scope)?;
             for tier in remove_scope {
                 let path = format!("/admin/consumers/{}/scopes/{}", segment(id), segment(tier));
-                session.call(Method::DELETE, &path, None)?;
+                shown = Some(session.call(Method::DELETE, &path, None)?);
             }
-            let token = if *new_token {
-                let path = format!("/admin/consumers/{}/token", segment(id));
-                Some(session.call(Method::POST, &path, None)?["token"].clone())
-            } else {
-                None
-            };
-            let mut shown = listed(&session, id)?;
-            match token {
-                Some(token) => {
-                    shown["token"] = token;
+            if !new_token {
+                // A scope was added or removed: `shown` is the last answer.
+                session.show(&shown.unwrap_or_default(), table);
+                return Ok(());
+            }
+            let path = format!("/admin/consumers/{}/token", segment(id));
+            let rotated = session.call(Method::POST, &path, None)?;
+            match shown {
+                Some(mut shown) => {
+                    shown["token"] = rotated["token"].clone();
                     session.show(&shown, table_with_token);
                 }
-                None => session.show(&shown, table),
+                None => session.show(&rotated, |rotated| {
+                    Table::of(&["ID", TOKEN], rotated, |rotated, column| {
+                        text(rotated, ["id", "token"][column])
+                    })
+                }),
             }
         }
         Action::Delete { id } => session.delete("consumer", "/admin/consumers", id)?,
@@ -106,23 +119,15 @@ pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failu
     Ok(())
 }
 
-fn add_scopes(session: &Session, id: &str, tiers: &[String]) -> Result<(), Failure> {
+/// Adds each of `tiers` to the consumer's scopes; the consumer as the last one left it.
+fn add_scopes(session: &Session, id: &str, tiers: &[String]) -> Result<Option<Value>, Failure> {
     let path = format!("/admin/consumers/{}/scopes", segment(id));
+    let mut consumer = None;
     for tier in tiers {
         let body = json!({"tier": tier}).to_string().into_bytes();
-        session.call(Method::POST, &path, Some(body))?;
+        consumer = Some(session.call(Method::POST, &path, Some(body))?);
     }
-    Ok(())
-}
-
-/// The consumer's entry in the listing, as it now stands.
-fn listed(session: &Session, id: &str) -> Result<Value, Failure> {
-    let consumers = session.call(Method::GET, "/admin/consumers", None)?;
-    consumers
-        .as_array()
-        .and_then(|all| all.iter().find(|consumer| consumer["id"] == id))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("consumer {id} is not in the listing").into())
+    Ok(consumer)
 }
 
 const COLUMNS: [&str; 5] = ["ID", "NAME", "ACTIVE", "SCOPES", "DESCRIPTION"];
@@ -151,8 +156,11 @@ fn table(consumers: &Value) -> Table {
     Table::of(&COLUMNS, consumers, cell)
 }
 
+/// The header of a token's column.
+const TOKEN: &str = "TOKEN (shown once)";
+
 fn table_with_token(consumer: &Value) -> Table {
     let mut header = COLUMNS.to_vec();
-    header.push("TOKEN (shown once)");
+    header.push(TOKEN);
     Table::of(&header, consumer, cell)
 }

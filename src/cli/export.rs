@@ -65,10 +65,16 @@ pub(super) fn run(settings: &Settings, args: &ExportArgs) -> Result<(), Failure>
         summary.keys,
         summary.consumers
     );
-    if summary.expired_as_inactive > 0 {
+    if !summary.written_inactive.is_empty() {
+        let total: usize = summary.written_inactive.values().sum();
+        let why: Vec<String> = summary
+            .written_inactive
+            .iter()
+            .map(|(why, count)| format!("{}: {count}", why.label()))
+            .collect();
         line.push_str(&format!(
-            ", {} expired keys written inactive",
-            summary.expired_as_inactive
+            ", {total} keys written inactive (served by the Go service, not by keypooler: {})",
+            why.join(", ")
         ));
     }
     if !summary.left_out.is_empty() {

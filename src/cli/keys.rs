@@ -8,7 +8,9 @@ use hyper::Method;
 use serde_json::{Map, Value};
 
 use super::Failure;
-use super::output::{OnServer, Session, Table, entries, read_secret, read_value, segment, text};
+use super::output::{
+    OnServer, Paging, Session, Table, entries, read_secret, read_value, segment, text,
+};
 use crate::config::{ConfigError, Settings};
 
 pub type KeysArgs = OnServer<Action>;
@@ -16,7 +18,7 @@ pub type KeysArgs = OnServer<Action>;
 #[derive(Subcommand, Debug)]
 pub enum Action {
     /// Every key with its state and live usage (never its value).
-    List,
+    List(Paging),
     /// Add a key; its value is read from --value-file.
     Add(AddKey),
     /// Change a key: any of the options given, nothing else.
@@ -51,12 +53,9 @@ pub struct PatchKey {
     /// Replace the key's value (rotate it in place) with the one in FILE, `-` for stdin.
     #[arg(long, value_name = "FILE")]
     value_file: Option<PathBuf>,
-    /// `true` serves the key again (and clears a disabled state and cooldowns); `false` stops.
+    /// `false` stops serving the key; `true` serves it again.
     #[arg(long)]
     active: Option<bool>,
-    /// The key's share of its pool's traffic (default 1; 0 never serves it).
-    #[arg(long)]
-    weight: Option<u16>,
     #[command(flatten)]
     fields: Fields,
 }
@@ -131,8 +130,8 @@ fn one_stdin(value: Option<&Path>, secrets: Option<&Path>) -> Result<(), ConfigE
 pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
     let session = Session::new(settings, args)?;
     match &args.action {
-        Action::List => {
-            let keys = session.call(Method::GET, "/admin/keys", None)?;
+        Action::List(paging) => {
+            let keys = session.list("/admin/keys", paging)?;
             session.show(&keys, table);
         }
         Action::Add(add) => {
@@ -163,9 +162,6 @@ pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
             }
             if let Some(active) = patch.active {
                 body.insert("is_active".into(), active.into());
-            }
-            if let Some(weight) = patch.weight {
-                body.insert("weight".into(), weight.into());
             }
             patch.fields.add_to(&mut body)?;
             if body.is_empty() {

@@ -28,6 +28,18 @@ pub struct OnServer<A: Subcommand> {
     pub json: bool,
 }
 
+/// How a listing is read: a page at a time, following each page's `Link` to the next, rather
+/// than the whole listing in one answer: each answer stays small whatever the pool's size (no
+/// body limit to raise, no long silence on a slow link). Pages are not one snapshot: an item
+/// added or deleted while the command reads may or may not show, and moves no other (pages
+/// follow the order by id).
+#[derive(Args, Debug)]
+pub struct Paging {
+    /// Items asked for per request, 1 to 1000.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    page_size: u16,
+}
+
 /// A connected command: the server, the admin token, and the output mode.
 pub struct Session {
     server: Server,
@@ -50,6 +62,20 @@ impl Session {
     /// One request; the JSON answer.
     pub fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
         block_on(self.server.json(&self.token, method, path, body))
+    }
+
+    /// Every item of the listing at `path`, read a page of `paging` at a time.
+    pub fn list(&self, path: &str, paging: &Paging) -> anyhow::Result<Value> {
+        block_on(async {
+            let mut items = Vec::new();
+            let mut next = Some(format!("{path}?limit={}", paging.page_size));
+            while let Some(page) = next {
+                let (more, after) = self.server.page(&self.token, &page).await?;
+                items.extend(more);
+                next = after;
+            }
+            Ok(Value::Array(items))
+        })
     }
 
     /// `DELETE <collection>/<name>`; prints what went.

@@ -4,7 +4,7 @@
 //! file is built under a temporary name in the target's folder, synced, and renamed into place
 //! only when complete, so a failed or interrupted export never leaves a partial file behind.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -42,10 +42,50 @@ pub struct ExportSummary {
     pub tiers: usize,
     pub keys: usize,
     pub consumers: usize,
-    /// Keys already expired, written inactive (the seed schema has no expiry).
-    pub expired_as_inactive: usize,
+    /// Keys the Go service would serve but keypooler would not, written inactive (the seed
+    /// schema has no room for why), counted by why.
+    pub written_inactive: BTreeMap<Unservable, usize>,
     /// What the seed schema has no room for, e.g. "bound secrets: 3".
     pub left_out: Vec<String>,
+}
+
+/// Why a key that is active in its record is not served, which the seed schema cannot say: such
+/// a key is written inactive, so that the Go service does not serve it either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unservable {
+    /// Past its `expires_at`.
+    Expired,
+    /// Its provider said it is spent until a time still to come (`exhausted_until`).
+    Exhausted,
+    /// Disabled by a report of the provider's refusal (`disabled_reason`).
+    Disabled,
+}
+
+impl Unservable {
+    pub fn label(self) -> &'static str {
+        match self {
+            Unservable::Expired => "expired",
+            Unservable::Exhausted => "exhausted",
+            Unservable::Disabled => "disabled",
+        }
+    }
+}
+
+/// Why an active key is not served at wall time `now_ms`, if it is not: the one rule of what the
+/// seed export writes inactive.
+pub fn unservable(key: &KeyRecord, now_ms: i64) -> Option<Unservable> {
+    if !key.active {
+        return None;
+    }
+    if key.disabled_reason.is_some() {
+        Some(Unservable::Disabled)
+    } else if key.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        Some(Unservable::Expired)
+    } else if key.exhausted_until_ms.is_some_and(|until| until > now_ms) {
+        Some(Unservable::Exhausted)
+    } else {
+        None
+    }
 }
 
 /// Writes `contents` (values opened with `sealer`, re-sealed Go-style under it) to a new SQLite
@@ -98,8 +138,12 @@ fn check_seed(contents: &Contents, now_ms: i64) -> Result<(), CompatError> {
             ));
         }
     }
-    // An inactive key is never served: its caps do not matter.
-    for key in contents.keys.iter().filter(|key| key.active) {
+    // A key written inactive is never served: its caps do not matter.
+    for key in contents
+        .keys
+        .iter()
+        .filter(|key| key.active && unservable(key, now_ms).is_none())
+    {
         let reason = if key.usage_limit.is_some() {
             "it has a usage_limit"
         } else if key.expires_at_ms.is_some_and(|at| at > now_ms) {
@@ -173,7 +217,7 @@ fn fill(
         tiers: 0,
         keys: 0,
         consumers: 0,
-        expired_as_inactive: 0,
+        written_inactive: BTreeMap::new(),
         left_out: Vec::new(),
     };
     write_tiers(&txn, contents, schema)?;
@@ -186,8 +230,8 @@ fn fill(
             return Err(CompatError::row("keys", key.id.clone(), "its tier does not exist").into());
         }
         secrets += key.secrets.len();
-        if write_key(&txn, key, sealer, schema, now_ms)? {
-            summary.expired_as_inactive += 1;
+        if let Some(why) = write_key(&txn, key, sealer, schema, now_ms)? {
+            *summary.written_inactive.entry(why).or_default() += 1;
         }
         summary.keys += 1;
         progress.inc(1);
@@ -264,20 +308,20 @@ fn write_tiers(conn: &Connection, contents: &Contents, schema: Schema) -> Result
     Ok(())
 }
 
-/// Writes one key; `true` when it was written inactive because it has expired.
+/// Writes one key; says why when it was written inactive though active in its record.
 fn write_key(
     conn: &Connection,
     key: &KeyRecord,
     sealer: &Sealer,
     schema: Schema,
     now_ms: i64,
-) -> Result<bool, FillError> {
+) -> Result<Option<Unservable>, FillError> {
     let opened = open_key(key, sealer)
         .map_err(|err| CompatError::row("keys", key.id.clone(), err.to_string()))?;
     let created = time::format_timestamp_ms(key.created_at_ms);
     match schema {
         Schema::Seed => {
-            let expired = key.expires_at_ms.is_some_and(|at| at <= now_ms);
+            let unservable = unservable(key, now_ms);
             conn.prepare_cached(
                 "INSERT INTO keys (id, name, key_encrypted, tier_id, is_active, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
@@ -286,10 +330,10 @@ fn write_key(
                 key.name,
                 sealer.seal_go(&opened.value),
                 key.tier_id,
-                key.active && !expired,
+                key.active && unservable.is_none(),
                 created
             ])?;
-            Ok(expired && key.active)
+            Ok(unservable)
         }
         Schema::Latest => {
             let tagged = |plain: &str| format!("{GCM_PREFIX}{}", sealer.seal_go(plain));
@@ -322,7 +366,7 @@ fn write_key(
             for (name, value) in &opened.secrets {
                 secret_insert.execute(params![key.id, name, tagged(value)])?;
             }
-            Ok(false)
+            Ok(None)
         }
     }
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::store::StoreError;
 
-pub use export::{ExportSummary, export};
+pub use export::{ExportSummary, Unservable, export, unservable};
 pub use import::{ImportMode, ImportSummary, import};
 pub use source::{SourceContents, SourceKey, read_source};
 pub use time::{format_timestamp_ms, parse_timestamp_ms};

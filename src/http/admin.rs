@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -15,7 +15,11 @@ use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
-use crate::broker::{Catalog, KeyBody, KeyEntry, Limit, NewKey, Tier, TierBody, TierSpec};
+use super::listing::{Items, Listing, Source, list};
+use crate::broker::{
+    Catalog, KeyBody, KeyEntry, KeyPatch, KeyState, Limit, NewKey, Snapshot, Tier, TierBody,
+    TierSpec,
+};
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     json_response(status, to_json(body))
@@ -91,21 +95,53 @@ pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
     json(StatusCode::OK, &tiers)
 }
 
+/// The answer to `POST /admin/keys`: the seed's `id`, `name` and `tier`, and the fields the Go
+/// service's later versions added (`null` where not set; never a value or secret).
 #[derive(Serialize, JsonSchema)]
 pub struct AddedKey<'a> {
     id: &'a str,
     name: &'a str,
     tier: &'a str,
+    expires_at: Option<String>,
+    usage_limit: Option<u32>,
+    usage_window_seconds: Option<u32>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// Sorted.
+    secret_names: Vec<String>,
 }
 
 fn key_added(key: &Arc<KeyEntry>, catalog: &Catalog) -> Answered {
     let tier = catalog.tier_by_id(&key.info.tier_id);
+    let cap = key.usage.as_deref();
+    let Described {
+        metadata,
+        secret_names,
+    } = described(key);
     let added = AddedKey {
         id: &key.info.id,
         name: &key.info.name,
         tier: tier.map_or("", |tier| &tier.name),
+        expires_at: key.info.expires_at_ms.map(rfc3339),
+        usage_limit: cap.map(|cap| cap.limit),
+        usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        metadata,
+        secret_names,
     };
     (StatusCode::CREATED, to_json(&added))
+}
+
+/// What the admin views show of a key's plaintext: its metadata and its secrets' names.
+struct Described {
+    metadata: serde_json::Map<String, serde_json::Value>,
+    secret_names: Vec<String>,
+}
+
+fn described(key: &KeyEntry) -> Described {
+    let described = key.described();
+    Described {
+        secret_names: described.secret_names().map(str::to_owned).collect(),
+        metadata: described.metadata,
+    }
 }
 
 pub async fn add_key(
@@ -144,6 +180,9 @@ pub struct KeyView<'a> {
     usage_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// Sorted; never a value.
+    secret_names: Vec<String>,
 }
 
 fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
@@ -157,6 +196,10 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         }
     });
     let tier = catalog.tier_by_id(&key.info.tier_id);
+    let Described {
+        metadata,
+        secret_names,
+    } = described(key);
     let usage = catalog
         .budgets(key, now)
         .map(|(feature, budget)| {
@@ -180,18 +223,120 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
         usage_limit: cap.map(|cap| cap.limit),
         usage_count,
         usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        metadata,
+        secret_names,
     }
 }
 
-pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
+/// What `GET /admin/keys` lists: its filters, and the clock readings the views show.
+struct Keys {
+    /// `?tier=<name>`.
+    tier: Option<String>,
+    /// `?state=<name>`.
+    state: Option<KeyState>,
+    /// `?name_prefix=`.
+    name_prefix: Option<String>,
+    now: u64,
+    unix_now: i64,
+}
+
+impl Keys {
+    fn matches(&self, key: &KeyEntry, tier_id: Option<&str>) -> bool {
+        tier_id.is_none_or(|id| *key.info.tier_id == *id)
+            && (self.name_prefix.as_deref()).is_none_or(|prefix| key.info.name.starts_with(prefix))
+            && self
+                .state
+                .is_none_or(|state| key.state_at(self.unix_now) == state)
+    }
+}
+
+impl Source for Keys {
+    fn each(&self, snapshot: &Snapshot, after: Option<&str>, items: &mut impl Items) {
+        let catalog = &snapshot.catalog;
+        let tier_id = match self.tier.as_deref().map(|name| catalog.tier_by_name(name)) {
+            None => None,
+            Some(Some(tier)) => Some(&*tier.id),
+            // No such tier: no key.
+            Some(None) => return,
+        };
+        for key in catalog
+            .keys_by_id(after)
+            .filter(|key| self.matches(key, tier_id))
+        {
+            if !items.push(&key.info.id, &key_view(catalog, key, self.now)) {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /admin/keys`: by id, filtered by `tier`, `state` and `name_prefix`; paged with
+/// `limit` and `after`, else streamed whole.
+pub async fn list_keys(
+    _: Admin,
+    State(app): State<AppState>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    let state = listing
+        .param("state")
+        .map(|name| {
+            KeyState::named(name).ok_or_else(|| {
+                let names: Vec<&str> = KeyState::ALL.iter().map(|(_, name)| *name).collect();
+                ApiError::BadRequest(format!("state must be one of: {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
+    let clock = app.pool().clock();
+    let keys = Keys {
+        tier: listing.param("tier").map(str::to_owned),
+        state,
+        name_prefix: listing.param("name_prefix").map(str::to_owned),
+        now: clock.now_ms(),
+        unix_now: clock.unix_now_ms(),
+    };
+    list(
+        &listing,
+        arc_swap::Guard::into_inner(app.pool().load()),
+        keys,
+    )
+}
+
+/// The answer to `PATCH /admin/keys/{id}`: the key's listing entry, plus `key_id` (the Go
+/// service's answer names the key so).
+#[derive(Serialize, JsonSchema)]
+pub struct PatchedKey<'a> {
+    key_id: &'a str,
+    #[serde(flatten)]
+    view: KeyView<'a>,
+}
+
+pub async fn patch_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let key = app
+        .writer()
+        .patch_key(id, KeyPatch::try_from(body)?)
+        .await?;
     let snapshot = app.pool().load();
     let now = app.pool().clock().now_ms();
-    let keys: Vec<KeyView<'_>> = snapshot
-        .catalog
-        .keys()
-        .map(|key| key_view(&snapshot.catalog, key, now))
-        .collect();
-    json(StatusCode::OK, &keys)
+    let patched = PatchedKey {
+        key_id: &key.info.id,
+        view: key_view(&snapshot.catalog, &key, now),
+    };
+    Ok(json(StatusCode::OK, &patched))
+}
+
+pub async fn delete_tier(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.writer().delete_tier(name).await?;
+    Ok(deleted())
 }
 
 pub async fn delete_key(
@@ -256,6 +401,8 @@ pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse 
 
 #[derive(Serialize, JsonSchema)]
 pub struct UsageView<'a> {
+    /// Increasing with time: the cursor of the next page.
+    id: u64,
     key_id: &'a str,
     /// `"admin"` for the admin token.
     consumer_id: &'a str,
@@ -263,42 +410,40 @@ pub struct UsageView<'a> {
     created_at: String,
 }
 
-/// `?limit=N`: 1 or more (default 100); above 1000 reads as 1000.
-fn usage_limit(query: Option<&str>) -> Result<usize, ApiError> {
-    let Some((_, text)) = query
-        .into_iter()
-        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-        .find(|(name, _)| name == "limit")
-    else {
-        return Ok(100);
-    };
-    text.parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .map(|n| n.min(1_000) as usize)
-        .ok_or_else(|| ApiError::BadRequest("limit must be an integer from 1 to 1000".into()))
-}
+/// Audit events a listing without `limit` shows, as the Go service did.
+const USAGE_PAGE: usize = 100;
 
-pub async fn usage(
-    _: Admin,
-    State(app): State<AppState>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    let limit = usage_limit(uri.query())?;
+/// `GET /admin/usage`: newest first, paged by `limit` (default 100) and `after` (an event's
+/// `id`: the events older than it).
+pub async fn usage(_: Admin, State(app): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    let limit = listing.limit()?.unwrap_or(USAGE_PAGE);
+    let before = listing
+        .after()
+        .map(|id| {
+            id.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("after must be the id of an audit event".into()))
+        })
+        .transpose()?;
     if app.audit().is_none() {
         return Err(ApiError::NotFound(
             "the audit trail is off (start with AUDIT=on to record usage)".into(),
         ));
     }
-    let events = app.writer().recent_usage(limit).await?;
-    let views: Vec<UsageView<'_>> = events
-        .iter()
-        .map(|event| UsageView {
-            key_id: &event.key_id,
-            consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
-            feature: &event.feature,
-            created_at: rfc3339(event.created_at_ms),
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &views))
+    // One more than the page, to know whether a next page exists.
+    let events = app.writer().recent_usage(limit + 1, before).await?;
+    Ok(listing.page(limit, |page| {
+        for (id, event) in &events {
+            let view = UsageView {
+                id: *id,
+                key_id: &event.key_id,
+                consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
+                feature: &event.feature,
+                created_at: rfc3339(event.created_at_ms),
+            };
+            if !page.push(&id.to_string(), &view) {
+                break;
+            }
+        }
+    }))
 }

@@ -3,18 +3,19 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::JsonSchema;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::AppState;
-use super::admin::{deleted, json, to_json};
+use super::admin::{deleted, to_json};
 use super::auth::Admin;
-use super::error::ApiError;
-use super::idempotency::{Answered, Retryable, respond, stored};
-use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
+use super::error::{ApiError, json_response};
+use super::idempotency::{Answered, Retryable, RetryableBodiless, respond, stored};
+use super::listing::{self, Items, Listing, Source};
+use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody, Snapshot};
 
 #[derive(Serialize, JsonSchema)]
 #[schemars(rename = "CreatedConsumer")]
@@ -34,13 +35,6 @@ pub struct Replayed<'a> {
     name: &'a str,
     /// Always true: says why there is no `token`.
     replayed: bool,
-}
-
-/// The `201` of `POST /admin/consumers`: the consumer created, or a replay of its creation.
-pub fn created_schema(generator: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "anyOf": [generator.subschema_for::<Created>(), generator.subschema_for::<Replayed>()],
-    })
 }
 
 fn created((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
@@ -99,13 +93,28 @@ fn view<'a>(catalog: &'a Catalog, consumer: &'a Consumer) -> ConsumerView<'a> {
     }
 }
 
-pub async fn list(_: Admin, State(app): State<AppState>) -> Response {
-    let snapshot = app.pool().load();
-    let catalog = &snapshot.catalog;
-    let mut consumers: Vec<&Consumer> = catalog.consumers().map(|c| &**c).collect();
-    consumers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    let views: Vec<ConsumerView<'_>> = consumers.into_iter().map(|c| view(catalog, c)).collect();
-    json(StatusCode::OK, &views)
+/// What `GET /admin/consumers` lists: every consumer, by id.
+struct Consumers;
+
+impl Source for Consumers {
+    fn each(&self, snapshot: &Snapshot, after: Option<&str>, items: &mut impl Items) {
+        let catalog = &snapshot.catalog;
+        for consumer in catalog.consumers_by_id(after) {
+            if !items.push(&consumer.id, &view(catalog, consumer)) {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /admin/consumers`: by id; paged with `limit` and `after`, else streamed whole.
+pub async fn list(_: Admin, State(app): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    listing::list(
+        &listing,
+        arc_swap::Guard::into_inner(app.pool().load()),
+        Consumers,
+    )
 }
 
 pub async fn delete(
@@ -131,4 +140,59 @@ pub async fn add_scope(
     let once = once.map(|once| once.answered_by(|done, at| stored(done, at, scoped)));
     let answer = app.writer().add_scope(id, scope, once).await?;
     Ok(respond(answer, &app.pool().load().catalog, scoped))
+}
+
+pub async fn remove_scope(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, tier)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let consumer = app.writer().remove_scope(id, tier).await?;
+    let (status, body) = scoped(&consumer, &app.pool().load().catalog);
+    Ok(json_response(status, body))
+}
+
+/// The answer to `POST /admin/consumers/{id}/token`.
+#[derive(Serialize, JsonSchema)]
+pub struct Rotated<'a> {
+    id: &'a str,
+    /// Shown once: only its SHA-256 is stored.
+    token: &'a str,
+}
+
+/// What a retry with the rotation's idempotency key answers: the token is gone (only its hash
+/// was stored); rotating again (without the key) gives a new one.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "ReplayedRotation")]
+pub struct RotatedAgain<'a> {
+    id: &'a str,
+    /// Always true: says why there is no `token`.
+    replayed: bool,
+}
+
+fn rotated((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
+    let rotated = Rotated {
+        id: &consumer.id,
+        token,
+    };
+    (StatusCode::OK, to_json(&rotated))
+}
+
+fn rotated_again((consumer, _): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
+    let replayed = RotatedAgain {
+        id: &consumer.id,
+        replayed: true,
+    };
+    (StatusCode::OK, to_json(&replayed))
+}
+
+pub async fn rotate_token(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RetryableBodiless { once }: RetryableBodiless,
+) -> Result<Response, ApiError> {
+    let once = once.map(|once| once.answered_by(|done, at| stored(done, at, rotated_again)));
+    let answer = app.writer().rotate_token(id, once).await?;
+    Ok(respond(answer, &app.pool().load().catalog, rotated))
 }

@@ -35,7 +35,8 @@ use super::error::ApiError;
 use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, KEY_WAITERS, KEY_WAITS, Meter, WRITER_COMMANDS,
+    WRITER_COMMIT_DURATION,
 };
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
@@ -52,7 +53,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Scrapes rendered at once; one more is answered 503 at once (Prometheus tries again at its
 /// next interval). Each holds a blocking thread and a snapshot until its client has read it, or
-/// for at most [`super::scrape::STALLED_SCRAPE`] of a client that does not read.
+/// for at most [`super::stream::STALLED_BODY`] of a client that does not read.
 pub const CONCURRENT_SCRAPES: usize = 4;
 
 /// `GET /metrics`: what the recorder holds, then the families read from the live snapshot,
@@ -172,6 +173,16 @@ fn describe() {
         KEY_REQUESTS,
         Unit::Count,
         "GET /key answers, by feature (`unknown` for features no tier lists) and outcome."
+    );
+    metrics::describe_counter!(
+        KEY_WAITS,
+        Unit::Count,
+        "GET /key?wait= requests that waited, by outcome (served, timed_out, rejected, shutdown)."
+    );
+    metrics::describe_gauge!(
+        KEY_WAITERS,
+        Unit::Count,
+        "GET /key?wait= requests waiting for a key now."
     );
     metrics::describe_counter!(
         WRITER_COMMANDS,

@@ -32,25 +32,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Retryable<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let mut sent = req.headers().get_all(IDEMPOTENCY_KEY).iter();
-        let key = match (sent.next(), sent.next()) {
-            (None, _) => None,
-            (Some(value), None) => Some(IdempotencyKey::parse(value.as_bytes())?),
-            (Some(_), Some(_)) => {
-                return Err(ApiError::BadRequest(
-                    "send at most one Idempotency-Key header".into(),
-                ));
-            }
-        };
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let bytes = read_body(req, state).await?;
-        let once = key.map(|key| Idempotency::new(key, method.as_str(), &path, &bytes));
+        let (once, bytes) = keyed_body(req, state).await?;
         Ok(Self {
             body: parse_json(&bytes)?,
             once,
         })
     }
+}
+
+/// The idempotency key of a request that takes no body (whatever body it has is ignored, but
+/// fingerprinted with the rest).
+pub struct RetryableBodiless {
+    pub once: Option<Idempotency>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for RetryableBodiless {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (once, _) = keyed_body(req, state).await?;
+        Ok(Self { once })
+    }
+}
+
+/// The request's idempotency key, fingerprinted with its method, path and body, and the body.
+/// A malformed key is a 400, before the body is read.
+async fn keyed_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<(Option<Idempotency>, bytes::Bytes), ApiError> {
+    let mut sent = req.headers().get_all(IDEMPOTENCY_KEY).iter();
+    let key = match (sent.next(), sent.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(IdempotencyKey::parse(value.as_bytes())?),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "send at most one Idempotency-Key header".into(),
+            ));
+        }
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let bytes = read_body(req, state).await?;
+    let once = key.map(|key| Idempotency::new(key, method.as_str(), &path, &bytes));
+    Ok((once, bytes))
 }
 
 /// What to store for a write's answer, rendered by `applied` when it succeeded: every answer but

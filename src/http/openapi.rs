@@ -25,9 +25,19 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// Either of two types: an answer that is one shape or another (a replay's, say).
+fn either<A: JsonSchema, B: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({"anyOf": [generator.subschema_for::<A>(), generator.subschema_for::<B>()]})
+}
+
+/// The `limit` of a paged listing: from 1 (a larger number reads as the most a page holds).
+fn page_limit(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 1})
+}
+
 /// The most query parameters and answers one [`Doc`] lists (a route needing more fails to
 /// compile, where the table is built).
-const MAX_QUERY: usize = 4;
+const MAX_QUERY: usize = 5;
 const MAX_ANSWERS: usize = 8;
 
 /// What the document says of one route beyond its method, path and access rule. Built with
@@ -41,6 +51,8 @@ pub struct Doc {
     body: Option<SchemaFn>,
     query: [Option<Query>; MAX_QUERY],
     answers: [Option<Answer>; MAX_ANSWERS],
+    /// A listing paged by `limit` and `after`: its 200 may carry a `Link` to the next page.
+    paged: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +86,7 @@ pub const fn doc(summary: &'static str) -> Doc {
         body: None,
         query: [None; MAX_QUERY],
         answers: [None; MAX_ANSWERS],
+        paged: false,
     }
 }
 
@@ -86,10 +99,21 @@ impl Doc {
 
     /// A query parameter of type `T`.
     pub const fn query<T: JsonSchema>(
+        self,
+        name: &'static str,
+        required: bool,
+        description: &'static str,
+    ) -> Self {
+        self.query_with(name, required, description, schema_of::<T>)
+    }
+
+    /// A query parameter that `schema` describes.
+    pub const fn query_with(
         mut self,
         name: &'static str,
         required: bool,
         description: &'static str,
+        schema: SchemaFn,
     ) -> Self {
         let mut slot = 0;
         while self.query[slot].is_some() {
@@ -99,9 +123,21 @@ impl Doc {
             name,
             required,
             description,
-            schema: schema_of::<T>,
+            schema,
         });
         self
+    }
+
+    /// A listing paged by `limit` (what it does without one: `limit`) and `after` (the id of
+    /// the item it continues after: `after`); its 200 carries a `Link` to the next page while
+    /// one follows. A `limit` that is not a number from 1 is a 400 (listed here).
+    pub const fn paged(self, limit: &'static str, after: &'static str) -> Self {
+        let mut doc = self
+            .query_with("limit", false, limit, page_limit)
+            .query::<String>("after", false, after)
+            .error(400);
+        doc.paged = true;
+        doc
     }
 
     /// Answers `status` with a JSON body of type `T`.
@@ -112,6 +148,11 @@ impl Doc {
     /// Answers `status` with a JSON body that `schema` describes.
     pub const fn json_with(self, status: u16, schema: SchemaFn) -> Self {
         self.answer(status, Content::Json(schema))
+    }
+
+    /// Answers `status` with a JSON body of type `A` or of type `B` (a replay, say).
+    pub const fn json_either<A: JsonSchema, B: JsonSchema>(self, status: u16) -> Self {
+        self.json_with(status, either::<A, B>)
     }
 
     /// Answers `status` with `{"error": "…"}`.
@@ -262,10 +303,16 @@ fn operation(
         .iter()
         .flatten()
         .map(|answer| {
-            (
-                answer.status,
-                response(answer.status, answer.content, responses),
-            )
+            let mut answered = response(answer.status, answer.content, responses);
+            if doc.paged && answer.status == 200 {
+                answered["headers"] = json!({
+                    "Link": {
+                        "description": "`<path?…&after=<last id>>; rel=\"next\"`: the next page, with this request's other parameters; absent on the last page.",
+                        "schema": {"type": "string"},
+                    },
+                });
+            }
+            (answer.status, answered)
         })
         .collect();
     let implied = [

@@ -8,14 +8,16 @@ use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::admin::{AddedKey, KeyView, PoolHealth, Status, TierView, UsageView};
-use super::consumers::ConsumerView;
+use super::admin::{AddedKey, KeyView, PatchedKey, PoolHealth, Status, TierView, UsageView};
+use super::consumers::{ConsumerView, Created, Replayed, Rotated, RotatedAgain};
 use super::error::ApiError;
 use super::json::BODY_LIMIT;
 use super::openapi::{Doc, doc};
 use super::request_metrics::{RequestMetricsService, RequestSeries};
-use super::{AppState, PrometheusExporter, admin, backup, consumers, docs, exporter, key, openapi};
-use crate::broker::{ConsumerBody, KeyBody, ScopeBody, ServedKey, TierBody};
+use super::{
+    AppState, PrometheusExporter, admin, backup, consumers, docs, exporter, key, openapi, page, ui,
+};
+use crate::broker::{ConsumerBody, KeyBody, KeyPatch, KeyState, ScopeBody, ServedKey, TierBody};
 use crate::telemetry::Meter;
 
 /// Who may call a route.
@@ -80,16 +82,33 @@ impl Route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early. Each entry's [`doc`] names its summary,
-/// its body and query types, and its answers (see [`Doc`] for those implied).
-pub const ROUTES: [Route; 20] = [
+/// its body and query types, and its answers (see [`Doc`] for those implied): a new route's
+/// entry ends in `.doc(doc("…").body::<Body>().json::<View>(200).error(409))`, and a field
+/// added to a view or body type shows in the document by its derive.
+pub const ROUTES: [Route; 27] = [
     route!(GET "/health", Public, health).doc(doc("Liveness.").json::<Status>(200)),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD).doc(
         doc("The next key with budget left for a feature, round-robin.")
             .query::<String>("feature", true, "The feature to draw a key for.")
+            .query_with(
+                "cost",
+                false,
+                "Units of the key's window to draw, at most the feature's largest rate_limit \
+                 (default 1).",
+                key::cost_schema,
+            )
+            .query_with(
+                "wait",
+                false,
+                "Seconds (fractions allowed) to wait for a key when none is free; 0, the \
+                 default, answers 429 at once.",
+                key::wait_schema,
+            )
             .json::<ServedKey<'static>>(200)
             .error(400)
             .error(404)
-            .error(429),
+            .error(429)
+            .error(503),
     ),
     route!(POST "/admin/tiers", Admin, admin::create_tier).doc(
         doc("Create a tier with its features and limits.")
@@ -106,6 +125,11 @@ pub const ROUTES: [Route; 20] = [
             .json::<TierView<'static>>(200)
             .error(404),
     ),
+    route!(DELETE "/admin/tiers/{name}", Admin, admin::delete_tier).doc(
+        doc("Delete a tier (by name or id) that no key belongs to; consumers lose the scope.")
+            .json::<Status>(200)
+            .error(409),
+    ),
     route!(POST "/admin/keys", Admin, admin::add_key).doc(
         doc("Add a key: sealed at rest, servable at once.")
             .body::<KeyBody>()
@@ -114,7 +138,20 @@ pub const ROUTES: [Route; 20] = [
             .error(422),
     ),
     route!(GET "/admin/keys", Admin, admin::list_keys).doc(
-        doc("Every key with its live usage (never its value).").json::<Vec<KeyView<'static>>>(200),
+        doc("Keys by id with their live usage (never a value), filtered; paged, else streamed.")
+            .paged(
+                "Keys per page, from 1 (above 1000 reads as 1000); without it, every key.",
+                "The id of the last key of the previous page.",
+            )
+            .query::<String>("tier", false, "Only the keys of this tier (by name).")
+            .query::<KeyState>("state", false, "Only the keys in this state now.")
+            .query::<String>("name_prefix", false, "Only the keys whose name starts so.")
+            .json::<Vec<KeyView<'static>>>(200),
+    ),
+    route!(PATCH "/admin/keys/{id}", Admin, admin::patch_key).doc(
+        doc("Change a key in place: its id, tier and counters stay.")
+            .body::<KeyPatch>()
+            .json::<PatchedKey<'static>>(200),
     ),
     route!(DELETE "/admin/keys/{id}", Admin, admin::delete_key)
         .doc(doc("Remove a key: never served again.").json::<Status>(200)),
@@ -123,11 +160,17 @@ pub const ROUTES: [Route; 20] = [
     route!(POST "/admin/consumers", Admin, consumers::create).doc(
         doc("Create a consumer; its token is shown this once (a replay answers replayed: true).")
             .body::<ConsumerBody>()
-            .json_with(201, consumers::created_schema)
+            .json_either::<Created<'static>, Replayed<'static>>(201)
             .error(422),
     ),
-    route!(GET "/admin/consumers", Admin, consumers::list)
-        .doc(doc("Every consumer with its tiers.").json::<Vec<ConsumerView<'static>>>(200)),
+    route!(GET "/admin/consumers", Admin, consumers::list).doc(
+        doc("Consumers by id with their tiers; paged, else streamed.")
+            .paged(
+                "Consumers per page, from 1 (above 1000 reads as 1000); without it, every one.",
+                "The id of the last consumer of the previous page.",
+            )
+            .json::<Vec<ConsumerView<'static>>>(200),
+    ),
     route!(DELETE "/admin/consumers/{id}", Admin, consumers::delete)
         .doc(doc("Delete a consumer: its token stops working.").json::<Status>(200)),
     route!(POST "/admin/consumers/{id}/scopes", Admin, consumers::add_scope).doc(
@@ -136,11 +179,22 @@ pub const ROUTES: [Route; 20] = [
             .json::<ConsumerView<'static>>(200)
             .error(422),
     ),
+    route!(DELETE "/admin/consumers/{id}/scopes/{tier}", Admin, consumers::remove_scope).doc(
+        doc("Stop a consumer drawing keys from a tier (by name or id).")
+            .json::<ConsumerView<'static>>(200),
+    ),
+    route!(POST "/admin/consumers/{id}/token", Admin, consumers::rotate_token).doc(
+        doc("A new token for a consumer, shown this once; the old one is refused from now on.")
+            .json_either::<Rotated<'static>, RotatedAgain<'static>>(200)
+            .error(422),
+    ),
     route!(GET "/admin/usage", Admin, admin::usage).doc(
         doc("The audit trail of served keys, newest first (404 when AUDIT is off).")
-            .query::<u32>("limit", false, "How many events, 1 to 1000 (default 100).")
+            .paged(
+                "Events per page, from 1 (above 1000 reads as 1000; default 100).",
+                "The id of an event: the page holds the events before it.",
+            )
             .json::<Vec<UsageView<'static>>>(200)
-            .error(400)
             .error(404),
     ),
     route!(GET "/admin/backup", Admin, backup::backup).doc(
@@ -154,11 +208,16 @@ pub const ROUTES: [Route; 20] = [
         doc("This document: OpenAPI 3.1 of every route.").json_with(200, openapi::document_schema),
     ),
     route!(GET "/docs", Public, docs::page)
-        .doc(doc("A page that renders this document.").content(200, docs::HTML)),
+        .doc(doc("A page that renders this document.").content(200, page::HTML)),
     route!(GET "/docs/docs.js", Public, docs::script)
-        .doc(doc("The script of the /docs page.").content(200, docs::JAVASCRIPT)),
+        .doc(doc("The script of the /docs page.").content(200, page::JAVASCRIPT)),
     route!(GET "/docs/docs.css", Public, docs::style)
-        .doc(doc("The style sheet of the /docs page.").content(200, docs::CSS)),
+        .doc(doc("The style sheet of the /docs page.").content(200, page::CSS)),
+    route!(GET "/ui", Public, ui::page).doc(doc("The admin page.").content(200, page::HTML)),
+    route!(GET "/ui/app.js", Public, ui::script)
+        .doc(doc("The script of the admin page.").content(200, page::JAVASCRIPT)),
+    route!(GET "/ui/app.css", Public, ui::style)
+        .doc(doc("The style sheet of the admin page.").content(200, page::CSS)),
 ];
 
 /// [`ROUTES`], through a function: the handler of `/openapi.json` reads the table it is an

@@ -34,6 +34,11 @@ impl Batch {
         Ok(())
     }
 
+    /// Removes a tier; `false` when there was none with that id.
+    pub fn delete_tier(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(TIERS)?.remove(id)?.is_some())
+    }
+
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
         let id = record.id.as_str();
         let stored = encode_signed(&self.signer, "keys", id, record);
@@ -83,17 +88,22 @@ impl Batch {
         Ok(())
     }
 
-    /// The newest `limit` audit events, newest first.
-    pub fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, StoreError> {
+    /// The newest `limit` audit events stored before sequence number `before` (the newest of
+    /// all when `None`), newest first, with their sequence numbers.
+    pub fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, StoreError> {
         let table = self.txn.open_table(USAGE)?;
         let mut events = Vec::with_capacity(limit);
-        for entry in table.iter()?.rev().take(limit) {
+        for entry in table.range(..before.unwrap_or(u64::MAX))?.rev().take(limit) {
             let (seq, bytes) = entry?;
-            events.push(decode(
-                "usage_events",
-                &seq.value().to_string(),
-                bytes.value(),
-            )?);
+            let seq = seq.value();
+            events.push((
+                seq,
+                decode("usage_events", &seq.to_string(), bytes.value())?,
+            ));
         }
         Ok(events)
     }

@@ -81,7 +81,8 @@ pub fn tier_record(tier: &Tier) -> TierRecord {
     }
 }
 
-fn key_info(record: &KeyRecord) -> KeyInfo {
+/// What a stored key is, apart from its sealed material.
+pub fn key_info(record: &KeyRecord) -> KeyInfo {
     KeyInfo {
         id: record.id.as_str().into(),
         name: record.name.as_str().into(),
@@ -116,7 +117,7 @@ pub fn open_key(record: &KeyRecord, sealer: &Sealer) -> Result<Opened, CryptoErr
 /// run saved), so no move of the wall clock reopens it early. A window stored with its start on
 /// the wall clock only is placed by the wall clock, ending no later than its full length from
 /// now.
-fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
+pub fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
     let limit = u32::try_from(record.usage_limit?).unwrap_or(LIFETIME - 1);
     let reserved = u32::try_from(record.usage_count)
         .unwrap_or(limit)
@@ -276,7 +277,7 @@ pub fn check_consumer_loads(record: &ConsumerRecord) -> Result<(), Skipped> {
 
 /// A key's stored record, sealing its plaintext for its id.
 pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> KeyRecord {
-    KeyRecord {
+    let mut record = KeyRecord {
         id: info.id.to_string(),
         name: info.name.to_string(),
         tier_id: info.tier_id.to_string(),
@@ -288,17 +289,27 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         usage_count: 0,
         usage_window_start_ms: None,
         usage_window_end_running_ms: None,
-        metadata: plain.metadata.clone(),
-        value: Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&info.id))),
-        secrets: plain
-            .secrets
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.clone(),
-                    Hex(sealer.seal(value.as_bytes(), &secret_aad(&info.id, name))),
-                )
-            })
-            .collect(),
-    }
+        metadata: serde_json::Map::new(),
+        exhausted_until_ms: None,
+        disabled_reason: None,
+        value: Hex(Vec::new()),
+        secrets: BTreeMap::new(),
+    };
+    seal_into(&mut record, plain, sealer);
+    record
+}
+
+/// Puts `plain` in a key's record: its metadata as is, its value and secrets sealed for the
+/// record's id (fresh nonces), the secrets replacing all it had.
+pub fn seal_into(record: &mut KeyRecord, plain: &Plaintext<'_>, sealer: &Sealer) {
+    record.metadata = plain.metadata.clone();
+    record.value = Hex(sealer.seal(plain.value.as_bytes(), &value_aad(&record.id)));
+    record.secrets = plain
+        .secrets
+        .iter()
+        .map(|(name, value)| {
+            let aad = secret_aad(&record.id, name);
+            (name.clone(), Hex(sealer.seal(value.as_bytes(), &aad)))
+        })
+        .collect();
 }

@@ -34,8 +34,8 @@ use crate::crypto::Signer;
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
 pub use batch::Batch;
 pub use codec::{
-    Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record, key_record,
-    load_catalog, open_key, tier_record,
+    Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
+    key_info, key_record, load_catalog, open_key, seal_into, tier_record, usage_cap,
 };
 pub use records::{
     ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord, UsageRecord,

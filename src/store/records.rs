@@ -58,6 +58,13 @@ pub struct KeyRecord {
     pub usage_window_end_running_ms: Option<u64>,
     #[serde(default)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Wall-clock unix ms until which the provider said the key is spent (`PATCH
+    /// exhausted_until`); `None` or past: not exhausted.
+    #[serde(default)]
+    pub exhausted_until_ms: Option<i64>,
+    /// Why the key was disabled (by a report of the provider's refusal); `None`: not disabled.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
     /// The key value, sealed with [`value_aad`].
     pub value: Hex,
     /// Bound secrets, each sealed with [`secret_aad`] for its name.

@@ -145,6 +145,8 @@ mod tests {
             usage_window_start_ms: None,
             usage_window_end_running_ms: None,
             metadata: serde_json::Map::new(),
+            exhausted_until_ms: None,
+            disabled_reason: None,
             value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
             secrets: BTreeMap::from([(
                 "org".to_string(),

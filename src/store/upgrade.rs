@@ -156,6 +156,8 @@ mod tests {
             usage_window_start_ms: None,
             usage_window_end_running_ms: None,
             metadata: serde_json::Map::new(),
+            exhausted_until_ms: None,
+            disabled_reason: None,
             value: Hex(sealer.seal(value, &legacy_value_aad(id))),
             secrets: secrets
                 .iter()

@@ -9,6 +9,11 @@ pub const HTTP_REQUESTS: &str = "keypooler_http_requests_total";
 pub const HTTP_DURATION: &str = "keypooler_http_request_duration_seconds";
 /// `GET /key` answers, by `feature` and `outcome`.
 pub const KEY_REQUESTS: &str = "keypooler_key_requests_total";
+/// `GET /key?wait=` requests that waited, by how the wait ended: `outcome` is `served`,
+/// `timed_out`, `rejected` (too many waiting) or `shutdown`.
+pub const KEY_WAITS: &str = "keypooler_key_waits_total";
+/// `GET /key?wait=` requests waiting for a key now.
+pub const KEY_WAITERS: &str = "keypooler_key_waiters";
 /// Changes the writer handled, by `kind` and `outcome`.
 pub const WRITER_COMMANDS: &str = "keypooler_writer_commands_total";
 /// Seconds each durable commit of a batch took.

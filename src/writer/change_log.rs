@@ -18,10 +18,23 @@ pub(super) enum Change {
         key: Arc<KeyEntry>,
         tier: Arc<str>,
     },
+    /// The names of the fields changed, never their values.
+    KeyUpdated {
+        key: Arc<KeyEntry>,
+        fields: Vec<&'static str>,
+    },
+    /// With how many consumers lost their scope to it.
+    TierDeleted {
+        tier: Arc<Tier>,
+        unscoped: usize,
+    },
+    TokenRotated(Arc<Consumer>),
     ConsumerCreated(Arc<Consumer>),
-    ScopeAdded {
+    /// A consumer's scope to a tier added (`true`) or removed.
+    Scope {
         consumer: Arc<Consumer>,
         tier: Arc<str>,
+        added: bool,
     },
     ConsumerDeleted(Arc<Consumer>),
 }
@@ -61,16 +74,38 @@ impl Change {
                 tier = %tier,
                 "key deleted"
             ),
+            Change::KeyUpdated { key, fields } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                fields = %fields.join(","),
+                "key updated"
+            ),
+            Change::TierDeleted { tier, unscoped } => tracing::info!(
+                tier_id = %tier.id,
+                tier = %tier.name,
+                consumers_unscoped = unscoped,
+                "tier deleted"
+            ),
+            Change::TokenRotated(consumer) => tracing::info!(
+                consumer_id = %consumer.id,
+                consumer = %consumer.name,
+                "consumer token rotated"
+            ),
             Change::ConsumerCreated(consumer) => tracing::info!(
                 consumer_id = %consumer.id,
                 consumer = %consumer.name,
                 "consumer created"
             ),
-            Change::ScopeAdded { consumer, tier } => tracing::info!(
+            Change::Scope {
+                consumer,
+                tier,
+                added,
+            } => tracing::info!(
                 consumer_id = %consumer.id,
                 consumer = %consumer.name,
                 tier = %tier,
-                "consumer scope added"
+                scope = if *added { "added" } else { "removed" },
+                "consumer scope changed"
             ),
             Change::ConsumerDeleted(consumer) => tracing::info!(
                 consumer_id = %consumer.id,

@@ -8,7 +8,9 @@ use zeroize::Zeroizing;
 use super::WriteError;
 use super::idempotency::{Answer, Keyed, Once};
 use super::request::{Call, OnceCall, Request};
-use crate::broker::{Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec};
+use crate::broker::{
+    Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec,
+};
 use crate::store::{Snapshot, UsageRecord};
 
 /// The handle handlers use to queue changes. Cheap to clone.
@@ -83,6 +85,20 @@ impl Writer {
         self.ask(Request::DeleteKey, id).await
     }
 
+    /// Changes a key in place, keeping its id and live counters.
+    pub async fn patch_key(
+        &self,
+        id: String,
+        patch: KeyPatch,
+    ) -> Result<Arc<KeyEntry>, WriteError> {
+        self.ask(Request::PatchKey, (id, Box::new(patch))).await
+    }
+
+    /// Deletes a tier (found by name or id) that has no keys, and every consumer's scope to it.
+    pub async fn delete_tier(&self, name: String) -> Result<(), WriteError> {
+        self.ask(Request::DeleteTier, name).await
+    }
+
     /// Creates a consumer; answers with it and its token, which exists nowhere else afterwards.
     /// With `once`, at most once per idempotency key (a replay has no token to give).
     pub async fn create_consumer(
@@ -105,13 +121,39 @@ impl Writer {
             .await
     }
 
+    /// Stops a consumer drawing from a tier (found by name or id); removing a scope it does not
+    /// have is harmless.
+    pub async fn remove_scope(
+        &self,
+        consumer_id: String,
+        tier: String,
+    ) -> Result<Arc<Consumer>, WriteError> {
+        self.ask(Request::RemoveScope, (consumer_id, tier)).await
+    }
+
+    /// Gives a consumer a new token (the old one stops working with the commit); answers with
+    /// it, which exists nowhere else afterwards. With `once`, at most once per idempotency key
+    /// (a replay has no token to give).
+    pub async fn rotate_token(
+        &self,
+        consumer_id: String,
+        once: Option<Once<(Arc<Consumer>, Zeroizing<String>)>>,
+    ) -> Result<Answer<(Arc<Consumer>, Zeroizing<String>)>, WriteError> {
+        self.ask_once(Request::RotateToken, consumer_id, once).await
+    }
+
     pub async fn delete_consumer(&self, id: String) -> Result<(), WriteError> {
         self.ask(Request::DeleteConsumer, id).await
     }
 
-    /// The newest `limit` audit events, newest first, including those still queued.
-    pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
-        self.ask(Request::RecentUsage, limit).await
+    /// The newest `limit` audit events before event id `before` (or the newest), newest first,
+    /// with their ids, including those still queued.
+    pub async fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, WriteError> {
+        self.ask(Request::RecentUsage, (limit, before)).await
     }
 
     /// Pins the database as it stands once every change answered so far is committed, for a

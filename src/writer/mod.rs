@@ -40,6 +40,11 @@ pub enum WriteError {
     TierExists(String),
     #[error("tier not found: {0}")]
     TierNotFound(String),
+    #[error("tier still has keys")]
+    TierHasKeys,
+    /// A change the stored state does not allow (a 400), named by its field.
+    #[error("{0}")]
+    Invalid(String),
     #[error("key not found: {0}")]
     KeyNotFound(String),
     #[error("consumer not found: {0}")]

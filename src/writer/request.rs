@@ -10,7 +10,9 @@ use super::WriteError;
 use super::idempotency::{Answer, Keyed};
 use super::meters::{CommandSeries, Kind};
 use super::ops::Reservation;
-use crate::broker::{Catalog, Consumer, KeyEntry, NewConsumer, NewKey, NewScope, Tier, TierSpec};
+use crate::broker::{
+    Catalog, Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Tier, TierSpec,
+};
 use crate::store::{Snapshot, StoreError, UsageRecord};
 
 /// Where a call's answer goes.
@@ -111,6 +113,9 @@ pub(super) type OnceCall<I, O> = Call<Keyed<I, O>, Answer<O>>;
 /// A consumer just created, with its token.
 pub(super) type NewlyCreated = (Arc<Consumer>, Zeroizing<String>);
 
+/// Audit events with their ids, newest first.
+pub(super) type AuditEvents = Vec<(u64, UsageRecord)>;
+
 /// A queued request.
 pub(super) enum Request {
     CreateTier(OnceCall<TierSpec, Arc<Tier>>),
@@ -120,13 +125,22 @@ pub(super) enum Request {
     /// the hot path's reservation requests included.
     AddKey(OnceCall<Box<NewKey>, Arc<KeyEntry>>),
     DeleteKey(Call<String, ()>),
+    /// A key's id and its change (boxed, as `AddKey`).
+    PatchKey(Call<(String, Box<KeyPatch>), Arc<KeyEntry>>),
+    /// Deletes a tier, found by name or id.
+    DeleteTier(Call<String, ()>),
     /// Answers with the consumer's token, which exists nowhere else afterwards.
     CreateConsumer(OnceCall<NewConsumer, NewlyCreated>),
     /// The consumer's id and the tier it may draw from.
     AddScope(OnceCall<(String, NewScope), Arc<Consumer>>),
+    /// The consumer's id and the tier (name or id) it may no longer draw from.
+    RemoveScope(Call<(String, String), Arc<Consumer>>),
+    /// A consumer's id; answers with its new token, which exists nowhere else afterwards.
+    RotateToken(OnceCall<String, NewlyCreated>),
     DeleteConsumer(Call<String, ()>),
-    /// Write the queued audit events, then read the newest ones.
-    RecentUsage(Call<usize, Vec<UsageRecord>>),
+    /// Write the queued audit events, then read the newest ones (how many, and before which
+    /// event id), with their ids.
+    RecentUsage(Call<(usize, Option<u64>), AuditEvents>),
     /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
     Reserve(Call<Arc<str>, Option<Reservation>>),
     /// Write the queued audit events.
@@ -149,6 +163,10 @@ impl Request {
             Request::UpdateTier(call) => call.finish(Kind::UpdateTier, failure, meters),
             Request::AddKey(call) => call.finish(Kind::AddKey, failure, meters),
             Request::DeleteKey(call) => call.finish(Kind::DeleteKey, failure, meters),
+            Request::PatchKey(call) => call.finish(Kind::PatchKey, failure, meters),
+            Request::DeleteTier(call) => call.finish(Kind::DeleteTier, failure, meters),
+            Request::RemoveScope(call) => call.finish(Kind::RemoveScope, failure, meters),
+            Request::RotateToken(call) => call.finish(Kind::RotateToken, failure, meters),
             Request::CreateConsumer(call) => call.finish(Kind::CreateConsumer, failure, meters),
             Request::AddScope(call) => call.finish(Kind::AddScope, failure, meters),
             Request::DeleteConsumer(call) => call.finish(Kind::DeleteConsumer, failure, meters),

@@ -98,6 +98,9 @@ fn operators_manage_tiers_keys_and_consumers_from_the_command_line() {
     assert!(row(&keys, &id)[4].contains("image=1/100"), "{keys}");
     let keys_json = ok_json(cli(d, port, "keys list --json", b""));
     assert_eq!(keys_json.as_array().unwrap().len(), 2);
+    // A page of one key: the second comes through the first page's Link.
+    let paged = ok_json(cli(d, port, "keys list --page-size 1 --json", b""));
+    assert_eq!(paged, keys_json);
 
     let add = "consumers add billing --description billing-service --scope pro";
     let consumer = ok(cli(d, port, add, b""));
@@ -183,6 +186,8 @@ fn refusals_failures_and_bad_arguments_have_their_own_exit_codes() {
         "--feature takes NAME=LIMIT",
     );
     bad("keys patch some-id", b"", "nothing to change");
+    let page = cli(d, port, "keys list --page-size 0", b"");
+    assert_eq!(page.status.code(), Some(2));
     bad("consumers patch some-id", b"", "nothing to change");
     // A value is never an argument: no option takes one.
     let argv = cli(d, port, "keys add --name k --tier pro --key sk-argv", b"");

@@ -18,7 +18,13 @@ async fn an_added_key_is_servable_at_once_and_its_value_never_shown_by_admin_rou
         .await;
     let body = expect(response, StatusCode::CREATED).await;
     let id = body["id"].as_str().unwrap().to_owned();
-    assert_eq!(body, json!({"id": id, "name": "openai-1", "tier": "pro"}));
+    // The seed's fields, and the Go service's later ones.
+    assert_eq!(
+        body,
+        json!({"id": id, "name": "openai-1", "tier": "pro", "expires_at": null,
+               "usage_limit": null, "usage_window_seconds": null, "metadata": {},
+               "secret_names": []})
+    );
 
     let (status, served) = app.key("image-generation").await;
     assert_eq!(status, StatusCode::OK);
@@ -74,6 +80,43 @@ async fn key_errors_are_400_for_missing_fields_and_404_for_an_unknown_tier() {
         expect(app.get("/admin/keys").await, StatusCode::OK).await,
         json!([])
     );
+}
+
+#[tokio::test]
+async fn an_added_key_answers_its_settings_and_secret_names_sorted_never_a_value_and_so_lists() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let body = json!({"name": "k", "key": "sk-value-1", "tier": "pro",
+        "expires_at": "2100-01-02T03:04:05Z", "usage_limit": 50, "usage_window_seconds": 3600,
+        "metadata": {"region": "eu", "n": [1, 2]},
+        "secrets": {"zeta": "secret-z", "alpha": "secret-a", "mid": "secret-m"}});
+    let added = expect(app.post("/admin/keys", &body).await, StatusCode::CREATED).await;
+    let id = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        added,
+        json!({"id": id, "name": "k", "tier": "pro", "expires_at": "2100-01-02T03:04:05Z",
+               "usage_limit": 50, "usage_window_seconds": 3600,
+               "metadata": {"region": "eu", "n": [1, 2]},
+               "secret_names": ["alpha", "mid", "zeta"]})
+    );
+    let listed = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    assert_eq!(listed[0]["metadata"], added["metadata"]);
+    assert_eq!(listed[0]["secret_names"], added["secret_names"]);
+    for text in [added.to_string(), listed.to_string()] {
+        for secret in ["sk-value-1", "secret-z", "secret-a", "secret-m"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+    }
+    let plain = app.add_key("plain", "sk-2", "pro").await;
+    let listed = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    let plain = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["id"] == plain.as_str())
+        .unwrap();
+    assert_eq!(plain["metadata"], json!({}));
+    assert_eq!(plain["secret_names"], json!([]));
 }
 
 #[tokio::test]

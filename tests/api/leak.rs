@@ -314,6 +314,31 @@ async fn no_secret_reaches_logs_errors_or_admin_bodies_in_a_full_scenario_at_tra
         .0,
         StatusCode::OK
     );
+    // A key rotated in place, and a field named by a value sent by mistake.
+    let path = format!("/admin/keys/{id}");
+    for (body, expected) in [
+        (
+            json!({"key": key, "secrets": {"sig": secret}}),
+            StatusCode::OK,
+        ),
+        (json!({ key.as_str(): 1 }), StatusCode::BAD_REQUEST),
+        (
+            json!({"secrets": {"sig": 1}, "key": key}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, text) = call(
+            &client,
+            port,
+            Method::PATCH,
+            &path,
+            admin,
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(status, expected, "{text}");
+        canaries.assert_absent(&format!("the {status} body of PATCH {path}"), &text);
+    }
     for path in SCANNED {
         let (status, text) = call(&client, port, Method::GET, path, admin, None).await;
         assert_eq!(status, StatusCode::OK, "{path}");

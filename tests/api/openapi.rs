@@ -53,6 +53,15 @@ impl Spec {
             declared.is_object(),
             "{what}, which the document does not list"
         );
+        // A header the answer carries that a client acts on is declared with it.
+        for header in ["Link", "Retry-After"] {
+            if response.headers().contains_key(header) {
+                assert!(
+                    declared["headers"][header].is_object(),
+                    "{what} with a {header} header, which the document does not declare"
+                );
+            }
+        }
         let media_type = response.headers()["content-type"]
             .to_str()
             .unwrap()
@@ -161,7 +170,11 @@ async fn every_route_of_the_table_is_described_with_its_method_and_access() {
             .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
             .collect();
         assert_eq!(declared, in_template, "{what}");
-        if route.method == Method::POST && route.path.starts_with("/admin") {
+        // Every admin POST takes a body, but the token rotation's (it has nothing to say).
+        if route.method == Method::POST
+            && route.path.starts_with("/admin")
+            && route.path != "/admin/consumers/{id}/token"
+        {
             assert!(operation["requestBody"].is_object(), "{what}: no body");
         }
     }
@@ -255,13 +268,27 @@ async fn real_answers_validate_against_the_declared_schemas() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, served) = check(M::GET, "/key", "/key?feature=chat", None).await;
+    // Two keys of 2 uses a minute: a draw of 2, two of 1, then none is left.
+    let (status, served) = check(M::GET, "/key", "/key?feature=chat&cost=2", None).await;
     assert_eq!(status, StatusCode::OK, "{served}");
-    for _ in 0..3 {
-        check(M::GET, "/key", "/key?feature=chat", None).await;
+    for _ in 0..2 {
+        let (status, _) = check(M::GET, "/key", "/key?feature=chat", None).await;
+        assert_eq!(status, StatusCode::OK);
     }
     let (status, _) = check(M::GET, "/key", "/key?feature=chat", None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // A request that may wait, answered when the window rolls over (or at once, should the
+    // clock move before it arrives).
+    let waiting = app.request(M::GET, "/key?feature=chat&wait=30");
+    let waiter = tokio::spawn(async move { waiting.send().await.unwrap() });
+    app.clock.advance_ms(60_000);
+    let (status, _) = spec.check(&M::GET, "/key", waiter.await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    for bad in ["cost=3", "cost=0", "wait=31"] {
+        let path = format!("/key?feature=chat&{bad}");
+        let (status, _) = check(M::GET, "/key", &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
     let (status, _) = check(M::GET, "/key", "/key?feature=nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = check(M::GET, "/key", "/key", None).await;
@@ -329,9 +356,81 @@ async fn real_answers_validate_against_the_declared_schemas() {
 
     let (_, keys) = check(M::GET, "/admin/keys", "/admin/keys", None).await;
     assert_eq!(keys.as_array().unwrap().len(), 2);
+    // Paged, filtered: a page of one with its Link, then the last page without one.
+    let response = send(M::GET, "/admin/keys?limit=1&tier=pro&state=active", None)
+        .await
+        .unwrap();
+    let link = response.headers()["link"].to_str().unwrap().to_owned();
+    let (_, page) = spec.check(&M::GET, "/admin/keys", response).await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    let next = link
+        .strip_prefix('<')
+        .and_then(|link| link.split_once(">; rel=\"next\""))
+        .unwrap()
+        .0;
+    let response = send(M::GET, next, None).await.unwrap();
+    assert!(!response.headers().contains_key("link"), "{next}");
+    let (_, page) = spec.check(&M::GET, "/admin/keys", response).await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    let (_, none) = check(M::GET, "/admin/keys", "/admin/keys?name_prefix=zz", None).await;
+    assert_eq!(none, json!([]));
+    let (status, _) = check(M::GET, "/admin/keys", "/admin/keys?state=asleep", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, page) = check(M::GET, "/admin/consumers", "/admin/consumers?limit=1", None).await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+
+    // A key changed in place: its listing entry and `key_id`.
+    let patch_key = format!("/admin/keys/{key_id}");
+    let change = json!({"name": "openai-one", "is_active": false, "expires_at": null, "metadata": {"region": "us"}, "usage_limit": null});
+    let (status, patched) = check(M::PATCH, "/admin/keys/{id}", &patch_key, Some(change)).await;
+    assert_eq!(
+        (status, &patched["key_id"], &patched["name"]),
+        (StatusCode::OK, &json!(key_id), &json!("openai-one"))
+    );
+    let misspelt = Some(json!({"is_actve": true}));
+    let (status, _) = check(M::PATCH, "/admin/keys/{id}", &patch_key, misspelt).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let nobody = "/admin/keys/00000000-0000-4000-8000-000000000000";
+    let rename = Some(json!({"name": "x"}));
+    let (status, _) = check(M::PATCH, "/admin/keys/{id}", nobody, rename).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A tier deleted (refused while it has keys); a scope removed; a token rotated, and the
+    // rotation retried with its idempotency key.
+    let (status, _) = check(M::DELETE, "/admin/tiers/{name}", "/admin/tiers/pro", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let spare = Some(json!({"name": "spare", "features": {"chat": 1}}));
+    check(M::POST, "/admin/tiers", "/admin/tiers", spare).await;
+    let (status, _) = check(M::DELETE, "/admin/tiers/{name}", "/admin/tiers/spare", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = check(M::DELETE, "/admin/tiers/{name}", "/admin/tiers/spare", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let unscope = format!("/admin/consumers/{consumer_id}/scopes/free");
+    let template = "/admin/consumers/{id}/scopes/{tier}";
+    let (status, unscoped) = check(M::DELETE, template, &unscope, None).await;
+    assert_eq!((status, &unscoped["scopes"]), (StatusCode::OK, &json!([])));
+    let rotate = format!("/admin/consumers/{consumer_id}/token");
+    let template = "/admin/consumers/{id}/token";
+    let (status, rotated) = check(M::POST, template, &rotate, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(rotated["token"], consumer["token"]);
+    let again = app
+        .request(M::POST, &rotate)
+        .header("idempotency-key", "rotate-billing");
+    let first = again.try_clone().unwrap().send().await.unwrap();
+    spec.check(&M::POST, template, first).await;
+    let (status, replayed) = spec
+        .check(&M::POST, template, again.send().await.unwrap())
+        .await;
+    assert_eq!(
+        (status, &replayed["replayed"]),
+        (StatusCode::OK, &json!(true))
+    );
     check(M::GET, "/admin/health", "/admin/health", None).await;
-    let (_, usage) = check(M::GET, "/admin/usage", "/admin/usage?limit=10", None).await;
-    assert!(!usage.as_array().unwrap().is_empty());
+    let (_, usage) = check(M::GET, "/admin/usage", "/admin/usage?limit=1", None).await;
+    let after = format!("/admin/usage?limit=10&after={}", usage[0]["id"]);
+    let (_, older) = check(M::GET, "/admin/usage", &after, None).await;
+    assert!(!older.as_array().unwrap().is_empty());
     let (status, _) = check(M::GET, "/admin/usage", "/admin/usage?limit=zero", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
@@ -349,9 +448,11 @@ async fn real_answers_validate_against_the_declared_schemas() {
     let plausible =
         json!({"name": "probe", "features": {"chat": 1}, "key": "sk-probe", "tier": "pro"});
     for route in &ROUTES {
-        let path = route
-            .path
-            .replace("{id}", "00000000-0000-4000-8000-000000000000");
+        let path = ["{id}", "{name}", "{tier}"]
+            .iter()
+            .fold(route.path.to_owned(), |path, parameter| {
+                path.replace(parameter, "00000000-0000-4000-8000-000000000000")
+            });
         let body = (route.method == M::POST || route.method == M::PATCH).then(|| plausible.clone());
         let response = send(route.method.clone(), &format!("{path}?feature=chat"), body)
             .await
@@ -422,7 +523,8 @@ fn assert_policy(response: &Response) {
     let policy = response.headers()["content-security-policy"]
         .to_str()
         .unwrap();
-    assert!(policy.starts_with("default-src 'self';"), "{policy}");
+    assert!(policy.starts_with("default-src 'none';"), "{policy}");
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
     assert!(!policy.contains("unsafe"), "{policy}");
     assert!(!policy.contains("http"), "{policy}");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");

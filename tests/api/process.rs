@@ -335,18 +335,43 @@ pub fn http_with_headers(
         .get(9..12)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status line"))?;
-    let length = head
-        .lines()
-        .find_map(|line| {
+    let header = |wanted: &str| {
+        head.lines().find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim())
         })
+    };
+    // A streamed body (a listing, /metrics) comes in chunks.
+    if header("transfer-encoding") == Some("chunked") {
+        return Ok((status, head.to_owned(), dechunk(body)?));
+    }
+    let length = header("content-length")
+        .and_then(|value| value.parse::<usize>().ok())
         .unwrap_or(body.len());
     if body.len() < length {
         return Err(std::io::Error::other("the response was cut short"));
     }
     Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// A body sent with `Transfer-Encoding: chunked`, joined; an error unless it ends with the last
+/// (empty) chunk, as a body cut short does not.
+fn dechunk(mut raw: &str) -> std::io::Result<String> {
+    let cut = || std::io::Error::other("the chunked response was cut short");
+    let mut text = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").ok_or_else(cut)?;
+        let size = usize::from_str_radix(size, 16).map_err(|_| cut())?;
+        if size == 0 {
+            return if rest == "\r\n" {
+                Ok(text)
+            } else {
+                Err(std::io::Error::other("trailing bytes after the last chunk"))
+            };
+        }
+        text.push_str(rest.get(..size).ok_or_else(cut)?);
+        raw = rest[size..].strip_prefix("\r\n").ok_or_else(cut)?;
+    }
 }
 
 pub fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {

@@ -17,7 +17,7 @@ async fn add_capped(app: &TestApp, name: &str, limit: u64, window: Option<u64>) 
 
 /// Asks for keys until `want` are served or `attempts` run out. A usage-capped key is briefly
 /// unavailable while the writer commits its next reservation, so some attempts answer 429.
-async fn serve_up_to(app: &TestApp, want: usize, attempts: usize) -> usize {
+pub async fn serve_up_to(app: &TestApp, want: usize, attempts: usize) -> usize {
     let mut served = 0;
     for _ in 0..attempts {
         if served == want {

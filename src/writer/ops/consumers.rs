@@ -40,17 +40,9 @@ pub(super) fn add_scope(
     consumer_id: &str,
     scope: &NewScope,
 ) -> Result<Arc<Consumer>, WriteError> {
-    let consumer = s
-        .catalog
-        .consumer(consumer_id)
-        .ok_or_else(|| WriteError::ConsumerNotFound(consumer_id.to_owned()))?;
-    let tier = s
-        .catalog
-        .tier_by_name(scope.tier())
-        .or_else(|| s.catalog.tier_by_id(scope.tier()))
-        .ok_or_else(|| WriteError::TierNotFound(scope.tier().to_owned()))?;
-    let tier = Arc::clone(tier);
-    let mut consumer = Consumer::clone(consumer);
+    let consumer = s.consumer(consumer_id)?;
+    let tier = s.tier(scope.tier())?;
+    let mut consumer = Consumer::clone(&consumer);
     if consumer.scopes.insert(Arc::clone(&tier.id)) {
         s.txn.put_consumer(&consumer_record(&consumer))?;
         s.catalog.put_consumer(consumer);
@@ -60,21 +52,63 @@ pub(super) fn add_scope(
             .consumer(consumer_id)
             .expect("the consumer exists"),
     );
-    s.changes.push(Change::ScopeAdded {
+    s.changes.push(Change::Scope {
         consumer: Arc::clone(&consumer),
         tier: Arc::clone(&tier.name),
+        added: true,
     });
     Ok(consumer)
 }
 
 pub(super) fn delete_consumer(s: &mut Staging<'_>, id: &str) -> Result<(), WriteError> {
-    let consumer = s
-        .catalog
-        .consumer(id)
-        .cloned()
-        .ok_or_else(|| WriteError::ConsumerNotFound(id.to_owned()))?;
+    let consumer = s.consumer(id)?;
     s.catalog.remove_consumer(id);
     s.txn.delete_consumer(id)?;
     s.changes.push(Change::ConsumerDeleted(consumer));
     Ok(())
+}
+
+/// Stops a consumer drawing from a tier (found by name or id); removing a scope it does not have
+/// is harmless.
+pub(super) fn remove_scope(
+    s: &mut Staging<'_>,
+    consumer_id: &str,
+    tier: &str,
+) -> Result<Arc<Consumer>, WriteError> {
+    let consumer = s.consumer(consumer_id)?;
+    let tier = s.tier(tier)?;
+    let mut consumer = Consumer::clone(&consumer);
+    if consumer.scopes.remove(&tier.id) {
+        s.txn.put_consumer(&consumer_record(&consumer))?;
+        s.catalog.put_consumer(consumer);
+        s.changes.push(Change::Scope {
+            consumer: Arc::clone(s.catalog.consumer(consumer_id).expect("just put")),
+            tier: Arc::clone(&tier.name),
+            added: false,
+        });
+    }
+    Ok(Arc::clone(
+        s.catalog
+            .consumer(consumer_id)
+            .expect("the consumer exists"),
+    ))
+}
+
+/// Gives a consumer a new token; the old one stops working with this commit. Answers with the
+/// consumer and its new token, which exists nowhere else afterwards.
+pub(super) fn rotate_token(
+    s: &mut Staging<'_>,
+    consumer_id: &str,
+) -> Result<(Arc<Consumer>, Zeroizing<String>), WriteError> {
+    let consumer = s.consumer(consumer_id)?;
+    let (token, token_hash) = crate::crypto::new_token();
+    let consumer = Consumer {
+        token_hash,
+        ..Consumer::clone(&consumer)
+    };
+    s.txn.put_consumer(&consumer_record(&consumer))?;
+    s.catalog.put_consumer(consumer);
+    let consumer = Arc::clone(s.catalog.consumer(consumer_id).expect("just put"));
+    s.changes.push(Change::TokenRotated(Arc::clone(&consumer)));
+    Ok((consumer, token))
 }

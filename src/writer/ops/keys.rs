@@ -1,22 +1,20 @@
-//! Adding and deleting keys.
+//! Adding, changing and deleting keys.
 
 use std::sync::Arc;
 
 use super::Staging;
-use super::usage::store_window;
+use super::usage::{store_window, write_reservation};
 use crate::broker::LIFETIME;
 use crate::broker::to_cap_seconds;
-use crate::broker::{KeyEntry, KeyInfo, NewKey, UsageCap};
-use crate::store::key_record;
+use crate::broker::{KeyEntry, KeyInfo, KeyPatch, NewKey, Plaintext, UsageCap};
+use crate::store::{
+    KeyRecord, Opened, StoreError, key_info, key_record, open_key, seal_into, usage_cap,
+};
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
 
 pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>, WriteError> {
-    let tier = s
-        .catalog
-        .tier_by_name(new.tier())
-        .or_else(|| s.catalog.tier_by_id(new.tier()))
-        .ok_or_else(|| WriteError::TierNotFound(new.tier().to_owned()))?;
+    let tier = s.tier(new.tier())?;
     let tier_id = Arc::clone(&tier.id);
     let tier = Arc::clone(&tier.name);
     let info = KeyInfo {
@@ -71,4 +69,144 @@ pub(super) fn delete_key(s: &mut Staging<'_>, id: &str) -> Result<(), WriteError
     s.dirty.extend(s.catalog.remove_key(id));
     s.changes.push(Change::KeyDeleted { key, tier });
     Ok(())
+}
+
+/// Changes a key in place, keeping its id, creation time (its place in the rotation) and live
+/// counters: the rate windows and, unless the cap itself changes, the usage count.
+pub(super) fn patch_key(
+    s: &mut Staging<'_>,
+    id: &str,
+    patch: &KeyPatch,
+) -> Result<Arc<KeyEntry>, WriteError> {
+    let old = s
+        .catalog
+        .key(id)
+        .cloned()
+        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let mut record = s
+        .txn
+        .get_key(id)?
+        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    // The catalog's keys all opened under this sealer when they were loaded or added.
+    let Opened { value, secrets } =
+        open_key(&record, s.sealer).map_err(|err| StoreError::BadRecord {
+            table: "keys",
+            id: id.to_owned(),
+            reason: err.to_string(),
+        })?;
+    if let Some(name) = patch.name() {
+        record.name = name.to_owned();
+    }
+    if patch.active() == Some(true) {
+        clear_health(&mut record);
+    }
+    if let Some(active) = patch.active() {
+        record.active = active;
+    }
+    if let Some(at) = patch.expires_at_ms() {
+        record.expires_at_ms = at;
+    }
+    if let Some(until) = patch.exhausted_until_ms() {
+        record.exhausted_until_ms = until;
+    }
+    let metadata = patch.metadata().unwrap_or(&record.metadata).clone();
+    let plain = Plaintext {
+        value: patch.value().unwrap_or(&value),
+        metadata: &metadata,
+        secrets: patch.secrets().unwrap_or(&secrets),
+    };
+    seal_into(&mut record, &plain, s.sealer);
+    let cap = if patch.usage_limit().is_some() || patch.usage_window_seconds().is_some() {
+        change_cap(&mut record, patch)?;
+        s.txn.put_key(&record)?;
+        new_cap(s, &record)?
+    } else {
+        s.txn.put_key(&record)?;
+        old.usage.clone()
+    };
+    let entry = KeyEntry::sharing(key_info(&record), &plain, cap);
+    if entry.info.expires_at_ms == old.info.expires_at_ms && old.found_expired() {
+        // A wall clock stepped back never serves it again (see `KeyEntry::servable`).
+        entry.mark_expired();
+    }
+    s.dirty.extend(s.catalog.replace_key(entry));
+    let key = Arc::clone(s.catalog.key(id).expect("the key was just replaced"));
+    s.changes.push(Change::KeyUpdated {
+        key: Arc::clone(&key),
+        fields: patch.fields().to_vec(),
+    });
+    Ok(key)
+}
+
+/// Clears what the key's health says against serving it, when an admin makes it active again.
+/// The one place that knows which record fields those are.
+fn clear_health(record: &mut KeyRecord) {
+    record.disabled_reason = None;
+}
+
+/// Applies a change of the usage cap to the record. A new cap starts counting from zero; a
+/// changed limit keeps the current window and its count; a changed window length keeps the
+/// current window's start (so it may end at once) and its count; a windowed cap made a lifetime
+/// one keeps its count; a lifetime cap given a window starts a window now.
+fn change_cap(record: &mut KeyRecord, patch: &KeyPatch) -> Result<(), WriteError> {
+    let old_limit = record.usage_limit;
+    let old_window = record.usage_window_seconds;
+    let limit = match patch.usage_limit() {
+        Some(limit) => limit.map(u64::from),
+        None => old_limit,
+    };
+    let window = match (patch.usage_window_seconds(), patch.usage_limit()) {
+        (Some(window), _) => window.map(u64::from),
+        // Removing the cap removes its window.
+        (None, Some(None)) => None,
+        (None, _) => old_window,
+    };
+    let Some(limit) = limit else {
+        if window.is_some() {
+            return Err(WriteError::Invalid(
+                "usage_window_seconds needs usage_limit (the key has none)".into(),
+            ));
+        }
+        *record = KeyRecord {
+            usage_limit: None,
+            usage_window_seconds: None,
+            usage_count: 0,
+            usage_window_start_ms: None,
+            usage_window_end_running_ms: None,
+            ..record.clone()
+        };
+        return Ok(());
+    };
+    let (count, start, end) = match (old_limit, old_window, window) {
+        (None, ..) | (Some(_), None, Some(_)) => (0, None, None),
+        (Some(_), None, None) => (record.usage_count, None, None),
+        (Some(_), Some(old), Some(new)) => (
+            record.usage_count,
+            record.usage_window_start_ms,
+            record.usage_window_end_running_ms.map(|end| {
+                end.saturating_sub(old.saturating_mul(1_000))
+                    .saturating_add(new.saturating_mul(1_000))
+            }),
+        ),
+        (Some(_), Some(_), None) => (record.usage_count, None, None),
+    };
+    record.usage_limit = Some(limit);
+    record.usage_window_seconds = window;
+    record.usage_count = count;
+    record.usage_window_start_ms = start;
+    record.usage_window_end_running_ms = end;
+    Ok(())
+}
+
+/// The usage cap of a record whose cap just changed, resumed as a restart resumes it (every use
+/// reserved so far counts as used) and given its next reservation in the same commit.
+fn new_cap(s: &mut Staging<'_>, record: &KeyRecord) -> Result<Option<Arc<UsageCap>>, WriteError> {
+    let Some(cap) = usage_cap(record, s.clock) else {
+        return Ok(None);
+    };
+    if let Some((end, reserved)) = write_reservation(&s.txn, &record.id, &cap, s.clock)? {
+        // Not yet shared with the hot path: published with the snapshot this batch commits.
+        cap.apply_reservation(end, reserved);
+    }
+    Ok(Some(Arc::new(cap)))
 }

@@ -6,14 +6,16 @@ mod keys;
 mod tiers;
 mod usage;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use metrics::Histogram;
 
+use super::WriteError;
 use super::change_log::Change;
 use super::idempotency::apply_once;
 use super::request::Request;
-use crate::broker::{AuditLog, Catalog, Clock, Dirty};
+use crate::broker::{AuditLog, Catalog, Clock, Consumer, Dirty, Tier};
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
@@ -74,7 +76,9 @@ impl<'a> Staging<'a> {
             Request::AddKey(call) => {
                 call.stage(|keyed| apply_once(self, keyed, |s, key| keys::add_key(s, key)))
             }
+            Request::PatchKey(call) => call.stage(|(id, patch)| keys::patch_key(self, id, patch)),
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
+            Request::DeleteTier(call) => call.stage(|name| tiers::delete_tier(self, name)),
             Request::CreateConsumer(call) => {
                 call.stage(|keyed| apply_once(self, keyed, consumers::create_consumer))
             }
@@ -83,8 +87,16 @@ impl<'a> Staging<'a> {
                     consumers::add_scope(s, consumer_id, scope)
                 })
             }),
+            Request::RemoveScope(call) => {
+                call.stage(|(consumer_id, tier)| consumers::remove_scope(self, consumer_id, tier))
+            }
+            Request::RotateToken(call) => {
+                call.stage(|keyed| apply_once(self, keyed, |s, id| consumers::rotate_token(s, id)))
+            }
             Request::DeleteConsumer(call) => call.stage(|id| consumers::delete_consumer(self, id)),
-            Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
+            Request::RecentUsage(call) => {
+                call.stage(|&(limit, before)| usage::recent_usage(self, limit, before))
+            }
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
             // Every batch takes expired keys out when it commits; this request asks nothing more.
@@ -133,6 +145,23 @@ impl<'a> Staging<'a> {
     /// Unix ms now.
     pub(super) fn now_ms(&self) -> i64 {
         self.clock.unix_now_ms()
+    }
+
+    /// A tier found by name, or else by id.
+    fn tier(&self, name_or_id: &str) -> Result<Arc<Tier>, WriteError> {
+        self.catalog
+            .tier_by_name(name_or_id)
+            .or_else(|| self.catalog.tier_by_id(name_or_id))
+            .cloned()
+            .ok_or_else(|| WriteError::TierNotFound(name_or_id.to_owned()))
+    }
+
+    /// A consumer found by id.
+    fn consumer(&self, id: &str) -> Result<Arc<Consumer>, WriteError> {
+        self.catalog
+            .consumer(id)
+            .cloned()
+            .ok_or_else(|| WriteError::ConsumerNotFound(id.to_owned()))
     }
 
     fn next_created_ms(&mut self) -> i64 {

@@ -1,11 +1,11 @@
-//! Creating and updating tiers.
+//! Creating, updating and deleting tiers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Staging;
-use crate::broker::{Limit, Tier, TierSpec};
-use crate::store::tier_record;
+use crate::broker::{Consumer, Limit, Tier, TierSpec};
+use crate::store::{consumer_record, tier_record};
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
 
@@ -56,4 +56,29 @@ fn features(spec: &TierSpec) -> BTreeMap<Arc<str>, Limit> {
         .iter()
         .map(|(feature, limit)| (feature.as_str().into(), *limit))
         .collect()
+}
+
+/// Deletes a tier (found by name, or by id) that has no keys; consumers scoped to it lose that
+/// scope in the same commit.
+pub(super) fn delete_tier(s: &mut Staging<'_>, name: &str) -> Result<(), WriteError> {
+    let tier = s.tier(name)?;
+    if s.catalog.tier_has_keys(&tier.id) {
+        return Err(WriteError::TierHasKeys);
+    }
+    let scoped: Vec<Consumer> = s
+        .catalog
+        .consumers()
+        .filter(|consumer| consumer.scopes.contains(&tier.id))
+        .map(|consumer| Consumer::clone(consumer))
+        .collect();
+    let unscoped = scoped.len();
+    for mut consumer in scoped {
+        consumer.scopes.remove(&tier.id);
+        s.txn.put_consumer(&consumer_record(&consumer))?;
+        s.catalog.put_consumer(consumer);
+    }
+    s.txn.delete_tier(&tier.id)?;
+    s.dirty.extend(s.catalog.remove_tier(&tier.id));
+    s.changes.push(Change::TierDeleted { tier, unscoped });
+    Ok(())
 }

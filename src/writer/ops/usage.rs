@@ -61,13 +61,15 @@ pub(super) fn flush_audit(s: &mut Staging<'_>) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// Writes the queued audit events, then reads the newest `limit`, newest first.
+/// Writes the queued audit events, then reads the newest `limit` before event id `before` (or
+/// the newest), newest first, with their ids.
 pub(super) fn recent_usage(
     s: &mut Staging<'_>,
     limit: usize,
-) -> Result<Vec<UsageRecord>, WriteError> {
+    before: Option<u64>,
+) -> Result<Vec<(u64, UsageRecord)>, WriteError> {
     flush_audit(s)?;
-    Ok(s.txn.recent_usage(limit)?)
+    Ok(s.txn.recent_usage(limit, before)?)
 }
 
 /// Stores the usage window ending at running second `end_s` in `record`: its end in running
@@ -81,7 +83,7 @@ pub(super) fn store_window(record: &mut KeyRecord, clock: &Clock, end_s: u32, wi
 
 /// Writes the next reservation of a capped key into `txn`; the caller publishes it with
 /// [`UsageCap::apply_reservation`] once the transaction is committed.
-fn write_reservation(
+pub(super) fn write_reservation(
     txn: &Batch,
     id: &str,
     cap: &UsageCap,

@@ -114,7 +114,10 @@ fn seed_export_at(now_ms: i64) {
     let db2 = src_dir.path().join("pool.redb");
     import_into(&from, &fixture_key(LATEST), &db2, ImportMode::Refuse).unwrap();
     let summary = export_at(&db2, &file, Schema::Seed, false, now_ms).unwrap();
-    assert_eq!(summary.expired_as_inactive, 1);
+    assert_eq!(
+        summary.written_inactive,
+        std::collections::BTreeMap::from([(keypooler::compat::Unservable::Expired, 1)])
+    );
     assert_eq!(
         summary.left_out,
         [
@@ -293,4 +296,98 @@ fn export_refuses_a_key_whose_tier_is_gone_and_leaves_no_file() {
             "no file left"
         );
     }
+}
+
+/// Keys the Go service would serve but keypooler does not (disabled, exhausted) are written
+/// inactive by the seed export, through one rule, and counted in its summary line; an inactive
+/// key's cap does not make the seed export refuse the database.
+#[tokio::test]
+async fn the_seed_export_writes_disabled_and_exhausted_keys_inactive_and_counts_them() {
+    let mut app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let now = app.wall.unix_now_ms();
+    let hour = 3_600_000;
+    let patch = |id: String, body: Value| {
+        let app = &app;
+        async move {
+            let response = app.patch(&format!("/admin/keys/{id}"), &body).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    app.add_key("served", "sk-served", "pro").await;
+    let inactive = app.add_key("inactive", "sk-inactive", "pro").await;
+    patch(inactive, json!({"is_active": false})).await;
+    let exhausted = app.add_key("exhausted", "sk-exhausted", "pro").await;
+    patch(
+        exhausted,
+        json!({"exhausted_until": "2100-01-01T00:00:00Z"}),
+    )
+    .await;
+    let spent_for_an_hour = app.add_key("spent-for-an-hour", "sk-hour", "pro").await;
+    let until = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(now + hour) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    patch(spent_for_an_hour, json!({"exhausted_until": until})).await;
+    let disabled = app.add_key("disabled", "sk-disabled", "pro").await;
+    // A cap the seed schema cannot hold: no matter, the key is written inactive.
+    patch(disabled.clone(), json!({"usage_limit": 5})).await;
+    app.stop().await;
+    crate::manage::edit_key(&app, &disabled, |record| {
+        record.disabled_reason = Some("the provider answered 401".into());
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let active_by_name = |file: &Path| -> BTreeMap<String, bool> {
+        let conn = rusqlite::Connection::open(file).unwrap();
+        conn.prepare("SELECT name, is_active FROM keys")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let file = dir.path().join("now.db");
+    let summary = export_at(&app.db_path, &file, Schema::Seed, false, now).unwrap();
+    assert_eq!(
+        summary.written_inactive,
+        BTreeMap::from([(Unservable::Exhausted, 2), (Unservable::Disabled, 1)])
+    );
+    let expected = |hour_spent: bool| {
+        BTreeMap::from([
+            ("served".to_owned(), true),
+            ("inactive".to_owned(), false),
+            ("exhausted".to_owned(), false),
+            ("spent-for-an-hour".to_owned(), !hour_spent),
+            ("disabled".to_owned(), false),
+        ])
+    };
+    assert_eq!(active_by_name(&file), expected(true));
+    // Two hours later the hour's exhaustion is over: that key is written active.
+    let later = dir.path().join("later.db");
+    let summary = export_at(&app.db_path, &later, Schema::Seed, false, now + 2 * hour).unwrap();
+    assert_eq!(
+        summary.written_inactive,
+        BTreeMap::from([(Unservable::Exhausted, 1), (Unservable::Disabled, 1)])
+    );
+    assert_eq!(active_by_name(&later), expected(false));
+
+    // The binary's summary line counts them (on the real clock, long before 2100).
+    let env = [
+        ("ENCRYPTION_KEY", app.key_hex.as_str()),
+        ("DB_PATH", app.db_path.to_str().unwrap()),
+    ];
+    let output = crate::process::run(dir.path(), &env, &["export", "--to", "cli.db"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "keys written inactive (served by the Go service, not by keypooler: exhausted: "
+        ) && stdout.contains(", disabled: 1)"),
+        "{stdout}"
+    );
 }

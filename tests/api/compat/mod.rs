@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use indicatif::ProgressBar;
-use keypooler::compat::{CompatError, Schema};
+use keypooler::compat::{CompatError, Schema, Unservable};
 use keypooler::compat::{ExportSummary, ImportMode, ImportSummary, export, import, read_source};
 use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::open_key;
