@@ -17,7 +17,10 @@ pub struct Catalog {
     tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
-    key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
+    /// Each key's creation time by id: with the id, its place in `keys`. A B-tree, not a hash
+    /// map: imbl's hash trie took 230 bytes a key at 100,000 keys, this about 60 (figures in
+    /// PERFORMANCE.md); lookups by id are admin work, never a pick's.
+    key_created: imbl::OrdMap<Arc<str>, i64>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
@@ -26,6 +29,9 @@ pub struct Catalog {
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
+    /// Keys removed or replaced so far: [`Catalog::place`] checks that each key it places is
+    /// still the current one only when some were since the keys were collected.
+    removed: u64,
 }
 
 /// The features whose candidate lists a change touched.
@@ -59,9 +65,13 @@ impl Catalog {
     }
 
     pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
-        self.key_orders
-            .get(id)
-            .and_then(|order| self.keys.get(order))
+        self.keys.get(&self.order(id)?)
+    }
+
+    /// Where the key `id` is in `keys`.
+    fn order(&self, id: &str) -> Option<KeyOrder> {
+        let (id, &created) = self.key_created.get_key_value(id)?;
+        Some((created, Arc::clone(id)))
     }
 
     /// The active keys of a tier in rotation order with their counters (none if it has none).
@@ -70,8 +80,8 @@ impl Catalog {
     }
 
     pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
-        let order = self.key_orders.get(key_id)?;
-        let entry = self.keys.get(order)?;
+        let order = self.order(key_id)?;
+        let entry = self.keys.get(&order)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
         let roster = self.roster(&entry.info.tier_id)?;
         roster
@@ -194,10 +204,11 @@ impl Catalog {
     /// insertion into the middle of a persistent vector costs O(log n) with a large constant
     /// (figures in PERFORMANCE.md).
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
+        unplaced.removed_before.get_or_insert(self.removed);
         let (dirty, tier, entry) = self.admit(entry);
         if entry.info.active {
             unplaced
-                .0
+                .by_tier
                 .entry(Arc::clone(&tier.id))
                 .or_default()
                 .push(entry);
@@ -208,13 +219,19 @@ impl Catalog {
     /// Rebuilds the roster of each tier with unplaced keys once, in rotation order. A key
     /// replaced or removed since it was collected is left out.
     pub fn place(&mut self, unplaced: Unplaced) {
-        for (tier_id, entries) in unplaced.0 {
+        // At start-up none was: no lookup per key.
+        let any_removed = unplaced
+            .removed_before
+            .is_some_and(|before| before != self.removed);
+        for (tier_id, entries) in unplaced.by_tier {
             let Some(tier) = self.tier_by_id(&tier_id).cloned() else {
                 continue;
             };
             let current = |entry: &Arc<KeyEntry>| {
-                self.key(&entry.info.id)
-                    .is_some_and(|kept| Arc::ptr_eq(kept, entry))
+                !any_removed
+                    || self
+                        .key(&entry.info.id)
+                        .is_some_and(|kept| Arc::ptr_eq(kept, entry))
             };
             let added: Vec<Member> = entries
                 .into_iter()
@@ -243,8 +260,8 @@ impl Catalog {
         dirty.extend(tier.features.keys().cloned());
         let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
         let entry = Arc::new(entry);
-        self.key_orders
-            .insert(Arc::clone(&entry.info.id), order.clone());
+        self.key_created
+            .insert(Arc::clone(&entry.info.id), entry.info.created_at_ms);
         self.keys.insert(order, Arc::clone(&entry));
         (dirty, tier, entry)
     }
@@ -269,7 +286,7 @@ impl Catalog {
             && at <= unix_now_ms
         {
             self.expiries.remove(&(at, Arc::clone(&id)));
-            let Some(order) = self.key_orders.get(&id).cloned() else {
+            let Some(order) = self.order(&id) else {
                 continue;
             };
             let Some(tier_id) = self.keys.get(&order).map(|key| {
@@ -298,9 +315,11 @@ impl Catalog {
 
     /// Removes a key if present; returns the features it was a candidate for.
     pub fn remove_key(&mut self, id: &str) -> Dirty {
-        let Some(order) = self.key_orders.remove(id) else {
+        let Some(order) = self.order(id) else {
             return Dirty::new();
         };
+        self.key_created.remove(id);
+        self.removed += 1;
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };
