@@ -26,11 +26,11 @@
 //!
 //! ```text
 //! cli               the command line, one file per command: serve, import, export, rekey,
-//!                   backup
+//!                   backup, tiers, keys, consumers (these over one HTTP client)
 //! app               wiring: open the store, start the writer, build the state, serve
 //! server            connections: the accept loop, connection limits, timeouts
 //! http              the one route table, the state handlers share, auth, handlers, the one
-//!                   error type, request metrics and /metrics
+//!                   error type, request metrics and /metrics, /openapi.json and /docs
 //! writer, compat    the single writer (typed operations, the batch loop, one function per
 //!                   operation); beside it, import from and export to the Go service's SQLite
 //!                   and PostgreSQL databases (through store, never the writer)

@@ -18,9 +18,11 @@ pub struct Catalog {
     tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
-    /// By id: ordered, so that a listing pages by id from a cursor in O(log n) (a B-tree of
-    /// shared chunks, like `keys`; only the writer and the listings read it, never `GET /key`).
-    key_orders: imbl::OrdMap<Arc<str>, KeyOrder>,
+    /// Each key's creation time by id: with the id, its place in `keys`. A B-tree, ordered by
+    /// id, so that a listing pages from a cursor in O(log n); not a hash map: imbl's hash trie
+    /// took 230 bytes a key at 100,000 keys, this about 60 (figures in PERFORMANCE.md). Only
+    /// the writer and the listings read it, never `GET /key`.
+    key_created: imbl::OrdMap<Arc<str>, i64>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
@@ -37,6 +39,9 @@ pub struct Catalog {
     /// they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
+    /// Keys removed or replaced so far: [`Catalog::place`] checks that each key it places is
+    /// still the current one only when some were since the keys were collected.
+    removed: u64,
 }
 
 /// The features whose candidate lists a change touched.
@@ -46,10 +51,9 @@ pub type Dirty = BTreeSet<Arc<str>>;
 fn by_id_after<'a, V: Clone>(
     map: &'a imbl::OrdMap<Arc<str>, V>,
     after: Option<&str>,
-) -> impl Iterator<Item = &'a V> {
+) -> impl Iterator<Item = (&'a Arc<str>, &'a V)> {
     let from = after.map_or(Bound::Unbounded, Bound::Excluded);
     map.range::<_, str>((from, Bound::Unbounded))
-        .map(|(_, value)| value)
 }
 
 impl Catalog {
@@ -80,9 +84,13 @@ impl Catalog {
     }
 
     pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
-        self.key_orders
-            .get(id)
-            .and_then(|order| self.keys.get(order))
+        self.keys.get(&self.order(id)?)
+    }
+
+    /// Where the key `id` is in `keys`.
+    fn order(&self, id: &str) -> Option<KeyOrder> {
+        let (id, &created) = self.key_created.get_key_value(id)?;
+        Some((created, Arc::clone(id)))
     }
 
     /// The keys by id, from the first id after `after` (from the first when `None`): a page
@@ -91,7 +99,8 @@ impl Catalog {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = &'a Arc<KeyEntry>> {
-        by_id_after(&self.key_orders, after).filter_map(|order| self.keys.get(order))
+        by_id_after(&self.key_created, after)
+            .filter_map(|(id, &created)| self.keys.get(&(created, Arc::clone(id))))
     }
 
     /// The active keys of a tier in rotation order with their counters (none if it has none).
@@ -120,7 +129,7 @@ impl Catalog {
         &'a self,
         after: Option<&str>,
     ) -> impl Iterator<Item = &'a Arc<Consumer>> {
-        by_id_after(&self.consumers, after)
+        by_id_after(&self.consumers, after).map(|(_, consumer)| consumer)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
@@ -277,8 +286,8 @@ impl Catalog {
         if let Some(member) = self.parked.remove(id) {
             return Some(member);
         }
-        let order = self.key_orders.get(id)?;
-        let tier_id = &self.keys.get(order)?.info.tier_id;
+        let order = self.order(id)?;
+        let tier_id = &self.keys.get(&order)?.info.tier_id;
         let roster = self.tier_keys.get_mut(tier_id)?;
         let at = position(roster, (order.0, &order.1)).ok()?;
         Some(roster.remove(at))
@@ -315,10 +324,11 @@ impl Catalog {
     /// insertion into the middle of a persistent vector costs O(log n) with a large constant
     /// (figures in PERFORMANCE.md).
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
+        unplaced.removed_before.get_or_insert(self.removed);
         let (dirty, tier, entry) = self.admit(entry);
         if entry.info.active {
             unplaced
-                .0
+                .by_tier
                 .entry(Arc::clone(&tier.id))
                 .or_default()
                 .push(entry);
@@ -329,13 +339,19 @@ impl Catalog {
     /// Rebuilds the roster of each tier with unplaced keys once, in rotation order. A key
     /// replaced or removed since it was collected is left out.
     pub fn place(&mut self, unplaced: Unplaced) {
-        for (tier_id, entries) in unplaced.0 {
+        // At start-up none was: no lookup per key.
+        let any_removed = unplaced
+            .removed_before
+            .is_some_and(|before| before != self.removed);
+        for (tier_id, entries) in unplaced.by_tier {
             let Some(tier) = self.tier_by_id(&tier_id).cloned() else {
                 continue;
             };
             let current = |entry: &Arc<KeyEntry>| {
-                self.key(&entry.info.id)
-                    .is_some_and(|kept| Arc::ptr_eq(kept, entry))
+                !any_removed
+                    || self
+                        .key(&entry.info.id)
+                        .is_some_and(|kept| Arc::ptr_eq(kept, entry))
             };
             let added: Vec<Member> = entries
                 .into_iter()
@@ -364,8 +380,8 @@ impl Catalog {
         dirty.extend(tier.features.keys().cloned());
         let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
         let entry = Arc::new(entry);
-        self.key_orders
-            .insert(Arc::clone(&entry.info.id), order.clone());
+        self.key_created
+            .insert(Arc::clone(&entry.info.id), entry.info.created_at_ms);
         self.keys.insert(order, Arc::clone(&entry));
         (dirty, tier, entry)
     }
@@ -390,7 +406,7 @@ impl Catalog {
             && at <= unix_now_ms
         {
             self.expiries.remove(&(at, Arc::clone(&id)));
-            let Some(order) = self.key_orders.get(&id).cloned() else {
+            let Some(order) = self.order(&id) else {
                 continue;
             };
             let Some(tier_id) = self.keys.get(&order).map(|key| {
@@ -418,9 +434,11 @@ impl Catalog {
     pub fn remove_key(&mut self, id: &str) -> Dirty {
         // Out of its roster (or the parked ones) first: that looks the key up by its order.
         self.take_member(id);
-        let Some(order) = self.key_orders.remove(id) else {
+        let Some(order) = self.order(id) else {
             return Dirty::new();
         };
+        self.key_created.remove(id);
+        self.removed += 1;
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };

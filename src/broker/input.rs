@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -166,13 +167,48 @@ pub(super) fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
         })
 }
 
-/// The body of `POST /admin/tiers` and `PATCH /admin/tiers/{name}`.
-#[derive(Deserialize)]
+/// The body of `POST /admin/tiers` and `PATCH /admin/tiers`.
+#[derive(Deserialize, JsonSchema)]
 pub struct TierBody {
     name: String,
     #[serde(default)]
     description: Option<String>,
+    /// Each feature's limit per key: uses per minute, or per a window of its own.
+    #[schemars(schema_with = "feature_limits")]
     features: BTreeMap<String, serde_json::Value>,
+}
+
+/// The schema of `features` as [`feature_limit`] reads it, with its bounds.
+fn feature_limits(_: &mut SchemaGenerator) -> Schema {
+    let rate = json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT});
+    let window = json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_SECONDS});
+    json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {
+            "oneOf": [
+                rate,
+                {
+                    "type": "object",
+                    "properties": {"rate_limit": rate, "window_seconds": window},
+                    "required": ["rate_limit"],
+                },
+            ],
+        },
+    })
+}
+
+/// An optional integer field from 0 to `maximum`, or `null`.
+fn optional_count(maximum: u64) -> Schema {
+    json_schema!({"type": ["integer", "null"], "minimum": 0, "maximum": maximum})
+}
+
+fn usage_limit_schema(_: &mut SchemaGenerator) -> Schema {
+    optional_count(MAX_USAGE_LIMIT)
+}
+
+fn usage_window_schema(_: &mut SchemaGenerator) -> Schema {
+    optional_count(MAX_USAGE_WINDOW_SECONDS.into())
 }
 
 /// A tier to create, or the new content of one (`PATCH`): a name and at least one feature.
@@ -271,20 +307,29 @@ fn parse_usage_window(n: i128) -> Result<u32, Invalid> {
 }
 
 /// The body of `POST /admin/keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct KeyBody {
     name: String,
+    /// The provider key: sealed at rest, never shown by an admin route.
     key: String,
+    /// The tier's name or id.
     tier: String,
+    /// RFC 3339; the key is not served from then on.
     #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
     expires_at: Option<String>,
+    /// Returned with the key by `GET /key`.
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Sealed like the key; returned with it by `GET /key`.
     #[serde(default)]
     secrets: Option<BTreeMap<String, String>>,
+    /// Total uses (per `usage_window_seconds`, else for the key's lifetime).
     #[serde(default)]
+    #[schemars(schema_with = "usage_limit_schema")]
     usage_limit: Option<serde_json::Value>,
     #[serde(default)]
+    #[schemars(schema_with = "usage_window_schema")]
     usage_window_seconds: Option<serde_json::Value>,
 }
 
@@ -454,6 +499,37 @@ pub struct KeyPatch {
     usage_window_seconds: Option<Option<u32>>,
     /// The fields the body named, in [`PATCH_FIELDS`] order.
     fields: Vec<&'static str>,
+}
+
+/// The body `PATCH /admin/keys/{id}` takes: every field optional, `null` clearing the nullable
+/// ones, any other field refused.
+impl JsonSchema for KeyPatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeyPatch".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let instant = json_schema!({"type": ["string", "null"], "format": "date-time"});
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "key": {"type": "string", "minLength": 1, "description": "The new value: the provider key rotated in place."},
+                "is_active": {"type": "boolean"},
+                "expires_at": instant,
+                "exhausted_until": instant,
+                "metadata": {"type": ["object", "null"], "description": "Replaces the metadata; null empties it."},
+                "secrets": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "string"},
+                    "description": "Replaces every secret; null removes them.",
+                },
+                "usage_limit": optional_count(MAX_USAGE_LIMIT),
+                "usage_window_seconds": optional_count(MAX_USAGE_WINDOW_SECONDS.into()),
+            },
+            "additionalProperties": false,
+        })
+    }
 }
 
 impl std::fmt::Debug for KeyPatch {
@@ -629,7 +705,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for KeyPatch {
 }
 
 /// The body of `POST /admin/consumers`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ConsumerBody {
     name: String,
     #[serde(default)]
@@ -665,8 +741,9 @@ impl TryFrom<ConsumerBody> for NewConsumer {
 }
 
 /// The body of `POST /admin/consumers/{id}/scopes`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ScopeBody {
+    /// The tier's name or id.
     tier: String,
 }
 
@@ -696,6 +773,21 @@ impl TryFrom<ScopeBody> for NewScope {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_patch_schema_lists_exactly_the_fields_a_patch_takes() {
+        let schema = KeyPatch::json_schema(&mut SchemaGenerator::default());
+        let listed: Vec<&str> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = PATCH_FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(listed, fields);
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

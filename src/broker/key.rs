@@ -1,11 +1,13 @@
 //! A key: what it is, and the `GET /key` body holding its plaintext.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -73,6 +75,18 @@ impl KeyState {
     }
 }
 
+/// A state's name, one of [`KeyState::ALL`]'s (the `?state=` of the key listing).
+impl JsonSchema for KeyState {
+    fn schema_name() -> Cow<'static, str> {
+        "KeyState".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|state| state.as_str()).collect();
+        json_schema!({"type": "string", "enum": names})
+    }
+}
+
 /// A key as the pool serves it: its description and the `GET /key` body, built once when the key
 /// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
 /// snapshot holding it is dropped; `Debug` never shows it.
@@ -115,8 +129,9 @@ pub struct Plaintext<'a> {
     pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of `GET /key`, encoded once when the key is loaded.
+#[derive(Serialize, JsonSchema)]
+pub struct ServedKey<'a> {
     key_id: &'a str,
     value: &'a str,
     metadata: &'a serde_json::Map<String, serde_json::Value>,
@@ -169,7 +184,7 @@ impl KeyEntry {
 
     /// A key whose usage cap, if any, is shared with the entry it replaces (its count goes on).
     pub fn sharing(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<Arc<UsageCap>>) -> Self {
-        let body = Body {
+        let body = ServedKey {
             key_id: &info.id,
             value: plain.value,
             metadata: plain.metadata,

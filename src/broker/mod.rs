@@ -40,7 +40,7 @@ pub use input::{
     ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
     NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name, parse_usage,
 };
-pub use key::{Described, KeyEntry, KeyHealth, KeyInfo, KeyState, Plaintext};
+pub use key::{Described, KeyEntry, KeyHealth, KeyInfo, KeyState, Plaintext, ServedKey};
 pub use outcomes::Outcomes;
 pub use pool::{Awaken, Caller, Pick, Pool, Tally};
 pub use rate::{MAX_RATE_LIMIT, WindowCounter};

@@ -727,6 +727,27 @@ mod tests {
         }
     }
 
+    /// A key collected for placing and removed before it is placed stays out of its roster.
+    #[test]
+    fn a_key_removed_after_it_was_collected_is_not_placed() {
+        let mut catalog = Catalog::default();
+        catalog.put_tier(tier("a", &[("chat", 5, 60)]));
+        let mut unplaced = crate::broker::Unplaced::default();
+        for (id, created) in [("k1", 1), ("k2", 2), ("k3", 3)] {
+            catalog.put_key_unplaced(key(id, "a", created, None), &mut unplaced);
+        }
+        catalog.remove_key("k2");
+        catalog.place(unplaced);
+        let placed: Vec<String> = catalog
+            .roster("tier-a")
+            .into_iter()
+            .flat_map(|roster| roster.iter())
+            .map(|member| member.entry.info.id.to_string())
+            .collect();
+        assert_eq!(placed, ["k1", "k3"]);
+        assert!(catalog.key("k2").is_none());
+    }
+
     proptest::proptest! {
         /// Keys placed in bulk (start-up) end up exactly where one `put_key` each puts them,
         /// including an id added twice (the later one wins).

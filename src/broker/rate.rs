@@ -42,33 +42,19 @@ pub(crate) const LAST_START_MS: u64 = (1 << 40) - WIDE_UNIT_MS;
 /// running time resumes across restarts where the last run left it, so that is 34.8 years of
 /// the broker running, in total.
 ///
-/// The word sits alone on its 64-byte cache line (`Line`) so hot counters of neighbouring keys
-/// do not false-share.
+/// The word is not padded to a cache line of its own: there is one counter per key and feature,
+/// each behind its own `Arc`, and a 64-byte-aligned line each was the largest part of a key's
+/// memory (128 bytes and an aligned allocation per counter; figures in PERFORMANCE.md). A key's
+/// counters are allocated together, with its list of them, when it joins its tier's roster, so
+/// the counters of one feature in two keys next to each other in the rotation (what two threads
+/// picking that feature take) lie 64 bytes or more apart.
 ///
 /// Ordering: `Relaxed` throughout. The word publishes no other memory; all that matters is that
 /// every read-modify-write of this one location is totally ordered, which atomics guarantee at
 /// any ordering.
 #[derive(Default)]
 pub struct WindowCounter {
-    state: Line,
-}
-
-/// An atomic word alone on a 64-byte cache line, the line size of x86-64 and of most ARM cores.
-///
-/// Not `crossbeam_utils::CachePadded`, which pads to 128 bytes on x86-64 against the adjacent-line
-/// prefetcher: there is one counter per key and feature, each behind its own `Arc`, and 128-byte
-/// alignment would double each of those allocations for no gain on the pick bench (figures in
-/// PERFORMANCE.md). Consecutive counters still never share a line.
-#[derive(Default)]
-#[repr(align(64))]
-struct Line(AtomicU64);
-
-impl std::ops::Deref for Line {
-    type Target = AtomicU64;
-
-    fn deref(&self) -> &AtomicU64 {
-        &self.0
-    }
+    state: AtomicU64,
 }
 
 impl std::fmt::Debug for WindowCounter {

@@ -1,5 +1,6 @@
 //! The bodies of `POST /key/{id}/report` and `POST /key/{id}/exhausted`, validated.
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 
 use super::health::{MAX_EXHAUSTION_AHEAD_MS, Outcome};
@@ -7,16 +8,35 @@ use super::input::{Invalid, parse_instant};
 
 /// `{"status": 429, "retry_after"?: 30 | "<HTTP-date>", "feature"?: "chat"}` or
 /// `{"outcome": "timeout"}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ReportBody {
+    /// The provider's HTTP status (100-599); give it or `outcome`.
     #[serde(default)]
+    #[schemars(schema_with = "status_schema")]
     status: Option<serde_json::Value>,
+    /// The provider's `Retry-After` (for a 429): seconds, or the HTTP-date it sent.
     #[serde(default)]
+    #[schemars(schema_with = "retry_after_schema")]
     retry_after: Option<serde_json::Value>,
+    /// The feature the call was for: a 429 then cools that feature only.
     #[serde(default)]
     feature: Option<String>,
+    /// `timeout`: the call got no answer.
     #[serde(default)]
+    #[schemars(schema_with = "outcome_schema")]
     outcome: Option<String>,
+}
+
+fn status_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 100, "maximum": 599})
+}
+
+fn retry_after_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": ["number", "string"], "minimum": 0})
+}
+
+fn outcome_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": ["timeout"]})
 }
 
 /// A report, validated: what the provider said, and the feature it was for.
@@ -97,9 +117,11 @@ fn retry_after_ms(value: &serde_json::Value, unix_now_ms: i64) -> Result<u64, In
 }
 
 /// `{"until": "<RFC 3339>"}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ExhaustedBody {
+    /// Not served until then; a time past clears the exhaustion.
     #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
     until: Option<String>,
 }
 

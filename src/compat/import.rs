@@ -4,14 +4,17 @@ use std::collections::{HashMap, HashSet};
 
 use indicatif::ProgressBar;
 
-use super::source::SourceContents;
+use super::source::{SourceContents, SourceKey};
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
 use crate::store::{
-    AUDIT_RETENTION, Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads,
-    check_tier_loads, key_record,
+    AUDIT_RETENTION, Contents, KeyRecord, SignedKey, Skipped, Store, check_consumer_loads,
+    check_key_loads, check_tier_loads, key_record, map_on_cores,
 };
+
+/// Keys sealed and signed together on every core before they are written.
+const CHUNK: usize = 4096;
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,11 +163,11 @@ fn write(
         created.insert(tier.id.as_str());
         summary.tiers += 1;
     }
-    for key in &source.keys {
+    // Sealing, checking and signing a key is most of an import's work: done on every core, a
+    // chunk at a time, while the previous chunk goes into the transaction.
+    let prepare = |key: &SourceKey| -> Result<Option<SignedKey>, CompatError> {
         if key_ids.contains(&*key.info.id) {
-            summary.skipped += 1;
-            progress.inc(1);
-            continue;
+            return Ok(None);
         }
         let plain = Plaintext {
             value: &key.value,
@@ -182,10 +185,30 @@ fn write(
             ..key_record(&key.info, &plain, sealer)
         };
         check_key_loads(&record, sealer).map_err(would_not_load)?;
-        batch.put_key(&record)?;
-        summary.keys += 1;
-        progress.inc(1);
+        Ok(Some(store.sign_key(&record)))
+    };
+    let mut signed: Vec<SignedKey> = Vec::new();
+    for chunk in source.keys.chunks(CHUNK) {
+        let (prepared, written) = map_on_cores(chunk, prepare, || {
+            let written = batch.put_signed_keys(&signed);
+            progress.inc(signed.len() as u64);
+            written
+        });
+        written?;
+        signed.clear();
+        for key in prepared {
+            match key? {
+                Some(key) => signed.push(key),
+                None => {
+                    summary.skipped += 1;
+                    progress.inc(1);
+                }
+            }
+        }
+        summary.keys += signed.len();
     }
+    batch.put_signed_keys(&signed)?;
+    progress.inc(signed.len() as u64);
     for consumer in &source.consumers {
         if consumer_ids.contains(consumer.id.as_str()) {
             summary.skipped += 1;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
@@ -39,8 +40,8 @@ pub fn rfc3339(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Serialize)]
-struct TierView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct TierView<'a> {
     id: &'a str,
     name: &'a str,
     description: &'a str,
@@ -96,8 +97,8 @@ pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
 
 /// The answer to `POST /admin/keys`: the seed's `id`, `name` and `tier`, and the fields the Go
 /// service's later versions added (`null` where not set; never a value or secret).
-#[derive(Serialize)]
-struct AddedKey<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct AddedKey<'a> {
     id: &'a str,
     name: &'a str,
     tier: &'a str,
@@ -154,15 +155,15 @@ pub async fn add_key(
     Ok(respond(answer, &app.pool().load().catalog, key_added))
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, JsonSchema)]
+pub struct Usage {
     used: u32,
     limit: u32,
     window_seconds: u32,
 }
 
-#[derive(Serialize)]
-struct KeyView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct KeyView<'a> {
     id: &'a str,
     name: &'a str,
     tier_id: &'a str,
@@ -180,6 +181,7 @@ struct KeyView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
     /// `disabled`, `inactive`, `expired`, `exhausted`, `cooling` or `active`.
+    #[schemars(with = "KeyState")]
     state: &'static str,
     disabled_reason: Option<&'a str>,
     /// When the whole key's cooldown ends, while it runs.
@@ -332,8 +334,8 @@ pub async fn list_keys(
 
 /// The answer to `PATCH /admin/keys/{id}`: the key's listing entry, plus `key_id` (the Go
 /// service's answer names the key so).
-#[derive(Serialize)]
-struct PatchedKey<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct PatchedKey<'a> {
     key_id: &'a str,
     #[serde(flatten)]
     view: KeyView<'a>,
@@ -377,13 +379,26 @@ pub async fn delete_key(
     Ok(deleted())
 }
 
-/// The answer to a successful `DELETE`.
-pub fn deleted() -> Response {
-    json_response(StatusCode::OK, r#"{"status":"deleted"}"#)
+/// `{"status": "…"}`: the liveness check's answer, and a deletion's.
+#[derive(Serialize, JsonSchema)]
+pub struct Status {
+    /// `ok` or `deleted`.
+    status: &'static str,
 }
 
-#[derive(Serialize)]
-struct PoolHealth<'a> {
+impl Status {
+    pub fn response(status: &'static str) -> Response {
+        json(StatusCode::OK, &Self { status })
+    }
+}
+
+/// The answer to a successful `DELETE`.
+pub fn deleted() -> Response {
+    Status::response("deleted")
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct PoolHealth<'a> {
     pool_size: usize,
     active_keys: usize,
     tiers: usize,
@@ -415,8 +430,8 @@ pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse 
     json(StatusCode::OK, &health)
 }
 
-#[derive(Serialize)]
-struct UsageView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct UsageView<'a> {
     /// Increasing with time: the cursor of the next page.
     id: u64,
     key_id: &'a str,

@@ -49,7 +49,7 @@ const COMMIT_BUCKETS: [f64; 13] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 /// The Prometheus text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Scrapes rendered at once; one more is answered 503 at once (Prometheus tries again at its
 /// next interval). Each holds a blocking thread and a snapshot until its client has read it, or

@@ -9,6 +9,7 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
@@ -17,7 +18,7 @@ use super::auth::{bearer, is_admin};
 use super::error::ApiError;
 use super::json::JsonBody;
 use crate::broker::{
-    Catalog, Consumer, ExhaustedBody, KeyEntry, KeyHealth, Now, Outcome, ReportBody,
+    Catalog, Consumer, ExhaustedBody, KeyEntry, KeyHealth, KeyState, Now, Outcome, ReportBody,
 };
 use crate::crypto::token_hash;
 use crate::writer::{Exhaustion, HealthReport};
@@ -70,11 +71,14 @@ impl Reporter {
 }
 
 /// `{"key_id","state","until","cooldowns"}`.
-#[derive(Serialize)]
-struct HealthView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct HealthView<'a> {
     key_id: &'a str,
+    #[schemars(with = "KeyState")]
     state: &'static str,
+    /// When the state ends by itself (RFC 3339), if it does.
     until: Option<String>,
+    /// The features cooling, with when each ends.
     cooldowns: BTreeMap<&'a str, String>,
 }
 
@@ -139,8 +143,8 @@ fn listed_feature(catalog: &Catalog, key: &KeyEntry, feature: &str) -> Result<Ar
 }
 
 /// `{"status":"exhausted","until"}`, as the Go service answers.
-#[derive(Serialize)]
-struct ExhaustedView {
+#[derive(Serialize, JsonSchema)]
+pub struct ExhaustedView {
     status: &'static str,
     until: String,
 }

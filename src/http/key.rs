@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use schemars::{Schema, SchemaGenerator, json_schema};
 
 use super::AppState;
 use super::auth::{bearer, is_admin};
@@ -198,6 +199,16 @@ fn cost_param(text: &str) -> Result<u32, ApiError> {
                 "cost must be an integer from 1 to {MAX_RATE_LIMIT}"
             ))
         })
+}
+
+/// The schema of `cost`, as [`cost_param`] reads it.
+pub(super) fn cost_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT})
+}
+
+/// The schema of `wait`, as [`wait_param`] reads it.
+pub(super) fn wait_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS})
 }
 
 /// `wait`: seconds from 0 to [`MAX_WAIT_SECONDS`], fractions allowed, as milliseconds (rounded

@@ -19,6 +19,29 @@ impl Store {
     }
 }
 
+/// A key record encoded and signed as the keys table stores it.
+pub struct SignedKey {
+    id: String,
+    stored: Vec<u8>,
+}
+
+impl SignedKey {
+    fn new(signer: &Signer, record: &KeyRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            stored: encode_signed(signer, "keys", &record.id, record),
+        }
+    }
+}
+
+impl Store {
+    /// `record` encoded and signed for [`Batch::put_signed_keys`]: the costly part of writing a
+    /// key, which any thread can do.
+    pub fn sign_key(&self, record: &KeyRecord) -> SignedKey {
+        SignedKey::new(&self.signer, record)
+    }
+}
+
 /// One write transaction: everything in it lands on disk together, or nothing does. Tiers, keys
 /// and consumers are signed as they are written.
 pub struct Batch {
@@ -40,9 +63,15 @@ impl Batch {
     }
 
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        let id = record.id.as_str();
-        let stored = encode_signed(&self.signer, "keys", id, record);
-        self.txn.open_table(KEYS)?.insert(id, stored.as_slice())?;
+        self.put_signed_keys(&[SignedKey::new(&self.signer, record)])
+    }
+
+    /// Writes keys encoded and signed beforehand (on any thread: [`Store::sign_key`]).
+    pub fn put_signed_keys(&self, keys: &[SignedKey]) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(KEYS)?;
+        for key in keys {
+            table.insert(key.id.as_str(), key.stored.as_slice())?;
+        }
         Ok(())
     }
 

@@ -239,10 +239,17 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
     }
 }
 
-/// Builds the catalog from everything stored, reading one record at a time. A record whose
-/// signature does not match or that does not decode, a key whose tier is missing or whose value
-/// does not open, a consumer whose token hash is malformed: each is left out and reported by
-/// table and id; everything else is served.
+/// A record as [`load_catalog`] converts it on any thread: a key with its value opened.
+enum Loaded {
+    Key(KeyEntry),
+    Unopened(Box<KeyRecord>, CryptoError),
+    Other(Record),
+}
+
+/// Builds the catalog from everything stored, reading a chunk of records at a time and opening
+/// their values on every core. A record whose signature does not match or that does not decode,
+/// a key whose tier is missing or whose value does not open, a consumer whose token hash is
+/// malformed: each is left out and reported by table and id; everything else is served.
 pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
@@ -251,32 +258,41 @@ pub fn load_catalog(
     let mut catalog = Catalog::default();
     let mut unplaced = Unplaced::default();
     let mut skipped = Vec::new();
-    store.load_each(|record| match record {
-        Record::Tier(record) => {
+    let open = |record| match record {
+        Record::Key(record) => match open_key(&record, sealer) {
+            Ok(opened) => Loaded::Key(key_entry(&record, &opened, clock)),
+            Err(err) => Loaded::Unopened(record, err),
+        },
+        other => Loaded::Other(other),
+    };
+    let missing_tier = |id: &str, tier_id: &str| Skipped {
+        table: "keys",
+        reason: format!("its tier {tier_id} does not exist"),
+        id: id.to_owned(),
+    };
+    store.load_each_with(open, |loaded| match loaded {
+        Loaded::Other(Record::Tier(record)) => {
             catalog.put_tier(tier_from_record(&record));
         }
-        Record::Key(record) if catalog.tier_by_id(&record.tier_id).is_none() => {
-            skipped.push(Skipped {
-                table: "keys",
-                reason: format!("its tier {} does not exist", record.tier_id),
-                id: record.id,
-            });
+        Loaded::Key(entry) if catalog.tier_by_id(&entry.info.tier_id).is_none() => {
+            skipped.push(missing_tier(&entry.info.id, &entry.info.tier_id));
         }
-        Record::Key(record) => match open_key(&record, sealer) {
-            Ok(opened) => {
-                let entry = key_entry(&record, &opened, clock);
-                let deadline = entry.health.state().last_deadline(Now::read(clock));
-                let id = std::sync::Arc::clone(&entry.info.id);
-                catalog.put_key_unplaced(entry, &mut unplaced);
-                catalog.note_recovery(&id, deadline);
-            }
-            Err(err) => skipped.push(Skipped {
-                table: "keys",
-                reason: err.to_string(),
-                id: record.id,
-            }),
-        },
-        Record::Consumer(record) => match consumer_from_record(&record) {
+        Loaded::Key(entry) => {
+            let deadline = entry.health.state().last_deadline(Now::read(clock));
+            let id = std::sync::Arc::clone(&entry.info.id);
+            catalog.put_key_unplaced(entry, &mut unplaced);
+            catalog.note_recovery(&id, deadline);
+        }
+        Loaded::Unopened(record, _) if catalog.tier_by_id(&record.tier_id).is_none() => {
+            skipped.push(missing_tier(&record.id, &record.tier_id));
+        }
+        Loaded::Unopened(record, err) => skipped.push(Skipped {
+            table: "keys",
+            reason: err.to_string(),
+            id: record.id,
+        }),
+        Loaded::Other(Record::Key(_)) => unreachable!("keys are opened"),
+        Loaded::Other(Record::Consumer(record)) => match consumer_from_record(&record) {
             Ok(consumer) => catalog.put_consumer(consumer),
             Err(reason) => skipped.push(Skipped {
                 table: "consumers",
@@ -284,7 +300,7 @@ pub fn load_catalog(
                 reason,
             }),
         },
-        Record::LeftOut(left_out) => skipped.push(left_out),
+        Loaded::Other(Record::LeftOut(left_out)) => skipped.push(left_out),
     })?;
     catalog.place(unplaced);
     Ok((catalog, skipped))

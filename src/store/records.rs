@@ -34,8 +34,9 @@ pub struct TierRecord {
     pub features: BTreeMap<String, LimitRecord>,
 }
 
-/// `Default` (no value, no tier) is only a base to fill: every field a record needs is set by
-/// whoever writes one.
+/// Fields at their default are left out of the stored JSON (a third of a plain key's record;
+/// figures in PERFORMANCE.md) and read back as their default. `Default` (no value, no tier) is
+/// only a base to fill: every field a record needs is set by whoever writes one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
@@ -43,53 +44,53 @@ pub struct KeyRecord {
     pub tier_id: String,
     pub active: bool,
     pub created_at_ms: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
     /// Total uses allowed (per `usage_window_seconds`, or for the key's lifetime).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_limit: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_seconds: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub usage_count: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_start_ms: Option<i64>,
     /// Where the usage window ends in the broker's running time (ms), on which a restart judges
     /// it, whatever the wall clock says. Absent in records imported from the Go service.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_end_running_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key value, sealed with [`value_aad`].
     pub value: Hex,
     /// Bound secrets, each sealed with [`secret_aad`] for its name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, Hex>,
     /// Wall-clock unix ms until which the key is not served (`POST /key/{id}/exhausted`, `PATCH
     /// exhausted_until`); `None` or past: not exhausted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exhausted_until_ms: Option<i64>,
     /// Why a report of 401, 402 or 403 disabled the key (it is then not `active`); `None`: not
     /// disabled.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
     /// Unix ms until which the whole key cools.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown_until_ms: Option<i64>,
     /// Cooldowns the whole key's current run of failures has started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub backoff_level: u8,
     /// Per feature: its cooldown and backoff level.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cooldowns: BTreeMap<String, CooldownRecord>,
     /// 5xx answers and timeouts reported since the last success.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: u32,
     /// The key's spend budget, if it has one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetRecord>,
     /// Spent in the budget's current period, in billionths of its unit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub spent_nanos: u64,
 }
 
@@ -112,6 +113,10 @@ pub struct BudgetRecord {
     /// The day of the month (1–28) the budget resets at 00:00 UTC; `None` for a lifetime budget.
     #[serde(default)]
     pub reset_day: Option<u8>,
+}
+
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 /// A consumer: a service with its own token, drawing keys only from its scoped tiers.
@@ -283,6 +288,33 @@ pub(super) fn legacy_secret_aad(key_id: &str, name: &str) -> Vec<u8> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_record_leaves_its_defaults_out_and_reads_back_the_same() {
+        let json = r#"{"id":"k1","name":"one","tier_id":"t","active":true,"created_at_ms":5,"value":"ab"}"#;
+        let plain: KeyRecord = decode("keys", "k1", json.as_bytes()).unwrap();
+        assert_eq!(plain.usage_count, 0);
+        assert_eq!(String::from_utf8(encode(&plain)).unwrap(), json);
+        // Every field set: every field written, and read back.
+        let full = KeyRecord {
+            expires_at_ms: Some(9),
+            usage_limit: Some(3),
+            usage_window_seconds: Some(60),
+            usage_count: 2,
+            usage_window_start_ms: Some(1),
+            usage_window_end_running_ms: Some(7),
+            metadata: serde_json::json!({"team": "a"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            secrets: BTreeMap::from([("org".to_owned(), Hex(vec![1]))]),
+            ..plain
+        };
+        let json = encode(&full);
+        let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json);
+        assert_eq!(fields.unwrap().len(), 14);
+        assert_eq!(decode::<KeyRecord>("keys", "k1", &json).unwrap(), full);
+    }
 
     #[test]
     fn a_value_and_a_secret_never_share_associated_data() {

@@ -280,6 +280,19 @@ pub fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     keypooler(dir, env).args(args).output().unwrap()
 }
 
+/// Runs the binary to its end with `input` on its stdin.
+pub fn run_with_input(dir: &Path, env: &[(&str, &str)], args: &[&str], input: &[u8]) -> Output {
+    let mut child = keypooler(dir, env)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// One request on its own connection; an error when the connection fails or drops before a
 /// whole response arrived.
 pub fn http(

@@ -211,3 +211,45 @@ fn database_url_with_no_database_yet_warns_once_and_starts() {
     let (_, log) = server.stop();
     assert!(!log.contains("DATABASE_URL"), "DB_PATH exists now: {log}");
 }
+
+/// One transaction of every key leaves about as many freed pages in the redb file as it holds;
+/// the command gives them back. (The library's `import` leaves them: the command compacts.)
+#[test]
+fn the_binary_compacts_the_file_it_imported_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging.redb");
+    crate::helpers::large_database(&staging, &ours(), 3_000);
+    let from = dir.path().join("go.db");
+    let contents = Store::open(&staging, &ours()).unwrap().load().unwrap();
+    export(
+        &contents,
+        &ours(),
+        &from,
+        Schema::Latest,
+        false,
+        0,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    let ours_hex = hex_key(OURS);
+    let output = keypooler(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &ours_hex), ("DB_PATH", "pool.redb")],
+        &["import", "--from", "go.db"],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut imported = Store::open(&dir.path().join("pool.redb"), &ours()).unwrap();
+    assert!(
+        !imported.compact().unwrap(),
+        "the command left pages to give back"
+    );
+    assert_eq!(imported.load().unwrap().keys.len(), 3_000);
+
+    let uncompacted = dir.path().join("library.redb");
+    import_into(&from, &ours_hex, &uncompacted, ImportMode::Refuse).unwrap();
+    let mut library = Store::open(&uncompacted, &ours()).unwrap();
+    assert!(
+        library.compact().unwrap(),
+        "a plain import leaves freed pages"
+    );
+}
