@@ -3,15 +3,18 @@
 # reporting on) tell keypooler what the provider answered. Runs the loop twice on fresh servers,
 # reporting off then on, and prints what share of provider calls failed each time.
 #
-# The provider (loadtest/provider/main.rs) enforces its own limit per key: most keys get what the
-# tier says, two get less (another app shares them), one is revoked (401), and 1 % of all calls
-# fail with 503 at random (no broker can prevent those; counted apart).
+# The provider (loadtest/provider/main.rs) enforces its own limit per key and window: most keys
+# get what the tier says (10 calls a second), two get 3 a second (another app shares them), one
+# is revoked (401), and 1 % of all calls fail with 503 at random (no broker can prevent those;
+# counted apart). The tier's window and the provider's are both --window seconds: a provider
+# that counts per minute answers a spent key's 429 with a Retry-After up to a minute.
 #
-#   loadtest/provider.sh [--seconds 20] [--rate 60] [--port N] [--k6] [--no-build]
+#   loadtest/provider.sh [--seconds 30] [--window 10] [--rate 60] [--port N] [--k6] [--no-build]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SECONDS_RUN=20
+SECONDS_RUN=30
+WINDOW=10
 RATE=60
 PORT=18084
 BUILD=1
@@ -20,10 +23,11 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --seconds) SECONDS_RUN=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
+        --window) WINDOW=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
         --k6) K6=1; shift ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -42,19 +46,19 @@ stop_all() {
 trap stop_all EXIT INT TERM
 [[ $BUILD == 1 ]] && build provider
 
-# The tier promises 10 calls per second per key.
+# The tier promises 10 calls a second per key, counted per window.
 GOOD=(sk-loop-good-0 sk-loop-good-1 sk-loop-good-2 sk-loop-good-3 sk-loop-good-4 sk-loop-good-5)
 LOW=(sk-loop-low-0 sk-loop-low-1)
 REVOKED=sk-loop-revoked
 
-provider_args=(--port "$PROVIDER_PORT" --window-ms 1000 --error-rate 0.01 --revoked "$REVOKED")
-for v in "${GOOD[@]}"; do provider_args+=(--key "$v=10"); done
-for v in "${LOW[@]}"; do provider_args+=(--key "$v=3"); done
+provider_args=(--port "$PROVIDER_PORT" --window-ms $((WINDOW * 1000)) --error-rate 0.01 --revoked "$REVOKED")
+for v in "${GOOD[@]}"; do provider_args+=(--key "$v=$((10 * WINDOW))"); done
+for v in "${LOW[@]}"; do provider_args+=(--key "$v=$((3 * WINDOW))"); done
 
 # setup: a fresh server with the tier and the keys, and a fresh provider (its windows empty).
 setup() {
     start_server "$PORT"
-    admin POST /admin/tiers '{"name":"loop","features":{"chat":{"rate_limit":10,"window_seconds":1}}}' >/dev/null
+    admin POST /admin/tiers '{"name":"loop","features":{"chat":{"rate_limit":'"$((10 * WINDOW))"',"window_seconds":'"$WINDOW"'}}}' >/dev/null
     for v in "${GOOD[@]}" "${LOW[@]}" "$REVOKED"; do
         admin POST /admin/keys "{\"name\":\"$v\",\"tier\":\"loop\",\"key\":\"$v\"}" >/dev/null
     done
@@ -85,6 +89,7 @@ done
 
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]}"; }
 echo
+echo "== $SECONDS_RUN s at $RATE calls/s, windows of $WINDOW s =="
 printf '| reporting | provider calls | 429 | 401 | 5xx (random) | failed share (429+401) | revoked key drawn after its 401 |\n'
 printf '|---|---|---|---|---|---|---|\n'
 for mode in off on; do

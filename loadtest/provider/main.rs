@@ -19,6 +19,10 @@
 //!
 //! `loadtest/provider.sh` runs both with reporting off and on and prints the table that
 //! PERFORMANCE.md records.
+//!
+//! `provider storm` is a 429 storm: `--rate` reports per second of one key's 429 (as many callers
+//! seeing the same refusal would send), for `--seconds`. `loadtest/report_storm.sh` measures
+//! `GET /key` on another feature with and without it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +50,28 @@ enum Command {
     Serve(ServeArgs),
     /// Run the closed loop against a broker and a provider.
     Drive(DriveArgs),
+    /// Send a steady storm of 429 reports for one key.
+    Storm(StormArgs),
+}
+
+#[derive(clap::Args)]
+struct StormArgs {
+    /// keypooler, on the loopback interface.
+    #[arg(long, default_value = "http://127.0.0.1:18080")]
+    broker: String,
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The key the reports are about.
+    #[arg(long)]
+    key_id: String,
+    /// Reports per second, all workers together.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent reporters sharing the rate.
+    #[arg(long, default_value_t = 16)]
+    workers: u32,
 }
 
 #[derive(clap::Args)]
@@ -102,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Drive(args) => drive(args).await,
+        Command::Storm(args) => storm(args).await,
     }
 }
 
@@ -174,7 +201,9 @@ async fn call(State(provider): State<Arc<Provider>>, headers: HeaderMap) -> Resp
         window.used += 1;
         return (StatusCode::OK, "ok").into_response();
     }
-    let left = provider.window.saturating_sub(now.duration_since(window.start));
+    let left = provider
+        .window
+        .saturating_sub(now.duration_since(window.start));
     let retry_after = left.as_millis().div_ceil(1_000).max(1);
     (
         StatusCode::TOO_MANY_REQUESTS,
@@ -208,29 +237,33 @@ struct Loop {
     revoked: Mutex<HashMap<String, Instant>>,
 }
 
-async fn drive(args: DriveArgs) -> anyhow::Result<()> {
-    let workers = args.workers.max(1);
-    let period = Duration::from_secs_f64(f64::from(workers) / f64::from(args.rate.max(1)));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let shared = Arc::new(Loop {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?,
-        args,
-        counts: Counts::default(),
-        revoked: Mutex::new(HashMap::new()),
-    });
+/// One paced call of a load generator.
+trait Turn: Send + Sync + 'static {
+    fn turn(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Runs `shared.turn()` from `workers` tasks at `rate` turns per second in all for `seconds`.
+async fn paced<S: Turn>(
+    shared: Arc<S>,
+    workers: u32,
+    rate: u32,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let workers = workers.max(1);
+    let period = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..workers)
         .map(|n| {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 // Spread the workers' ticks over one period so the calls arrive evenly.
                 let offset = period.mul_f64(f64::from(n) / f64::from(workers));
-                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while Instant::now() < deadline {
                     ticks.tick().await;
-                    shared.once().await?;
+                    shared.turn().await?;
                 }
                 anyhow::Ok(())
             })
@@ -239,6 +272,20 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
     for task in tasks {
         task.await??;
     }
+    Ok(())
+}
+
+async fn drive(args: DriveArgs) -> anyhow::Result<()> {
+    let (workers, rate, seconds) = (args.workers, args.rate, args.seconds);
+    let shared = Arc::new(Loop {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+        args,
+        counts: Counts::default(),
+        revoked: Mutex::new(HashMap::new()),
+    });
+    paced(Arc::clone(&shared), workers, rate, seconds).await?;
     let c = &shared.counts;
     let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
     let calls = get(&c.calls);
@@ -255,9 +302,40 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
         get(&c.broker_refused),
         get(&c.reports_failed),
         get(&c.revoked_redrawn),
-        if calls == 0 { 0.0 } else { failed as f64 / calls as f64 },
+        if calls == 0 {
+            0.0
+        } else {
+            failed as f64 / calls as f64
+        },
     );
     Ok(())
+}
+
+impl Turn for Loop {
+    fn turn(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        self.once()
+    }
+}
+
+impl Turn for Storm {
+    /// One report of the key's 429.
+    async fn turn(&self) -> anyhow::Result<()> {
+        let args = &self.args;
+        let reported = self
+            .client
+            .post(format!("{}/key/{}/report", args.broker, args.key_id))
+            .bearer_auth(&args.token)
+            .json(&serde_json::json!({ "status": 429, "retry_after": 1 }))
+            .send()
+            .await?;
+        let counter = if reported.status().is_success() {
+            &self.answered
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl Loop {
@@ -280,7 +358,12 @@ impl Loop {
         let (Some(id), Some(value)) = (key["key_id"].as_str(), key["value"].as_str()) else {
             anyhow::bail!("GET /key answered without key_id and value");
         };
-        if self.revoked.lock().get(id).is_some_and(|known| *known < started) {
+        if self
+            .revoked
+            .lock()
+            .get(id)
+            .is_some_and(|known| *known < started)
+        {
             self.counts.revoked_redrawn.fetch_add(1, Ordering::Relaxed);
         }
         let answer = self
@@ -321,8 +404,40 @@ impl Loop {
             }
         }
         if status == 401 {
-            self.revoked.lock().entry(id.to_owned()).or_insert_with(Instant::now);
+            self.revoked
+                .lock()
+                .entry(id.to_owned())
+                .or_insert_with(Instant::now);
         }
         Ok(())
     }
+}
+
+/// The storm's reporters, and what the broker answered them.
+struct Storm {
+    args: StormArgs,
+    client: reqwest::Client,
+    answered: AtomicU64,
+    refused: AtomicU64,
+}
+
+async fn storm(args: StormArgs) -> anyhow::Result<()> {
+    let (workers, rate, seconds) = (args.workers, args.rate, args.seconds);
+    let shared = Arc::new(Storm {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+        args,
+        answered: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    paced(Arc::clone(&shared), workers, rate, seconds).await?;
+    let answered = shared.answered.load(Ordering::Relaxed);
+    println!(
+        "storm reports={answered} refused={} reports_per_s={:.0}",
+        shared.refused.load(Ordering::Relaxed),
+        answered as f64 / started.elapsed().as_secs_f64(),
+    );
+    Ok(())
 }
