@@ -182,7 +182,11 @@ impl Backoff {
             || backoff_ms(level, policy.cooldown_max_seconds),
             |ms| ms.clamp(1_000, max_ms.max(1_000)),
         );
-        let proposed = now.after(ms);
+        // Ends on a whole second of running time (rounded up, never earlier than asked): the
+        // reports of one refusal from many callers within a second then propose one deadline,
+        // and all but the first change nothing (answered from memory, see `unchanged_by`).
+        let whole = ms + (1_000 - now.running_ms.saturating_add(ms) % 1_000) % 1_000;
+        let proposed = now.after(whole.min(max_ms.max(1_000)));
         let until = match self.until {
             Some(current) if cooling && current.running_ms >= proposed.running_ms => current,
             _ => proposed,
@@ -524,13 +528,13 @@ mod tests {
             state = state.after(too_many(None), None, NOW, policy());
         }
         assert_eq!(state, first, "twenty reports of the same 429 are one event");
-        // A later Retry-After extends the running cooldown; the level stays.
+        // A later Retry-After extends the running cooldown, to a whole second of running time
+        // (never sooner than asked); the level stays.
         let extended = state.after(too_many(Some(30_000)), None, later(NOW, 500), policy());
         assert_eq!(extended.key.level, 1);
-        assert_eq!(
-            extended.key.until.unwrap().running_ms,
-            NOW.running_ms + 30_500
-        );
+        let until = extended.key.until.unwrap().running_ms;
+        assert!(until >= NOW.running_ms + 30_500 && until < NOW.running_ms + 31_500);
+        assert_eq!(until % 1_000, 0);
         // An earlier one never shortens it.
         let kept = extended.after(too_many(Some(1_000)), None, later(NOW, 600), policy());
         assert_eq!(kept.key.until, extended.key.until);

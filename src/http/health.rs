@@ -109,8 +109,19 @@ pub async fn report(
         None => None,
         Some(feature) => Some(listed_feature(&snapshot.catalog, key, &feature)?),
     };
-    // A success for a key with no failure run changes nothing durable: answered from memory.
-    if report.outcome == Outcome::Success && !key.health.in_failure_run() {
+    // A success for a key with no failure run changes nothing durable, nor does a 429 inside
+    // the cooldown it would set (another caller's report of the same refusal): answered from
+    // memory, so such reports may come at the rate of `GET /key`.
+    let unchanged = match report.outcome {
+        Outcome::Success => !key.health.in_failure_run(),
+        Outcome::TooManyRequests { .. } => {
+            let state = key.health.state();
+            let policy = app.writer().health_policy();
+            state.after(report.outcome, feature.as_ref(), now, policy) == *state
+        }
+        _ => false,
+    };
+    if unchanged {
         app.pool().reports().count(report.outcome);
         let health = key.health_at(&key.health.state(), now);
         return Ok(json(StatusCode::OK, &health_view(key, &health)));

@@ -10,7 +10,8 @@ use super::idempotency::{Answer, Keyed, Once};
 use super::ops::{Exhaustion, HealthReport, Reported};
 use super::request::{Call, OnceCall, Request};
 use crate::broker::{
-    Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec,
+    Consumer, HealthPolicy, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Tier,
+    TierSpec,
 };
 use crate::store::{Snapshot, UsageRecord};
 
@@ -18,11 +19,17 @@ use crate::store::{Snapshot, UsageRecord};
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Request>,
+    policy: HealthPolicy,
 }
 
 impl Writer {
-    pub(super) fn new(queue: mpsc::Sender<Request>) -> Self {
-        Self { queue }
+    pub(super) fn new(queue: mpsc::Sender<Request>, policy: HealthPolicy) -> Self {
+        Self { queue, policy }
+    }
+
+    /// How the writer turns reports into cooldowns.
+    pub fn health_policy(&self) -> HealthPolicy {
+        self.policy
     }
 
     /// Queues `input` as the request `request` builds and waits for its answer.

@@ -80,7 +80,7 @@ pub fn spawn(
             "the writer thread stopped while starting",
         ));
     }
-    Ok((Writer::new(queue), WriterThread(handle)))
+    Ok((Writer::new(queue, policy), WriterThread(handle)))
 }
 
 /// How much nicer the writer is than the request threads: on a saturated core its work (audit

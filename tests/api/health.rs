@@ -149,6 +149,65 @@ async fn twenty_concurrent_429_reports_escalate_the_backoff_once() {
     cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:03Z").await;
 }
 
+/// How many reports reached the writer (the rest were answered from memory).
+async fn written_reports(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                r#"keypooler_writer_commands_total{kind="report_health",outcome="applied"} "#,
+            )
+        })
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_storm_of_one_refusal_writes_once_a_second_and_is_answered_from_memory() {
+    let (app, a, _) = two_keys().await;
+    let body = json!({"status": 429, "retry_after": 1});
+    app.clock.advance_ms(250);
+    // Rounded up to a whole second: never sooner than the provider asked.
+    cools_until(&app, &a, body.clone(), "2026-06-01T00:00:02Z").await;
+    assert_eq!(written_reports(&app).await, 1);
+    for _ in 0..3 {
+        app.clock.advance_ms(200);
+        cools_until(&app, &a, body.clone(), "2026-06-01T00:00:02Z").await;
+    }
+    assert_eq!(
+        written_reports(&app).await,
+        1,
+        "the same deadline: nothing written"
+    );
+    // A second later the refusal lengthens the cooldown: written, once.
+    app.clock.advance_ms(500);
+    cools_until(&app, &a, body.clone(), "2026-06-01T00:00:03Z").await;
+    cools_until(&app, &a, body, "2026-06-01T00:00:03Z").await;
+    assert_eq!(written_reports(&app).await, 2);
+    let counted = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        counted
+            .lines()
+            .any(|l| l == r#"keypooler_key_reports_total{class="rate_limited"} 6"#),
+        "every report is counted: {counted}"
+    );
+}
+
 #[tokio::test]
 async fn retry_after_in_seconds_or_as_an_http_date_sets_the_cooldown() {
     let (app, a, b) = two_keys().await;
