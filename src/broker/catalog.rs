@@ -439,7 +439,10 @@ impl Catalog {
         if let Some(bench) = self.benches.get_mut(&tier.id) {
             put_in_order(&mut bench.members, member.clone());
         }
-        put_in_order(self.tier_keys.entry(Arc::clone(&tier.id)).or_default(), member);
+        put_in_order(
+            self.tier_keys.entry(Arc::clone(&tier.id)).or_default(),
+            member,
+        );
         dirty
     }
 

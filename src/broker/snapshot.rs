@@ -148,7 +148,9 @@ struct Rotation {
 
 impl Rotation {
     fn new(segments: Vec<Segment>) -> Self {
-        let len = segments.last().map_or(0, |last| last.start + last.members.len());
+        let len = segments
+            .last()
+            .map_or(0, |last| last.start + last.members.len());
         Self {
             segments: segments.into_boxed_slice(),
             len,
@@ -262,7 +264,9 @@ impl FeaturePool {
         if n == 0 {
             return Err(self.spent(earliest, now));
         }
-        let start = turns.modulus.of(self.cursor.fetch_add(1, Ordering::Relaxed));
+        let start = turns
+            .modulus
+            .of(self.cursor.fetch_add(1, Ordering::Relaxed));
         let mut wall = Wall {
             clock,
             unix_ms: None,
@@ -287,11 +291,7 @@ impl FeaturePool {
             i += 1;
             if i == segment.members.len() {
                 i = 0;
-                s = if s + 1 == segments.len() {
-                    0
-                } else {
-                    s + 1
-                };
+                s = if s + 1 == segments.len() { 0 } else { s + 1 };
             }
         }
         if pending {
