@@ -557,6 +557,15 @@ async fn generation(app: &TestApp) -> f64 {
         .unwrap()
 }
 
+/// `n` keys drawn for chat, each served.
+async fn draw_chat(app: &TestApp, n: usize) -> Vec<String> {
+    let mut served = Vec::new();
+    for _ in 0..n {
+        served.push(draw(app, "chat").await.unwrap());
+    }
+    served
+}
+
 /// The uses of key `id`'s chat window, as listed.
 async fn chat_used(app: &TestApp, id: &str) -> u64 {
     listed(app, id).await["usage"]["chat"]["used"]
@@ -577,10 +586,7 @@ async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_wi
     .await;
     let ids = add_keys(&app, 100).await;
     let mut served = std::collections::HashMap::<String, u64>::new();
-    let mut draws = Vec::new();
-    for _ in 0..100 {
-        draws.push(draw(&app, "chat").await.unwrap());
-    }
+    let draws = draw_chat(&app, 100).await;
     let first = ids.iter().position(|id| *id == draws[0]).unwrap();
     let rotated: Vec<_> = ids.iter().cycle().skip(first).take(100).cloned().collect();
     assert_eq!(draws, rotated, "every key once, in rotation order");
@@ -592,10 +598,7 @@ async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_wi
     for id in ids.iter().filter(|id| !free.contains(id)) {
         report(&app, id, json!({"status": 429, "retry_after": 30})).await;
     }
-    let mut draws = Vec::new();
-    for _ in 0..6 {
-        draws.push(draw(&app, "chat").await.unwrap());
-    }
+    let draws = draw_chat(&app, 6).await;
     assert!(draws.iter().all(|id| free.contains(id)), "{draws:?}");
     assert!(draws.windows(2).all(|pair| pair[0] != pair[1]), "in turn");
     for id in draws {
@@ -618,10 +621,7 @@ async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_wi
     app.clock.advance_ms(29_000);
     // Any write lets the writer put them back now rather than at its next round.
     app.create_tier("other", json!({"image": 1})).await;
-    let mut draws = Vec::new();
-    for _ in 0..99 {
-        draws.push(draw(&app, "chat").await.unwrap());
-    }
+    let draws = draw_chat(&app, 99).await;
     assert!(!draws.contains(&ids[0]), "still cooling");
     let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
     assert_eq!(distinct.len(), 99, "every other key, once");
@@ -633,9 +633,6 @@ async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_wi
     }
     app.clock.advance_ms(1_000);
     assert_eq!(chat_used(&app, &ids[0]).await, 1);
-    let mut draws = Vec::new();
-    for _ in 0..100 {
-        draws.push(draw(&app, "chat").await.unwrap());
-    }
+    let draws = draw_chat(&app, 100).await;
     assert!(draws.contains(&ids[0]), "back at its own deadline");
 }
