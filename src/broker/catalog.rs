@@ -39,13 +39,39 @@ pub struct Catalog {
     /// they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
+    /// Keys out of their tier's rotation but still in its roster (their counters go on, the
+    /// listings read them), by id: the running ms they sit out until, as last judged. A
+    /// recovery is noted at that instant, when the writer takes the key back or judges it
+    /// again. See [`HealthState::out_of_rotation_until`](super::HealthState::out_of_rotation_until).
+    benched: imbl::HashMap<Arc<str>, u64>,
+    /// Per tier with benched keys, what its pools rotate over: its roster without them.
+    benches: imbl::HashMap<Arc<str>, Bench>,
     /// Keys removed or replaced so far: [`Catalog::place`] checks that each key it places is
     /// still the current one only when some were since the keys were collected.
     removed: u64,
 }
 
+/// A tier's rotation while some of its keys are benched.
+#[derive(Clone, Default)]
+struct Bench {
+    /// The tier's roster without its benched keys, in rotation order.
+    members: Roster,
+    /// Its benched keys, by the instant they sit out until.
+    back: imbl::OrdSet<(u64, Arc<str>)>,
+}
+
 /// The features whose candidate lists a change touched.
 pub type Dirty = BTreeSet<Arc<str>>;
+
+/// Puts `member` in `roster` in rotation order, in place of the member of the same key if any.
+fn put_in_order(roster: &mut Roster, member: Member) {
+    match position(roster, member.order()) {
+        Ok(at) => {
+            roster.set(at, member);
+        }
+        Err(at) => roster.insert(at, member),
+    }
+}
 
 /// The values of `map` whose id comes after `after` (every value when `None`), by id.
 fn by_id_after<'a, V: Clone>(
@@ -112,6 +138,99 @@ impl Catalog {
         let entry = self.key(key_id)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
         self.member(entry)?.counter(index)
+    }
+
+    /// What the pools of a tier rotate over: its roster without its benched keys, and the
+    /// first instant (running ms) one of those may be back (`u64::MAX` when none is benched).
+    /// With none benched, the roster itself (shared, not copied).
+    pub fn rotation(&self, tier_id: &str) -> Option<(&Roster, u64)> {
+        match self.benches.get(tier_id) {
+            Some(bench) => {
+                let back = bench.back.get_min().map_or(u64::MAX, |(at, _)| *at);
+                Some((&bench.members, back))
+            }
+            None => self.roster(tier_id).map(|roster| (roster, u64::MAX)),
+        }
+    }
+
+    /// Until when (running ms) key `id` sits out of its tier's rotation, as last judged.
+    pub fn benched_until(&self, id: &str) -> Option<u64> {
+        self.benched.get(id).copied()
+    }
+
+    /// Takes key `id` out of its tier's rotation until running ms `until` (for a key already
+    /// out: moves that instant), noting a recovery then; it stays in its roster with its
+    /// counters. Returns the features whose pools change. A key in no roster (inactive,
+    /// expired, unknown) is left alone.
+    pub fn bench(&mut self, id: &Arc<str>, until: u64) -> Dirty {
+        let Some(key) = self.key(id) else {
+            return Dirty::new();
+        };
+        let tier_id = Arc::clone(&key.info.tier_id);
+        let order = (key.info.created_at_ms, &**id);
+        let Some(roster) = self.tier_keys.get(&tier_id) else {
+            return Dirty::new();
+        };
+        if position(roster, order).is_err() {
+            return Dirty::new();
+        }
+        let bench = self
+            .benches
+            .entry(Arc::clone(&tier_id))
+            .or_insert_with(|| Bench {
+                members: roster.clone(),
+                back: imbl::OrdSet::new(),
+            });
+        match self.benched.insert(Arc::clone(id), until) {
+            Some(was) => {
+                bench.back.remove(&(was, Arc::clone(id)));
+            }
+            None => {
+                if let Ok(at) = position(&bench.members, order) {
+                    bench.members.remove(at);
+                }
+            }
+        }
+        bench.back.insert((until, Arc::clone(id)));
+        self.note_recovery(id, Some(until));
+        self.features_of(&tier_id)
+    }
+
+    /// Puts a benched key back in its tier's rotation, in its place; returns the features
+    /// whose pools change (none if it was not benched).
+    pub fn unbench(&mut self, id: &str) -> Dirty {
+        let Some((id, until)) = self.benched.remove_with_key(id) else {
+            return Dirty::new();
+        };
+        let Some(key) = self.key(&id).cloned() else {
+            return Dirty::new();
+        };
+        let member = self.member(&key).cloned();
+        let tier_id = &key.info.tier_id;
+        if let Some(bench) = self.benches.get_mut(tier_id) {
+            bench.back.remove(&(until, Arc::clone(&id)));
+            if bench.back.is_empty() {
+                self.benches.remove(tier_id);
+            } else if let Some(member) = member
+                && let Err(at) = position(&bench.members, member.order())
+            {
+                bench.members.insert(at, member);
+            }
+        }
+        self.features_of(tier_id)
+    }
+
+    /// Rebuilds a tier's rotation from its roster, leaving its benched keys out: after its
+    /// roster was rebuilt as a whole.
+    fn rebench(&mut self, tier_id: &str) {
+        let Some(bench) = self.benches.get_mut(tier_id) else {
+            return;
+        };
+        let roster = self.tier_keys.get(tier_id).cloned().unwrap_or_default();
+        bench.members = roster
+            .into_iter()
+            .filter(|member| !self.benched.contains_key(&member.entry.info.id))
+            .collect();
     }
 
     /// `key` as a member of its tier's roster, with its counters (none if it is not in one).
@@ -234,6 +353,7 @@ impl Catalog {
                         *member = member.refeatured(&old, &tier);
                     }
                 }
+                self.rebench(&tier.id);
             }
         }
         self.tier_names
@@ -281,13 +401,20 @@ impl Catalog {
         self.put_member(entry, kept)
     }
 
-    /// Takes a key's member (its counters) out of its roster or out of the parked ones.
+    /// Takes a key's member (its counters) out of its roster (and its rotation: a benched key
+    /// is benched no more) or out of the parked ones.
     fn take_member(&mut self, id: &str) -> Option<Member> {
         if let Some(member) = self.parked.remove(id) {
             return Some(member);
         }
+        self.unbench(id);
         let order = self.order(id)?;
         let tier_id = &self.keys.get(&order)?.info.tier_id;
+        if let Some(bench) = self.benches.get_mut(tier_id)
+            && let Ok(at) = position(&bench.members, (order.0, &order.1))
+        {
+            bench.members.remove(at);
+        }
         let roster = self.tier_keys.get_mut(tier_id)?;
         let at = position(roster, (order.0, &order.1)).ok()?;
         Some(roster.remove(at))
@@ -308,13 +435,14 @@ impl Catalog {
             None => Member::new(Arc::clone(&entry), &tier),
         };
         self.note_expiry(&entry);
-        let roster = self.tier_keys.entry(Arc::clone(&tier.id)).or_default();
-        match position(roster, member.order()) {
-            Ok(at) => {
-                roster.set(at, member);
-            }
-            Err(at) => roster.insert(at, member),
+        // Not benched (taken out of any bench as it was taken out of its roster): it rotates.
+        if let Some(bench) = self.benches.get_mut(&tier.id) {
+            put_in_order(&mut bench.members, member.clone());
         }
+        put_in_order(
+            self.tier_keys.entry(Arc::clone(&tier.id)).or_default(),
+            member,
+        );
         dirty
     }
 
@@ -361,10 +489,11 @@ impl Catalog {
             for member in &added {
                 self.note_expiry(&member.entry);
             }
-            let roster = self.tier_keys.entry(tier_id).or_default();
+            let roster = self.tier_keys.entry(Arc::clone(&tier_id)).or_default();
             let mut members: Vec<Member> = roster.iter().cloned().chain(added).collect();
             members.sort_by(|a, b| a.order().cmp(&b.order()));
             *roster = members.into_iter().collect();
+            self.rebench(&tier_id);
         }
     }
 
@@ -456,6 +585,7 @@ impl Catalog {
             self.tiers.remove(&name);
         }
         self.tier_keys.remove(id);
+        self.benches.remove(id);
         dirty
     }
 

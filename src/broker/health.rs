@@ -293,6 +293,21 @@ impl HealthState {
         }
     }
 
+    /// Until when (running ms) the key sits out of its tier's rotation, if it does at `now`:
+    /// while it is unavailable as a whole (exhausted or cooling), whatever the feature. The one
+    /// rule of who takes turns (an inactive key is in no roster at all): a key out of rotation
+    /// costs a pick nothing, so a pool with most keys cooling picks as fast as one with none. A
+    /// feature's own cooldown does not take the key out: the pick's check of the health word
+    /// skips it for that feature only.
+    pub fn out_of_rotation_until(&self, now: Now) -> Option<u64> {
+        [self.exhausted, self.key.until]
+            .into_iter()
+            .flatten()
+            .map(|d| d.running_ms)
+            .filter(|&at| now.running_ms < at)
+            .max()
+    }
+
     /// The features cooling at `now`, with their deadlines.
     pub fn cooling_features(&self, now: Now) -> impl Iterator<Item = (&Arc<str>, Deadline)> {
         self.features
@@ -315,13 +330,7 @@ impl HealthState {
 
     /// The hot path's word at `now`: see [`Health`].
     fn word(&self, now: Now) -> u64 {
-        let until = [self.exhausted, self.key.until]
-            .into_iter()
-            .flatten()
-            .map(|d| d.running_ms)
-            .filter(|&at| now.running_ms < at)
-            .max()
-            .unwrap_or(0);
+        let until = self.out_of_rotation_until(now).unwrap_or(0);
         let features = self.cooling_features(now).next().is_some();
         (until.min(MAX_WORD_UNTIL) << 1) | u64::from(features)
     }

@@ -412,6 +412,102 @@ mod tests {
         assert!(served.contains(&"k0".to_owned()), "{served:?}");
     }
 
+    /// Keys cooling as a whole are benched (out of the rotation, as the writer leaves them):
+    /// the free ones serve in rotation order, a pool with every key benched refuses without a
+    /// scan, and at their deadline the benched keys serve again before any rebuild, with the
+    /// uses their open windows counted before.
+    #[test]
+    fn benched_keys_leave_the_rotation_and_come_back_at_their_deadline_with_their_counts() {
+        use crate::broker::{Backoff, HealthState, Now};
+        let (pool, hand) = pool_with(100, 1_000);
+        let mut counts = std::collections::HashMap::<String, u32>::new();
+        for _ in 0..100 {
+            *counts.entry(served_id(&pool, "chat").unwrap()).or_default() += 1;
+        }
+        assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+        let now = Now::read(pool.clock());
+        let cooled = HealthState {
+            key: Backoff {
+                until: Some(now.after(30_000)),
+                level: 1,
+            },
+            ..HealthState::default()
+        };
+        let until = cooled.out_of_rotation_until(now).unwrap();
+        let bench = |ids: &mut dyn Iterator<Item = String>| {
+            let mut catalog = pool.load().catalog.clone();
+            let mut dirty = Dirty::new();
+            for id in ids {
+                let id: Arc<str> = id.into();
+                catalog
+                    .key(&id)
+                    .unwrap()
+                    .health
+                    .publish(cooled.clone(), now);
+                dirty.extend(catalog.bench(&id, until));
+            }
+            pool.publish(catalog, &dirty);
+        };
+        let free = ["k10", "k60"];
+        bench(
+            &mut (0..100)
+                .map(|i| format!("k{i}"))
+                .filter(|id| !free.contains(&&**id)),
+        );
+        let snapshot = pool.load();
+        let chat = snapshot.feature("chat").unwrap();
+        assert_eq!(chat.rotation(), free.map(Arc::<str>::from));
+        let served: Vec<_> = (0..6).map(|_| served_id(&pool, "chat").unwrap()).collect();
+        assert!(
+            served.windows(2).all(|pair| pair[0] != pair[1]),
+            "{served:?}"
+        );
+        for id in &served {
+            *counts.get_mut(id).unwrap() += 1;
+        }
+        assert_eq!(counts["k10"] + counts["k60"], 8);
+
+        // Every key benched: the rotation is empty, the refusal says when the first is back.
+        bench(&mut free.iter().map(ToString::to_string));
+        let snapshot = pool.load();
+        assert!(snapshot.feature("chat").unwrap().rotation().is_empty());
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 30_000),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+
+        // At the deadline, before the writer puts them back, every key serves again, with the
+        // counts of its open window.
+        hand.advance_ms(30_000);
+        for _ in 0..100 {
+            *counts.entry(served_id(&pool, "chat").unwrap()).or_default() += 1;
+        }
+        let now = pool.clock().now_ms();
+        for (id, &n) in &counts {
+            let used = pool
+                .load()
+                .catalog
+                .counter(id, "chat")
+                .unwrap()
+                .used(now, 60_000);
+            assert_eq!(used, n, "{id}");
+        }
+        assert!(
+            counts.values().all(|&n| n >= 2),
+            "each served again: {counts:?}"
+        );
+
+        // Put back, they rotate as before.
+        let mut catalog = pool.load().catalog.clone();
+        let mut dirty = Dirty::new();
+        for i in 0..100 {
+            dirty.extend(catalog.unbench(&format!("k{i}")));
+        }
+        pool.publish(catalog, &dirty);
+        assert_eq!(pool.load().feature("chat").unwrap().rotation().len(), 100);
+        assert_eq!(pool.load().catalog.benched_until("k0"), None);
+    }
+
     #[test]
     fn a_rebuild_keeps_the_counts_of_open_windows() {
         let (pool, _) = pool_with(1, 2);
@@ -643,6 +739,12 @@ mod tests {
         },
         /// Removes the key at this index (modulo) of the keys added so far.
         Remove(usize),
+        /// Benches the key at this index (modulo), for longer than the test.
+        Bench(usize),
+        /// Puts the key at this index (modulo) back in rotation.
+        Unbench(usize),
+        /// Puts the key at this index (modulo) again, as it is (fresh counters, not benched).
+        Replace(usize),
     }
 
     fn change() -> impl proptest::strategy::Strategy<Value = Change> {
@@ -651,13 +753,17 @@ mod tests {
             3 => (0..3usize, 0..50i64, proptest::bool::weighted(0.8))
                 .prop_map(|(tier, created, active)| Change::Add { tier, created, active }),
             1 => any::<usize>().prop_map(Change::Remove),
+            2 => any::<usize>().prop_map(Change::Bench),
+            1 => any::<usize>().prop_map(Change::Unbench),
+            1 => any::<usize>().prop_map(Change::Replace),
         ]
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-        /// Whatever the adds and deletes, the pool of a feature is the active keys of the tiers
-        /// listing it, by tier name then creation, and as many picks serve each of them once.
+        /// Whatever the adds, deletes, benches and replacements, the pool of a feature is the
+        /// active keys of the tiers listing it that are not benched, by tier name then
+        /// creation, and as many picks serve each of them once; benched keys keep counters.
         #[test]
         fn the_rotation_follows_the_catalog_through_any_adds_and_deletes(
             changes in proptest::collection::vec(change(), 1..400),
@@ -673,6 +779,10 @@ mod tests {
             // The model: (tier name, created, id) -> active.
             let mut model = std::collections::BTreeMap::<(&str, i64, String), bool>::new();
             let mut added = Vec::new();
+            let mut benched = std::collections::HashSet::<String>::new();
+            let pick = |added: &Vec<(&'static str, i64, String)>, at: usize| {
+                added[at % added.len()].clone()
+            };
             for (n, change) in changes.into_iter().enumerate() {
                 let mut catalog = pool.load().catalog.clone();
                 let dirty = match change {
@@ -682,18 +792,38 @@ mod tests {
                         added.push((TIERS[tier], created, id.clone()));
                         catalog.put_key(key_of(&id, TIERS[tier], created, None, active))
                     }
-                    Change::Remove(_) if added.is_empty() => continue,
+                    Change::Remove(_) | Change::Bench(_) | Change::Unbench(_) | Change::Replace(_)
+                        if added.is_empty() => continue,
                     Change::Remove(at) => {
                         let gone = added.swap_remove(at % added.len());
                         model.remove(&gone);
+                        benched.remove(&gone.2);
                         catalog.remove_key(&gone.2)
+                    }
+                    Change::Bench(at) => {
+                        let key = pick(&added, at);
+                        if model[&key] {
+                            benched.insert(key.2.clone());
+                        }
+                        catalog.bench(&Arc::from(key.2.as_str()), u64::MAX - 1)
+                    }
+                    Change::Unbench(at) => {
+                        let key = pick(&added, at);
+                        benched.remove(&key.2);
+                        catalog.unbench(&key.2)
+                    }
+                    Change::Replace(at) => {
+                        let (tier, created, id) = pick(&added, at);
+                        benched.remove(&id);
+                        let active = model[&(tier, created, id.clone())];
+                        catalog.put_key(key_of(&id, tier, created, None, active))
                     }
                 };
                 pool.publish(catalog, &dirty);
             }
             let active: Vec<&String> = model
                 .iter()
-                .filter(|((tier, _, _), active)| *tier != "c" && **active)
+                .filter(|((tier, _, id), active)| *tier != "c" && **active && !benched.contains(id))
                 .map(|((_, _, id), _)| id)
                 .collect();
             let snapshot = pool.load();
@@ -715,12 +845,13 @@ mod tests {
             }
             let wanted: std::collections::HashMap<String, usize> =
                 active.iter().map(|id| ((*id).clone(), 1)).collect();
-            // The admin view finds each active key's counter in its roster; an inactive key has
-            // none (it never counts a use).
+            // The admin view finds each active key's counter in its roster (a benched key's
+            // too); an inactive key has none (it never counts a use).
             let now = pool.clock().now_ms();
             for ((tier, _, id), is_active) in &model {
                 let used = snapshot.catalog.counter(id, "chat").map(|c| c.used(now, 60_000));
-                let expected = (*tier != "c" && *is_active).then_some(1);
+                let expected =
+                    (*tier != "c" && *is_active).then_some(u32::from(!benched.contains(id)));
                 proptest::prop_assert_eq!(used, expected, "{}", id);
             }
             proptest::prop_assert_eq!(served, wanted);

@@ -66,7 +66,9 @@ impl Member {
 
 /// A tier's active keys in rotation order, each with its counters. An inactive key is kept out
 /// (its counters are parked in the catalog until it is active again): it would only be skipped,
-/// and a run of them would give its whole share to the next active key. Persistent (`imbl::Vector`, an
+/// and a run of them would give its whole share to the next active key. A key unavailable as a
+/// whole (cooling, exhausted) stays in its roster, where its counters are read, but is benched
+/// out of its tier's rotation ([`Catalog::rotation`](super::Catalog::rotation)). Persistent (`imbl::Vector`, an
 /// RRB tree of shared 64-element chunks): a clone is O(1) and adding one key copies O(log n)
 /// nodes, so every snapshot shares its tiers' rosters with the catalog and adding a key costs
 /// the same with 100 keys as with 100,000.

@@ -136,13 +136,41 @@ impl Wall<'_> {
     }
 }
 
+/// Keys taking turns: segments of rosters, in rotation order.
+struct Rotation {
+    /// Non-empty segments, in rotation order.
+    segments: Box<[Segment]>,
+    /// Keys over all segments.
+    len: usize,
+    /// `cursor % len` without a division.
+    modulus: Modulus,
+}
+
+impl Rotation {
+    fn new(segments: Vec<Segment>) -> Self {
+        let len = segments
+            .last()
+            .map_or(0, |last| last.start + last.members.len());
+        Self {
+            segments: segments.into_boxed_slice(),
+            len,
+            modulus: Modulus::new(len),
+        }
+    }
+}
+
 /// The keys that can serve one feature, in rotation order (tiers by name, keys by creation).
 ///
-/// A pool is the concatenation of the rosters of the tiers listing the feature, so building one
-/// is O(tiers), whatever the number of keys. Inactive keys (disabled ones too) are in no roster;
-/// a key that has expired is skipped by `pick` (its turn goes to the next key) until the
-/// writer's next sweep takes it out of its roster; an exhausted or cooling key is skipped until
-/// its deadline, which its health word gives in one load.
+/// A pool is the concatenation of the rotations of the tiers listing the feature, so building
+/// one is O(tiers), whatever the number of keys. Inactive keys (disabled ones too) are in no
+/// roster, and a key exhausted or cooling as a whole is benched: left out of its tier's
+/// rotation, so it costs a pick nothing, until `back_at`, the first instant a benched key may
+/// be back. From then on, until the writer's next generation puts the keys back (or benches
+/// them again), a pick goes over `all`, every key of the rosters, as if none were benched. A
+/// key that has expired is skipped by `pick` (its turn goes to the next key) until the writer's
+/// next sweep takes it out of its roster; a key whose health changed since this pool was built
+/// (or that cools for this feature only) is skipped until its deadline, which its health word
+/// gives in one load.
 pub struct FeaturePool {
     name: Arc<str>,
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
@@ -157,12 +185,13 @@ pub struct FeaturePool {
     /// change that frees a key early rebuilds the pool, and the new one starts at 0).
     /// `Relaxed`: it guards no other data.
     spent_until: CachePadded<AtomicU64>,
-    /// Non-empty segments, in rotation order.
-    segments: Box<[Segment]>,
-    /// Keys over all segments.
-    len: usize,
-    /// `cursor % len` without a division.
-    modulus: Modulus,
+    /// The keys in rotation: benched ones left out.
+    rotation: Rotation,
+    /// Running ms from which a benched key may be back (`u64::MAX` when none is benched).
+    back_at: u64,
+    /// Every key of the rotations' rosters, benched ones too: what a pick goes over from
+    /// `back_at` on.
+    all: Rotation,
     /// The largest `rate_limit` the tiers listing the feature give it: the largest draw.
     max_limit: u32,
     /// Registered once per feature and carried over by rebuilds.
@@ -184,10 +213,12 @@ impl FeaturePool {
         &self.name
     }
 
-    /// The ids of its keys in rotation order, expired ones not yet swept out included.
+    /// The ids of its keys in rotation order, expired ones not yet swept out included, benched
+    /// ones left out.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn rotation(&self) -> Vec<Arc<str>> {
-        self.segments
+        self.rotation
+            .segments
             .iter()
             .flat_map(|segment| segment.members.iter())
             .map(|member| Arc::clone(&member.entry.info.id))
@@ -222,24 +253,33 @@ impl FeaturePool {
         if now < spent_until {
             return Err(self.spent(spent_until, now));
         }
-        let n = self.len;
+        // Benched keys are out of the rotation until the first may be back; then every key
+        // takes its turn until the next generation (the health word skips those still out).
+        let (turns, mut earliest) = if now < self.back_at {
+            (&self.rotation, self.back_at)
+        } else {
+            (&self.all, u64::MAX)
+        };
+        let n = turns.len;
         if n == 0 {
-            return Err(self.spent(u64::MAX, now));
+            return Err(self.spent(earliest, now));
         }
-        let start = self.modulus.of(self.cursor.fetch_add(1, Ordering::Relaxed));
+        let start = turns
+            .modulus
+            .of(self.cursor.fetch_add(1, Ordering::Relaxed));
         let mut wall = Wall {
             clock,
             unix_ms: None,
         };
-        let mut earliest = u64::MAX;
         // A key waiting for its next usage reservation recovers within a disk commit: no
         // instant may then be remembered as spent.
         let mut pending = false;
         // The segment holding position `start`, and the position in it.
-        let mut s = self.segments.partition_point(|seg| seg.start <= start) - 1;
-        let mut i = start - self.segments[s].start;
+        let segments = &turns.segments;
+        let mut s = segments.partition_point(|seg| seg.start <= start) - 1;
+        let mut i = start - segments[s].start;
         for _ in 0..n {
-            let segment = &self.segments[s];
+            let segment = &segments[s];
             if let Some(member) = segment.members.get(i) {
                 match segment.take(member, &self.name, now, cost, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
@@ -251,11 +291,7 @@ impl FeaturePool {
             i += 1;
             if i == segment.members.len() {
                 i = 0;
-                s = if s + 1 == self.segments.len() {
-                    0
-                } else {
-                    s + 1
-                };
+                s = if s + 1 == segments.len() { 0 } else { s + 1 };
             }
         }
         if pending {
@@ -489,7 +525,8 @@ fn build_pool(
     outcomes: impl FnOnce() -> Arc<Outcomes>,
 ) -> Option<FeaturePool> {
     let mut segments = Vec::new();
-    let mut len = 0;
+    let mut all = Vec::new();
+    let mut back_at = u64::MAX;
     let mut listed = false;
     let mut max_limit = 0;
     let tiers = catalog
@@ -503,25 +540,35 @@ fn build_pool(
         };
         listed = true;
         max_limit = max_limit.max(limit.rate_limit);
-        let Some(members) = catalog.roster(&tier.id).filter(|r| !r.is_empty()) else {
+        let (Some(roster), Some((rotation, back))) =
+            (catalog.roster(&tier.id), catalog.rotation(&tier.id))
+        else {
             continue;
         };
-        segments.push(Segment {
-            members: members.clone(),
-            start: len,
-            counter,
-            limit: limit.rate_limit,
-            window_ms: limit.window_ms(),
-        });
-        len += members.len();
+        back_at = back_at.min(back);
+        for (segments, members) in [(&mut segments, rotation), (&mut all, roster)] {
+            if members.is_empty() {
+                continue;
+            }
+            let start = segments
+                .last()
+                .map_or(0, |last: &Segment| last.start + last.members.len());
+            segments.push(Segment {
+                members: members.clone(),
+                start,
+                counter,
+                limit: limit.rate_limit,
+                window_ms: limit.window_ms(),
+            });
+        }
     }
     listed.then(|| FeaturePool {
         name: Arc::clone(feature),
         cursor: CachePadded::new(AtomicUsize::new(cursor)),
         spent_until: CachePadded::new(AtomicU64::new(0)),
-        segments: segments.into_boxed_slice(),
-        len,
-        modulus: Modulus::new(len),
+        rotation: Rotation::new(segments),
+        back_at,
+        all: Rotation::new(all),
         max_limit,
         outcomes: outcomes(),
     })

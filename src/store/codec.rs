@@ -258,6 +258,9 @@ pub fn load_catalog(
     let mut catalog = Catalog::default();
     let mut unplaced = Unplaced::default();
     let mut skipped = Vec::new();
+    // Keys unavailable as a whole (cooling, exhausted), with when they may be back: benched
+    // once every key is in place.
+    let mut benched = Vec::new();
     let open = |record| match record {
         Record::Key(record) => match open_key(&record, sealer) {
             Ok(opened) => Loaded::Key(key_entry(&record, &opened, clock)),
@@ -278,10 +281,14 @@ pub fn load_catalog(
             skipped.push(missing_tier(&entry.info.id, &entry.info.tier_id));
         }
         Loaded::Key(entry) => {
-            let deadline = entry.health.state().last_deadline(Now::read(clock));
+            let now = Now::read(clock);
+            let health = entry.health.state();
             let id = std::sync::Arc::clone(&entry.info.id);
+            if let Some(until) = health.out_of_rotation_until(now) {
+                benched.push((std::sync::Arc::clone(&id), until));
+            }
             catalog.put_key_unplaced(entry, &mut unplaced);
-            catalog.note_recovery(&id, deadline);
+            catalog.note_recovery(&id, health.last_deadline(now));
         }
         Loaded::Unopened(record, _) if catalog.tier_by_id(&record.tier_id).is_none() => {
             skipped.push(missing_tier(&record.id, &record.tier_id));
@@ -303,6 +310,9 @@ pub fn load_catalog(
         Loaded::Other(Record::LeftOut(left_out)) => skipped.push(left_out),
     })?;
     catalog.place(unplaced);
+    for (id, until) in benched {
+        catalog.bench(&id, until);
+    }
     Ok((catalog, skipped))
 }
 

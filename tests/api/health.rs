@@ -606,3 +606,92 @@ fn health_survives_kill_9() {
     }
     server.terminate();
 }
+
+/// The snapshot generation, from `/metrics`.
+async fn generation(app: &TestApp) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("keypooler_snapshot_generation "))
+        .map(|value| value.parse().unwrap())
+        .unwrap()
+}
+
+/// `n` keys drawn for chat, each served.
+async fn draw_chat(app: &TestApp, n: usize) -> Vec<String> {
+    let mut served = Vec::new();
+    for _ in 0..n {
+        served.push(draw(app, "chat").await.unwrap());
+    }
+    served
+}
+
+/// The uses of key `id`'s chat window, as listed.
+async fn chat_used(app: &TestApp, id: &str) -> u64 {
+    listed(app, id).await["usage"]["chat"]["used"]
+        .as_u64()
+        .unwrap()
+}
+
+/// With 98 of 100 keys cooling, the two free ones take turns in rotation order; a storm of
+/// 429s that only extends a cooling key's cooldown rebuilds no pool; the cooled keys come back
+/// at their deadline with the uses their windows counted before.
+#[tokio::test]
+async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_with_their_counts() {
+    let app = TestApp::spawn().await;
+    app.create_tier(
+        "pro",
+        json!({"chat": {"rate_limit": 1000, "window_seconds": 3600}}),
+    )
+    .await;
+    let ids = add_keys(&app, 100).await;
+    let mut served = std::collections::HashMap::<String, u64>::new();
+    let draws = draw_chat(&app, 100).await;
+    let first = ids.iter().position(|id| *id == draws[0]).unwrap();
+    let rotated: Vec<_> = ids.iter().cycle().skip(first).take(100).cloned().collect();
+    assert_eq!(draws, rotated, "every key once, in rotation order");
+    for id in draws {
+        *served.entry(id).or_default() += 1;
+    }
+
+    let free = [ids[10].clone(), ids[60].clone()];
+    for id in ids.iter().filter(|id| !free.contains(id)) {
+        report(&app, id, json!({"status": 429, "retry_after": 30})).await;
+    }
+    let draws = draw_chat(&app, 6).await;
+    assert!(draws.iter().all(|id| free.contains(id)), "{draws:?}");
+    assert!(draws.windows(2).all(|pair| pair[0] != pair[1]), "in turn");
+    for id in draws {
+        *served.entry(id).or_default() += 1;
+    }
+
+    // Twenty reports that extend ids[0]'s cooldown by a second: no new generation.
+    let before = generation(&app).await;
+    app.clock.advance_ms(1_000);
+    for _ in 0..20 {
+        report(&app, &ids[0], json!({"status": 429, "retry_after": 30})).await;
+    }
+    assert_eq!(generation(&app).await, before, "no pool rebuilt");
+    assert_eq!(
+        listed(&app, &ids[0]).await["cooldown_until"],
+        "2026-06-01T00:00:31Z"
+    );
+
+    // At the others' deadline they are back, with their counts; ids[0] is not, until its own.
+    app.clock.advance_ms(29_000);
+    // Any write lets the writer put them back now rather than at its next round.
+    app.create_tier("other", json!({"image": 1})).await;
+    let draws = draw_chat(&app, 99).await;
+    assert!(!draws.contains(&ids[0]), "still cooling");
+    let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+    assert_eq!(distinct.len(), 99, "every other key, once");
+    for id in draws {
+        *served.entry(id).or_default() += 1;
+    }
+    for id in [&ids[1], &ids[10], &ids[99]] {
+        assert_eq!(chat_used(&app, id).await, served[id], "{id}");
+    }
+    app.clock.advance_ms(1_000);
+    assert_eq!(chat_used(&app, &ids[0]).await, 1);
+    let draws = draw_chat(&app, 100).await;
+    assert!(draws.contains(&ids[0]), "back at its own deadline");
+}

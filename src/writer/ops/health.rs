@@ -160,18 +160,45 @@ pub(super) fn after_change(
     }
 }
 
-/// Calls [`available_again`] for each key whose last deadline has passed (every batch does,
-/// as it commits).
+/// Calls [`available_again`] for each key whose last deadline has passed, and judges again
+/// whether each key whose benched instant has passed takes turns ([`seat`]); every batch does,
+/// as it commits.
 pub(super) fn recover_due(s: &mut Staging<'_>) {
     let now = Now::read(s.clock);
     for id in s.catalog.recover(now.running_ms) {
         let Some(key) = s.catalog.key(&id).cloned() else {
             continue;
         };
-        if key.info.active && s.health_of(&key).last_deadline(now).is_none() {
+        if !key.info.active {
+            continue;
+        }
+        let health = s.health_of(&key);
+        seat(s, &key, &health, now);
+        if health.last_deadline(now).is_none() {
             available_again(s, &key, Recovery::Ended);
         }
     }
+}
+
+/// Puts `key` in or out of its tier's rotation as `health` leaves it at `now`
+/// ([`HealthState::out_of_rotation_until`]): benched while it is unavailable as a whole, back
+/// in rotation (with its counters) once it is not. A benched key whose instant is still ahead
+/// stays as it is when its cooldown is only extended: a storm of 429 reports on one key
+/// rebuilds no pool. Its pools then take it back into the turns at that instant (see
+/// `FeaturePool`), until [`recover_due`] judges it again and benches it until its new deadline:
+/// one rebuild per instant passed, not per report.
+fn seat(s: &mut Staging<'_>, key: &KeyEntry, health: &HealthState, now: Now) {
+    let id = &key.info.id;
+    let dirty = match (
+        health.out_of_rotation_until(now),
+        s.catalog.benched_until(id),
+    ) {
+        (None, None) => return,
+        (None, Some(_)) => s.catalog.unbench(id),
+        (Some(until), Some(was)) if now.running_ms < was && was <= until => return,
+        (Some(until), _) => s.catalog.bench(id, until),
+    };
+    s.dirty.extend(dirty);
 }
 
 impl Staging<'_> {
@@ -210,6 +237,7 @@ impl Staging<'_> {
         self.txn.put_key(&record)?;
         if !disable {
             self.catalog.note_recovery(id, health.last_deadline(now));
+            seat(self, key, &health, now);
             self.health
                 .insert(Arc::clone(id), (Arc::clone(key), health));
             return Ok(Arc::clone(key));
@@ -222,7 +250,8 @@ impl Staging<'_> {
     }
 
     /// Puts `entry` (built with its `health`) in place of the key with its id, keeping the live
-    /// counters of its open windows (parked while it is inactive), and notes its deadlines.
+    /// counters of its open windows (parked while it is inactive), benches it if `health` says
+    /// so ([`seat`]) and notes its deadlines.
     /// The one way a batch rebuilds a key it keeps: a report disabling it, a `PATCH`. Returns
     /// the key as the catalog now holds it.
     pub(super) fn replace_key(
@@ -237,7 +266,9 @@ impl Staging<'_> {
         // The new entry carries its health: nothing is left to publish to the old one, and
         // later changes in this batch read it from the new one.
         self.health.remove(&id);
-        Arc::clone(self.catalog.key(&id).expect("the key was just put"))
+        let key = Arc::clone(self.catalog.key(&id).expect("the key was just put"));
+        seat(self, &key, health, now);
+        key
     }
 
     /// Appends a health event to the audit trail, in this batch (when the trail is on).
