@@ -224,8 +224,8 @@ impl App {
 }
 
 /// Once a second, asks the writer for its periodic work when there is some: writing the audit
-/// queue when something is in it, and taking keys that have expired out of the rotation (until
-/// then `GET /key` skips them); and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
+/// queue when something is in it, taking keys that have expired out of the rotation (until
+/// then `GET /key` skips them) and bringing back keys whose spend budget has reset; and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
 /// time (every commit does too).
 fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
@@ -241,8 +241,12 @@ fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
                 state.writer().flush_audit();
             }
             let now = state.pool().clock().unix_now_ms();
-            let next_expiry = state.pool().load().catalog.next_expiry();
-            if next_expiry.is_some_and(|at| at <= now) {
+            let catalog = &state.pool().load().catalog;
+            let due = catalog
+                .next_expiry()
+                .into_iter()
+                .chain(catalog.next_reset());
+            if due.min().is_some_and(|at| at <= now) {
                 state.writer().expire_keys();
             }
         }

@@ -24,9 +24,13 @@ pub struct Catalog {
     /// The keys in rosters that expire, by expiry (unix ms), so [`Catalog::expire`] finds the
     /// ones due without a scan.
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
+    /// The keys over a monthly spend budget, by when it resets (unix ms), so
+    /// [`Catalog::reset_budgets`] finds the ones due without a scan.
+    resets: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
-    /// The members of keys out of their rosters (made inactive, or expired) with the counters
+    /// The members of keys out of their rosters (made inactive, expired, over budget) with the
+    /// counters
     /// they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
@@ -132,12 +136,14 @@ impl Catalog {
         let none = TierKeys {
             total: 0,
             active: 0,
+            over_budget: 0,
         };
         let mut counts = std::collections::HashMap::<&str, TierKeys>::new();
         for key in self.keys.values() {
             let count = counts.entry(&key.info.tier_id).or_insert(none);
             count.total += 1;
             count.active += usize::from(key.servable_at_unix(unix_now_ms));
+            count.over_budget += usize::from(key.over_budget());
         }
         self.tiers()
             .map(move |tier| (tier, counts.get(&*tier.id).copied().unwrap_or(none)))
@@ -189,7 +195,7 @@ impl Catalog {
 
     /// Replaces the key with the same id, tier and creation time by `entry`, keeping its live
     /// counters: the uses counted in its open windows go on counting, whether it stays active,
-    /// is made inactive (its counters are parked) or active again.
+    /// is made inactive or goes over budget (its counters are parked) or comes back.
     pub fn replace_key(&mut self, entry: KeyEntry) -> Dirty {
         let kept = self.take_member(&entry.info.id);
         self.put_member(entry, kept)
@@ -209,7 +215,8 @@ impl Catalog {
 
     fn put_member(&mut self, entry: KeyEntry, kept: Option<Member>) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
-        if !entry.info.active {
+        if !entry.in_rotation() {
+            self.note_reset(&entry);
             // Only a key that had counters parks them: one added inactive has none to keep.
             if let Some(kept) = kept {
                 self.parked
@@ -239,7 +246,8 @@ impl Catalog {
     /// (figures in PERFORMANCE.md).
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
-        if entry.info.active {
+        self.note_reset(&entry);
+        if entry.in_rotation() {
             unplaced
                 .0
                 .entry(Arc::clone(&tier.id))
@@ -299,6 +307,36 @@ impl Catalog {
         }
     }
 
+    /// Notes when a key over a monthly budget comes back.
+    fn note_reset(&mut self, entry: &KeyEntry) {
+        if let Some(at) = entry.budget_returns_at() {
+            self.resets.insert((at, Arc::clone(&entry.info.id)));
+        }
+    }
+
+    /// When the next key over a monthly budget comes back (unix ms).
+    pub fn next_reset(&self) -> Option<i64> {
+        self.resets.get_min().map(|(at, _)| *at)
+    }
+
+    /// Starts the new budget period of the keys whose reset is due at `unix_now_ms`: their
+    /// spending starts again from 0, and each active one goes back into its tier's rotation
+    /// with the counters it had. Returns the features whose pools change.
+    pub fn reset_budgets(&mut self, unix_now_ms: i64) -> Dirty {
+        let mut dirty = Dirty::new();
+        while let Some((at, id)) = self.resets.get_min().cloned()
+            && at <= unix_now_ms
+        {
+            self.resets.remove(&(at, Arc::clone(&id)));
+            let Some(key) = self.key(&id).cloned() else {
+                continue;
+            };
+            let budget = key.budget.map(|budget| budget.at(unix_now_ms));
+            dirty.extend(self.replace_key(key.rebudgeted(budget)));
+        }
+        dirty
+    }
+
     /// When the next key in a roster expires (unix ms).
     pub fn next_expiry(&self) -> Option<i64> {
         self.expiries.get_min().map(|(at, _)| *at)
@@ -349,6 +387,9 @@ impl Catalog {
         };
         if let Some(at) = entry.info.expires_at_ms {
             self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
+        }
+        if let Some(at) = entry.budget_returns_at() {
+            self.resets.remove(&(at, Arc::clone(&entry.info.id)));
         }
         self.features_of(&entry.info.tier_id)
     }

@@ -10,6 +10,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::budget::KeyBudget;
 use super::usage::UsageCap;
 
 /// What a key is, apart from its sealed material.
@@ -31,6 +32,10 @@ pub struct KeyEntry {
     pub info: KeyInfo,
     /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
     pub usage: Option<Arc<UsageCap>>,
+    /// The key's spend budget and what it has spent, as of the writer's last change to it. A
+    /// key whose budget is spent is kept out of its tier's roster (like an inactive key), so
+    /// `GET /key` never looks at this.
+    pub budget: Option<KeyBudget>,
     /// Set once the key has been found expired, so that a wall clock stepped back never serves
     /// it again (see [`Clock`](super::Clock)). `Relaxed`: it guards no other data.
     expired: AtomicBool,
@@ -42,6 +47,7 @@ impl std::fmt::Debug for KeyEntry {
         f.debug_struct("KeyEntry")
             .field("info", &self.info)
             .field("usage", &self.usage)
+            .field("budget", &self.budget)
             .field("body", &"[REDACTED]")
             .finish()
     }
@@ -126,9 +132,46 @@ impl KeyEntry {
         Self {
             info,
             usage,
+            budget: None,
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
+    }
+
+    /// The key with this spend budget.
+    pub fn with_budget(mut self, budget: Option<KeyBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The same key (its body and usage cap shared, nothing re-encoded; found expired if it
+    /// was) with another spend budget.
+    pub fn rebudgeted(&self, budget: Option<KeyBudget>) -> Self {
+        Self {
+            info: self.info.clone(),
+            usage: self.usage.clone(),
+            budget,
+            expired: AtomicBool::new(self.found_expired()),
+            body: self.body.clone(),
+        }
+    }
+
+    /// Whether the key belongs in its tier's rotation: active, and not over its spend budget.
+    /// Decided by the writer when it places the key, never by `GET /key`.
+    pub fn in_rotation(&self) -> bool {
+        self.info.active && !self.over_budget()
+    }
+
+    /// Its spend budget is spent (in the period the writer last saw).
+    pub fn over_budget(&self) -> bool {
+        self.budget.is_some_and(|budget| budget.is_spent())
+    }
+
+    /// When a key over a monthly budget comes back by itself (unix ms): its next reset.
+    pub fn budget_returns_at(&self) -> Option<i64> {
+        self.budget
+            .filter(KeyBudget::is_spent)
+            .and_then(|budget| budget.resets_at_ms())
     }
 
     /// The `GET /key` response body. Cloning it bumps a reference count; nothing is copied.
@@ -158,9 +201,9 @@ impl KeyEntry {
         false
     }
 
-    /// [`KeyEntry::servable`] at wall time `unix_ms`.
+    /// [`KeyEntry::servable`] at wall time `unix_ms`, and not over its spend budget.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
-        self.servable(|| unix_ms)
+        !self.over_budget() && self.servable(|| unix_ms)
     }
 
     /// Whether the key has been found expired in this run.

@@ -34,11 +34,13 @@ pub struct Budget {
     pub limit: Limit,
 }
 
-/// How many keys a tier has, and how many of them are servable now.
+/// How many keys a tier has, how many of them are servable now, and how many are over their
+/// spend budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TierKeys {
     pub total: usize,
     pub active: usize,
+    pub over_budget: usize,
 }
 
 /// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.

@@ -15,7 +15,8 @@ use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
 use crate::broker::{
-    Catalog, KeyBody, KeyEntry, KeyPatch, Limit, NewKey, Tier, TierBody, TierSpec,
+    Amount, Catalog, KeyBody, KeyBudget, KeyEntry, KeyPatch, KeyPatchBody, Limit, NewKey, Tier,
+    TierBody, TierSpec,
 };
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -159,6 +160,61 @@ struct Usage {
     window_seconds: u32,
 }
 
+/// A key's spend budget as the API shows it: `{"amount", "unit", "reset_day"}`.
+#[derive(Serialize)]
+struct BudgetView {
+    amount: Amount,
+    unit: &'static str,
+    reset_day: Option<u8>,
+}
+
+/// A key's spend figures at a wall time: `budget`, `spent`, `remaining` (never below 0) and
+/// `resets_at` (`null` for a lifetime budget); without a budget `spent` is 0 (as in the Go
+/// service) and the others `null`.
+#[derive(Serialize)]
+pub struct BudgetFields {
+    budget: Option<BudgetView>,
+    spent: Amount,
+    remaining: Option<Amount>,
+    resets_at: Option<String>,
+}
+
+impl BudgetFields {
+    /// The figures of `key` at wall time `unix_ms`: a period that has ended counts from 0 at
+    /// once, before the writer brings the key back.
+    pub fn of(key: &KeyEntry, unix_ms: i64) -> Self {
+        let budget = key.budget.map(|budget| budget.at(unix_ms));
+        Self {
+            budget: budget.map(|KeyBudget { limit, .. }| BudgetView {
+                amount: Amount(limit.amount_nanos),
+                unit: limit.unit.as_str(),
+                reset_day: limit.reset_day,
+            }),
+            spent: Amount(budget.map_or(0, |budget| budget.spent_nanos)),
+            remaining: budget.map(|budget| Amount(budget.remaining_nanos())),
+            resets_at: budget.and_then(|budget| budget.resets_at_ms()).map(rfc3339),
+        }
+    }
+
+    fn over_budget(&self) -> bool {
+        self.remaining == Some(Amount(0))
+    }
+}
+
+/// A key's state at wall time `unix_ms`, first match wins: `inactive`, `expired`,
+/// `over_budget`, `active`.
+fn state(key: &KeyEntry, budget: &BudgetFields, unix_ms: i64) -> &'static str {
+    if !key.info.active {
+        "inactive"
+    } else if !key.servable(|| unix_ms) {
+        "expired"
+    } else if budget.over_budget() {
+        "over_budget"
+    } else {
+        "active"
+    }
+}
+
 #[derive(Serialize)]
 struct KeyView<'a> {
     id: &'a str,
@@ -180,9 +236,12 @@ struct KeyView<'a> {
     metadata: serde_json::Map<String, serde_json::Value>,
     /// Sorted; never a value.
     secret_names: Vec<String>,
+    state: &'static str,
+    #[serde(flatten)]
+    budget: BudgetFields,
 }
 
-fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a> {
+fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64, unix_now: i64) -> KeyView<'a> {
     let cap = key.usage.as_deref();
     let usage_count = cap.map(|cap| {
         let (end, used) = cap.used();
@@ -208,7 +267,10 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
             (&**feature, usage)
         })
         .collect();
+    let budget = BudgetFields::of(key, unix_now);
     KeyView {
+        state: state(key, &budget, unix_now),
+        budget,
         id: &key.info.id,
         name: &key.info.name,
         tier_id: &key.info.tier_id,
@@ -228,10 +290,11 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64) -> KeyView<'a
 pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
     let snapshot = app.pool().load();
     let now = app.pool().clock().now_ms();
+    let unix_now = app.pool().clock().unix_now_ms();
     let keys: Vec<KeyView<'_>> = snapshot
         .catalog
         .keys()
-        .map(|key| key_view(&snapshot.catalog, key, now))
+        .map(|key| key_view(&snapshot.catalog, key, now, unix_now))
         .collect();
     json(StatusCode::OK, &keys)
 }
@@ -249,7 +312,7 @@ pub async fn patch_key(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+    JsonBody(body): JsonBody<KeyPatchBody>,
 ) -> Result<Response, ApiError> {
     let key = app
         .writer()
@@ -257,9 +320,10 @@ pub async fn patch_key(
         .await?;
     let snapshot = app.pool().load();
     let now = app.pool().clock().now_ms();
+    let unix_now = app.pool().clock().unix_now_ms();
     let patched = PatchedKey {
         key_id: &key.info.id,
-        view: key_view(&snapshot.catalog, &key, now),
+        view: key_view(&snapshot.catalog, &key, now, unix_now),
     };
     Ok(json(StatusCode::OK, &patched))
 }

@@ -35,7 +35,8 @@ use super::error::ApiError;
 use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, SPENT, WRITER_COMMANDS,
+    WRITER_COMMIT_DURATION,
 };
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
@@ -177,6 +178,11 @@ fn describe() {
         WRITER_COMMANDS,
         Unit::Count,
         "Admin changes handled by the writer, by kind and outcome (applied, refused, failed)."
+    );
+    metrics::describe_counter!(
+        SPENT,
+        Unit::Count,
+        "Billionths of a unit counted by spends (POST /key/{id}/spend; replays not), by unit."
     );
     metrics::describe_histogram!(
         WRITER_COMMIT_DURATION,

@@ -14,6 +14,7 @@ mod key;
 mod request_metrics;
 mod routes;
 mod scrape;
+mod spend;
 mod state;
 
 pub use error::{ApiError, json_response};

@@ -11,7 +11,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use super::error::{ApiError, json_response};
 use super::json::BODY_LIMIT;
 use super::request_metrics::{RequestMetricsService, RequestSeries};
-use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key};
+use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key, spend};
 use crate::telemetry::Meter;
 
 /// Who may call a route.
@@ -21,7 +21,7 @@ pub enum Access {
     Public,
     /// The admin token only.
     Admin,
-    /// The admin token, or a consumer token whose tiers list the feature.
+    /// The admin token, or a consumer token whose tiers list the feature (or hold the key).
     AdminOrConsumer,
     /// Anyone, or only the `METRICS_TOKEN` when one is set.
     MetricsToken,
@@ -63,9 +63,10 @@ macro_rules! route {
 
 /// Every route keypooler serves. The request metrics match a request's path against these
 /// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 20] = [
+pub const ROUTES: [Route; 21] = [
     route!(GET "/health", Public, health),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
+    route!(POST "/key/{id}/spend", AdminOrConsumer, spend::spend),
     route!(POST "/admin/tiers", Admin, admin::create_tier),
     route!(GET "/admin/tiers", Admin, admin::list_tiers),
     route!(PATCH "/admin/tiers", Admin, admin::update_tier),

@@ -19,9 +19,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::broker::{Catalog, Snapshot, Tier, TierKeys};
 use crate::telemetry::{
-    BUILD_INFO, KEY_BUDGET_CUT, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, POOL_ACTIVE_KEYS, POOL_FEATURES,
-    POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION, SNAPSHOT_BUILT, SNAPSHOT_GENERATION,
-    TIER_BUDGET_LIMIT, TIER_BUDGET_USED, WRITER_QUEUE_DEPTH,
+    BUILD_INFO, KEY_BUDGET_CUT, KEY_BUDGET_LIMIT, KEY_BUDGET_USED, KEYS_OVER_BUDGET,
+    POOL_ACTIVE_KEYS, POOL_FEATURES, POOL_KEYS, POOL_TIERS, SNAPSHOT_BUILD_DURATION,
+    SNAPSHOT_BUILT, SNAPSHOT_GENERATION, TIER_BUDGET_LIMIT, TIER_BUDGET_USED, WRITER_QUEUE_DEPTH,
 };
 
 /// The size at which a chunk is handed to the response body.
@@ -248,10 +248,17 @@ impl Families<'_> {
         }
         self.header(
             POOL_ACTIVE_KEYS,
-            "Keys servable now (active, not expired), by tier.",
+            "Keys servable now (active, not expired, within their spend budget), by tier.",
         );
         for (tier, keys) in tiers {
             self.sample(POOL_ACTIVE_KEYS, &[("tier", &tier.name)], keys.active);
+        }
+        self.header(
+            KEYS_OVER_BUDGET,
+            "Keys over their spend budget (not served until it resets or grows), by tier.",
+        );
+        for (tier, keys) in tiers {
+            self.sample(KEYS_OVER_BUDGET, &[("tier", &tier.name)], keys.over_budget);
         }
         self.gauge(POOL_TIERS, "Tiers defined.", snapshot.catalog.tier_count());
         self.gauge(

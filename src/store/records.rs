@@ -70,6 +70,30 @@ pub struct KeyRecord {
     /// Bound secrets, each sealed with [`secret_aad`] for its name.
     #[serde(default)]
     pub secrets: BTreeMap<String, Hex>,
+    /// The key's spend budget, if it has one.
+    #[serde(default)]
+    pub budget: Option<BudgetRecord>,
+    /// Spent in the budget period that started at `spent_period_start_ms`, in billionths of the
+    /// budget's unit.
+    #[serde(default)]
+    pub spent_nanos: u64,
+    /// Wall-clock unix ms at which the period `spent_nanos` belongs to started (0 for a
+    /// lifetime budget): spent counts only while that period is the current one (the Go
+    /// service's `spent_period_start`). `None` (a record imported without it): the period
+    /// current when the server loads it.
+    #[serde(default)]
+    pub spent_period_start_ms: Option<i64>,
+}
+
+/// A spend budget: an exact decimal amount (in billionths) of a unit, per month or for life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRecord {
+    pub amount_nanos: u64,
+    /// `usd` or `credits`.
+    pub unit: String,
+    /// The day of the month (1–28) the budget resets at 00:00 UTC; `None` for a lifetime budget.
+    #[serde(default)]
+    pub reset_day: Option<u8>,
 }
 
 /// A consumer: a service with its own token, drawing keys only from its scoped tiers.

@@ -152,6 +152,9 @@ mod tests {
                 "org".to_string(),
                 Hex(sealer.seal(b"org-1", &secret_aad(id, "org"))),
             )]),
+            budget: None,
+            spent_nanos: 0,
+            spent_period_start_ms: None,
         }
     }
 

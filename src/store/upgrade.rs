@@ -166,6 +166,9 @@ mod tests {
                     ((*name).to_owned(), Hex(sealed))
                 })
                 .collect(),
+            budget: None,
+            spent_nanos: 0,
+            spent_period_start_ms: None,
         }
     }
 

@@ -7,9 +7,10 @@ use zeroize::Zeroizing;
 
 use super::WriteError;
 use super::idempotency::{Answer, Keyed, Once};
+use super::ops::SpendAnswer;
 use super::request::{Call, OnceCall, Request};
 use crate::broker::{
-    Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Tier, TierSpec,
+    Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Spend, Tier, TierSpec,
 };
 use crate::store::{Snapshot, UsageRecord};
 
@@ -94,6 +95,12 @@ impl Writer {
         self.ask(Request::PatchKey, (id, Box::new(patch))).await
     }
 
+    /// Counts a spend against key `id`'s budget, once per request id (across every key): a
+    /// request id counted before answers the key's figures with `duplicate`, counting nothing.
+    pub async fn spend(&self, id: String, spend: Spend) -> Result<SpendAnswer, WriteError> {
+        self.ask(Request::Spend, (id, spend)).await
+    }
+
     /// Deletes a tier (found by name or id) that has no keys, and every consumer's scope to it.
     pub async fn delete_tier(&self, name: String) -> Result<(), WriteError> {
         self.ask(Request::DeleteTier, name).await
@@ -165,7 +172,8 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Asks the writer to take expired keys out of the rotation, without waiting.
+    /// Asks the writer to take expired keys out of the rotation (and bring keys whose budget
+    /// reset back), without waiting.
     pub fn expire_keys(&self) {
         self.nudge(Request::ExpireKeys);
     }

@@ -3,6 +3,7 @@
 
 mod consumers;
 mod keys;
+mod spend;
 mod tiers;
 mod usage;
 
@@ -19,6 +20,7 @@ use crate::broker::{AuditLog, Catalog, Clock, Consumer, Dirty, Tier};
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
+pub use spend::{SPEND_RETENTION_MS, SpendAnswer};
 pub(super) use usage::Reservation;
 pub use usage::reserve_all;
 
@@ -78,6 +80,7 @@ impl<'a> Staging<'a> {
             }
             Request::PatchKey(call) => call.stage(|(id, patch)| keys::patch_key(self, id, patch)),
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
+            Request::Spend(call) => call.stage(|(id, input)| spend::spend(self, id, input)),
             Request::DeleteTier(call) => call.stage(|name| tiers::delete_tier(self, name)),
             Request::CreateConsumer(call) => {
                 call.stage(|keyed| apply_once(self, keyed, consumers::create_consumer))
@@ -97,7 +100,8 @@ impl<'a> Staging<'a> {
             Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
-            // Every batch takes expired keys out when it commits; this request asks nothing more.
+            // Every batch takes expired keys out (and brings keys whose budget reset back) when it
+            // commits; this request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
             // Every batch saves the running time when it commits.
             Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
@@ -106,8 +110,8 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Takes expired keys out of the rotation, saves the running time and commits durably,
-    /// timing the commit.
+    /// Brings keys whose budget reset back into the rotation, takes expired keys out, saves the
+    /// running time and commits durably, timing the commit.
     pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
         let Self {
             mut catalog,
@@ -117,7 +121,9 @@ impl<'a> Staging<'a> {
             clock,
             ..
         } = self;
-        // Expired keys leave the rotation with whatever batch comes first.
+        // Keys whose budget reset come back, and expired keys leave the rotation, with whatever
+        // batch comes first.
+        dirty.extend(catalog.reset_budgets(clock.unix_now_ms()));
         dirty.extend(catalog.expire(clock.unix_now_ms()));
         txn.save_running_ms(clock.now_ms())?;
         let started = Instant::now();
