@@ -675,6 +675,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for KeyPatch {
 /// The body of `PATCH /admin/keys/{id}`: `budget` read apart, its amount from the JSON text
 /// (the other fields go through `serde_json::Value`, whose numbers are floats).
 #[derive(Deserialize)]
+#[serde(expecting = "a map")]
 pub struct KeyPatchBody {
     /// `Some(None)` for `"budget": null`.
     #[serde(default, deserialize_with = "present")]

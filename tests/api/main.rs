@@ -3,6 +3,7 @@
 mod audit;
 mod backup;
 mod binary;
+mod budgets;
 mod compat;
 mod consumers;
 mod crash;

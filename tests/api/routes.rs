@@ -166,4 +166,23 @@ async fn admin_routes_refuse_a_consumer_token() {
         );
         expect_error(response, StatusCode::UNAUTHORIZED, "invalid token").await;
     }
+    // The routes a consumer may call take its token: past auth, to the handler (403 outside its
+    // tiers, 404 for an unknown key, 400 for the probe's body), never 401.
+    for route in ROUTES
+        .iter()
+        .filter(|r| r.access == Access::AdminOrConsumer)
+    {
+        let response = probe(&app, route, Some(token), &plausible)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = expect(response, status).await;
+        assert!(
+            status != StatusCode::UNAUTHORIZED && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{} {}: {status} {body}",
+            route.method,
+            route.path
+        );
+    }
 }
