@@ -558,3 +558,58 @@ fn acknowledged_spends_and_their_request_ids_survive_kill_9() {
     assert_eq!(status, 429);
     assert_eq!(spend(&server, "over")["duplicate"], true);
 }
+
+/// The table of spends' request ids at 1,000,000 spends (35 days of ~0.33 spends a second), as
+/// the writer fills it: batches of 1,024 spends, each committed, then pruned once 35 days have
+/// passed. Prints the file's size per spend (figures in PERFORMANCE.md).
+#[test]
+#[ignore = "a measurement: cargo test --release --test api spend_request_ids_at_a_million -- --ignored --nocapture"]
+fn spend_request_ids_at_a_million() {
+    use keypooler::crypto::{EncryptionKey, Sealer};
+    use keypooler::store::{Store, spend_tag};
+    use keypooler::writer::SPEND_RETENTION_MS;
+
+    const SPENDS: usize = 1_000_000;
+    const BATCH: usize = 1_024;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.redb");
+    let sealer = Sealer::new(&EncryptionKey::generate());
+    let store = Store::open(&path, &sealer).unwrap();
+    let empty = std::fs::metadata(&path).unwrap().len();
+    let started = Instant::now();
+    for batch in 0..SPENDS.div_ceil(BATCH) {
+        let txn = store.begin().unwrap();
+        for i in batch * BATCH..((batch + 1) * BATCH).min(SPENDS) {
+            // 36-character ids, as UUIDs are; the stored tag is 16 bytes whatever the id.
+            let id = format!("req-{i:032}");
+            txn.put_spend(&spend_tag(&id), i as i64).unwrap();
+        }
+        txn.prune_spends(0, BATCH).unwrap();
+        txn.commit().unwrap();
+    }
+    let full = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "{SPENDS} spends in {:.1} s: file {empty} -> {full} bytes, {:.1} bytes per spend",
+        started.elapsed().as_secs_f64(),
+        (full - empty) as f64 / SPENDS as f64
+    );
+    // 35 days on: every id is pruned, batch by batch, and the file's space is reused.
+    let mut pruned = 0;
+    while pruned < SPENDS {
+        let txn = store.begin().unwrap();
+        let now = SPENDS as i64 + SPEND_RETENTION_MS;
+        let removed = txn
+            .prune_spends(now - SPEND_RETENTION_MS + 1, BATCH)
+            .unwrap();
+        txn.commit().unwrap();
+        assert!(removed > 0);
+        pruned += removed;
+    }
+    let txn = store.begin().unwrap();
+    assert_eq!(txn.spend_counted_at(&spend_tag("req-0")).unwrap(), None);
+    drop(txn);
+    println!(
+        "pruned all: file {} bytes",
+        std::fs::metadata(&path).unwrap().len()
+    );
+}
