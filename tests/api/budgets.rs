@@ -563,7 +563,7 @@ fn acknowledged_spends_and_their_request_ids_survive_kill_9() {
 /// the writer fills it: batches of 1,024 spends, each committed, then pruned once 35 days have
 /// passed. Prints the file's size per spend (figures in PERFORMANCE.md).
 #[test]
-#[ignore = "a measurement: cargo test --release --test api spend_request_ids_at_a_million -- --ignored --nocapture"]
+#[ignore = "a measurement: cargo test --test api spend_request_ids_at_a_million -- --ignored --nocapture"]
 fn spend_request_ids_at_a_million() {
     use keypooler::crypto::{EncryptionKey, Sealer};
     use keypooler::store::{Store, spend_tag};
