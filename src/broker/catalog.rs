@@ -324,10 +324,7 @@ impl Catalog {
     /// with the counters it had. Returns the features whose pools change.
     pub fn reset_budgets(&mut self, unix_now_ms: i64) -> Dirty {
         let mut dirty = Dirty::new();
-        while let Some((at, id)) = self.resets.get_min().cloned()
-            && at <= unix_now_ms
-        {
-            self.resets.remove(&(at, Arc::clone(&id)));
+        while let Some(id) = take_due(&mut self.resets, unix_now_ms) {
             let Some(key) = self.key(&id).cloned() else {
                 continue;
             };
@@ -347,10 +344,7 @@ impl Catalog {
     /// each takes its turn to the next key.
     pub fn expire(&mut self, unix_now_ms: i64) -> Dirty {
         let mut dirty = Dirty::new();
-        while let Some((at, id)) = self.expiries.get_min().cloned()
-            && at <= unix_now_ms
-        {
-            self.expiries.remove(&(at, Arc::clone(&id)));
+        while let Some(id) = take_due(&mut self.expiries, unix_now_ms) {
             let Some(order) = self.key_orders.get(&id).cloned() else {
                 continue;
             };
@@ -409,4 +403,13 @@ impl Catalog {
     pub fn tier_has_keys(&self, id: &str) -> bool {
         self.keys().any(|key| &*key.info.tier_id == id)
     }
+}
+
+/// Takes the earliest key of a schedule (keys by unix ms) if it is due at `unix_now_ms`.
+fn take_due(schedule: &mut imbl::OrdSet<(i64, Arc<str>)>, unix_now_ms: i64) -> Option<Arc<str>> {
+    let (at, id) = schedule.get_min().cloned()?;
+    (at <= unix_now_ms).then(|| {
+        schedule.remove(&(at, Arc::clone(&id)));
+        id
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, expect, expect_error};
@@ -22,18 +22,22 @@ fn spend_body(amount: &str, unit: &str, request_id: &str) -> String {
 }
 
 impl TestApp {
+    /// A request with the admin token and `body`, JSON text sent as is.
+    async fn send_text(&self, method: reqwest::Method, path: &str, body: &str) -> Response {
+        self.request(method, path)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A key in `tier` whose budget is the JSON text `budget`: its id.
     async fn budgeted_key(&self, name: &str, tier: &str, budget: &str) -> String {
         let body = format!(
             r#"{{"name": "{name}", "key": "sk-{name}", "tier": "{tier}", "budget": {budget}}}"#
         );
-        let response = self
-            .request(reqwest::Method::POST, "/admin/keys")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.send_text(Method::POST, "/admin/keys", &body).await;
         let created = expect(response, StatusCode::CREATED).await;
         created["id"].as_str().unwrap().to_owned()
     }
@@ -66,12 +70,8 @@ impl TestApp {
     /// `PATCH /admin/keys/{id}` with the body's JSON text: status and body.
     async fn patch_text(&self, id: &str, body: &str) -> (StatusCode, Value) {
         let response = self
-            .request(reqwest::Method::PATCH, &format!("/admin/keys/{id}"))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
+            .send_text(Method::PATCH, &format!("/admin/keys/{id}"), body)
+            .await;
         let status = response.status();
         (status, response.json().await.unwrap())
     }
@@ -160,13 +160,7 @@ async fn amounts_are_exact_decimals_with_nine_places_written_without_drift() {
     // A budget with ten places is refused too, on create and on PATCH.
     let body = r#"{"name": "x", "key": "sk-x", "tier": "pro",
                    "budget": {"amount": 0.0000000001, "unit": "usd"}}"#;
-    let response = app
-        .request(reqwest::Method::POST, "/admin/keys")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.send_text(Method::POST, "/admin/keys", body).await;
     expect_error(
         response,
         StatusCode::BAD_REQUEST,
@@ -339,13 +333,7 @@ async fn a_monthly_budget_resets_at_midnight_utc_on_its_day_the_28th_of_february
         let body = format!(
             r#"{{"name": "x", "key": "sk-x", "tier": "pro", "budget": {{"amount": 1, "unit": "usd", "reset_day": {day}}}}}"#
         );
-        let response = app
-            .request(reqwest::Method::POST, "/admin/keys")
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.send_text(Method::POST, "/admin/keys", &body).await;
         expect_error(
             response,
             StatusCode::BAD_REQUEST,

@@ -298,6 +298,32 @@ fn export_refuses_a_key_whose_tier_is_gone_and_leaves_no_file() {
     }
 }
 
+/// `keypooler export` of the (stopped) app's database to `cli.db` in `dir`: its summary line.
+fn exported_by_the_binary(app: &TestApp, dir: &Path) -> String {
+    let env = [
+        ("ENCRYPTION_KEY", app.key_hex.as_str()),
+        ("DB_PATH", app.db_path.to_str().unwrap()),
+    ];
+    let output = crate::process::run(dir, &env, &["export", "--to", "cli.db"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each key of an exported SQLite file by name, and whether it is written active.
+fn active_by_name(file: &Path) -> BTreeMap<String, bool> {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    conn.prepare("SELECT name, is_active FROM keys")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Keys the Go service would serve but keypooler does not (disabled, exhausted) are written
 /// inactive by the seed export, through one rule, and counted in its summary line; an inactive
 /// key's cap does not make the seed export refuse the database.
@@ -338,15 +364,6 @@ async fn the_seed_export_writes_disabled_and_exhausted_keys_inactive_and_counts_
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let active_by_name = |file: &Path| -> BTreeMap<String, bool> {
-        let conn = rusqlite::Connection::open(file).unwrap();
-        conn.prepare("SELECT name, is_active FROM keys")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
     let file = dir.path().join("now.db");
     let summary = export_at(&app.db_path, &file, Schema::Seed, false, now).unwrap();
     assert_eq!(
@@ -373,17 +390,7 @@ async fn the_seed_export_writes_disabled_and_exhausted_keys_inactive_and_counts_
     assert_eq!(active_by_name(&later), expected(false));
 
     // The binary's summary line counts them (on the real clock, long before 2100).
-    let env = [
-        ("ENCRYPTION_KEY", app.key_hex.as_str()),
-        ("DB_PATH", app.db_path.to_str().unwrap()),
-    ];
-    let output = crate::process::run(dir.path(), &env, &["export", "--to", "cli.db"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = exported_by_the_binary(&app, dir.path());
     assert!(
         stdout.contains(
             "keys written inactive (served by the Go service, not by keypooler: exhausted: "
@@ -434,15 +441,6 @@ async fn the_seed_export_writes_keys_over_budget_inactive() {
     app.stop().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let active_by_name = |file: &Path| -> BTreeMap<String, bool> {
-        let conn = rusqlite::Connection::open(file).unwrap();
-        conn.prepare("SELECT name, is_active FROM keys")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
     let file = dir.path().join("now.db");
     let summary = export_at(&app.db_path, &file, Schema::Seed, false, now).unwrap();
     assert_eq!(
@@ -468,12 +466,7 @@ async fn the_seed_export_writes_keys_over_budget_inactive() {
     assert_eq!(active_by_name(&later), expected(false));
 
     // The binary's summary line says why (on the real clock: the lifetime budget at least).
-    let env = [
-        ("ENCRYPTION_KEY", app.key_hex.as_str()),
-        ("DB_PATH", app.db_path.to_str().unwrap()),
-    ];
-    let output = crate::process::run(dir.path(), &env, &["export", "--to", "cli.db"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = exported_by_the_binary(&app, dir.path());
     assert!(
         stdout.contains(
             "keys written inactive (served by the Go service, not by keypooler: over budget: "
