@@ -601,3 +601,27 @@ fn spend_request_ids_at_a_million() {
         std::fs::metadata(&path).unwrap().len()
     );
 }
+
+/// A backup taken after a spend holds its request id: replayed on a server started from the
+/// backup, the spend is a duplicate.
+#[tokio::test]
+async fn a_server_restored_from_a_backup_still_recognises_a_spend() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let id = app
+        .budgeted_key("k", "pro", r#"{"amount": 5, "unit": "usd"}"#)
+        .await;
+    app.spend(&id, "1.25", "usd", "backed-up").await;
+    let response = app.get("/admin/backup").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restored.redb");
+    std::fs::write(&path, &bytes).unwrap();
+    let restored = TestApp::on_database_at(dir, path, &app.key_hex, app.wall.unix_now_ms()).await;
+    let replay = restored.spend(&id, "1.25", "usd", "backed-up").await;
+    assert_eq!(
+        (&replay["duplicate"], &replay["spent"]),
+        (&json!(true), &json!(1.25))
+    );
+}
