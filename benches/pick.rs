@@ -1,5 +1,5 @@
 //! The read path: `Pool::pick` against a lock-based baseline shaped like the Go service, the
-//! spent path, and the clock it reads. Run: `cargo bench --bench pick`.
+//! spent path, skipping cooling keys, and the clock it reads. Run: `cargo bench --bench pick`.
 //!
 //! Every pick bench times itself (`iter_custom`) into a [`Tally`], so the end of the run prints
 //! our cost next to the baseline's from the same process: ratios hold on a noisy machine where
@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use keypooler::broker::{Clock, MAX_RATE_LIMIT, Pick, Pool};
+use keypooler::broker::{Backoff, Clock, HealthState, MAX_RATE_LIMIT, Now, Pick, Pool};
 
 use common::{Tally, pool};
 
@@ -221,6 +221,43 @@ fn spent(c: &mut Criterion) {
     group.finish();
 }
 
+/// Picks among 100,000 keys with none cooling, and with 99 % of them cooling (whole key, for
+/// the rest of the run; every hundredth key free): the cost of skipping what is not available.
+fn cooling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cooling");
+    for (name, cooling_percent) in [("none", 0), ("99 percent", 99)] {
+        let clock = Clock::monotonic();
+        let pool = pool(
+            clock.clone(),
+            100_000,
+            &["chat"],
+            UNSPENDABLE.0,
+            UNSPENDABLE.1,
+        );
+        let now = Now::read(&clock);
+        let cooled = HealthState {
+            key: Backoff {
+                until: Some(now.after(366 * 24 * 3_600_000)),
+                level: 1,
+            },
+            ..HealthState::default()
+        };
+        for (i, key) in pool.load().catalog.keys().enumerate() {
+            if i % 100 < cooling_percent {
+                key.health.publish(cooled.clone(), now);
+            }
+        }
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                timed(&format!("cooling/{name}"), iters, || {
+                    assert!(ours(&pool, "chat"))
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
 /// The clock candidates for rate windows, in milliseconds.
 fn clock(c: &mut Criterion) {
     let mut group = c.benchmark_group("clock");
@@ -284,12 +321,22 @@ fn report() {
             large / small
         );
     }
+    if let (Some(none), Some(most)) = (
+        TALLY.mean_ns("cooling/none"),
+        TALLY.mean_ns("cooling/99 percent"),
+    ) {
+        println!(
+            "cooling, 100,000 keys            none {none:>8.1} ns   99 % cooling {most:>8.1} ns   ratio {:.2} (target <= 5)",
+            most / none
+        );
+    }
 }
 
 fn main() {
     let mut criterion = common::criterion();
     pick(&mut criterion);
     spent(&mut criterion);
+    cooling(&mut criterion);
     clock(&mut criterion);
     criterion.final_summary();
     report();

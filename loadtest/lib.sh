@@ -70,9 +70,10 @@ start_bare() {
     await "$BARE_URL" "$BARE_PID" "$WORK/bare.log"
 }
 
-# await URL PID LOG: waits up to 30 s for URL/health to answer; shows LOG if PID dies or it never does.
+# await URL PID LOG: waits up to $AWAIT_SECONDS (30) s for URL/health to answer; shows LOG if PID
+# dies or it never does.
 await() {
-    for _ in $(seq 300); do
+    for _ in $(seq $((${AWAIT_SECONDS:-30} * 10))); do
         curl -fsS -o /dev/null "$1/health" 2>/dev/null && return 0
         kill -0 "$2" 2>/dev/null || break
         sleep 0.1

@@ -8,8 +8,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::broker::{AuditLog, Clock, Pool};
-use crate::config::{ConnectionLimits, MetricsConfig};
+use crate::broker::{AuditLog, Clock, HealthPolicy, Pool};
+use crate::config::{ConnectionLimits, KeyHealthSettings, MetricsConfig};
 use crate::crypto::Sealer;
 use crate::http::{AppState, PrometheusExporter};
 use crate::store::{Store, StoreError, load_catalog};
@@ -31,6 +31,8 @@ pub struct Options {
     pub metrics: MetricsConfig,
     /// Connection limits and timeouts.
     pub limits: ConnectionLimits,
+    /// How reports of the provider's answers turn into cooldowns.
+    pub health: KeyHealthSettings,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             audit: true,
             metrics: MetricsConfig::default(),
             limits: ConnectionLimits::default(),
+            health: KeyHealthSettings::default(),
         }
     }
 }
@@ -127,9 +130,20 @@ impl App {
             catalog,
             audit.clone(),
             &meter,
+            HealthPolicy {
+                cooldown_max_seconds: options.health.cooldown_max_seconds,
+                failure_threshold: options.health.failure_threshold,
+            },
         )?;
         Ok(Self {
-            state: AppState::new(pool, writer, admin_token, exporter, audit),
+            state: AppState::new(
+                pool,
+                writer,
+                admin_token,
+                exporter,
+                audit,
+                options.limits.max_waiters as usize,
+            ),
             writer: thread,
             limits: options.limits,
         })
@@ -172,8 +186,11 @@ impl App {
         // Dropped when `shutdown` resolves (or the main server fails), which stops the metrics
         // listener and the upkeep.
         let (stop, stopped) = tokio::sync::watch::channel(());
+        let waiters = state.waiters().clone();
         let shutdown = async move {
             shutdown.await;
+            // Waiting requests are answered 503 now, so the connections they hold can close.
+            waiters.close();
             drop(stop);
         };
         let upkeep = state.exporter().map(|exporter| {
@@ -225,8 +242,10 @@ impl App {
 
 /// Once a second, asks the writer for its periodic work when there is some: writing the audit
 /// queue when something is in it, taking keys that have expired out of the rotation (until
-/// then `GET /key` skips them) and bringing back keys whose spend budget has reset; and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
-/// time (every commit does too).
+/// then `GET /key` skips them), bringing back keys whose spend budget has reset, and letting
+/// keys whose cooldown or exhaustion ended be available again (`GET /key` serves them from
+/// their deadline on; this is for what waits on them); and once every [`SAVE_RUNNING_TIME`]
+/// seconds, saving the running time (every commit does too).
 fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
@@ -240,13 +259,16 @@ fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
             if state.audit().is_some_and(|audit| !audit.is_empty()) {
                 state.writer().flush_audit();
             }
-            let now = state.pool().clock().unix_now_ms();
-            let catalog = &state.pool().load().catalog;
-            let due = catalog
-                .next_expiry()
-                .into_iter()
-                .chain(catalog.next_reset());
-            if due.min().is_some_and(|at| at <= now) {
+            let clock = state.pool().clock();
+            let snapshot = state.pool().load();
+            let catalog = &snapshot.catalog;
+            let unix_now = clock.unix_now_ms();
+            let due = (catalog.next_expiry().into_iter())
+                .chain(catalog.next_reset())
+                .min()
+                .is_some_and(|at| at <= unix_now);
+            let recovered = (catalog.next_recovery()).is_some_and(|at| at <= clock.now_ms());
+            if due || recovered {
                 state.writer().expire_keys();
             }
         }

@@ -81,6 +81,18 @@ pub struct Settings {
     /// 0); more are closed at accept [default: off].
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", global = true)]
     pub max_connections_per_ip: Option<String>,
+    /// Longest cooldown of a key reported rate-limited, in seconds (1-86400); a provider's
+    /// Retry-After is capped by it too [default: 300].
+    #[arg(long, env = "COOLDOWN_MAX", global = true)]
+    pub cooldown_max: Option<String>,
+    /// Consecutive 5xx answers or timeouts reported for a key that cool it (1-1000)
+    /// [default: 3].
+    #[arg(long, env = "FAILURE_THRESHOLD", global = true)]
+    pub failure_threshold: Option<String>,
+    /// Most `GET /key?wait=` requests waiting for a key at once (0 to half of MAX_CONNECTIONS);
+    /// more get 503 [default: 1024, or half of MAX_CONNECTIONS if that is less].
+    #[arg(long, env = "MAX_WAITERS", global = true)]
+    pub max_waiters: Option<String>,
     /// Leave core dumps on (they are turned off at start-up) [default: false].
     #[arg(long, env = "ALLOW_CORE_DUMPS", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub allow_core_dumps: Option<String>,
@@ -111,6 +123,9 @@ impl std::fmt::Debug for Settings {
             .field("max_connections", &self.max_connections)
             .field("write_timeout", &self.write_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("cooldown_max", &self.cooldown_max)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("max_waiters", &self.max_waiters)
             .field("allow_core_dumps", &self.allow_core_dumps)
             .field("mlock", &self.mlock)
             .finish()
@@ -167,6 +182,9 @@ pub struct ConnectionLimits {
     /// Connections open at once from one address (IPv4, or an IPv6 /64); more are closed at
     /// accept. `None`: no cap (behind a proxy every client has the proxy's address).
     pub max_connections_per_ip: Option<u32>,
+    /// `GET /key?wait=` requests that may wait for a key at once; more get 503. Each holds a
+    /// connection, so at most half of `max_connections`: the other half still serves.
+    pub max_waiters: u32,
 }
 
 impl ConnectionLimits {
@@ -174,6 +192,7 @@ impl ConnectionLimits {
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: u32 = 4_096;
     pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_WAITERS: u32 = 1_024;
 }
 
 impl Default for ConnectionLimits {
@@ -184,8 +203,34 @@ impl Default for ConnectionLimits {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
             max_connections_per_ip: None,
+            max_waiters: Self::DEFAULT_MAX_WAITERS,
         }
     }
+}
+
+/// How reports of the provider's answers turn into cooldowns (the broker's `HealthPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyHealthSettings {
+    /// `COOLDOWN_MAX`: the longest cooldown, in seconds.
+    pub cooldown_max_seconds: u32,
+    /// `FAILURE_THRESHOLD`: consecutive 5xx or timeouts that cool a key.
+    pub failure_threshold: u32,
+}
+
+impl Default for KeyHealthSettings {
+    fn default() -> Self {
+        Self {
+            cooldown_max_seconds: Self::DEFAULT_COOLDOWN_MAX,
+            failure_threshold: Self::DEFAULT_FAILURE_THRESHOLD,
+        }
+    }
+}
+
+impl KeyHealthSettings {
+    pub const DEFAULT_COOLDOWN_MAX: u32 = 300;
+    pub const MAX_COOLDOWN_MAX: u32 = 86_400;
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    pub const MAX_FAILURE_THRESHOLD: u32 = 1_000;
 }
 
 /// A value that was set to the empty string counts as unset.
@@ -321,7 +366,26 @@ impl Settings {
             .into()
     }
 
+    /// A `MAX_WAITERS` set above half of `MAX_CONNECTIONS` stops start-up: waiters would hold
+    /// every connection. Unset, it is 1,024, or half of `MAX_CONNECTIONS` when that is less.
     pub fn limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        let max_connections = match given(self.max_connections.as_ref()) {
+            None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
+            Some(text) => connection_count("MAX_CONNECTIONS", text)?,
+        };
+        let most_waiters = max_connections / 2;
+        let max_waiters = match given(self.max_waiters.as_ref()) {
+            None => ConnectionLimits::DEFAULT_MAX_WAITERS.min(most_waiters),
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= most_waiters)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "MAX_WAITERS must be an integer from 0 to {most_waiters}, half of MAX_CONNECTIONS (got {text:?})"
+                    ))
+                })?,
+        };
         Ok(ConnectionLimits {
             header_read_timeout: parse_timeout(
                 "HEADER_READ_TIMEOUT",
@@ -333,10 +397,7 @@ impl Settings {
                 self.request_timeout.as_ref(),
                 ConnectionLimits::DEFAULT_REQUEST_TIMEOUT,
             )?,
-            max_connections: match given(self.max_connections.as_ref()) {
-                None => ConnectionLimits::DEFAULT_MAX_CONNECTIONS,
-                Some(text) => connection_count("MAX_CONNECTIONS", text)?,
-            },
+            max_connections,
             write_timeout: parse_timeout(
                 "WRITE_TIMEOUT",
                 self.write_timeout.as_ref(),
@@ -347,6 +408,38 @@ impl Settings {
                 Some(off) if off == "0" || off.eq_ignore_ascii_case("off") => None,
                 Some(text) => Some(connection_count("MAX_CONNECTIONS_PER_IP", text)?),
             },
+            max_waiters,
+        })
+    }
+
+    /// `COOLDOWN_MAX` and `FAILURE_THRESHOLD`.
+    pub fn key_health(&self) -> Result<KeyHealthSettings, ConfigError> {
+        let bounded = |variable: &str, value: Option<&String>, default: u32, max: u32| {
+            let Some(text) = given(value) else {
+                return Ok(default);
+            };
+            text.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "{variable} must be an integer from 1 to {max} (got {text:?})"
+                    ))
+                })
+        };
+        Ok(KeyHealthSettings {
+            cooldown_max_seconds: bounded(
+                "COOLDOWN_MAX",
+                self.cooldown_max.as_ref(),
+                KeyHealthSettings::DEFAULT_COOLDOWN_MAX,
+                KeyHealthSettings::MAX_COOLDOWN_MAX,
+            )?,
+            failure_threshold: bounded(
+                "FAILURE_THRESHOLD",
+                self.failure_threshold.as_ref(),
+                KeyHealthSettings::DEFAULT_FAILURE_THRESHOLD,
+                KeyHealthSettings::MAX_FAILURE_THRESHOLD,
+            )?,
         })
     }
 
@@ -436,6 +529,7 @@ pub struct ServeConfig {
     pub audit: bool,
     pub metrics: MetricsConfig,
     pub limits: ConnectionLimits,
+    pub key_health: KeyHealthSettings,
     pub hardening: hardening::Options,
 }
 
@@ -450,6 +544,7 @@ impl ServeConfig {
             audit: settings.audit()?,
             metrics: settings.metrics()?,
             limits: settings.limits()?,
+            key_health: settings.key_health()?,
             hardening: settings.hardening()?,
         })
     }
@@ -483,6 +578,22 @@ mod tests {
         assert_eq!(config.db_path, PathBuf::from("./data/pool.redb"));
         assert_eq!(config.limits, ConnectionLimits::default());
         assert_eq!(config.hardening, hardening::Options::default());
+        assert_eq!(
+            config.key_health,
+            KeyHealthSettings {
+                cooldown_max_seconds: 300,
+                failure_threshold: 3
+            }
+        );
+        s.cooldown_max = Some("60".into());
+        s.failure_threshold = Some("1".into());
+        assert_eq!(
+            s.key_health(),
+            Ok(KeyHealthSettings {
+                cooldown_max_seconds: 60,
+                failure_threshold: 1
+            })
+        );
         assert_eq!(
             s.log().unwrap(),
             LogConfig {
@@ -599,12 +710,39 @@ mod tests {
                 "MAX_CONNECTIONS_PER_IP must be an integer from 1 to 1000000",
             ),
             (
+                Box::new(|s| {
+                    s.max_connections = Some("100".into());
+                    s.max_waiters = Some("51".into());
+                }),
+                "MAX_WAITERS must be an integer from 0 to 50, half of MAX_CONNECTIONS",
+            ),
+            (
+                Box::new(|s| s.max_waiters = Some("-1".into())),
+                "MAX_WAITERS must be an integer from 0 to 2048",
+            ),
+            (
                 Box::new(|s| s.allow_core_dumps = Some("maybe".into())),
                 "ALLOW_CORE_DUMPS must be on or off",
             ),
             (
                 Box::new(|s| s.mlock = Some("2".into())),
                 "MLOCK must be on or off",
+            ),
+            (
+                Box::new(|s| s.cooldown_max = Some("0".into())),
+                "COOLDOWN_MAX must be an integer from 1 to 86400",
+            ),
+            (
+                Box::new(|s| s.cooldown_max = Some("86401".into())),
+                "COOLDOWN_MAX must be an integer from 1 to 86400",
+            ),
+            (
+                Box::new(|s| s.failure_threshold = Some("1001".into())),
+                "FAILURE_THRESHOLD must be an integer from 1 to 1000",
+            ),
+            (
+                Box::new(|s| s.failure_threshold = Some("three".into())),
+                "FAILURE_THRESHOLD must be an integer from 1 to 1000",
             ),
         ];
         for (change, expected) in cases.into_iter().chain(more) {
@@ -659,12 +797,20 @@ mod tests {
                 max_connections: 10,
                 write_timeout: Duration::from_millis(1_500),
                 max_connections_per_ip: Some(4),
+                // The default, 1,024, held to half of MAX_CONNECTIONS.
+                max_waiters: 5,
             }
         );
         for off in ["OFF", "0"] {
             s.max_connections_per_ip = Some(off.into());
             assert_eq!(s.limits().unwrap().max_connections_per_ip, None);
         }
+        s.max_waiters = Some("0".into());
+        assert_eq!(s.limits().unwrap().max_waiters, 0);
+        s.max_connections = None;
+        assert_eq!(settings().limits().unwrap().max_waiters, 1_024);
+        s.max_waiters = Some("2048".into());
+        assert_eq!(s.limits().unwrap().max_waiters, 2_048);
         assert_eq!(
             config.hardening,
             hardening::Options {

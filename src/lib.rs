@@ -26,14 +26,14 @@
 //!
 //! ```text
 //! cli               the command line, one file per command: serve, import, export, rekey,
-//!                   backup
+//!                   backup, tiers, keys, consumers (these over one HTTP client)
 //! app               wiring: open the store, start the writer, build the state, serve
 //! server            connections: the accept loop, connection limits, timeouts
 //! http              the one route table, the state handlers share, auth, handlers, the one
-//!                   error type, request metrics and /metrics
+//!                   error type, request metrics and /metrics, /openapi.json and /docs
 //! writer, compat    the single writer (typed operations, the batch loop, one function per
-//!                   operation); beside it, SQLite import and export (through store, never the
-//!                   writer)
+//!                   operation); beside it, import from and export to the Go service's SQLite
+//!                   and PostgreSQL databases (through store, never the writer)
 //! store             the redb file: tables, the record codec, open checks, batches, re-sealing,
 //!                   online backups
 //! broker, config    the domain, with no I/O: snapshots, pools, rotation, rate windows, usage

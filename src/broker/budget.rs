@@ -6,6 +6,7 @@
 //! number's text (never through a float) and written back as a JSON number with the same
 //! digits.
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Serialize, Serializer};
 use time::{Date, Month, OffsetDateTime};
 
@@ -41,6 +42,29 @@ impl Unit {
             .find(|unit| unit.as_str() == text)
             .ok_or_else(|| Invalid(format!("{field} must be \"usd\" or \"credits\"")))
     }
+}
+
+/// `usd` or `credits`.
+impl JsonSchema for Unit {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Unit".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|unit| unit.as_str()).collect();
+        json_schema!({"type": "string", "enum": names})
+    }
+}
+
+/// An amount a body gives: a JSON number greater than 0 with at most 9 decimal places, read
+/// from its text (never through a float).
+pub fn positive_amount_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 18_446_744_073.709_551_615_f64,
+        "description": "An exact decimal greater than 0 with at most 9 decimal places.",
+    })
 }
 
 /// A key's budget: so much of a unit per month (from 00:00 UTC on `reset_day`) or, without a
@@ -233,6 +257,21 @@ impl Serialize for Amount {
         serde_json::value::RawValue::from_string(format_nanos(self.0))
             .map_err(serde::ser::Error::custom)?
             .serialize(serializer)
+    }
+}
+
+/// An exact decimal of at most 9 decimal places, at least 0.
+impl JsonSchema for Amount {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Amount".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "number",
+            "minimum": 0,
+            "description": "An exact decimal with at most 9 decimal places, written with its exact digits.",
+        })
     }
 }
 

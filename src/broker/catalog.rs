@@ -3,6 +3,7 @@
 //! clone and every snapshot carries the catalog it was built from without copying it.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use super::consumer::Consumer;
@@ -17,7 +18,11 @@ pub struct Catalog {
     tiers: imbl::OrdMap<Arc<str>, Arc<Tier>>,
     tier_names: imbl::HashMap<Arc<str>, Arc<str>>,
     keys: imbl::OrdMap<KeyOrder, Arc<KeyEntry>>,
-    key_orders: imbl::HashMap<Arc<str>, KeyOrder>,
+    /// Each key's creation time by id: with the id, its place in `keys`. A B-tree, ordered by
+    /// id, so that a listing pages from a cursor in O(log n); not a hash map: imbl's hash trie
+    /// took 230 bytes a key at 100,000 keys, this about 60 (figures in PERFORMANCE.md). Only
+    /// the writer and the listings read it, never `GET /key`.
+    key_created: imbl::OrdMap<Arc<str>, i64>,
     /// Per tier id, its keys in rotation order with their live counters. Counters outlive
     /// snapshots: a rebuild reuses them, so open windows keep their counts.
     tier_keys: imbl::HashMap<Arc<str>, Roster>,
@@ -29,15 +34,31 @@ pub struct Catalog {
     resets: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
+    /// When keys' health deadlines (cooldowns, exhaustion) end, in running ms, so the writer
+    /// finds the keys that become available again without a scan. An entry may be stale (the
+    /// deadline moved, or the key went): whoever takes it checks the key.
+    recoveries: imbl::OrdSet<(u64, Arc<str>)>,
     /// The members of keys out of their rosters (made inactive, expired, over budget) with the
     /// counters
     /// they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
+    /// Keys removed or replaced so far: [`Catalog::place`] checks that each key it places is
+    /// still the current one only when some were since the keys were collected.
+    removed: u64,
 }
 
 /// The features whose candidate lists a change touched.
 pub type Dirty = BTreeSet<Arc<str>>;
+
+/// The values of `map` whose id comes after `after` (every value when `None`), by id.
+fn by_id_after<'a, V: Clone>(
+    map: &'a imbl::OrdMap<Arc<str>, V>,
+    after: Option<&str>,
+) -> impl Iterator<Item = (&'a Arc<str>, &'a V)> {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    map.range::<_, str>((from, Bound::Unbounded))
+}
 
 impl Catalog {
     pub fn tiers(&self) -> impl Iterator<Item = &Arc<Tier>> {
@@ -67,9 +88,23 @@ impl Catalog {
     }
 
     pub fn key(&self, id: &str) -> Option<&Arc<KeyEntry>> {
-        self.key_orders
-            .get(id)
-            .and_then(|order| self.keys.get(order))
+        self.keys.get(&self.order(id)?)
+    }
+
+    /// Where the key `id` is in `keys`.
+    fn order(&self, id: &str) -> Option<KeyOrder> {
+        let (id, &created) = self.key_created.get_key_value(id)?;
+        Some((created, Arc::clone(id)))
+    }
+
+    /// The keys by id, from the first id after `after` (from the first when `None`): a page
+    /// costs O(log n) per key, whatever the number of keys before it.
+    pub fn keys_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<KeyEntry>> {
+        by_id_after(&self.key_created, after)
+            .filter_map(|(id, &created)| self.keys.get(&(created, Arc::clone(id))))
     }
 
     /// The active keys of a tier in rotation order with their counters (none if it has none).
@@ -78,17 +113,27 @@ impl Catalog {
     }
 
     pub fn counter(&self, key_id: &str, feature: &str) -> Option<&WindowCounter> {
-        let order = self.key_orders.get(key_id)?;
-        let entry = self.keys.get(order)?;
+        let entry = self.key(key_id)?;
         let index = feature_index(self.tier_by_id(&entry.info.tier_id)?, feature)?;
-        let roster = self.roster(&entry.info.tier_id)?;
-        roster
-            .get(position(roster, (order.0, &order.1)).ok()?)?
-            .counter(index)
+        self.member(entry)?.counter(index)
+    }
+
+    /// `key` as a member of its tier's roster, with its counters (none if it is not in one).
+    fn member(&self, key: &KeyEntry) -> Option<&Member> {
+        let roster = self.roster(&key.info.tier_id)?;
+        roster.get(position(roster, (key.info.created_at_ms, &key.info.id)).ok()?)
     }
 
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
         self.consumers.values()
+    }
+
+    /// The consumers by id, from the first id after `after` (from the first when `None`).
+    pub fn consumers_by_id<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = &'a Arc<Consumer>> {
+        by_id_after(&self.consumers, after).map(|(_, consumer)| consumer)
     }
 
     pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
@@ -120,15 +165,31 @@ impl Catalog {
         key: &'a KeyEntry,
         now_ms: u64,
     ) -> impl Iterator<Item = (&'a Arc<str>, Budget)> + 'a {
+        let member = self.member(key);
         self.tier_by_id(&key.info.tier_id)
             .into_iter()
-            .flat_map(|tier| tier.features.iter())
-            .map(move |(feature, &limit)| {
-                let used = self
-                    .counter(&key.info.id, feature)
+            .flat_map(|tier| tier.features.iter().enumerate())
+            .map(move |(index, (feature, &limit))| {
+                let used = member
+                    .and_then(|member| member.counter(index))
                     .map_or(0, |counter| counter.used(now_ms, limit.window_ms()));
                 (feature, Budget { used, limit })
             })
+    }
+
+    /// The uses of `tier`'s keys for each feature (in the tier's feature order) in their windows
+    /// open at clock instant `now_ms`, summed: read from its roster (a key outside it has no
+    /// counters), with no lookup per key.
+    pub fn tier_used(&self, tier: &Tier, now_ms: u64) -> Vec<u64> {
+        let mut sums = vec![0; tier.features.len()];
+        for member in self.roster(&tier.id).into_iter().flatten() {
+            for ((sum, limit), index) in sums.iter_mut().zip(tier.features.values()).zip(0..) {
+                if let Some(counter) = member.counter(index) {
+                    *sum += u64::from(counter.used(now_ms, limit.window_ms()));
+                }
+            }
+        }
+        sums
     }
 
     /// Each tier (by name) with its key counts at unix time `unix_now_ms`.
@@ -136,14 +197,12 @@ impl Catalog {
         let none = TierKeys {
             total: 0,
             active: 0,
-            over_budget: 0,
         };
         let mut counts = std::collections::HashMap::<&str, TierKeys>::new();
         for key in self.keys.values() {
             let count = counts.entry(&key.info.tier_id).or_insert(none);
             count.total += 1;
             count.active += usize::from(key.servable_at_unix(unix_now_ms));
-            count.over_budget += usize::from(key.over_budget());
         }
         self.tiers()
             .map(move |tier| (tier, counts.get(&*tier.id).copied().unwrap_or(none)))
@@ -187,6 +246,31 @@ impl Catalog {
         dirty
     }
 
+    /// Notes that key `id`'s last health deadline is at running ms `at` (none: nothing to note).
+    pub fn note_recovery(&mut self, id: &Arc<str>, at: Option<u64>) {
+        if let Some(at) = at {
+            self.recoveries.insert((at, Arc::clone(id)));
+        }
+    }
+
+    /// When the next noted health deadline ends (running ms).
+    pub fn next_recovery(&self) -> Option<u64> {
+        self.recoveries.get_min().map(|(at, _)| *at)
+    }
+
+    /// Takes the noted health deadlines that have ended at running ms `now`: the ids of their
+    /// keys.
+    pub fn recover(&mut self, now: u64) -> Vec<Arc<str>> {
+        let mut due = Vec::new();
+        while let Some((at, id)) = self.recoveries.get_min().cloned()
+            && at <= now
+        {
+            self.recoveries.remove(&(at, Arc::clone(&id)));
+            due.push(id);
+        }
+        due
+    }
+
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id, with
     /// fresh counters.
     pub fn put_key(&mut self, entry: KeyEntry) -> Dirty {
@@ -206,8 +290,8 @@ impl Catalog {
         if let Some(member) = self.parked.remove(id) {
             return Some(member);
         }
-        let order = self.key_orders.get(id)?;
-        let tier_id = &self.keys.get(order)?.info.tier_id;
+        let order = self.order(id)?;
+        let tier_id = &self.keys.get(&order)?.info.tier_id;
         let roster = self.tier_keys.get_mut(tier_id)?;
         let at = position(roster, (order.0, &order.1)).ok()?;
         Some(roster.remove(at))
@@ -245,11 +329,12 @@ impl Catalog {
     /// insertion into the middle of a persistent vector costs O(log n) with a large constant
     /// (figures in PERFORMANCE.md).
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
+        unplaced.removed_before.get_or_insert(self.removed);
         let (dirty, tier, entry) = self.admit(entry);
         self.note_reset(&entry);
         if entry.in_rotation() {
             unplaced
-                .0
+                .by_tier
                 .entry(Arc::clone(&tier.id))
                 .or_default()
                 .push(entry);
@@ -260,13 +345,19 @@ impl Catalog {
     /// Rebuilds the roster of each tier with unplaced keys once, in rotation order. A key
     /// replaced or removed since it was collected is left out.
     pub fn place(&mut self, unplaced: Unplaced) {
-        for (tier_id, entries) in unplaced.0 {
+        // At start-up none was: no lookup per key.
+        let any_removed = unplaced
+            .removed_before
+            .is_some_and(|before| before != self.removed);
+        for (tier_id, entries) in unplaced.by_tier {
             let Some(tier) = self.tier_by_id(&tier_id).cloned() else {
                 continue;
             };
             let current = |entry: &Arc<KeyEntry>| {
-                self.key(&entry.info.id)
-                    .is_some_and(|kept| Arc::ptr_eq(kept, entry))
+                !any_removed
+                    || self
+                        .key(&entry.info.id)
+                        .is_some_and(|kept| Arc::ptr_eq(kept, entry))
             };
             let added: Vec<Member> = entries
                 .into_iter()
@@ -295,8 +386,8 @@ impl Catalog {
         dirty.extend(tier.features.keys().cloned());
         let order: KeyOrder = (entry.info.created_at_ms, Arc::clone(&entry.info.id));
         let entry = Arc::new(entry);
-        self.key_orders
-            .insert(Arc::clone(&entry.info.id), order.clone());
+        self.key_created
+            .insert(Arc::clone(&entry.info.id), entry.info.created_at_ms);
         self.keys.insert(order, Arc::clone(&entry));
         (dirty, tier, entry)
     }
@@ -319,19 +410,9 @@ impl Catalog {
         self.resets.get_min().map(|(at, _)| *at)
     }
 
-    /// Starts the new budget period of the keys whose reset is due at `unix_now_ms`: their
-    /// spending starts again from 0, and each active one goes back into its tier's rotation
-    /// with the counters it had. Returns the features whose pools change.
-    pub fn reset_budgets(&mut self, unix_now_ms: i64) -> Dirty {
-        let mut dirty = Dirty::new();
-        while let Some(id) = take_due(&mut self.resets, unix_now_ms) {
-            let Some(key) = self.key(&id).cloned() else {
-                continue;
-            };
-            let budget = key.budget.map(|budget| budget.at(unix_now_ms));
-            dirty.extend(self.replace_key(key.rebudgeted(budget)));
-        }
-        dirty
+    /// Takes the keys over a monthly budget whose reset is due at `unix_now_ms`: their ids.
+    pub fn take_resets(&mut self, unix_now_ms: i64) -> Vec<Arc<str>> {
+        std::iter::from_fn(|| take_due(&mut self.resets, unix_now_ms)).collect()
     }
 
     /// When the next key in a roster expires (unix ms).
@@ -345,7 +426,7 @@ impl Catalog {
     pub fn expire(&mut self, unix_now_ms: i64) -> Dirty {
         let mut dirty = Dirty::new();
         while let Some(id) = take_due(&mut self.expiries, unix_now_ms) {
-            let Some(order) = self.key_orders.get(&id).cloned() else {
+            let Some(order) = self.order(&id) else {
                 continue;
             };
             let Some(tier_id) = self.keys.get(&order).map(|key| {
@@ -373,9 +454,11 @@ impl Catalog {
     pub fn remove_key(&mut self, id: &str) -> Dirty {
         // Out of its roster (or the parked ones) first: that looks the key up by its order.
         self.take_member(id);
-        let Some(order) = self.key_orders.remove(id) else {
+        let Some(order) = self.order(id) else {
             return Dirty::new();
         };
+        self.key_created.remove(id);
+        self.removed += 1;
         let Some(entry) = self.keys.remove(&order) else {
             return Dirty::new();
         };

@@ -1,7 +1,7 @@
 //! The clocks that date rate windows, usage windows and expiry.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The broker's two clocks, read from the operating system on every call (or, in tests, moved
 /// by hand). Cheap to clone; a read takes no lock, no atomic and no system call.
@@ -65,6 +65,21 @@ struct Hands {
     elapsed_ms: AtomicU64,
     /// Unix ms at `elapsed_ms == 0` (moved by wall-clock steps).
     unix_at_zero_ms: AtomicI64,
+    /// Called after each [`ManualClock::advance_ms`]: what sleeps until an instant of running
+    /// time (a request waiting for a window to end) learns that the hands moved.
+    listeners: Listeners,
+}
+
+/// The callbacks of [`Clock::on_manual_advance`]. A `Mutex` because they are registered and
+/// called rarely, from any thread (tests move the hands).
+#[derive(Default)]
+struct Listeners(Mutex<Vec<Box<dyn Fn() + Send + Sync>>>);
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        f.debug_struct("Listeners").field("count", &count).finish()
+    }
 }
 
 /// Moves a manual [`Clock`]: real time passing, or a step of the wall clock alone.
@@ -75,6 +90,15 @@ impl ManualClock {
     /// Lets `ms` pass: running time and wall time both move forward.
     pub fn advance_ms(&self, ms: u64) {
         self.0.elapsed_ms.fetch_add(ms, Ordering::Relaxed);
+        let listeners = self
+            .0
+            .listeners
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for listener in listeners.iter() {
+            listener();
+        }
     }
 
     /// Steps the wall clock alone by `ms` (back when negative), as NTP or an operator would;
@@ -145,6 +169,7 @@ impl Clock {
         let hands = Arc::new(Hands {
             elapsed_ms: AtomicU64::new(MANUAL_START_MS),
             unix_at_zero_ms: AtomicI64::new(unix_ms - MANUAL_START_MS as i64),
+            listeners: Listeners::default(),
         });
         let clock = Self {
             source: ClockSource::Manual {
@@ -170,6 +195,20 @@ impl Clock {
             },
         };
         Self { source }
+    }
+
+    /// Calls `listener` each time a manual clock's hands move forward ([`ManualClock::advance_ms`]),
+    /// after they moved. Nothing for the operating system's clock: its time passes by itself, and
+    /// whatever waits for an instant sleeps on the runtime's timer for the time left.
+    pub fn on_manual_advance(&self, listener: impl Fn() + Send + Sync + 'static) {
+        if let ClockSource::Manual { hands, .. } = &self.source {
+            hands
+                .listeners
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Box::new(listener));
+        }
     }
 
     /// Running time (ms): rate and usage windows are dated on it.
@@ -223,6 +262,27 @@ mod tests {
         assert_eq!(clock.now_ms(), before + 61_000);
         assert_eq!(clock.unix_now_ms(), wall + 61_000);
         assert_eq!(clock.to_unix_ms(before), wall);
+    }
+
+    #[test]
+    fn a_manual_clock_tells_its_listeners_when_it_moves() {
+        let (clock, hand) = Clock::manual();
+        let heard = Arc::new(AtomicU64::new(0));
+        let listener = {
+            let (clock, heard) = (clock.clone(), Arc::clone(&heard));
+            move || heard.store(clock.now_ms(), Ordering::Relaxed)
+        };
+        clock.on_manual_advance(listener);
+        hand.step_wall_ms(5);
+        assert_eq!(
+            heard.load(Ordering::Relaxed),
+            0,
+            "a wall step is not running time"
+        );
+        hand.advance_ms(250);
+        assert_eq!(heard.load(Ordering::Relaxed), clock.now_ms());
+        // The production clock has nothing to tell: the callback is dropped.
+        Clock::monotonic().on_manual_advance(|| unreachable!());
     }
 
     #[test]

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::budget::{MAX_RESET_DAY, SpendLimit, Unit, parse_amount};
+use super::budget::{MAX_RESET_DAY, SpendLimit, Unit, parse_amount, positive_amount_schema};
 use super::usage::MAX_USAGE_LIMIT;
 use super::{Limit, MAX_RATE_LIMIT, Plaintext};
 
@@ -157,7 +158,7 @@ fn feature_limit(feature: &str, value: &serde_json::Value) -> Result<Limit, Inva
 }
 
 /// Unix ms of an RFC 3339 instant.
-fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
+pub(super) fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
         .map_err(|_| {
@@ -167,13 +168,48 @@ fn parse_instant(field: &str, text: &str) -> Result<i64, Invalid> {
         })
 }
 
-/// The body of `POST /admin/tiers` and `PATCH /admin/tiers/{name}`.
-#[derive(Deserialize)]
+/// The body of `POST /admin/tiers` and `PATCH /admin/tiers`.
+#[derive(Deserialize, JsonSchema)]
 pub struct TierBody {
     name: String,
     #[serde(default)]
     description: Option<String>,
+    /// Each feature's limit per key: uses per minute, or per a window of its own.
+    #[schemars(schema_with = "feature_limits")]
     features: BTreeMap<String, serde_json::Value>,
+}
+
+/// The schema of `features` as [`feature_limit`] reads it, with its bounds.
+fn feature_limits(_: &mut SchemaGenerator) -> Schema {
+    let rate = json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_RATE_LIMIT});
+    let window = json_schema!({"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_SECONDS});
+    json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {
+            "oneOf": [
+                rate,
+                {
+                    "type": "object",
+                    "properties": {"rate_limit": rate, "window_seconds": window},
+                    "required": ["rate_limit"],
+                },
+            ],
+        },
+    })
+}
+
+/// An optional integer field from 0 to `maximum`, or `null`.
+fn optional_count(maximum: u64) -> Schema {
+    json_schema!({"type": ["integer", "null"], "minimum": 0, "maximum": maximum})
+}
+
+fn usage_limit_schema(_: &mut SchemaGenerator) -> Schema {
+    optional_count(MAX_USAGE_LIMIT)
+}
+
+fn usage_window_schema(_: &mut SchemaGenerator) -> Schema {
+    optional_count(MAX_USAGE_WINDOW_SECONDS.into())
 }
 
 /// A tier to create, or the new content of one (`PATCH`): a name and at least one feature.
@@ -272,20 +308,29 @@ fn parse_usage_window(n: i128) -> Result<u32, Invalid> {
 }
 
 /// The body of `POST /admin/keys`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct KeyBody {
     name: String,
+    /// The provider key: sealed at rest, never shown by an admin route.
     key: String,
+    /// The tier's name or id.
     tier: String,
+    /// RFC 3339; the key is not served from then on.
     #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
     expires_at: Option<String>,
+    /// Returned with the key by `GET /key`.
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Sealed like the key; returned with it by `GET /key`.
     #[serde(default)]
     secrets: Option<BTreeMap<String, String>>,
+    /// Total uses (per `usage_window_seconds`, else for the key's lifetime).
     #[serde(default)]
+    #[schemars(schema_with = "usage_limit_schema")]
     usage_limit: Option<serde_json::Value>,
     #[serde(default)]
+    #[schemars(schema_with = "usage_window_schema")]
     usage_window_seconds: Option<serde_json::Value>,
     #[serde(default)]
     budget: Option<BudgetBody>,
@@ -293,12 +338,21 @@ pub struct KeyBody {
 
 /// A spend budget as a body gives it: `{"amount", "unit", "reset_day"?}`. The amount is kept as
 /// the JSON number's text, read exactly (never through a float).
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct BudgetBody {
+    #[schemars(schema_with = "positive_amount_schema")]
     amount: Box<serde_json::value::RawValue>,
+    #[schemars(with = "Unit")]
     unit: String,
+    /// The day of the month (1–28) the budget resets on at 00:00 UTC; absent or `null`: a
+    /// lifetime budget.
     #[serde(default)]
+    #[schemars(schema_with = "reset_day_schema")]
     reset_day: Option<serde_json::Value>,
+}
+
+fn reset_day_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_RESET_DAY})
 }
 
 impl TryFrom<BudgetBody> for SpendLimit {
@@ -351,6 +405,20 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
+/// A usage cap: `limit` total uses (1 to [`MAX_USAGE_LIMIT`]), per `window_seconds` (1 second to
+/// ten times 366 days) when given; a window needs a limit.
+pub fn parse_usage(
+    limit: Option<i128>,
+    window_seconds: Option<i128>,
+) -> Result<(Option<u32>, Option<u32>), Invalid> {
+    let usage_limit = limit.map(parse_usage_limit).transpose()?;
+    let usage_window_seconds = window_seconds.map(parse_usage_window).transpose()?;
+    if usage_window_seconds.is_some() && usage_limit.is_none() {
+        return Err(Invalid("usage_window_seconds needs usage_limit".into()));
+    }
+    Ok((usage_limit, usage_window_seconds))
+}
+
 impl NewKey {
     /// A key named `name` in `tier` (its name or id), with no expiry, metadata, secrets or cap.
     pub fn new(name: &str, tier: &str, value: Zeroizing<String>) -> Result<Self, Invalid> {
@@ -378,11 +446,7 @@ impl NewKey {
         limit: Option<i128>,
         window_seconds: Option<i128>,
     ) -> Result<Self, Invalid> {
-        self.usage_limit = limit.map(parse_usage_limit).transpose()?;
-        self.usage_window_seconds = window_seconds.map(parse_usage_window).transpose()?;
-        if self.usage_window_seconds.is_some() && self.usage_limit.is_none() {
-            return Err(Invalid("usage_window_seconds needs usage_limit".into()));
-        }
+        (self.usage_limit, self.usage_window_seconds) = parse_usage(limit, window_seconds)?;
         Ok(self)
     }
 
@@ -492,6 +556,39 @@ pub struct KeyPatch {
     budget: Option<Option<SpendLimit>>,
     /// The fields the body named, in [`PATCH_FIELDS`] order.
     fields: Vec<&'static str>,
+}
+
+/// The body `PATCH /admin/keys/{id}` takes: every field optional, `null` clearing the nullable
+/// ones, any other field refused.
+impl JsonSchema for KeyPatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "KeyPatch".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let instant = json_schema!({"type": ["string", "null"], "format": "date-time"});
+        let budget = generator.subschema_for::<Option<BudgetBody>>();
+        json_schema!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "key": {"type": "string", "minLength": 1, "description": "The new value: the provider key rotated in place."},
+                "is_active": {"type": "boolean"},
+                "expires_at": instant,
+                "exhausted_until": instant,
+                "metadata": {"type": ["object", "null"], "description": "Replaces the metadata; null empties it."},
+                "secrets": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "string"},
+                    "description": "Replaces every secret; null removes them.",
+                },
+                "usage_limit": optional_count(MAX_USAGE_LIMIT),
+                "usage_window_seconds": optional_count(MAX_USAGE_WINDOW_SECONDS.into()),
+                "budget": budget,
+            },
+            "additionalProperties": false,
+        })
+    }
 }
 
 impl std::fmt::Debug for KeyPatch {
@@ -708,10 +805,17 @@ impl TryFrom<KeyPatchBody> for KeyPatch {
 }
 
 /// The body of `POST /key/{id}/spend`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct SpendBody {
+    /// What the call cost, in the budget's unit.
+    #[schemars(schema_with = "positive_amount_schema")]
     amount: Box<serde_json::value::RawValue>,
+    /// The budget's unit.
+    #[schemars(with = "Unit")]
     unit: String,
+    /// The caller's id for this spend, unique across every key: a retry with it is counted
+    /// once.
+    #[schemars(length(min = 1, max = MAX_REQUEST_ID_CHARS))]
     request_id: String,
 }
 
@@ -760,7 +864,7 @@ impl TryFrom<SpendBody> for Spend {
 }
 
 /// The body of `POST /admin/consumers`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ConsumerBody {
     name: String,
     #[serde(default)]
@@ -796,8 +900,9 @@ impl TryFrom<ConsumerBody> for NewConsumer {
 }
 
 /// The body of `POST /admin/consumers/{id}/scopes`.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 pub struct ScopeBody {
+    /// The tier's name or id.
     tier: String,
 }
 
@@ -827,6 +932,21 @@ impl TryFrom<ScopeBody> for NewScope {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_patch_schema_lists_exactly_the_fields_a_patch_takes() {
+        let schema = KeyPatch::json_schema(&mut SchemaGenerator::default());
+        let listed: Vec<&str> = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = PATCH_FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(listed, fields);
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {

@@ -1,16 +1,20 @@
 //! A key: what it is, and the `GET /key` body holding its plaintext.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::budget::KeyBudget;
+use super::health::{Health, HealthState, Now};
 use super::usage::UsageCap;
 
 /// What a key is, apart from its sealed material.
@@ -25,6 +29,70 @@ pub struct KeyInfo {
     pub expires_at_ms: Option<i64>,
 }
 
+/// What a key is at a given moment: what its listing entry shows and its filter (`?state=`)
+/// matches. The one place that names the states: a new one is a variant here, in
+/// [`KeyState::ALL`] and [`KeyState::as_str`], and its rule in [`KeyEntry::state_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Inactive because the provider refused it (401, 402, 403): see `disabled_reason`.
+    Disabled,
+    /// Turned off by an admin.
+    Inactive,
+    /// Past its `expires_at`.
+    Expired,
+    /// Not served for any feature until its `exhausted_until`.
+    Exhausted,
+    /// Its spend budget is spent: not served until its `resets_at` (or a larger budget).
+    OverBudget,
+    /// The whole key is cooling down (429s, or a run of failures).
+    Cooling,
+    /// Servable now (rate limits and feature cooldowns aside).
+    Active,
+}
+
+impl KeyState {
+    /// Every state, in the order they are judged (the first that applies is the key's).
+    pub const ALL: [KeyState; 7] = [
+        KeyState::Disabled,
+        KeyState::Inactive,
+        KeyState::Expired,
+        KeyState::Exhausted,
+        KeyState::OverBudget,
+        KeyState::Cooling,
+        KeyState::Active,
+    ];
+
+    /// Its name, as listed and filtered.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Disabled => "disabled",
+            KeyState::Inactive => "inactive",
+            KeyState::Expired => "expired",
+            KeyState::Exhausted => "exhausted",
+            KeyState::OverBudget => "over_budget",
+            KeyState::Cooling => "cooling",
+            KeyState::Active => "active",
+        }
+    }
+
+    /// The state called `name`, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+}
+
+/// A state's name, one of [`KeyState::ALL`]'s (the `?state=` of the key listing).
+impl JsonSchema for KeyState {
+    fn schema_name() -> Cow<'static, str> {
+        "KeyState".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = Self::ALL.iter().map(|state| state.as_str()).collect();
+        json_schema!({"type": "string", "enum": names})
+    }
+}
+
 /// A key as the pool serves it: its description and the `GET /key` body, built once when the key
 /// is loaded. The body holds the plaintext, so it lives in a buffer that is zeroed when the last
 /// snapshot holding it is dropped; `Debug` never shows it.
@@ -32,10 +100,13 @@ pub struct KeyEntry {
     pub info: KeyInfo,
     /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
     pub usage: Option<Arc<UsageCap>>,
-    /// The key's spend budget and what it has spent, as of the writer's last change to it. A
-    /// key whose budget is spent is kept out of its tier's roster (like an inactive key), so
-    /// `GET /key` never looks at this.
-    pub budget: Option<KeyBudget>,
+    /// The key's spend budget and what it has spent, as of the writer's last committed change
+    /// to it (a spend that leaves the key in its rotation changes it in place; one that spends
+    /// the budget rebuilds the key out of its tier's roster, like an inactive key), so `GET /key`
+    /// never looks at this. `None` (no budget) is a null pointer: no allocation per key.
+    budget: ArcSwapOption<KeyBudget>,
+    /// What callers reported of the provider's answers, and the word `GET /key` checks.
+    pub health: Health,
     /// Set once the key has been found expired, so that a wall clock stepped back never serves
     /// it again (see [`Clock`](super::Clock)). `Relaxed`: it guards no other data.
     expired: AtomicBool,
@@ -47,10 +118,20 @@ impl std::fmt::Debug for KeyEntry {
         f.debug_struct("KeyEntry")
             .field("info", &self.info)
             .field("usage", &self.usage)
-            .field("budget", &self.budget)
+            .field("budget", &self.budget())
+            .field("health", &self.health)
             .field("body", &"[REDACTED]")
             .finish()
     }
+}
+
+/// What a report answers of a key: its state, when that ends (unix ms, if it ends by itself),
+/// and its cooling features with their ends (unix ms).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyHealth {
+    pub state: KeyState,
+    pub until_ms: Option<i64>,
+    pub cooldowns: Vec<(Arc<str>, i64)>,
 }
 
 /// The plaintext a key carries to its callers.
@@ -60,8 +141,9 @@ pub struct Plaintext<'a> {
     pub secrets: &'a BTreeMap<String, Zeroizing<String>>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of `GET /key`, encoded once when the key is loaded.
+#[derive(Serialize, JsonSchema)]
+pub struct ServedKey<'a> {
     key_id: &'a str,
     value: &'a str,
     metadata: &'a serde_json::Map<String, serde_json::Value>,
@@ -114,7 +196,7 @@ impl KeyEntry {
 
     /// A key whose usage cap, if any, is shared with the entry it replaces (its count goes on).
     pub fn sharing(info: KeyInfo, plain: &Plaintext<'_>, usage: Option<Arc<UsageCap>>) -> Self {
-        let body = Body {
+        let body = ServedKey {
             key_id: &info.id,
             value: plain.value,
             metadata: plain.metadata,
@@ -132,28 +214,28 @@ impl KeyEntry {
         Self {
             info,
             usage,
-            budget: None,
+            budget: ArcSwapOption::empty(),
+            health: Health::default(),
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
     }
 
     /// The key with this spend budget.
-    pub fn with_budget(mut self, budget: Option<KeyBudget>) -> Self {
-        self.budget = budget;
+    #[must_use]
+    pub fn with_budget(self, budget: Option<KeyBudget>) -> Self {
+        self.publish_budget(budget);
         self
     }
 
-    /// The same key (its body and usage cap shared, nothing re-encoded; found expired if it
-    /// was) with another spend budget.
-    pub fn rebudgeted(&self, budget: Option<KeyBudget>) -> Self {
-        Self {
-            info: self.info.clone(),
-            usage: self.usage.clone(),
-            budget,
-            expired: AtomicBool::new(self.found_expired()),
-            body: self.body.clone(),
-        }
+    /// Its spend budget and what it has spent, if it has one.
+    pub fn budget(&self) -> Option<KeyBudget> {
+        self.budget.load().as_deref().copied()
+    }
+
+    /// Makes `budget` the key's (the writer, once it is committed).
+    pub fn publish_budget(&self, budget: Option<KeyBudget>) {
+        self.budget.store(budget.map(Arc::new));
     }
 
     /// Whether the key belongs in its tier's rotation: active, and not over its spend budget.
@@ -164,14 +246,79 @@ impl KeyEntry {
 
     /// Its spend budget is spent (in the period the writer last saw).
     pub fn over_budget(&self) -> bool {
-        self.budget.is_some_and(|budget| budget.is_spent())
+        self.budget().is_some_and(|budget| budget.is_spent())
     }
 
     /// When a key over a monthly budget comes back by itself (unix ms): its next reset.
     pub fn budget_returns_at(&self) -> Option<i64> {
-        self.budget
+        self.budget()
             .filter(KeyBudget::is_spent)
             .and_then(|budget| budget.resets_at_ms())
+    }
+
+    /// This entry with `health` (as stored), judged at `now`.
+    #[must_use]
+    pub fn with_health(mut self, health: HealthState, now: Now) -> Self {
+        self.health = Health::new(health, now);
+        self
+    }
+
+    /// The same key with `info` and `health` instead: its body (the plaintext, shared, not
+    /// copied), usage cap and spend budget are kept.
+    pub fn replaced(&self, info: KeyInfo, health: HealthState, now: Now) -> Self {
+        Self {
+            info,
+            usage: self.usage.clone(),
+            budget: ArcSwapOption::new(self.budget.load_full()),
+            health: Health::new(health, now),
+            expired: AtomicBool::new(false),
+            body: self.body.clone(),
+        }
+    }
+
+    /// The key's state at `now` (first match wins), and when it ends, if that is known.
+    pub fn state(&self, now: Now) -> (KeyState, Option<i64>) {
+        self.state_with(&self.health.state(), now)
+    }
+
+    /// The key's state and its cooling features at `now`, by its `health` (the published one,
+    /// or one being staged).
+    pub fn health_at(&self, health: &HealthState, now: Now) -> KeyHealth {
+        let (state, until_ms) = self.state_with(health, now);
+        KeyHealth {
+            state,
+            until_ms,
+            cooldowns: health
+                .cooling_features(now)
+                .map(|(feature, until)| (Arc::clone(feature), until.unix_ms))
+                .collect(),
+        }
+    }
+
+    /// [`KeyEntry::state`], with `health` instead of the key's published health. A spend
+    /// budget is judged in the period open at `now` (one that has ended counts from 0 at once,
+    /// before the writer brings the key back).
+    pub fn state_with(&self, health: &HealthState, now: Now) -> (KeyState, Option<i64>) {
+        if !self.info.active {
+            let state = match health.disabled_reason {
+                Some(_) => KeyState::Disabled,
+                None => KeyState::Inactive,
+            };
+            return (state, None);
+        }
+        if !self.servable(|| now.unix_ms) {
+            return (KeyState::Expired, None);
+        }
+        let budget = self.budget().map(|budget| budget.at(now.unix_ms));
+        match health.unavailable(now) {
+            Some((KeyState::Exhausted, until)) => (KeyState::Exhausted, Some(until.unix_ms)),
+            _ if budget.is_some_and(|budget| budget.is_spent()) => (
+                KeyState::OverBudget,
+                budget.and_then(|budget| budget.resets_at_ms()),
+            ),
+            Some((state, until)) => (state, Some(until.unix_ms)),
+            None => (KeyState::Active, None),
+        }
     }
 
     /// The `GET /key` response body. Cloning it bumps a reference count; nothing is copied.

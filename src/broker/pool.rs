@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use super::catalog::{Catalog, Dirty};
 use super::clock::Clock;
+use super::health::ReportCounts;
 use super::key::KeyEntry;
 use super::snapshot::{FeaturePool, Scoped, Snapshot, Spent};
 use super::usage::{NoReserve, Reserve};
@@ -24,6 +25,17 @@ pub enum Pick<'a> {
     UnknownFeature,
     /// None of the consumer's tiers lists the feature.
     OutOfScope,
+    /// The draw is larger than the largest limit any tier gives the feature (that limit).
+    AboveLimit(u32),
+}
+
+/// Whether a draw counts its outcome (`keypooler_key_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    Counted,
+    /// For a request that may try again: it counts its final outcome through
+    /// [`Snapshot::outcomes`] itself.
+    Uncounted,
 }
 
 /// Whose request it is: the admin draws from every tier, a consumer from its scoped tiers.
@@ -33,13 +45,25 @@ pub enum Caller<'a> {
     Consumer(&'a Scoped),
 }
 
+/// Told that a key may have become servable: requests waiting for one (`GET /key?wait=`)
+/// look again. Implemented by the HTTP layer; called from any thread, so it must not block for
+/// long (it takes the waiters' lock and tries one draw per waiter).
+pub trait Awaken: Send + Sync {
+    /// `feature`: the feature a key may now serve; `None`: any feature.
+    fn key_available(&self, feature: Option<&str>);
+}
+
 /// The current snapshot, swapped whole by the writer and read lock-free by every request.
 pub struct Pool {
     current: ArcSwap<Snapshot>,
     clock: Clock,
     /// Where usage caps ask for more reserved uses: the writer, once it runs.
     reserve: OnceLock<Box<dyn Reserve>>,
+    /// Who waits for keys: the waiting requests, once the HTTP state exists.
+    awaken: OnceLock<Box<dyn Awaken>>,
     meter: Meter,
+    /// The `POST /key/{id}/report` counters, registered once.
+    reports: ReportCounts,
 }
 
 impl Pool {
@@ -54,6 +78,8 @@ impl Pool {
             current: ArcSwap::from_pointee(Snapshot::empty(&clock, &meter)),
             clock,
             reserve: OnceLock::new(),
+            reports: ReportCounts::new(&meter),
+            awaken: OnceLock::new(),
             meter,
         }
     }
@@ -65,8 +91,32 @@ impl Pool {
         }
     }
 
+    /// Connects the requests that wait for keys. Set once.
+    pub fn set_awaken(&self, awaken: Box<dyn Awaken>) {
+        if self.awaken.set(awaken).is_err() {
+            tracing::warn!("waiters were already connected; keeping the first");
+        }
+    }
+
+    /// Says that a key may have become servable for `feature` (`None`: for any feature): a
+    /// key was added, re-enabled, or its cooldown or exhaustion ended; the requests waiting
+    /// for one try again now, in arrival order. [`Pool::publish`] calls it for every feature a
+    /// new generation changes, and a manual clock for every feature when it moves; call it for
+    /// any other change that can make a key servable without publishing. Cheap when nobody
+    /// waits; never call it from `GET /key`'s hot path.
+    pub fn key_available(&self, feature: Option<&str>) {
+        if let Some(awaken) = self.awaken.get() {
+            awaken.key_available(feature);
+        }
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The counters of health reports, by outcome class.
+    pub fn reports(&self) -> &ReportCounts {
+        &self.reports
     }
 
     /// The current snapshot: a cheap guard for one request, not to be held across an await.
@@ -89,32 +139,59 @@ impl Pool {
         snapshot: &'s Snapshot,
         feature: &str,
     ) -> Pick<'s> {
+        self.draw(caller, snapshot, feature, 1, Tally::Counted)
+    }
+
+    /// Draws `cost` units (at least 1) of a key's window for `feature` among the tiers `caller`
+    /// may draw from, counting the outcome as `tally` says.
+    #[inline]
+    pub fn draw<'s>(
+        &self,
+        caller: Caller<'s>,
+        snapshot: &'s Snapshot,
+        feature: &str,
+        cost: u32,
+        tally: Tally,
+    ) -> Pick<'s> {
+        let count = tally == Tally::Counted;
         let pool: Option<&'s FeaturePool> = match caller {
             Caller::Admin => snapshot.feature(feature),
             Caller::Consumer(scoped) => match scoped.feature(feature) {
                 Some(pool) => Some(pool),
                 None => {
-                    snapshot.outcomes(feature).forbidden.increment(1);
+                    if count {
+                        snapshot.outcomes(feature).forbidden.increment(1);
+                    }
                     return Pick::OutOfScope;
                 }
             },
         };
-        match pool {
-            None => {
+        let Some(pool) = pool else {
+            if count {
                 snapshot.unlisted_outcomes().unknown_feature.increment(1);
-                Pick::UnknownFeature
             }
-            Some(pool) => {
-                match pool.pick(&self.clock, self.reserve.get().map_or(&NoReserve, |r| &**r)) {
-                    Ok(key) => {
-                        pool.outcomes().served.increment(1);
-                        Pick::Served(key, pool.name())
-                    }
-                    Err(spent) => {
-                        pool.outcomes().spent.increment(1);
-                        Pick::Spent(spent)
-                    }
+            return Pick::UnknownFeature;
+        };
+        if cost > 1 {
+            // Measured against every tier listing the feature, whoever asks.
+            let max = snapshot.feature(feature).map_or(0, FeaturePool::max_limit);
+            if cost > max {
+                return Pick::AboveLimit(max);
+            }
+        }
+        let reserve: &dyn Reserve = self.reserve.get().map_or(&NoReserve, |r| &**r);
+        match pool.pick(&self.clock, cost, reserve) {
+            Ok(key) => {
+                if count {
+                    pool.outcomes().served.increment(1);
                 }
+                Pick::Served(key, pool.name())
+            }
+            Err(spent) => {
+                if count {
+                    pool.outcomes().spent.increment(1);
+                }
+                Pick::Spent(spent)
             }
         }
     }
@@ -128,6 +205,9 @@ impl Pool {
                 .next(catalog, dirty, &self.clock, &self.meter),
         );
         self.current.store(Arc::clone(&next));
+        for feature in dirty {
+            self.key_available(Some(feature));
+        }
         next
     }
 }
@@ -285,6 +365,53 @@ mod tests {
         assert!(served_id(&pool, "chat").is_some());
     }
 
+    /// Cooling keys are skipped; once every key cools, the pool remembers the earliest end and
+    /// refuses until then without looking at its keys again (as a spent pool does), so only a
+    /// rebuild makes a key freed early servable before it.
+    #[test]
+    fn cooling_keys_are_skipped_and_an_all_cooling_pool_refuses_in_one_load() {
+        use crate::broker::{Backoff, HealthState, Now};
+        let (pool, hand) = pool_with(2, 1_000);
+        let now = Now::read(pool.clock());
+        let cool = |id: &str, ms: u64| {
+            let state = HealthState {
+                key: Backoff {
+                    until: Some(now.after(ms)),
+                    level: 1,
+                },
+                ..HealthState::default()
+            };
+            pool.load()
+                .catalog
+                .key(id)
+                .unwrap()
+                .health
+                .publish(state, now);
+        };
+        cool("k0", 5_000);
+        for _ in 0..3 {
+            assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        }
+        cool("k1", 2_000);
+        let snapshot = pool.load();
+        match pool.pick(&snapshot, "chat") {
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 2_000),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // k1 freed without a rebuild: the pool still refuses on what it remembered.
+        let key = snapshot.catalog.key("k1").unwrap();
+        key.health.publish(HealthState::default(), now);
+        assert_eq!(served_id(&pool, "chat"), None);
+        let catalog = snapshot.catalog.clone();
+        let dirty = catalog.features();
+        pool.publish(catalog, &dirty);
+        assert_eq!(served_id(&pool, "chat").as_deref(), Some("k1"));
+        // k0 comes back by itself at its deadline.
+        hand.advance_ms(5_000);
+        let served: Vec<_> = (0..2).filter_map(|_| served_id(&pool, "chat")).collect();
+        assert!(served.contains(&"k0".to_owned()), "{served:?}");
+    }
+
     #[test]
     fn a_rebuild_keeps_the_counts_of_open_windows() {
         let (pool, _) = pool_with(1, 2);
@@ -304,8 +431,9 @@ mod tests {
         assert!(matches!(pool.pick(&snapshot, "nope"), Pick::UnknownFeature));
     }
 
+    /// Nothing will recover by itself: a minute, whatever the windows.
     #[test]
-    fn a_feature_without_keys_retries_after_its_shortest_window() {
+    fn a_feature_without_keys_retries_after_a_minute() {
         let (clock, _) = Clock::manual();
         let pool = Pool::new(clock);
         let mut catalog = Catalog::default();
@@ -314,7 +442,7 @@ mod tests {
         pool.publish(catalog, &dirty);
         let snapshot = pool.load();
         match pool.pick(&snapshot, "chat") {
-            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 30_000),
+            Pick::Spent(spent) => assert_eq!(spent.retry_after_ms, 60_000),
             other => panic!("expected spent, got {other:?}"),
         }
     }
@@ -597,6 +725,27 @@ mod tests {
             }
             proptest::prop_assert_eq!(served, wanted);
         }
+    }
+
+    /// A key collected for placing and removed before it is placed stays out of its roster.
+    #[test]
+    fn a_key_removed_after_it_was_collected_is_not_placed() {
+        let mut catalog = Catalog::default();
+        catalog.put_tier(tier("a", &[("chat", 5, 60)]));
+        let mut unplaced = crate::broker::Unplaced::default();
+        for (id, created) in [("k1", 1), ("k2", 2), ("k3", 3)] {
+            catalog.put_key_unplaced(key(id, "a", created, None), &mut unplaced);
+        }
+        catalog.remove_key("k2");
+        catalog.place(unplaced);
+        let placed: Vec<String> = catalog
+            .roster("tier-a")
+            .into_iter()
+            .flat_map(|roster| roster.iter())
+            .map(|member| member.entry.info.id.to_string())
+            .collect();
+        assert_eq!(placed, ["k1", "k3"]);
+        assert!(catalog.key("k2").is_none());
     }
 
     proptest::proptest! {

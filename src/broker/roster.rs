@@ -79,4 +79,8 @@ pub(super) fn position(roster: &Roster, order: (i64, &str)) -> Result<usize, usi
 
 /// Keys added by [`Catalog::put_key_unplaced`](super::Catalog::put_key_unplaced), by tier id, waiting for [`Catalog::place`](super::Catalog::place).
 #[derive(Default)]
-pub struct Unplaced(pub(super) HashMap<Arc<str>, Vec<Arc<KeyEntry>>>);
+pub struct Unplaced {
+    pub(super) by_tier: HashMap<Arc<str>, Vec<Arc<KeyEntry>>>,
+    /// The catalog's count of removed keys when the first was collected.
+    pub(super) removed_before: Option<u64>,
+}

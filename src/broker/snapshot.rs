@@ -12,6 +12,7 @@ use super::clock::Clock;
 use super::consumer::Consumer;
 use super::key::KeyEntry;
 use super::outcomes::Outcomes;
+use super::rate::NEVER;
 use super::roster::{Member, Roster};
 use super::sync::{AtomicU64, AtomicUsize, Ordering};
 use super::tier::feature_index;
@@ -63,41 +64,54 @@ impl Modulus {
 
 /// Why a key could not be taken.
 enum Miss {
-    /// Spent until this clock instant.
+    /// Spent, cooling or exhausted until this clock instant.
     Until(u64),
     /// Its usage cap waits for the writer's next reservation.
     Pending,
-    /// Inactive, expired, or its lifetime cap is used up: only an admin change helps.
+    /// Inactive, expired, its lifetime cap is used up, or its limit is below the draw: only an
+    /// admin change helps (a key disabled by a report is inactive).
     Never,
 }
 
 impl Segment {
-    /// Takes one use of `member` for this segment's feature: its rate window, then its usage
-    /// cap if it has one (giving the window's use back if the cap refuses). `now` is running
-    /// time; `wall` is the pick's reading of wall time, read on the first candidate that has an
-    /// expiry.
+    /// Takes `cost` uses of `member`'s rate window for this segment's feature (`feature`) if
+    /// its health allows (not exhausted, not cooling for the feature), then one use of its
+    /// usage cap if it has one (giving the window's uses back if the cap refuses). `now` is
+    /// running time; `wall` is the pick's reading of wall time, read on the first candidate
+    /// that has an expiry.
     #[inline]
     fn take(
         &self,
         member: &Member,
+        feature: &str,
         now: u64,
+        cost: u32,
         wall: &mut Wall<'_>,
         reserve: &dyn Reserve,
     ) -> Result<(), Miss> {
         let entry = &member.entry;
-        let counter = member.counter(self.counter).ok_or(Miss::Never)?;
         if !entry.servable(|| wall.read()) {
             return Err(Miss::Never);
         }
+        if let Some(until) = entry.health.blocked_until(now, feature) {
+            return Err(Miss::Until(until));
+        }
+        let counter = member.counter(self.counter).ok_or(Miss::Never)?;
         let window = counter
-            .try_acquire(now, self.limit, self.window_ms)
-            .map_err(Miss::Until)?;
+            .try_acquire(now, self.limit, self.window_ms, cost)
+            .map_err(|end| {
+                if end == NEVER {
+                    Miss::Never
+                } else {
+                    Miss::Until(end)
+                }
+            })?;
         let Some(cap) = &entry.usage else {
             return Ok(());
         };
         cap.try_acquire(to_cap_seconds(now), &entry.info.id, reserve)
             .map_err(|refusal| {
-                counter.release(window);
+                counter.release(window, cost);
                 match refusal {
                     Refusal::Pending => Miss::Pending,
                     Refusal::Exhausted { until_s: LIFETIME } => Miss::Never,
@@ -125,19 +139,23 @@ impl Wall<'_> {
 /// The keys that can serve one feature, in rotation order (tiers by name, keys by creation).
 ///
 /// A pool is the concatenation of the rosters of the tiers listing the feature, so building one
-/// is O(tiers), whatever the number of keys. Inactive keys are in no roster; a key that has
-/// expired is skipped by `pick` (its turn goes to the next key) until the writer's next sweep
-/// takes it out of its roster.
+/// is O(tiers), whatever the number of keys. Inactive keys (disabled ones too) are in no roster;
+/// a key that has expired is skipped by `pick` (its turn goes to the next key) until the
+/// writer's next sweep takes it out of its roster; an exhausted or cooling key is skipped until
+/// its deadline, which its health word gives in one load.
 pub struct FeaturePool {
     name: Arc<str>,
     /// Round-robin position. `fetch_add(Relaxed)`: each request only needs a distinct starting
     /// point, not any ordering with other memory.
     cursor: CachePadded<AtomicUsize>,
-    /// Clock instant before which every candidate is known to be spent, so a request can answer
-    /// 429 without scanning. `u64::MAX` means nothing recovers without an admin change. Only ever
-    /// raised (`fetch_max`), and always to an instant at which some window really ends, so a
-    /// stale value can only cause a needless scan, never a wrong refusal. `Relaxed`: it guards no
-    /// other data.
+    /// Clock instant before which every candidate is known to be spent, cooling or exhausted
+    /// (for a draw of 1, so for any draw), so a request can answer 429 without scanning. Raised
+    /// by draws of 1 only: a key that refuses a larger draw may still serve a smaller one.
+    /// `u64::MAX` means nothing recovers without an admin change. Only ever raised
+    /// (`fetch_max`), and always to an instant at which some window, cooldown or exhaustion
+    /// really ends, so a stale value can only cause a needless scan, never a wrong refusal (a
+    /// change that frees a key early rebuilds the pool, and the new one starts at 0).
+    /// `Relaxed`: it guards no other data.
     spent_until: CachePadded<AtomicU64>,
     /// Non-empty segments, in rotation order.
     segments: Box<[Segment]>,
@@ -145,12 +163,15 @@ pub struct FeaturePool {
     len: usize,
     /// `cursor % len` without a division.
     modulus: Modulus,
-    /// What `Retry-After` says when no candidate will ever recover on its own (none, or all
-    /// expired): the shortest window of the tiers listing the feature.
-    idle_retry_ms: u64,
+    /// The largest `rate_limit` the tiers listing the feature give it: the largest draw.
+    max_limit: u32,
     /// Registered once per feature and carried over by rebuilds.
     outcomes: Arc<Outcomes>,
 }
+
+/// What `Retry-After` says when no candidate will recover on its own (none, or every one
+/// disabled, inactive or expired): a minute, when an operator may have acted.
+const NO_END_RETRY_MS: u64 = 60_000;
 
 /// Why a pick found no key: milliseconds until one may be available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,11 +200,23 @@ impl FeaturePool {
         &self.outcomes
     }
 
-    /// Takes one use of the next key with budget left, in rotation, reading `clock`'s running
-    /// time once (and its wall time at most once). A key with a usage cap also takes one use
-    /// of its cap; `reserve` is asked for more when its reservation runs low.
+    /// The largest draw a key of this pool can serve: the largest `rate_limit` its tiers give
+    /// the feature.
+    pub fn max_limit(&self) -> u32 {
+        self.max_limit
+    }
+
+    /// Takes `cost` uses (at least 1) of the next key with that many left in its window, in
+    /// rotation, reading `clock`'s running time once (and its wall time at most once); keys
+    /// whose limit is below `cost` are skipped. A key with a usage cap also takes one use of
+    /// its cap; `reserve` is asked for more when its reservation runs low.
     #[inline]
-    pub fn pick(&self, clock: &Clock, reserve: &dyn Reserve) -> Result<&Arc<KeyEntry>, Spent> {
+    pub fn pick(
+        &self,
+        clock: &Clock,
+        cost: u32,
+        reserve: &dyn Reserve,
+    ) -> Result<&Arc<KeyEntry>, Spent> {
         let now = clock.now_ms();
         let spent_until = self.spent_until.load(Ordering::Relaxed);
         if now < spent_until {
@@ -208,7 +241,7 @@ impl FeaturePool {
         for _ in 0..n {
             let segment = &self.segments[s];
             if let Some(member) = segment.members.get(i) {
-                match segment.take(member, now, &mut wall, reserve) {
+                match segment.take(member, &self.name, now, cost, &mut wall, reserve) {
                     Ok(()) => return Ok(&member.entry),
                     Err(Miss::Until(at)) => earliest = earliest.min(at),
                     Err(Miss::Pending) => pending = true,
@@ -228,14 +261,16 @@ impl FeaturePool {
         if pending {
             return Err(Spent { retry_after_ms: 1 });
         }
-        self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        if cost == 1 {
+            self.spent_until.fetch_max(earliest, Ordering::Relaxed);
+        }
         Err(self.spent(earliest, now))
     }
 
     #[cold]
     fn spent(&self, until: u64, now: u64) -> Spent {
         let retry_after_ms = if until == u64::MAX {
-            self.idle_retry_ms
+            NO_END_RETRY_MS
         } else {
             until - now
         };
@@ -455,7 +490,8 @@ fn build_pool(
 ) -> Option<FeaturePool> {
     let mut segments = Vec::new();
     let mut len = 0;
-    let mut idle_retry_ms = u64::MAX;
+    let mut listed = false;
+    let mut max_limit = 0;
     let tiers = catalog
         .tiers()
         .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
@@ -465,7 +501,8 @@ fn build_pool(
         else {
             continue;
         };
-        idle_retry_ms = idle_retry_ms.min(limit.window_ms());
+        listed = true;
+        max_limit = max_limit.max(limit.rate_limit);
         let Some(members) = catalog.roster(&tier.id).filter(|r| !r.is_empty()) else {
             continue;
         };
@@ -478,14 +515,14 @@ fn build_pool(
         });
         len += members.len();
     }
-    (idle_retry_ms != u64::MAX).then(|| FeaturePool {
+    listed.then(|| FeaturePool {
         name: Arc::clone(feature),
         cursor: CachePadded::new(AtomicUsize::new(cursor)),
         spent_until: CachePadded::new(AtomicU64::new(0)),
         segments: segments.into_boxed_slice(),
         len,
         modulus: Modulus::new(len),
-        idle_retry_ms,
+        max_limit,
         outcomes: outcomes(),
     })
 }

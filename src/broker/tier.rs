@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 /// A feature's limit in a tier: `rate_limit` uses per `window_seconds`, per key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Limit {
     pub rate_limit: u32,
     pub window_seconds: u32,
@@ -34,13 +35,11 @@ pub struct Budget {
     pub limit: Limit,
 }
 
-/// How many keys a tier has, how many of them are servable now, and how many are over their
-/// spend budget.
+/// How many keys a tier has, and how many of them are servable now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TierKeys {
     pub total: usize,
     pub active: usize,
-    pub over_budget: usize,
 }
 
 /// Where `feature` sits in `tier`'s feature order, which is the order of a member's counters.

@@ -6,29 +6,19 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Uri;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
-use hyper_util::rt::TokioIo;
-use secrecy::{ExposeSecret, SecretString};
+use http_body_util::BodyExt;
+use hyper::Method;
+use hyper::header::CONTENT_LENGTH;
+use secrecy::SecretString;
 
+use super::client::{Server, block_on, idle};
 use super::{Failure, format_elapsed};
-use crate::config::{ConfigError, Settings};
+use crate::config::Settings;
 use crate::store::inspect_backup;
-
-/// Where the server is when `KEYPOOLER_URL` is not set.
-const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the server may send nothing (its answer's head, then each part of the file).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// The most of an error answer read, for its message.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -50,13 +40,8 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<(), Failure>
         return Err(anyhow!("{} exists; pass --force to replace it", args.to.display()).into());
     }
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)?;
     let mut partial = Partial::create(&args.to)?;
-    let bytes = runtime
-        .block_on(server.download(&token, &mut partial.file))
+    let bytes = block_on(download(&server, &token, &mut partial.file))
         .with_context(|| format!("backup from {} failed; no file was written", server.url))?;
     partial
         .file
@@ -78,117 +63,28 @@ pub(super) fn run(settings: &Settings, args: &BackupArgs) -> Result<(), Failure>
     Ok(())
 }
 
-/// The running server, from `KEYPOOLER_URL`.
-struct Server {
-    /// As given, for messages (it holds no credentials: those are refused).
-    url: String,
-    /// `host:port`, to connect to and for the `Host` header.
-    authority: String,
-    /// The request's path: `/admin/backup` under the URL's own path, if it has one.
-    path: String,
-}
-
-impl Server {
-    fn parse(given: Option<&str>) -> Result<Self, ConfigError> {
-        let url = given
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .unwrap_or(DEFAULT_URL);
-        let invalid = |why: &str| {
-            ConfigError(format!(
-                "KEYPOOLER_URL must be an http:// URL such as {DEFAULT_URL} ({why})"
-            ))
-        };
-        if url.contains('@') {
-            return Err(invalid(
-                "credentials do not belong in it: the token is ADMIN_TOKEN",
-            ));
+/// Asks `server` for a backup and writes it into `file`: its length, once every byte the
+/// server announced has arrived.
+async fn download(server: &Server, token: &SecretString, file: &mut File) -> anyhow::Result<u64> {
+    let response = server
+        .send(token, Method::GET, "/admin/backup", None)
+        .await?;
+    let announced = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    let mut body = response.into_body();
+    let mut written = 0u64;
+    while let Some(frame) = idle(body.frame()).await? {
+        if let Ok(data) = frame?.into_data() {
+            file.write_all(&data)?;
+            written += data.len() as u64;
         }
-        let uri: Uri = url.parse().map_err(|_| invalid(&format!("got {url:?}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "this client speaks plain HTTP: reach the server's port directly, or through a tunnel",
-                ));
-            }
-            _ => return Err(invalid(&format!("got {url:?}"))),
-        }
-        if uri.query().is_some() {
-            return Err(invalid(&format!("got {url:?}, with a query")));
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| invalid(&format!("got {url:?}, with no host")))?;
-        let port = authority.port_u16().unwrap_or(80);
-        Ok(Self {
-            url: url.to_owned(),
-            authority: format!("{}:{port}", authority.host()),
-            path: format!("{}/admin/backup", uri.path().trim_end_matches('/')),
-        })
     }
-
-    /// Asks for a backup and writes it into `file`: its length, once every byte the server
-    /// announced has arrived.
-    async fn download(&self, token: &SecretString, file: &mut File) -> anyhow::Result<u64> {
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(&self.authority),
-        )
-        .await
-        .map_err(|_| anyhow!("no connection within {} s", CONNECT_TIMEOUT.as_secs()))?
-        .context("cannot connect")?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(connection);
-        let request = hyper::Request::get(self.path.as_str())
-            .header(HOST, self.authority.as_str())
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            .body(Empty::<Bytes>::new())?;
-        let response = idle(sender.send_request(request)).await??;
-        let status = response.status();
-        if !status.is_success() {
-            let body = Limited::new(response.into_body(), ERROR_BODY_LIMIT);
-            let body = idle(body.collect()).await?.map(|body| body.to_bytes());
-            bail!("the server answered {status}: {}", message(body.ok()));
-        }
-        let announced = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
-        let mut body = response.into_body();
-        let mut written = 0u64;
-        while let Some(frame) = idle(body.frame()).await? {
-            if let Ok(data) = frame?.into_data() {
-                file.write_all(&data)?;
-                written += data.len() as u64;
-            }
-        }
-        if announced.is_some_and(|announced| announced != written) {
-            bail!("the answer was cut short");
-        }
-        connection.abort();
-        Ok(written)
+    if announced.is_some_and(|announced| announced != written) {
+        bail!("the answer was cut short");
     }
-}
-
-/// `future`, unless the server sends nothing for [`IDLE_TIMEOUT`].
-async fn idle<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
-    tokio::time::timeout(IDLE_TIMEOUT, future)
-        .await
-        .map_err(|_| anyhow!("the server sent nothing for {} s", IDLE_TIMEOUT.as_secs()))
-}
-
-/// The message of an error answer (`{"error": "…"}`), on one line.
-fn message(body: Option<Bytes>) -> String {
-    let text = body
-        .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
-        .and_then(|json| json.get("error")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "no error message".into());
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(500)
-        .collect()
+    Ok(written)
 }
 
 /// The file being written, under a temporary name beside its destination; removed unless kept.
@@ -257,46 +153,5 @@ impl Drop for Partial {
         if !self.kept {
             let _ = fs::remove_file(&self.path);
         }
-    }
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_url_names_an_http_server() {
-        let server = Server::parse(None).unwrap();
-        assert_eq!(
-            (server.authority.as_str(), server.path.as_str()),
-            ("127.0.0.1:8080", "/admin/backup")
-        );
-        let server = Server::parse(Some("http://[::1]/keys/")).unwrap();
-        assert_eq!(
-            (server.authority.as_str(), server.path.as_str()),
-            ("[::1]:80", "/keys/admin/backup")
-        );
-        for bad in [
-            "https://pool.example",
-            "ftp://pool.example",
-            "pool.example:8080",
-            "http://user:secret@pool.example",
-            "http://pool.example/?x=1",
-            "http://",
-        ] {
-            let err = Server::parse(Some(bad)).err().unwrap();
-            assert!(err.0.starts_with("KEYPOOLER_URL must be"), "{bad}: {err}");
-            assert!(!err.0.contains("secret"), "{err}");
-        }
-    }
-
-    #[test]
-    fn an_error_answer_is_shown_on_one_line() {
-        let body = Bytes::from_static(br#"{"error":"invalid\ntoken"}"#);
-        assert_eq!(message(Some(body)), "invalid token");
-        assert_eq!(
-            message(Some(Bytes::from_static(b"<html>"))),
-            "no error message"
-        );
     }
 }

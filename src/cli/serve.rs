@@ -5,12 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use super::Failure;
 use crate::app::{App, Options, shutdown_signal};
 use crate::broker::Clock;
+use crate::compat::PostgresUrl;
 use crate::config::{ServeConfig, Settings};
 use crate::crypto::Sealer;
 use crate::store::Store;
 
 pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
     let config = ServeConfig::from_settings(settings)?;
+    warn_of_database_url(&config.db_path);
     crate::hardening::apply_at_start_up(config.hardening, config.limits.max_connections)
         .map_err(anyhow::Error::from)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -26,6 +28,7 @@ pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
             audit: config.audit,
             metrics: metrics.clone(),
             limits: config.limits,
+            health: config.key_health,
         };
         let app = App::start_with(
             store,
@@ -68,6 +71,20 @@ pub(super) fn run(settings: &Settings) -> Result<(), Failure> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The Go service's newest version keeps its data at `DATABASE_URL`; hosting platforms set that
+/// variable on their own. Set to a PostgreSQL URL while there is no database at DB_PATH yet, it
+/// most likely means a move from the Go service that has not brought its data over: one warning
+/// (without the URL) names the import command, and start-up goes on with an empty database.
+fn warn_of_database_url(db_path: &std::path::Path) {
+    let postgres = std::env::var("DATABASE_URL").is_ok_and(|url| PostgresUrl::is_url(url.trim()));
+    if postgres && !db_path.exists() {
+        tracing::warn!(
+            db_path = %db_path.display(),
+            "DATABASE_URL names a PostgreSQL database (the Go keypooler's), which keypooler does not use: it keeps its data in DB_PATH, which does not exist yet, and starts empty. To bring the Go service's data over, stop keypooler and run: keypooler import --from \"$DATABASE_URL\""
+        );
+    }
 }
 
 /// Binds `address`, or when it is unset every interface (IPv6 and IPv4 where the system allows

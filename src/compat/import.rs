@@ -4,14 +4,17 @@ use std::collections::{HashMap, HashSet};
 
 use indicatif::ProgressBar;
 
-use super::source::SourceContents;
+use super::source::{SourceContents, SourceKey};
 use super::{CompatError, Schema};
 use crate::broker::Plaintext;
 use crate::crypto::Sealer;
 use crate::store::{
-    Contents, KeyRecord, Skipped, Store, check_consumer_loads, check_key_loads, check_tier_loads,
-    key_record,
+    AUDIT_RETENTION, Contents, KeyRecord, SignedKey, Skipped, Store, check_consumer_loads,
+    check_key_loads, check_tier_loads, key_record, map_on_cores,
 };
+
+/// Keys sealed and signed together on every core before they are written.
+const CHUNK: usize = 4096;
 
 /// What to do when the target database already holds tiers, keys or consumers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,8 +38,12 @@ pub struct ImportSummary {
     pub consumers: usize,
     /// Rows skipped by `--merge` because their id was already present.
     pub skipped: usize,
-    /// Audit rows of the source (`usage_events`), which are not imported.
+    /// Audit events imported (the newest of the source's `usage_events`).
     pub usage_events: u64,
+    /// Older audit events, beyond what the audit trail keeps, not imported.
+    pub usage_events_left_out: u64,
+    /// Rows of the source's `spend_events`, not imported.
+    pub spend_events: u64,
 }
 
 /// Writes what was read from a source file into `store` (values sealed with `sealer`), in one
@@ -128,7 +135,9 @@ fn write(
         keys: 0,
         consumers: 0,
         skipped: 0,
-        usage_events: source.usage_events,
+        usage_events: source.usage.len() as u64,
+        usage_events_left_out: source.usage_dropped,
+        spend_events: source.spend_events,
     };
     let batch = store.begin()?;
     if mode == ImportMode::Replace {
@@ -154,11 +163,11 @@ fn write(
         created.insert(tier.id.as_str());
         summary.tiers += 1;
     }
-    for key in &source.keys {
+    // Sealing, checking and signing a key is most of an import's work: done on every core, a
+    // chunk at a time, while the previous chunk goes into the transaction.
+    let prepare = |key: &SourceKey| -> Result<Option<SignedKey>, CompatError> {
         if key_ids.contains(&*key.info.id) {
-            summary.skipped += 1;
-            progress.inc(1);
-            continue;
+            return Ok(None);
         }
         let plain = Plaintext {
             value: &key.value,
@@ -170,13 +179,36 @@ fn write(
             usage_window_seconds: key.usage_window_seconds,
             usage_count: key.usage_count,
             usage_window_start_ms: key.usage_window_start_ms,
+            exhausted_until_ms: key.exhausted_until_ms,
+            budget: key.budget.clone(),
+            spent_nanos: key.spent_nanos,
             ..key_record(&key.info, &plain, sealer)
         };
         check_key_loads(&record, sealer).map_err(would_not_load)?;
-        batch.put_key(&record)?;
-        summary.keys += 1;
-        progress.inc(1);
+        Ok(Some(store.sign_key(&record)))
+    };
+    let mut signed: Vec<SignedKey> = Vec::new();
+    for chunk in source.keys.chunks(CHUNK) {
+        let (prepared, written) = map_on_cores(chunk, prepare, || {
+            let written = batch.put_signed_keys(&signed);
+            progress.inc(signed.len() as u64);
+            written
+        });
+        written?;
+        signed.clear();
+        for key in prepared {
+            match key? {
+                Some(key) => signed.push(key),
+                None => {
+                    summary.skipped += 1;
+                    progress.inc(1);
+                }
+            }
+        }
+        summary.keys += signed.len();
     }
+    batch.put_signed_keys(&signed)?;
+    progress.inc(signed.len() as u64);
     for consumer in &source.consumers {
         if consumer_ids.contains(consumer.id.as_str()) {
             summary.skipped += 1;
@@ -214,6 +246,7 @@ fn write(
         batch.put_consumer(consumer)?;
         summary.consumers += 1;
     }
+    batch.append_usage(&source.usage, AUDIT_RETENTION)?;
     batch.commit()?;
     Ok(summary)
 }

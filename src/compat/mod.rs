@@ -1,10 +1,14 @@
-//! Moving to and from the Go keypooler's SQLite database (docs/moving-from-go.md).
+//! Moving to and from the Go keypooler's database: its SQLite file, or its newest generation's
+//! PostgreSQL database (docs/moving-from-go.md).
 //!
 //! ```text
-//! import:  SQLite file (read only) ─► read_source (detect the generation, validate every row,
-//!          open every value) ─► import (seal ours, one redb transaction) ─► DB_PATH
+//! import:  SQLite file (read only) ─► read_source ─┐ (detect the generation, validate every
+//!          PostgreSQL (read-only   ─► read_postgres ┘ row, open every value: one reader)
+//!            transaction)          ─► import (seal ours, one redb transaction) ─► DB_PATH
 //! export:  DB_PATH ─► open every value ─► export (migrations/*.sql, seal Go-style)
 //!          ─► temp file in the target's folder ─► rename
+//!          DB_PATH ─► export_postgres (migrations/postgres/*.sql, one transaction) ─► an
+//!          empty PostgreSQL database
 //! ```
 //!
 //! Both are all or nothing: a bad row stops the import before anything is written, and an
@@ -13,6 +17,7 @@
 
 mod export;
 mod import;
+mod postgres;
 mod source;
 mod time;
 
@@ -22,8 +27,9 @@ use crate::store::StoreError;
 
 pub use export::{ExportSummary, Unservable, export, unservable};
 pub use import::{ImportMode, ImportSummary, import};
-pub use source::{SourceContents, SourceKey, read_source};
-pub use time::{format_timestamp_ms, parse_timestamp_ms};
+pub use postgres::{PostgresUrl, export_postgres, redact};
+pub use source::{SourceContents, SourceKey, read_postgres, read_source};
+pub use time::{budget_period_start_ms, format_timestamp_ms, parse_timestamp_ms};
 
 /// The two schema generations of the Go service's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +60,15 @@ pub enum CompatError {
     NotKeypooler { path: PathBuf, reason: String },
     #[error("cannot read {path}: {reason}")]
     Sqlite { path: PathBuf, reason: String },
+    /// The PostgreSQL server or the connection failed; `url` is shown without its password.
+    #[error("{url}: {reason}")]
+    Postgres { url: String, reason: String },
+    #[error("{url} is a PostgreSQL database but not the Go keypooler's: {reason}")]
+    NotKeypoolerPostgres { url: String, reason: String },
+    #[error(
+        "{url} is not empty (it holds {tables}); export writes only into an empty database: create one (createdb) and export into it"
+    )]
+    PostgresNotEmpty { url: String, tables: String },
     /// A row that cannot be imported (or a record that cannot be exported). `row` names it by
     /// its id (or SQLite rowid); the reason never holds a value.
     #[error("{table} row {row}: {reason}")]

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
@@ -14,9 +15,10 @@ use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
+use super::listing::{Items, Listing, Source, list};
 use crate::broker::{
-    Amount, Catalog, KeyBody, KeyBudget, KeyEntry, KeyPatch, KeyPatchBody, Limit, NewKey, Tier,
-    TierBody, TierSpec,
+    Amount, Catalog, Deadline, HealthState, KeyBody, KeyBudget, KeyEntry, KeyPatch, KeyPatchBody,
+    KeyState, Limit, NewKey, Now, Snapshot, Tier, TierBody, TierSpec, Unit,
 };
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -38,8 +40,8 @@ pub fn rfc3339(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Serialize)]
-struct TierView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct TierView<'a> {
     id: &'a str,
     name: &'a str,
     description: &'a str,
@@ -95,8 +97,8 @@ pub async fn list_tiers(_: Admin, State(app): State<AppState>) -> Response {
 
 /// The answer to `POST /admin/keys`: the seed's `id`, `name` and `tier`, and the fields the Go
 /// service's later versions added (`null` where not set; never a value or secret).
-#[derive(Serialize)]
-struct AddedKey<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct AddedKey<'a> {
     id: &'a str,
     name: &'a str,
     tier: &'a str,
@@ -153,37 +155,41 @@ pub async fn add_key(
     Ok(respond(answer, &app.pool().load().catalog, key_added))
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, JsonSchema)]
+pub struct Usage {
     used: u32,
     limit: u32,
     window_seconds: u32,
 }
 
 /// A key's spend budget as the API shows it: `{"amount", "unit", "reset_day"}`.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct BudgetView {
     amount: Amount,
+    #[schemars(with = "Unit")]
     unit: &'static str,
+    /// The day of the month (1–28) the budget resets on at 00:00 UTC; `null`: a lifetime
+    /// budget.
     reset_day: Option<u8>,
 }
 
 /// A key's spend figures at a wall time: `budget`, `spent`, `remaining` (never below 0) and
 /// `resets_at` (`null` for a lifetime budget); without a budget `spent` is 0 (as in the Go
 /// service) and the others `null`.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct BudgetFields {
     budget: Option<BudgetView>,
     spent: Amount,
     remaining: Option<Amount>,
+    /// When `spent` starts again from 0 (RFC 3339).
     resets_at: Option<String>,
 }
 
 impl BudgetFields {
-    /// The figures of `key` at wall time `unix_ms`: a period that has ended counts from 0 at
+    /// The figures of `budget` at wall time `unix_ms`: a period that has ended counts from 0 at
     /// once, before the writer brings the key back.
-    pub fn of(key: &KeyEntry, unix_ms: i64) -> Self {
-        let budget = key.budget.map(|budget| budget.at(unix_ms));
+    pub fn of(budget: Option<KeyBudget>, unix_ms: i64) -> Self {
+        let budget = budget.map(|budget| budget.at(unix_ms));
         Self {
             budget: budget.map(|KeyBudget { limit, .. }| BudgetView {
                 amount: Amount(limit.amount_nanos),
@@ -195,28 +201,10 @@ impl BudgetFields {
             resets_at: budget.and_then(|budget| budget.resets_at_ms()).map(rfc3339),
         }
     }
-
-    fn over_budget(&self) -> bool {
-        self.remaining == Some(Amount(0))
-    }
 }
 
-/// A key's state at wall time `unix_ms`, first match wins: `inactive`, `expired`,
-/// `over_budget`, `active`.
-fn state(key: &KeyEntry, budget: &BudgetFields, unix_ms: i64) -> &'static str {
-    if !key.info.active {
-        "inactive"
-    } else if !key.servable(|| unix_ms) {
-        "expired"
-    } else if budget.over_budget() {
-        "over_budget"
-    } else {
-        "active"
-    }
-}
-
-#[derive(Serialize)]
-struct KeyView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct KeyView<'a> {
     id: &'a str,
     name: &'a str,
     tier_id: &'a str,
@@ -233,15 +221,30 @@ struct KeyView<'a> {
     usage_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
+    /// `disabled`, `inactive`, `expired`, `exhausted`, `over_budget`, `cooling` or `active`.
+    #[schemars(with = "KeyState")]
+    state: &'static str,
+    disabled_reason: Option<&'a str>,
+    /// When the whole key's cooldown ends, while it runs.
+    cooldown_until: Option<String>,
+    /// Features cooling, with when each ends.
+    cooldowns: BTreeMap<&'a str, String>,
+    exhausted_until: Option<String>,
+    consecutive_failures: u32,
     metadata: serde_json::Map<String, serde_json::Value>,
     /// Sorted; never a value.
     secret_names: Vec<String>,
-    state: &'static str,
     #[serde(flatten)]
     budget: BudgetFields,
 }
 
-fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64, unix_now: i64) -> KeyView<'a> {
+fn key_view<'a>(
+    catalog: &'a Catalog,
+    key: &'a KeyEntry,
+    health: &'a HealthState,
+    clocks: Now,
+) -> KeyView<'a> {
+    let now = clocks.running_ms;
     let cap = key.usage.as_deref();
     let usage_count = cap.map(|cap| {
         let (end, used) = cap.used();
@@ -267,10 +270,8 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64, unix_now: i64
             (&**feature, usage)
         })
         .collect();
-    let budget = BudgetFields::of(key, unix_now);
     KeyView {
-        state: state(key, &budget, unix_now),
-        budget,
+        budget: BudgetFields::of(key.budget(), clocks.unix_ms),
         id: &key.info.id,
         name: &key.info.name,
         tier_id: &key.info.tier_id,
@@ -282,27 +283,103 @@ fn key_view<'a>(catalog: &'a Catalog, key: &'a KeyEntry, now: u64, unix_now: i64
         usage_limit: cap.map(|cap| cap.limit),
         usage_count,
         usage_window_seconds: cap.and_then(|cap| cap.window_s),
+        state: key.state_with(health, clocks).0.as_str(),
+        disabled_reason: health.disabled_reason.as_deref(),
+        cooldown_until: running(health.key.until, clocks),
+        cooldowns: health
+            .cooling_features(clocks)
+            .map(|(feature, until)| (&**feature, rfc3339(until.unix_ms)))
+            .collect(),
+        exhausted_until: running(health.exhausted, clocks),
+        consecutive_failures: health.consecutive_failures,
         metadata,
         secret_names,
     }
 }
 
-pub async fn list_keys(_: Admin, State(app): State<AppState>) -> Response {
-    let snapshot = app.pool().load();
-    let now = app.pool().clock().now_ms();
-    let unix_now = app.pool().clock().unix_now_ms();
-    let keys: Vec<KeyView<'_>> = snapshot
-        .catalog
-        .keys()
-        .map(|key| key_view(&snapshot.catalog, key, now, unix_now))
-        .collect();
-    json(StatusCode::OK, &keys)
+/// A deadline still ahead at `now`, as RFC 3339.
+fn running(deadline: Option<Deadline>, now: Now) -> Option<String> {
+    deadline
+        .filter(|d| now.running_ms < d.running_ms)
+        .map(|d| rfc3339(d.unix_ms))
+}
+
+/// What `GET /admin/keys` lists: its filters, and the clock readings the views show.
+struct Keys {
+    /// `?tier=<name>`.
+    tier: Option<String>,
+    /// `?state=<name>`.
+    state: Option<KeyState>,
+    /// `?name_prefix=`.
+    name_prefix: Option<String>,
+    now: Now,
+}
+
+impl Keys {
+    fn matches(&self, key: &KeyEntry, tier_id: Option<&str>) -> bool {
+        tier_id.is_none_or(|id| *key.info.tier_id == *id)
+            && (self.name_prefix.as_deref()).is_none_or(|prefix| key.info.name.starts_with(prefix))
+            && self
+                .state
+                .is_none_or(|state| key.state(self.now).0 == state)
+    }
+}
+
+impl Source for Keys {
+    fn each(&self, snapshot: &Snapshot, after: Option<&str>, items: &mut impl Items) {
+        let catalog = &snapshot.catalog;
+        let tier_id = match self.tier.as_deref().map(|name| catalog.tier_by_name(name)) {
+            None => None,
+            Some(Some(tier)) => Some(&*tier.id),
+            // No such tier: no key.
+            Some(None) => return,
+        };
+        for key in catalog
+            .keys_by_id(after)
+            .filter(|key| self.matches(key, tier_id))
+        {
+            let health = key.health.state();
+            if !items.push(&key.info.id, &key_view(catalog, key, &health, self.now)) {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /admin/keys`: by id, filtered by `tier`, `state` and `name_prefix`; paged with
+/// `limit` and `after`, else streamed whole.
+pub async fn list_keys(
+    _: Admin,
+    State(app): State<AppState>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    let state = listing
+        .param("state")
+        .map(|name| {
+            KeyState::named(name).ok_or_else(|| {
+                let names: Vec<&str> = KeyState::ALL.iter().map(|state| state.as_str()).collect();
+                ApiError::BadRequest(format!("state must be one of: {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
+    let keys = Keys {
+        tier: listing.param("tier").map(str::to_owned),
+        state,
+        name_prefix: listing.param("name_prefix").map(str::to_owned),
+        now: Now::read(app.pool().clock()),
+    };
+    list(
+        &listing,
+        arc_swap::Guard::into_inner(app.pool().load()),
+        keys,
+    )
 }
 
 /// The answer to `PATCH /admin/keys/{id}`: the key's listing entry, plus `key_id` (the Go
 /// service's answer names the key so).
-#[derive(Serialize)]
-struct PatchedKey<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct PatchedKey<'a> {
     key_id: &'a str,
     #[serde(flatten)]
     view: KeyView<'a>,
@@ -319,11 +396,11 @@ pub async fn patch_key(
         .patch_key(id, KeyPatch::try_from(body)?)
         .await?;
     let snapshot = app.pool().load();
-    let now = app.pool().clock().now_ms();
-    let unix_now = app.pool().clock().unix_now_ms();
+    let now = Now::read(app.pool().clock());
+    let health = key.health.state();
     let patched = PatchedKey {
         key_id: &key.info.id,
-        view: key_view(&snapshot.catalog, &key, now, unix_now),
+        view: key_view(&snapshot.catalog, &key, &health, now),
     };
     Ok(json(StatusCode::OK, &patched))
 }
@@ -346,13 +423,26 @@ pub async fn delete_key(
     Ok(deleted())
 }
 
-/// The answer to a successful `DELETE`.
-pub fn deleted() -> Response {
-    json_response(StatusCode::OK, r#"{"status":"deleted"}"#)
+/// `{"status": "…"}`: the liveness check's answer, and a deletion's.
+#[derive(Serialize, JsonSchema)]
+pub struct Status {
+    /// `ok` or `deleted`.
+    status: &'static str,
 }
 
-#[derive(Serialize)]
-struct PoolHealth<'a> {
+impl Status {
+    pub fn response(status: &'static str) -> Response {
+        json(StatusCode::OK, &Self { status })
+    }
+}
+
+/// The answer to a successful `DELETE`.
+pub fn deleted() -> Response {
+    Status::response("deleted")
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct PoolHealth<'a> {
     pool_size: usize,
     active_keys: usize,
     tiers: usize,
@@ -384,51 +474,55 @@ pub async fn health(_: Admin, State(app): State<AppState>) -> impl IntoResponse 
     json(StatusCode::OK, &health)
 }
 
-#[derive(Serialize)]
-struct UsageView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct UsageView<'a> {
+    /// Increasing with time: the cursor of the next page.
+    id: u64,
     key_id: &'a str,
     /// `"admin"` for the admin token.
     consumer_id: &'a str,
     feature: &'a str,
     created_at: String,
+    /// A change to the key's health (`report 429`, `exhausted`): absent for a served key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
 }
 
-/// `?limit=N`: 1 or more (default 100); above 1000 reads as 1000.
-fn usage_limit(query: Option<&str>) -> Result<usize, ApiError> {
-    let Some((_, text)) = query
-        .into_iter()
-        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-        .find(|(name, _)| name == "limit")
-    else {
-        return Ok(100);
-    };
-    text.parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .map(|n| n.min(1_000) as usize)
-        .ok_or_else(|| ApiError::BadRequest("limit must be an integer from 1 to 1000".into()))
-}
+/// Audit events a listing without `limit` shows, as the Go service did.
+const USAGE_PAGE: usize = 100;
 
-pub async fn usage(
-    _: Admin,
-    State(app): State<AppState>,
-    uri: axum::http::Uri,
-) -> Result<Response, ApiError> {
-    let limit = usage_limit(uri.query())?;
+/// `GET /admin/usage`: newest first, paged by `limit` (default 100) and `after` (an event's
+/// `id`: the events older than it).
+pub async fn usage(_: Admin, State(app): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    let limit = listing.limit()?.unwrap_or(USAGE_PAGE);
+    let before = listing
+        .after()
+        .map(|id| {
+            id.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest("after must be the id of an audit event".into()))
+        })
+        .transpose()?;
     if app.audit().is_none() {
         return Err(ApiError::NotFound(
             "the audit trail is off (start with AUDIT=on to record usage)".into(),
         ));
     }
-    let events = app.writer().recent_usage(limit).await?;
-    let views: Vec<UsageView<'_>> = events
-        .iter()
-        .map(|event| UsageView {
-            key_id: &event.key_id,
-            consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
-            feature: &event.feature,
-            created_at: rfc3339(event.created_at_ms),
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &views))
+    // One more than the page, to know whether a next page exists.
+    let events = app.writer().recent_usage(limit + 1, before).await?;
+    Ok(listing.page(limit, |page| {
+        for (id, event) in &events {
+            let view = UsageView {
+                id: *id,
+                key_id: &event.key_id,
+                consumer_id: event.consumer_id.as_deref().unwrap_or("admin"),
+                feature: &event.feature,
+                created_at: rfc3339(event.created_at_ms),
+                event: event.event.as_deref(),
+            };
+            if !page.push(&id.to_string(), &view) {
+                break;
+            }
+        }
+    }))
 }

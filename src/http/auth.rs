@@ -58,9 +58,9 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// Who acts on one key (`POST /key/{id}/spend`): the admin, or an active consumer (by its
-/// token), which may act only on keys of its scoped tiers. Extracted before the body is read,
-/// so a request without a valid token is 401 whatever it carries.
+/// Who acts on one key (`POST /key/{id}/report`, `/exhausted`, `/spend`): the admin, or an
+/// active consumer (by its token), which may act only on keys of its scoped tiers. Extracted
+/// before the body is read, so a request without a valid token is 401 whatever it carries.
 pub enum KeyCaller {
     Admin,
     Consumer(Arc<Consumer>),
@@ -83,6 +83,14 @@ impl FromRequestParts<AppState> for KeyCaller {
 }
 
 impl KeyCaller {
+    /// The id the audit trail names (`None`: the admin).
+    pub fn id(&self) -> Option<Arc<str>> {
+        match self {
+            KeyCaller::Admin => None,
+            KeyCaller::Consumer(consumer) => Some(Arc::clone(&consumer.id)),
+        }
+    }
+
     /// The key `id`, if this caller may act on it: 404 unknown, 403 outside a consumer's tiers.
     pub fn key<'c>(&self, catalog: &'c Catalog, id: &str) -> Result<&'c Arc<KeyEntry>, ApiError> {
         let key = catalog

@@ -3,20 +3,23 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
+use schemars::JsonSchema;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::AppState;
-use super::admin::{deleted, json, to_json};
+use super::admin::{deleted, to_json};
 use super::auth::Admin;
 use super::error::{ApiError, json_response};
 use super::idempotency::{Answered, Retryable, RetryableBodiless, respond, stored};
-use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody};
+use super::listing::{self, Items, Listing, Source};
+use crate::broker::{Catalog, Consumer, ConsumerBody, NewConsumer, NewScope, ScopeBody, Snapshot};
 
-#[derive(Serialize)]
-struct Created<'a> {
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "CreatedConsumer")]
+pub struct Created<'a> {
     id: &'a str,
     name: &'a str,
     /// Shown once: only its SHA-256 is stored.
@@ -25,8 +28,9 @@ struct Created<'a> {
 
 /// What a retry with the creation's idempotency key answers: the token is gone (only its hash
 /// was stored).
-#[derive(Serialize)]
-struct Replayed<'a> {
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "ReplayedConsumer")]
+pub struct Replayed<'a> {
     id: &'a str,
     name: &'a str,
     /// Always true: says why there is no `token`.
@@ -62,8 +66,8 @@ pub async fn create(
     Ok(respond(answer, &app.pool().load().catalog, created))
 }
 
-#[derive(Serialize)]
-struct ConsumerView<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct ConsumerView<'a> {
     id: &'a str,
     name: &'a str,
     description: &'a str,
@@ -89,13 +93,28 @@ fn view<'a>(catalog: &'a Catalog, consumer: &'a Consumer) -> ConsumerView<'a> {
     }
 }
 
-pub async fn list(_: Admin, State(app): State<AppState>) -> Response {
-    let snapshot = app.pool().load();
-    let catalog = &snapshot.catalog;
-    let mut consumers: Vec<&Consumer> = catalog.consumers().map(|c| &**c).collect();
-    consumers.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-    let views: Vec<ConsumerView<'_>> = consumers.into_iter().map(|c| view(catalog, c)).collect();
-    json(StatusCode::OK, &views)
+/// What `GET /admin/consumers` lists: every consumer, by id.
+struct Consumers;
+
+impl Source for Consumers {
+    fn each(&self, snapshot: &Snapshot, after: Option<&str>, items: &mut impl Items) {
+        let catalog = &snapshot.catalog;
+        for consumer in catalog.consumers_by_id(after) {
+            if !items.push(&consumer.id, &view(catalog, consumer)) {
+                return;
+            }
+        }
+    }
+}
+
+/// `GET /admin/consumers`: by id; paged with `limit` and `after`, else streamed whole.
+pub async fn list(_: Admin, State(app): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let listing = Listing::new(&uri);
+    listing::list(
+        &listing,
+        arc_swap::Guard::into_inner(app.pool().load()),
+        Consumers,
+    )
 }
 
 pub async fn delete(
@@ -133,11 +152,22 @@ pub async fn remove_scope(
     Ok(json_response(status, body))
 }
 
-#[derive(Serialize)]
-struct Rotated<'a> {
+/// The answer to `POST /admin/consumers/{id}/token`.
+#[derive(Serialize, JsonSchema)]
+pub struct Rotated<'a> {
     id: &'a str,
     /// Shown once: only its SHA-256 is stored.
     token: &'a str,
+}
+
+/// What a retry with the rotation's idempotency key answers: the token is gone (only its hash
+/// was stored); rotating again (without the key) gives a new one.
+#[derive(Serialize, JsonSchema)]
+#[schemars(rename = "ReplayedRotation")]
+pub struct RotatedAgain<'a> {
+    id: &'a str,
+    /// Always true: says why there is no `token`.
+    replayed: bool,
 }
 
 fn rotated((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
@@ -148,10 +178,11 @@ fn rotated((consumer, token): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) 
     (StatusCode::OK, to_json(&rotated))
 }
 
-/// What a retry with the rotation's idempotency key answers: the token is gone (only its hash
-/// was stored); rotating again (without the key) gives a new one.
 fn rotated_again((consumer, _): &(Arc<Consumer>, Zeroizing<String>), _: &Catalog) -> Answered {
-    let replayed = serde_json::json!({"id": &*consumer.id, "replayed": true});
+    let replayed = RotatedAgain {
+        id: &consumer.id,
+        replayed: true,
+    };
     (StatusCode::OK, to_json(&replayed))
 }
 

@@ -34,6 +34,12 @@ pub enum ApiError {
     NoKeyAvailable { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// `MAX_WAITERS` requests already wait for a key: 503 with `Retry-After: 1`.
+    #[error("too many waiting requests")]
+    TooManyWaiters,
+    /// A request waiting for a key when the server began to shut down.
+    #[error("server is shutting down")]
+    ShuttingDown,
     #[error("{0}")]
     Internal(String),
 }
@@ -51,7 +57,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NoKeyAvailable { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::TooManyWaiters | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,14 +87,23 @@ pub fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> R
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // Waiters turned away (too many, or shutting down) are refusals by design, like a 429:
+        // a burst of them is no failure to log line by line.
+        if status.is_server_error()
+            && !matches!(self, ApiError::TooManyWaiters | ApiError::ShuttingDown)
+        {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         }
         let mut response = json_response(status, self.body());
-        if let ApiError::NoKeyAvailable { retry_after_secs } = self {
+        let retry_after_secs = match self {
+            ApiError::NoKeyAvailable { retry_after_secs } => Some(retry_after_secs),
+            ApiError::TooManyWaiters => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after_secs {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

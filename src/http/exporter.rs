@@ -35,8 +35,8 @@ use super::error::ApiError;
 use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    HTTP_DURATION, HTTP_REQUESTS, KEY_REQUESTS, Meter, SPENT, WRITER_COMMANDS,
-    WRITER_COMMIT_DURATION,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REPORTS, KEY_REQUESTS, KEY_WAITERS, KEY_WAITS, Meter, SPENT,
+    WRITER_COMMANDS, WRITER_COMMIT_DURATION,
 };
 
 /// Request latency buckets, in seconds: 50 µs to 1 s.
@@ -49,11 +49,11 @@ const COMMIT_BUCKETS: [f64; 13] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 /// The Prometheus text exposition format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Scrapes rendered at once; one more is answered 503 at once (Prometheus tries again at its
 /// next interval). Each holds a blocking thread and a snapshot until its client has read it, or
-/// for at most [`super::scrape::STALLED_SCRAPE`] of a client that does not read.
+/// for at most [`super::stream::STALLED_BODY`] of a client that does not read.
 pub const CONCURRENT_SCRAPES: usize = 4;
 
 /// `GET /metrics`: what the recorder holds, then the families read from the live snapshot,
@@ -173,6 +173,22 @@ fn describe() {
         KEY_REQUESTS,
         Unit::Count,
         "GET /key answers, by feature (`unknown` for features no tier lists) and outcome."
+    );
+    metrics::describe_counter!(
+        KEY_REPORTS,
+        Unit::Count,
+        "POST /key/{id}/report calls answered, by outcome class (success, rate_limited, \
+         refused, server_error, timeout, other)."
+    );
+    metrics::describe_counter!(
+        KEY_WAITS,
+        Unit::Count,
+        "GET /key?wait= requests that waited, by outcome (served, timed_out, rejected, shutdown)."
+    );
+    metrics::describe_gauge!(
+        KEY_WAITERS,
+        Unit::Count,
+        "GET /key?wait= requests waiting for a key now."
     );
     metrics::describe_counter!(
         WRITER_COMMANDS,

@@ -1,17 +1,28 @@
 //! The route table, and the routers built from it. Everything that lists routes derives from
-//! [`ROUTES`]: the routers, the request metrics' `route` labels, and the test that probes every
-//! route's access rule.
+//! [`ROUTES`]: the routers, the request metrics' `route` labels, the OpenAPI document (with the
+//! [`Doc`] of each entry), and the test that probes every route's access rule.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::error::{ApiError, json_response};
+use super::admin::{AddedKey, KeyView, PatchedKey, PoolHealth, Status, TierView, UsageView};
+use super::consumers::{ConsumerView, Created, Replayed, Rotated, RotatedAgain};
+use super::error::ApiError;
+use super::health::{self as key_health, ExhaustedView, HealthView};
 use super::json::BODY_LIMIT;
+use super::openapi::{Doc, doc};
 use super::request_metrics::{RequestMetricsService, RequestSeries};
-use super::{AppState, PrometheusExporter, admin, backup, consumers, exporter, key, spend};
+use super::{
+    AppState, PrometheusExporter, admin, backup, consumers, docs, exporter, key, openapi, page,
+    spend, ui,
+};
+use crate::broker::{
+    ConsumerBody, ExhaustedBody, KeyBody, KeyPatch, KeyState, ReportBody, ScopeBody, ServedKey,
+    SpendBody, TierBody,
+};
 use crate::telemetry::Meter;
 
 /// Who may call a route.
@@ -27,13 +38,16 @@ pub enum Access {
     MetricsToken,
 }
 
-/// One route: its method, its path template, who may call it, and its handler.
+/// One route: its method, its path template, who may call it, what the OpenAPI document says of
+/// it, and its handler.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub method: Method,
-    /// In axum syntax (`{id}` for a path parameter).
+    /// In axum syntax (`{id}` for a path parameter), which is also OpenAPI's.
     pub path: &'static str,
     pub access: Access,
+    /// Set with [`Route::doc`]; the test of the OpenAPI document fails for a route without one.
+    pub doc: Option<Doc>,
     /// The handler, routed for `method` alone (axum answers `HEAD` through a `GET` handler,
     /// unless the entry says `no HEAD`).
     handler: fn() -> MethodRouter<AppState>,
@@ -46,6 +60,7 @@ macro_rules! route {
             method: Method::$method,
             path: $path,
             access: Access::$access,
+            doc: None,
             handler: || on(MethodFilter::$method, $handler),
         }
     };
@@ -56,36 +71,189 @@ macro_rules! route {
             method: Method::$method,
             path: $path,
             access: Access::$access,
+            doc: None,
             handler: || on(MethodFilter::$method, $handler).head(head_not_allowed),
         }
     };
 }
 
+impl Route {
+    /// The entry with its description for the OpenAPI document.
+    const fn doc(mut self, doc: Doc) -> Self {
+        self.doc = Some(doc);
+        self
+    }
+}
+
 /// Every route keypooler serves. The request metrics match a request's path against these
-/// templates in this order, so `GET /key` comes early.
-pub const ROUTES: [Route; 21] = [
-    route!(GET "/health", Public, health),
-    route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD),
-    route!(POST "/key/{id}/spend", AdminOrConsumer, spend::spend),
-    route!(POST "/admin/tiers", Admin, admin::create_tier),
-    route!(GET "/admin/tiers", Admin, admin::list_tiers),
-    route!(PATCH "/admin/tiers", Admin, admin::update_tier),
-    route!(DELETE "/admin/tiers/{name}", Admin, admin::delete_tier),
-    route!(POST "/admin/keys", Admin, admin::add_key),
-    route!(GET "/admin/keys", Admin, admin::list_keys),
-    route!(PATCH "/admin/keys/{id}", Admin, admin::patch_key),
-    route!(DELETE "/admin/keys/{id}", Admin, admin::delete_key),
-    route!(GET "/admin/health", Admin, admin::health),
-    route!(POST "/admin/consumers", Admin, consumers::create),
-    route!(GET "/admin/consumers", Admin, consumers::list),
-    route!(DELETE "/admin/consumers/{id}", Admin, consumers::delete),
-    route!(POST "/admin/consumers/{id}/scopes", Admin, consumers::add_scope),
-    route!(DELETE "/admin/consumers/{id}/scopes/{tier}", Admin, consumers::remove_scope),
-    route!(POST "/admin/consumers/{id}/token", Admin, consumers::rotate_token),
-    route!(GET "/admin/usage", Admin, admin::usage),
-    route!(GET "/admin/backup", Admin, backup::backup),
-    route!(GET "/metrics", MetricsToken, exporter::get_metrics),
+/// templates in this order, so `GET /key` comes early. Each entry's [`doc`] names its summary,
+/// its body and query types, and its answers (see [`Doc`] for those implied): a new route's
+/// entry ends in `.doc(doc("…").body::<Body>().json::<View>(200).error(409))`, and a field
+/// added to a view or body type shows in the document by its derive.
+pub static ROUTES: [Route; 30] = [
+    route!(GET "/health", Public, health).doc(doc("Liveness.").json::<Status>(200)),
+    route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD).doc(
+        doc("The next key with budget left for a feature, round-robin.")
+            .query::<String>("feature", true, "The feature to draw a key for.")
+            .query_with(
+                "cost",
+                false,
+                "Units of the key's window to draw, at most the feature's largest rate_limit \
+                 (default 1).",
+                key::cost_schema,
+            )
+            .query_with(
+                "wait",
+                false,
+                "Seconds (fractions allowed) to wait for a key when none is free; 0, the \
+                 default, answers 429 at once.",
+                key::wait_schema,
+            )
+            .json::<ServedKey<'static>>(200)
+            .error(400)
+            .error(404)
+            .error(429)
+            .error(503),
+    ),
+    route!(POST "/key/{id}/report", AdminOrConsumer, key_health::report).doc(
+        doc("What the provider answered for a key: cools, disables or counts it.")
+            .body::<ReportBody>()
+            .json::<HealthView<'static>>(200)
+            .error(400)
+            .error(403)
+            .error(404),
+    ),
+    route!(POST "/key/{id}/exhausted", AdminOrConsumer, key_health::exhausted).doc(
+        doc("Not to be served, for any feature, until a time (a time past clears it).")
+            .body::<ExhaustedBody>()
+            .json::<ExhaustedView>(200)
+            .error(400)
+            .error(403)
+            .error(404),
+    ),
+    route!(POST "/key/{id}/spend", AdminOrConsumer, spend::spend).doc(
+        doc("Count a call's cost against a key's spend budget, once per request_id.")
+            .body::<SpendBody>()
+            .json::<spend::Spent<'static>>(200)
+            .error(400)
+            .error(403)
+            .error(404),
+    ),
+    route!(POST "/admin/tiers", Admin, admin::create_tier).doc(
+        doc("Create a tier with its features and limits.")
+            .body::<TierBody>()
+            .json::<TierView<'static>>(201)
+            .error(409)
+            .error(422),
+    ),
+    route!(GET "/admin/tiers", Admin, admin::list_tiers)
+        .doc(doc("Every tier, by name.").json::<Vec<TierView<'static>>>(200)),
+    route!(PATCH "/admin/tiers", Admin, admin::update_tier).doc(
+        doc("Replace a tier's features (and description), named in the body.")
+            .body::<TierBody>()
+            .json::<TierView<'static>>(200)
+            .error(404),
+    ),
+    route!(DELETE "/admin/tiers/{name}", Admin, admin::delete_tier).doc(
+        doc("Delete a tier (by name or id) that no key belongs to; consumers lose the scope.")
+            .json::<Status>(200)
+            .error(409),
+    ),
+    route!(POST "/admin/keys", Admin, admin::add_key).doc(
+        doc("Add a key: sealed at rest, servable at once.")
+            .body::<KeyBody>()
+            .json::<AddedKey<'static>>(201)
+            .error(404)
+            .error(422),
+    ),
+    route!(GET "/admin/keys", Admin, admin::list_keys).doc(
+        doc("Keys by id with their live usage (never a value), filtered; paged, else streamed.")
+            .paged(
+                "Keys per page, from 1 (above 1000 reads as 1000); without it, every key.",
+                "The id of the last key of the previous page.",
+            )
+            .query::<String>("tier", false, "Only the keys of this tier (by name).")
+            .query::<KeyState>("state", false, "Only the keys in this state now.")
+            .query::<String>("name_prefix", false, "Only the keys whose name starts so.")
+            .json::<Vec<KeyView<'static>>>(200),
+    ),
+    route!(PATCH "/admin/keys/{id}", Admin, admin::patch_key).doc(
+        doc("Change a key in place: its id, tier and counters stay.")
+            .body::<KeyPatch>()
+            .json::<PatchedKey<'static>>(200),
+    ),
+    route!(DELETE "/admin/keys/{id}", Admin, admin::delete_key)
+        .doc(doc("Remove a key: never served again.").json::<Status>(200)),
+    route!(GET "/admin/health", Admin, admin::health)
+        .doc(doc("Pool size and key counts.").json::<PoolHealth<'static>>(200)),
+    route!(POST "/admin/consumers", Admin, consumers::create).doc(
+        doc("Create a consumer; its token is shown this once (a replay answers replayed: true).")
+            .body::<ConsumerBody>()
+            .json_either::<Created<'static>, Replayed<'static>>(201)
+            .error(422),
+    ),
+    route!(GET "/admin/consumers", Admin, consumers::list).doc(
+        doc("Consumers by id with their tiers; paged, else streamed.")
+            .paged(
+                "Consumers per page, from 1 (above 1000 reads as 1000); without it, every one.",
+                "The id of the last consumer of the previous page.",
+            )
+            .json::<Vec<ConsumerView<'static>>>(200),
+    ),
+    route!(DELETE "/admin/consumers/{id}", Admin, consumers::delete)
+        .doc(doc("Delete a consumer: its token stops working.").json::<Status>(200)),
+    route!(POST "/admin/consumers/{id}/scopes", Admin, consumers::add_scope).doc(
+        doc("Let a consumer draw keys from a tier.")
+            .body::<ScopeBody>()
+            .json::<ConsumerView<'static>>(200)
+            .error(422),
+    ),
+    route!(DELETE "/admin/consumers/{id}/scopes/{tier}", Admin, consumers::remove_scope).doc(
+        doc("Stop a consumer drawing keys from a tier (by name or id).")
+            .json::<ConsumerView<'static>>(200),
+    ),
+    route!(POST "/admin/consumers/{id}/token", Admin, consumers::rotate_token).doc(
+        doc("A new token for a consumer, shown this once; the old one is refused from now on.")
+            .json_either::<Rotated<'static>, RotatedAgain<'static>>(200)
+            .error(422),
+    ),
+    route!(GET "/admin/usage", Admin, admin::usage).doc(
+        doc("The audit trail of served keys, newest first (404 when AUDIT is off).")
+            .paged(
+                "Events per page, from 1 (above 1000 reads as 1000; default 100).",
+                "The id of an event: the page holds the events before it.",
+            )
+            .json::<Vec<UsageView<'static>>>(200)
+            .error(404),
+    ),
+    route!(GET "/admin/backup", Admin, backup::backup).doc(
+        doc("The database as it stands, as a redb file (one backup at a time).")
+            .content(200, "application/octet-stream")
+            .error(409),
+    ),
+    route!(GET "/metrics", MetricsToken, exporter::get_metrics)
+        .doc(doc("Prometheus metrics.").content(200, exporter::CONTENT_TYPE)),
+    route!(GET "/openapi.json", Public, openapi::document).doc(
+        doc("This document: OpenAPI 3.1 of every route.").json_with(200, openapi::document_schema),
+    ),
+    route!(GET "/docs", Public, docs::page)
+        .doc(doc("A page that renders this document.").content(200, page::HTML)),
+    route!(GET "/docs/docs.js", Public, docs::script)
+        .doc(doc("The script of the /docs page.").content(200, page::JAVASCRIPT)),
+    route!(GET "/docs/docs.css", Public, docs::style)
+        .doc(doc("The style sheet of the /docs page.").content(200, page::CSS)),
+    route!(GET "/ui", Public, ui::page).doc(doc("The admin page.").content(200, page::HTML)),
+    route!(GET "/ui/app.js", Public, ui::script)
+        .doc(doc("The script of the admin page.").content(200, page::JAVASCRIPT)),
+    route!(GET "/ui/app.css", Public, ui::style)
+        .doc(doc("The style sheet of the admin page.").content(200, page::CSS)),
 ];
+
+/// [`ROUTES`], through a function: the handler of `/openapi.json` reads the table it is an
+/// entry of, which a constant in its body would make a cycle.
+pub fn routes() -> Vec<Route> {
+    ROUTES.to_vec()
+}
 
 /// The whole HTTP surface over `state` (`/metrics` only if metrics are on).
 pub fn router(state: AppState) -> Routed {
@@ -123,7 +291,7 @@ fn build(state: AppState, serves: impl Fn(&Route) -> bool) -> Routed {
 }
 
 async fn health() -> Response {
-    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+    Status::response("ok")
 }
 
 async fn not_found() -> ApiError {

@@ -4,6 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
@@ -14,11 +15,12 @@ use super::json::JsonBody;
 use crate::broker::{Spend, SpendBody};
 
 /// `{"key_id","spent","budget","remaining","resets_at","duplicate"}`.
-#[derive(Serialize)]
-struct Spent<'a> {
+#[derive(Serialize, JsonSchema)]
+pub struct Spent<'a> {
     key_id: &'a str,
     #[serde(flatten)]
     figures: BudgetFields,
+    /// The request id had been counted before: nothing was counted now.
     duplicate: bool,
 }
 
@@ -33,7 +35,7 @@ pub async fn spend(
     let answer = app.writer().spend(id, spend).await?;
     let spent = Spent {
         key_id: &answer.key.info.id,
-        figures: BudgetFields::of(&answer.key, app.pool().clock().unix_now_ms()),
+        figures: BudgetFields::of(answer.budget, app.pool().clock().unix_now_ms()),
         duplicate: answer.duplicate,
     };
     Ok(json(StatusCode::OK, &spent))

@@ -6,7 +6,9 @@ use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
 use super::PrometheusExporter;
+use super::wait::Waiters;
 use crate::broker::{AuditLog, Pool};
+use crate::telemetry::Meter;
 use crate::writer::Writer;
 
 /// What every handler shares. Cloning it clones one `Arc`.
@@ -21,18 +23,25 @@ struct Shared {
     audit: Option<Arc<AuditLog>>,
     /// The one backup slot: `GET /admin/backup` answers 409 while it is taken.
     backups: Arc<Semaphore>,
+    /// The `GET /key?wait=` requests waiting for a key.
+    waiters: Waiters,
 }
 
 impl AppState {
     /// The state over a started pool and writer; `exporter` is `None` when metrics are off, and
-    /// `audit` when the audit trail is.
+    /// `audit` when the audit trail is. At most `max_waiters` requests wait for a key at once.
     pub fn new(
         pool: Arc<Pool>,
         writer: Writer,
         admin_token: SecretString,
         exporter: Option<PrometheusExporter>,
         audit: Option<Arc<AuditLog>>,
+        max_waiters: usize,
     ) -> Self {
+        let meter = exporter
+            .as_ref()
+            .map_or_else(Meter::off, PrometheusExporter::meter);
+        let waiters = Waiters::new(Arc::clone(&pool), max_waiters, &meter);
         Self(Arc::new(Shared {
             pool,
             writer,
@@ -40,6 +49,7 @@ impl AppState {
             exporter,
             audit,
             backups: super::backup::slot(),
+            waiters,
         }))
     }
 
@@ -58,6 +68,11 @@ impl AppState {
     /// The Prometheus exporter, unless metrics are off.
     pub fn exporter(&self) -> Option<&PrometheusExporter> {
         self.0.exporter.as_ref()
+    }
+
+    /// The requests waiting for a key.
+    pub fn waiters(&self) -> &Waiters {
+        &self.0.waiters
     }
 
     /// The one backup slot.

@@ -10,7 +10,9 @@
 //!   connection); otherwise the connection is closed without a reply. This also closes idle
 //!   kept-alive connections, so a silent client cannot hold a permit.
 //! * Each request must be answered within [`ConnectionLimits::request_timeout`], reading its
-//!   body included; otherwise it gets `408 {"error": "request timed out"}`.
+//!   body included; otherwise it gets `408 {"error": "request timed out"}`. A `GET /key` that
+//!   may wait for a key (`wait=`) is bounded by its wait instead: it gets at least
+//!   [`MAX_WAIT_SECONDS`] and a second.
 //! * A write that makes no progress for [`ConnectionLimits::write_timeout`] (the client reads
 //!   nothing, the socket's buffers are full) closes the connection, so a client that never
 //!   reads cannot hold a permit.
@@ -38,12 +40,14 @@ use tower::util::MapResponse;
 use tower_http::timeout::Timeout;
 
 use crate::config::ConnectionLimits;
-use crate::http::{ApiError, Routed};
+use crate::http::{ApiError, MAX_WAIT_SECONDS, Routed};
 
 mod per_ip;
+mod timeouts;
 mod write_timeout;
 
 use per_ip::PerIp;
+use timeouts::Timeouts;
 use write_timeout::WriteTimeout;
 
 /// The most a connection's read buffer holds, and the most its write buffer holds before the
@@ -75,8 +79,22 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Wrapping the router whole (not each route with `Router::layer`) keeps both layers free of
     // allocation: their futures live inline in the connection's.
+    let waiting_timeout = limits
+        .request_timeout
+        .max(Duration::from_secs(MAX_WAIT_SECONDS + 1));
     let service = MapResponse::new(
-        Timeout::with_status_code(router, StatusCode::REQUEST_TIMEOUT, limits.request_timeout),
+        Timeouts {
+            request: Timeout::with_status_code(
+                router.clone(),
+                StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            ),
+            waiting: Timeout::with_status_code(
+                router,
+                StatusCode::REQUEST_TIMEOUT,
+                waiting_timeout,
+            ),
+        },
         timeout_as_json as fn(Response) -> Response,
     );
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();

@@ -20,6 +20,29 @@ impl Store {
     }
 }
 
+/// A key record encoded and signed as the keys table stores it.
+pub struct SignedKey {
+    id: String,
+    stored: Vec<u8>,
+}
+
+impl SignedKey {
+    fn new(signer: &Signer, record: &KeyRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            stored: encode_signed(signer, "keys", &record.id, record),
+        }
+    }
+}
+
+impl Store {
+    /// `record` encoded and signed for [`Batch::put_signed_keys`]: the costly part of writing a
+    /// key, which any thread can do.
+    pub fn sign_key(&self, record: &KeyRecord) -> SignedKey {
+        SignedKey::new(&self.signer, record)
+    }
+}
+
 /// One write transaction: everything in it lands on disk together, or nothing does. Tiers, keys
 /// and consumers are signed as they are written.
 pub struct Batch {
@@ -41,9 +64,15 @@ impl Batch {
     }
 
     pub fn put_key(&self, record: &KeyRecord) -> Result<(), StoreError> {
-        let id = record.id.as_str();
-        let stored = encode_signed(&self.signer, "keys", id, record);
-        self.txn.open_table(KEYS)?.insert(id, stored.as_slice())?;
+        self.put_signed_keys(&[SignedKey::new(&self.signer, record)])
+    }
+
+    /// Writes keys encoded and signed beforehand (on any thread: [`Store::sign_key`]).
+    pub fn put_signed_keys(&self, keys: &[SignedKey]) -> Result<(), StoreError> {
+        let mut table = self.txn.open_table(KEYS)?;
+        for key in keys {
+            table.insert(key.id.as_str(), key.stored.as_slice())?;
+        }
         Ok(())
     }
 
@@ -89,17 +118,22 @@ impl Batch {
         Ok(())
     }
 
-    /// The newest `limit` audit events, newest first.
-    pub fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, StoreError> {
+    /// The newest `limit` audit events stored before sequence number `before` (the newest of
+    /// all when `None`), newest first, with their sequence numbers.
+    pub fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, StoreError> {
         let table = self.txn.open_table(USAGE)?;
         let mut events = Vec::with_capacity(limit);
-        for entry in table.iter()?.rev().take(limit) {
+        for entry in table.range(..before.unwrap_or(u64::MAX))?.rev().take(limit) {
             let (seq, bytes) = entry?;
-            events.push(decode(
-                "usage_events",
-                &seq.value().to_string(),
-                bytes.value(),
-            )?);
+            let seq = seq.value();
+            events.push((
+                seq,
+                decode("usage_events", &seq.to_string(), bytes.value())?,
+            ));
         }
         Ok(events)
     }

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::records::{
-    BudgetRecord, ConsumerRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode,
-    secret_aad, value_aad,
+    BudgetRecord, ConsumerRecord, CooldownRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode,
+    encode, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
 use crate::broker::{
-    Catalog, Clock, Consumer, KeyBudget, KeyEntry, KeyInfo, Limit, Plaintext, SpendLimit, Tier,
-    Unit, Unplaced, UsageCap, period_start_ms,
+    Backoff, Catalog, Clock, Consumer, HealthState, KeyBudget, KeyEntry, KeyInfo, Limit, Now,
+    Plaintext, SpendLimit, Tier, Unit, Unplaced, UsageCap, period_start_ms,
 };
 use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::{CryptoError, Sealer};
@@ -185,6 +185,7 @@ pub fn usage_cap(record: &KeyRecord, clock: &Clock) -> Option<UsageCap> {
 }
 
 fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
+    let now = Now::read(clock);
     KeyEntry::new(
         key_info(record),
         &Plaintext {
@@ -194,7 +195,53 @@ fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
         },
         usage_cap(record, clock),
     )
-    .with_budget(key_budget(record, clock.unix_now_ms()))
+    .with_health(health_from_record(record, now), now)
+    .with_budget(key_budget(record, now.unix_ms))
+}
+
+/// A stored key's health, its deadlines placed at `now`: a deadline is stored on the wall
+/// clock, so a restart judges it on the wall clock as it then reads.
+pub fn health_from_record(record: &KeyRecord, now: Now) -> HealthState {
+    HealthState {
+        disabled_reason: record.disabled_reason.as_deref().map(Into::into),
+        exhausted: record.exhausted_until_ms.map(|at| now.at_unix(at)),
+        key: Backoff {
+            until: record.cooldown_until_ms.map(|at| now.at_unix(at)),
+            level: record.backoff_level,
+        },
+        features: record
+            .cooldowns
+            .iter()
+            .map(|(feature, cooldown)| {
+                let backoff = Backoff {
+                    until: cooldown.until_ms.map(|at| now.at_unix(at)),
+                    level: cooldown.level,
+                };
+                (feature.as_str().into(), backoff)
+            })
+            .collect(),
+        consecutive_failures: record.consecutive_failures,
+    }
+}
+
+/// Writes `health` into a key's record.
+pub fn store_health(record: &mut KeyRecord, health: &HealthState) {
+    record.disabled_reason = health.disabled_reason.as_deref().map(Into::into);
+    record.exhausted_until_ms = health.exhausted.map(|d| d.unix_ms);
+    record.cooldown_until_ms = health.key.until.map(|d| d.unix_ms);
+    record.backoff_level = health.key.level;
+    record.cooldowns = health
+        .features
+        .iter()
+        .map(|(feature, backoff)| {
+            let cooldown = CooldownRecord {
+                until_ms: backoff.until.map(|d| d.unix_ms),
+                level: backoff.level,
+            };
+            (feature.to_string(), cooldown)
+        })
+        .collect();
+    record.consecutive_failures = health.consecutive_failures;
 }
 
 /// A stored consumer, or why it cannot be loaded.
@@ -224,10 +271,17 @@ pub fn consumer_record(consumer: &Consumer) -> ConsumerRecord {
     }
 }
 
-/// Builds the catalog from everything stored, reading one record at a time. A record whose
-/// signature does not match or that does not decode, a key whose tier is missing or whose value
-/// does not open, a consumer whose token hash is malformed: each is left out and reported by
-/// table and id; everything else is served.
+/// A record as [`load_catalog`] converts it on any thread: a key with its value opened.
+enum Loaded {
+    Key(KeyEntry),
+    Unopened(Box<KeyRecord>, CryptoError),
+    Other(Record),
+}
+
+/// Builds the catalog from everything stored, reading a chunk of records at a time and opening
+/// their values on every core. A record whose signature does not match or that does not decode,
+/// a key whose tier is missing or whose value does not open, a consumer whose token hash is
+/// malformed: each is left out and reported by table and id; everything else is served.
 pub fn load_catalog(
     store: &Store,
     sealer: &Sealer,
@@ -236,28 +290,41 @@ pub fn load_catalog(
     let mut catalog = Catalog::default();
     let mut unplaced = Unplaced::default();
     let mut skipped = Vec::new();
-    store.load_each(|record| match record {
-        Record::Tier(record) => {
+    let open = |record| match record {
+        Record::Key(record) => match open_key(&record, sealer) {
+            Ok(opened) => Loaded::Key(key_entry(&record, &opened, clock)),
+            Err(err) => Loaded::Unopened(record, err),
+        },
+        other => Loaded::Other(other),
+    };
+    let missing_tier = |id: &str, tier_id: &str| Skipped {
+        table: "keys",
+        reason: format!("its tier {tier_id} does not exist"),
+        id: id.to_owned(),
+    };
+    store.load_each_with(open, |loaded| match loaded {
+        Loaded::Other(Record::Tier(record)) => {
             catalog.put_tier(tier_from_record(&record));
         }
-        Record::Key(record) if catalog.tier_by_id(&record.tier_id).is_none() => {
-            skipped.push(Skipped {
-                table: "keys",
-                reason: format!("its tier {} does not exist", record.tier_id),
-                id: record.id,
-            });
+        Loaded::Key(entry) if catalog.tier_by_id(&entry.info.tier_id).is_none() => {
+            skipped.push(missing_tier(&entry.info.id, &entry.info.tier_id));
         }
-        Record::Key(record) => match open_key(&record, sealer) {
-            Ok(opened) => {
-                catalog.put_key_unplaced(key_entry(&record, &opened, clock), &mut unplaced);
-            }
-            Err(err) => skipped.push(Skipped {
-                table: "keys",
-                reason: err.to_string(),
-                id: record.id,
-            }),
-        },
-        Record::Consumer(record) => match consumer_from_record(&record) {
+        Loaded::Key(entry) => {
+            let deadline = entry.health.state().last_deadline(Now::read(clock));
+            let id = std::sync::Arc::clone(&entry.info.id);
+            catalog.put_key_unplaced(entry, &mut unplaced);
+            catalog.note_recovery(&id, deadline);
+        }
+        Loaded::Unopened(record, _) if catalog.tier_by_id(&record.tier_id).is_none() => {
+            skipped.push(missing_tier(&record.id, &record.tier_id));
+        }
+        Loaded::Unopened(record, err) => skipped.push(Skipped {
+            table: "keys",
+            reason: err.to_string(),
+            id: record.id,
+        }),
+        Loaded::Other(Record::Key(_)) => unreachable!("keys are opened"),
+        Loaded::Other(Record::Consumer(record)) => match consumer_from_record(&record) {
             Ok(consumer) => catalog.put_consumer(consumer),
             Err(reason) => skipped.push(Skipped {
                 table: "consumers",
@@ -265,7 +332,7 @@ pub fn load_catalog(
                 reason,
             }),
         },
-        Record::LeftOut(left_out) => skipped.push(left_out),
+        Loaded::Other(Record::LeftOut(left_out)) => skipped.push(left_out),
     })?;
     catalog.place(unplaced);
     Ok((catalog, skipped))
@@ -318,19 +385,7 @@ pub fn key_record(info: &KeyInfo, plain: &Plaintext<'_>, sealer: &Sealer) -> Key
         active: info.active,
         created_at_ms: info.created_at_ms,
         expires_at_ms: info.expires_at_ms,
-        usage_limit: None,
-        usage_window_seconds: None,
-        usage_count: 0,
-        usage_window_start_ms: None,
-        usage_window_end_running_ms: None,
-        metadata: serde_json::Map::new(),
-        exhausted_until_ms: None,
-        disabled_reason: None,
-        value: Hex(Vec::new()),
-        secrets: BTreeMap::new(),
-        budget: None,
-        spent_nanos: 0,
-        spent_period_start_ms: None,
+        ..KeyRecord::default()
     };
     seal_into(&mut record, plain, sealer);
     record

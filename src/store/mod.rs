@@ -12,12 +12,14 @@
 //! * `reseal`: every sealed value moved to a new key in one transaction ([`reseal_file`]).
 //! * `backup`: one commit copied into a new database while the server writes ([`Snapshot`]).
 //! * `upgrade`: a schema 1 file brought to schema 2 in one transaction, at its first open.
+//! * `parallel`: work spread over the machine's cores ([`map_on_cores`]).
 
 mod backup;
 mod batch;
 mod codec;
 mod guard;
 mod open;
+mod parallel;
 mod records;
 mod reseal;
 mod upgrade;
@@ -32,15 +34,16 @@ use records::decode;
 use crate::crypto::Signer;
 
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
-pub use batch::{Batch, spend_tag};
+pub use batch::{Batch, SignedKey, spend_tag};
 pub use codec::{
     Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
-    key_budget, key_info, key_record, load_catalog, open_key, seal_into, store_budget, tier_record,
-    usage_cap,
+    health_from_record, key_budget, key_info, key_record, load_catalog, open_key, seal_into,
+    store_budget, store_health, tier_record, usage_cap,
 };
+pub use parallel::map_on_cores;
 pub use records::{
-    BudgetRecord, ConsumerRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord, TierRecord,
-    UsageRecord, secret_aad, value_aad,
+    BudgetRecord, ConsumerRecord, CooldownRecord, Hex, IdempotencyRecord, KeyRecord, LimitRecord,
+    TierRecord, UsageRecord, secret_aad, value_aad,
 };
 pub use reseal::{Resealed, reseal_file};
 
@@ -76,6 +79,9 @@ pub type SpendTag = [u8; 16];
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// Audit events kept on disk; older ones are dropped as new ones arrive.
+pub const AUDIT_RETENTION: u64 = 100_000;
 /// The first 16 bytes of every SQLite file: the store refuses such a file (it is the Go
 /// service's, to be imported), and the import requires them.
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -128,7 +134,8 @@ storage_from!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::DatabaseError
+    redb::DatabaseError,
+    redb::CompactionError
 );
 
 /// Everything stored, decoded.
@@ -177,7 +184,8 @@ impl std::fmt::Debug for Store {
 )]
 pub enum Record {
     Tier(TierRecord),
-    Key(KeyRecord),
+    /// Boxed: a key's record (with its health and budget) is several times the others.
+    Key(Box<KeyRecord>),
     Consumer(ConsumerRecord),
     /// A tier, key or consumer that is not loaded: its signature does not match, or its bytes do
     /// not decode. Reported by table and id and left out, so that one bad record never keeps the
@@ -189,55 +197,111 @@ impl Contents {
     fn push(&mut self, record: Record) {
         match record {
             Record::Tier(tier) => self.tiers.push(tier),
-            Record::Key(key) => self.keys.push(key),
+            Record::Key(key) => self.keys.push(*key),
             Record::Consumer(consumer) => self.consumers.push(consumer),
             Record::LeftOut(skipped) => self.left_out.push(skipped),
         }
     }
 }
 
-/// Reads and decodes every record, one at a time, handing each to `each`, each record's
-/// signature checked first; a record whose signature does not match, or that does not decode,
-/// is handed over as [`Record::LeftOut`].
-fn read_each(
-    db: &impl ReadableDatabase,
-    signer: &Signer,
-    each: &mut dyn FnMut(Record),
-) -> Result<(), StoreError> {
-    let read = db.begin_read()?;
-    read_table(&read, TIERS, "tiers", signer, Record::Tier, each)?;
-    read_table(&read, KEYS, "keys", signer, Record::Key, each)?;
-    read_table(
-        &read,
-        CONSUMERS,
-        "consumers",
-        signer,
-        Record::Consumer,
-        each,
-    )
+/// Records read from redb before they are checked and decoded together on every core: enough to
+/// keep the threads busy, few enough that start-up's memory peak stays the catalog.
+const CHUNK: usize = 4096;
+
+/// The table a record was read from.
+#[derive(Clone, Copy)]
+enum Table {
+    Tiers,
+    Keys,
+    Consumers,
 }
 
-fn read_table<T: serde::de::DeserializeOwned>(
-    read: &redb::ReadTransaction,
-    definition: TableDefinition<&str, &[u8]>,
-    table: &'static str,
-    signer: &Signer,
-    record: fn(T) -> Record,
-    each: &mut dyn FnMut(Record),
-) -> Result<(), StoreError> {
-    for entry in read.open_table(definition)?.iter()? {
-        let (id, bytes) = entry?;
-        let (id, stored) = (id.value(), bytes.value());
-        match records::verified(signer, table, id, stored) {
-            Some(json) => each(decoded(table, id, json, record)),
-            None => each(Record::LeftOut(Skipped {
-                table,
+/// A record's stored bytes, copied out of redb so another thread can check them.
+struct Stored {
+    table: Table,
+    id: String,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    /// Checks the signature and decodes: a record that fails either is [`Record::LeftOut`].
+    fn record(&self, signer: &Signer) -> Record {
+        let (name, id) = (self.table.name(), self.id.as_str());
+        let Some(json) = records::verified(signer, name, id, &self.bytes) else {
+            return Record::LeftOut(Skipped {
+                table: name,
                 id: id.to_owned(),
                 reason: records::UNSIGNED.into(),
-            })),
+            });
+        };
+        match self.table {
+            Table::Tiers => decoded(name, id, json, Record::Tier),
+            Table::Keys => decoded(name, id, json, |key| Record::Key(Box::new(key))),
+            Table::Consumers => decoded(name, id, json, Record::Consumer),
         }
     }
-    Ok(())
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Tiers => "tiers",
+            Table::Keys => "keys",
+            Table::Consumers => "consumers",
+        }
+    }
+}
+
+/// Reads every record (tiers, then keys, then consumers) a chunk at a time; each chunk's records
+/// are checked, decoded and passed through `convert` on every core while the calling thread hands
+/// the previous chunk's results to `each`, in the order they are stored, and reads the next.
+/// A panic in `convert` or `each` (the caller's code, not redb's) is returned as `Err`, the
+/// records after it unread.
+fn read_each<T: Send>(
+    db: &impl ReadableDatabase,
+    signer: &Signer,
+    convert: &(dyn Fn(Record) -> T + Sync),
+    each: &mut dyn FnMut(T),
+) -> Result<Result<(), Box<dyn std::any::Any + Send>>, StoreError> {
+    let read = db.begin_read()?;
+    let tables = [
+        (read.open_table(TIERS)?, Table::Tiers),
+        (read.open_table(KEYS)?, Table::Keys),
+        (read.open_table(CONSUMERS)?, Table::Consumers),
+    ];
+    let mut stored = Vec::new();
+    for (opened, table) in &tables {
+        stored.push(opened.iter()?.map(move |entry| {
+            let (id, bytes) = entry?;
+            Ok::<_, StoreError>(Stored {
+                table: *table,
+                id: id.value().to_owned(),
+                bytes: bytes.value().to_vec(),
+            })
+        }));
+    }
+    let mut stored = stored.into_iter().flatten();
+    let mut next_chunk = || stored.by_ref().take(CHUNK).collect::<Result<Vec<_>, _>>();
+    let mut chunk = next_chunk()?;
+    let mut ready: Vec<T> = Vec::new();
+    while !chunk.is_empty() || !ready.is_empty() {
+        // A panic in the caller's code is caught here; one in redb's (reading the next chunk)
+        // goes on to `guarded`.
+        let convert = |raw: &Stored| guard::unguarded(|| convert(raw.record(signer)));
+        let (converted, (handed, next)) = map_on_cores(&chunk, convert, || {
+            let handed = guard::unguarded(|| ready.drain(..).for_each(&mut *each));
+            (handed, next_chunk())
+        });
+        if let Err(panic) = handed {
+            return Ok(Err(panic));
+        }
+        match converted.into_iter().collect() {
+            Ok(converted) => ready = converted,
+            Err(panic) => return Ok(Err(panic)),
+        }
+        chunk = next?;
+    }
+    Ok(Ok(()))
 }
 
 fn decoded<T: serde::de::DeserializeOwned>(
@@ -277,6 +341,20 @@ impl Store {
             .map_or(0, u64::from_le_bytes))
     }
 
+    /// Gives the file's free pages back to the file system: after a large transaction (an
+    /// import writes everything in one), redb leaves the pages its copy-on-write B-trees freed
+    /// inside the file, about as much again as what it holds. Needs the store to itself (no
+    /// transaction or backup open), so only offline commands call it. `false` when there was
+    /// nothing to give back.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        let path = self.path.clone();
+        let db = self
+            .db
+            .as_mut()
+            .expect("the database is open until the store is dropped");
+        guarded(&path, || Ok(db.compact()?))
+    }
+
     /// Reads every record.
     pub fn load(&self) -> Result<Contents, StoreError> {
         let mut contents = Contents::default();
@@ -284,24 +362,102 @@ impl Store {
         Ok(contents)
     }
 
-    /// Reads every record, handing each to `each` as it is decoded, so no more than one is held
-    /// at a time (start-up's memory peak is the catalog, not the catalog plus every record).
+    /// Reads every record, handing each to `each` as it is decoded, a chunk at a time (start-up's
+    /// memory peak is the catalog, not the catalog plus every record).
+    pub fn load_each(&self, each: impl FnMut(Record)) -> Result<(), StoreError> {
+        self.load_each_with(|record| record, each)
+    }
+
+    /// [`Store::load_each`], with `convert` run on every record on every core before `each`
+    /// gets its result on the calling thread, in the order the records are stored: for the work
+    /// of a record that needs no other (opening a key's value).
     ///
-    /// A panic in `each` (the caller's code, not redb's) is not taken for a damaged file: the
-    /// records after it are not handed over, and the panic resumes once redb's handles are
-    /// dropped.
-    pub fn load_each(&self, mut each: impl FnMut(Record)) -> Result<(), StoreError> {
-        let mut escaped = None;
-        let read = guarded(&self.path, || {
-            read_each(self.db(), &self.signer, &mut |record| {
-                if escaped.is_none() {
-                    escaped = guard::unguarded(|| each(record)).err();
-                }
-            })
-        });
-        if let Some(panic) = escaped {
-            std::panic::resume_unwind(panic);
+    /// A panic in `convert` or `each` (the caller's code, not redb's) is not taken for a damaged
+    /// file: the records after it are not handed over, and the panic resumes once redb's handles
+    /// are dropped.
+    pub fn load_each_with<T: Send>(
+        &self,
+        convert: impl Fn(Record) -> T + Sync,
+        mut each: impl FnMut(T),
+    ) -> Result<(), StoreError> {
+        match guarded(&self.path, || {
+            read_each(self.db(), &self.signer, &convert, &mut each)
+        })? {
+            Ok(()) => Ok(()),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-        read
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::*;
+    use crate::crypto::{EncryptionKey, Sealer};
+
+    /// A store of `count` keys (records only: their values are not sealed).
+    fn store_of(dir: &Path, count: usize) -> (Store, Sealer) {
+        let sealer = Sealer::new(&EncryptionKey::parse_hex(&"33".repeat(32)).unwrap());
+        let store = Store::open(&dir.join("pool.redb"), &sealer).unwrap();
+        let batch = store.begin().unwrap();
+        for i in 0..count {
+            let id = format!("key-{i:05}");
+            let record = serde_json::json!({
+                "id": id, "name": id, "tier_id": "t", "active": true, "created_at_ms": i,
+                "value": "00",
+            });
+            batch
+                .put_key(&serde_json::from_value(record).unwrap())
+                .unwrap();
+        }
+        batch.commit().unwrap();
+        (store, sealer)
+    }
+
+    fn is_key(record: &Record, id: &str) -> bool {
+        matches!(record, Record::Key(key) if key.id == id)
+    }
+
+    #[test]
+    fn records_come_in_stored_order_through_the_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_of(dir.path(), 10_000);
+        let mut ids = Vec::new();
+        store
+            .load_each_with(
+                |record| match record {
+                    Record::Key(key) => key.id,
+                    _ => String::new(),
+                },
+                |id| ids.push(id),
+            )
+            .unwrap();
+        let keys: Vec<String> = (0..10_000).map(|i| format!("key-{i:05}")).collect();
+        assert_eq!(ids, keys);
+    }
+
+    /// A panic in the caller's code, on a converting thread or the reading one, resumes as
+    /// itself: it is not taken for a damaged file, and the file still opens.
+    #[test]
+    fn a_panic_in_the_callers_code_is_not_taken_for_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, sealer) = store_of(dir.path(), 5_000);
+        for in_convert in [true, false] {
+            let caught = catch_unwind(AssertUnwindSafe(|| {
+                store.load_each_with(
+                    |record| {
+                        assert!(!(in_convert && is_key(&record, "key-04000")), "caller");
+                        record
+                    },
+                    |record| assert!(in_convert || !is_key(&record, "key-00300"), "caller"),
+                )
+            }));
+            let panic = caught.expect_err("the panic resumes");
+            assert_eq!(panic.downcast_ref::<&str>(), Some(&"caller"));
+        }
+        drop(store);
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        assert_eq!(store.load().unwrap().keys.len(), 5_000);
     }
 }

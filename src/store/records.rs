@@ -14,7 +14,7 @@ use super::StoreError;
 use crate::crypto::{SIGNATURE_LEN, Signer, fields};
 
 /// Bytes stored as lowercase hex inside a record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Hex(#[serde(with = "hex")] pub Vec<u8>);
 
@@ -34,55 +34,81 @@ pub struct TierRecord {
     pub features: BTreeMap<String, LimitRecord>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Fields at their default are left out of the stored JSON (a third of a plain key's record;
+/// figures in PERFORMANCE.md) and read back as their default. `Default` (no value, no tier) is
+/// only a base to fill: every field a record needs is set by whoever writes one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub id: String,
     pub name: String,
     pub tier_id: String,
     pub active: bool,
     pub created_at_ms: i64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
     /// Total uses allowed (per `usage_window_seconds`, or for the key's lifetime).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_limit: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_seconds: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub usage_count: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_start_ms: Option<i64>,
     /// Where the usage window ends in the broker's running time (ms), on which a restart judges
     /// it, whatever the wall clock says. Absent in records imported from the Go service.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_window_end_running_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// Wall-clock unix ms until which the provider said the key is spent (`PATCH
-    /// exhausted_until`); `None` or past: not exhausted.
-    #[serde(default)]
-    pub exhausted_until_ms: Option<i64>,
-    /// Why the key was disabled (by a report of the provider's refusal); `None`: not disabled.
-    #[serde(default)]
-    pub disabled_reason: Option<String>,
     /// The key value, sealed with [`value_aad`].
     pub value: Hex,
     /// Bound secrets, each sealed with [`secret_aad`] for its name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, Hex>,
+    /// Wall-clock unix ms until which the key is not served (`POST /key/{id}/exhausted`, `PATCH
+    /// exhausted_until`); `None` or past: not exhausted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhausted_until_ms: Option<i64>,
+    /// Why a report of 401, 402 or 403 disabled the key (it is then not `active`); `None`: not
+    /// disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Unix ms until which the whole key cools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown_until_ms: Option<i64>,
+    /// Cooldowns the whole key's current run of failures has started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backoff_level: u8,
+    /// Per feature: its cooldown and backoff level.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cooldowns: BTreeMap<String, CooldownRecord>,
+    /// 5xx answers and timeouts reported since the last success.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: u32,
     /// The key's spend budget, if it has one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetRecord>,
     /// Spent in the budget period that started at `spent_period_start_ms`, in billionths of the
     /// budget's unit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub spent_nanos: u64,
     /// Wall-clock unix ms at which the period `spent_nanos` belongs to started (0 for a
     /// lifetime budget): spent counts only while that period is the current one (the Go
     /// service's `spent_period_start`). `None` (a record imported without it): the period
     /// current when the server loads it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spent_period_start_ms: Option<i64>,
+}
+
+/// A feature's cooldown on a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownRecord {
+    /// Unix ms; `None` once ended, while its level is kept.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    #[serde(default)]
+    pub level: u8,
 }
 
 /// A spend budget: an exact decimal amount (in billionths) of a unit, per month or for life.
@@ -94,6 +120,10 @@ pub struct BudgetRecord {
     /// The day of the month (1–28) the budget resets at 00:00 UTC; `None` for a lifetime budget.
     #[serde(default)]
     pub reset_day: Option<u8>,
+}
+
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 /// A consumer: a service with its own token, drawing keys only from its scoped tiers.
@@ -121,6 +151,10 @@ pub struct UsageRecord {
     pub consumer_id: Option<String>,
     pub feature: String,
     pub created_at_ms: i64,
+    /// For a change to the key's health (`report 429`, `exhausted`), what it was; `None` for a
+    /// served key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// The first answer to an admin write sent with an idempotency key, kept (by that key) for as
@@ -261,6 +295,33 @@ pub(super) fn legacy_secret_aad(key_id: &str, name: &str) -> Vec<u8> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_record_leaves_its_defaults_out_and_reads_back_the_same() {
+        let json = r#"{"id":"k1","name":"one","tier_id":"t","active":true,"created_at_ms":5,"value":"ab"}"#;
+        let plain: KeyRecord = decode("keys", "k1", json.as_bytes()).unwrap();
+        assert_eq!(plain.usage_count, 0);
+        assert_eq!(String::from_utf8(encode(&plain)).unwrap(), json);
+        // Every field set: every field written, and read back.
+        let full = KeyRecord {
+            expires_at_ms: Some(9),
+            usage_limit: Some(3),
+            usage_window_seconds: Some(60),
+            usage_count: 2,
+            usage_window_start_ms: Some(1),
+            usage_window_end_running_ms: Some(7),
+            metadata: serde_json::json!({"team": "a"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            secrets: BTreeMap::from([("org".to_owned(), Hex(vec![1]))]),
+            ..plain
+        };
+        let json = encode(&full);
+        let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json);
+        assert_eq!(fields.unwrap().len(), 14);
+        assert_eq!(decode::<KeyRecord>("keys", "k1", &json).unwrap(), full);
+    }
 
     #[test]
     fn a_value_and_a_secret_never_share_associated_data() {

@@ -144,17 +144,17 @@ mod tests {
             usage_count: 3,
             usage_window_start_ms: None,
             usage_window_end_running_ms: None,
-            metadata: serde_json::Map::new(),
             exhausted_until_ms: None,
+            budget: None,
+            spent_nanos: 0,
+            metadata: serde_json::Map::new(),
             disabled_reason: None,
             value: Hex(sealer.seal(b"sk-1", &value_aad(id))),
             secrets: BTreeMap::from([(
                 "org".to_string(),
                 Hex(sealer.seal(b"org-1", &secret_aad(id, "org"))),
             )]),
-            budget: None,
-            spent_nanos: 0,
-            spent_period_start_ms: None,
+            ..KeyRecord::default()
         }
     }
 

@@ -155,8 +155,10 @@ mod tests {
             usage_count: 0,
             usage_window_start_ms: None,
             usage_window_end_running_ms: None,
-            metadata: serde_json::Map::new(),
             exhausted_until_ms: None,
+            budget: None,
+            spent_nanos: 0,
+            metadata: serde_json::Map::new(),
             disabled_reason: None,
             value: Hex(sealer.seal(value, &legacy_value_aad(id))),
             secrets: secrets
@@ -166,9 +168,7 @@ mod tests {
                     ((*name).to_owned(), Hex(sealed))
                 })
                 .collect(),
-            budget: None,
-            spent_nanos: 0,
-            spent_period_start_ms: None,
+            ..KeyRecord::default()
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Histogram, Recorder};
+use metrics::{Counter, Gauge, Histogram, Recorder};
 
 /// Where handles are registered (a "meter", as OpenTelemetry calls what instruments are created
 /// from): a recorder, or none (metrics off, every handle a no-op).
@@ -30,6 +30,16 @@ impl Meter {
             None => Counter::noop(),
             Some(recorder) => metrics::with_local_recorder(recorder.as_ref(), || {
                 metrics::counter!(name, owned(labels))
+            }),
+        }
+    }
+
+    /// The gauge `name{labels}`.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        match &self.0 {
+            None => Gauge::noop(),
+            Some(recorder) => metrics::with_local_recorder(recorder.as_ref(), || {
+                metrics::gauge!(name, owned(labels))
             }),
         }
     }

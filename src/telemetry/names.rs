@@ -9,6 +9,13 @@ pub const HTTP_REQUESTS: &str = "keypooler_http_requests_total";
 pub const HTTP_DURATION: &str = "keypooler_http_request_duration_seconds";
 /// `GET /key` answers, by `feature` and `outcome`.
 pub const KEY_REQUESTS: &str = "keypooler_key_requests_total";
+/// `POST /key/{id}/report` calls answered, by outcome `class`.
+pub const KEY_REPORTS: &str = "keypooler_key_reports_total";
+/// `GET /key?wait=` requests that waited, by how the wait ended: `outcome` is `served`,
+/// `timed_out`, `rejected` (too many waiting) or `shutdown`.
+pub const KEY_WAITS: &str = "keypooler_key_waits_total";
+/// `GET /key?wait=` requests waiting for a key now.
+pub const KEY_WAITERS: &str = "keypooler_key_waiters";
 /// Changes the writer handled, by `kind` and `outcome`.
 pub const WRITER_COMMANDS: &str = "keypooler_writer_commands_total";
 /// Seconds each durable commit of a batch took.
@@ -44,7 +51,8 @@ pub const TIER_BUDGET_LIMIT: &str = "keypooler_tier_budget_limit";
 pub const KEY_BUDGET_USED: &str = "keypooler_key_budget_used";
 /// Uses each key may serve for each feature per window (with `METRICS_TOKEN` only).
 pub const KEY_BUDGET_LIMIT: &str = "keypooler_key_budget_limit";
-/// Keys over their spend budget (out of the rotation until it resets), by `tier`.
-pub const KEYS_OVER_BUDGET: &str = "keypooler_keys_over_budget";
+/// Keys not servable now for a reason their health or spend budget gives, by `state`
+/// (cooling, disabled, exhausted, over_budget).
+pub const KEYS_UNAVAILABLE: &str = "keypooler_keys_unavailable";
 /// Per-key series a scrape left out because there were more than `METRICS_PER_KEY_MAX`.
 pub const KEY_BUDGET_CUT: &str = "keypooler_key_budget_series_cut";

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::broker::{Consumer, KeyEntry, Tier};
+use crate::broker::{Consumer, KeyEntry, KeyState, Now, Outcome, Tier};
+
+/// A cooldown longer than this is logged as a warning.
+const LONG_COOLDOWN_MS: i64 = 60_000;
 
 pub(super) enum Change {
     TierCreated(Arc<Tier>),
@@ -17,6 +20,18 @@ pub(super) enum Change {
     KeyDeleted {
         key: Arc<KeyEntry>,
         tier: Arc<str>,
+    },
+    /// A report of the provider's answer, applied: the key as it now is.
+    KeyHealth {
+        key: Arc<KeyEntry>,
+        outcome: Outcome,
+        feature: Option<Arc<str>>,
+        now: Now,
+    },
+    KeyExhausted {
+        key: Arc<KeyEntry>,
+        /// `None`: cleared.
+        until_ms: Option<i64>,
     },
     /// The names of the fields changed, never their values.
     KeyUpdated {
@@ -83,6 +98,18 @@ impl Change {
                 tier = %tier,
                 "key deleted"
             ),
+            Change::KeyHealth {
+                key,
+                outcome,
+                feature,
+                now,
+            } => log_health(key, *outcome, feature.as_deref(), *now),
+            Change::KeyExhausted { key, until_ms } => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                until_ms,
+                "key exhaustion set"
+            ),
             Change::KeyUpdated { key, fields } => tracing::info!(
                 key_id = %key.info.id,
                 key = %key.info.name,
@@ -122,6 +149,29 @@ impl Change {
                 "consumer deleted"
             ),
         }
+    }
+}
+
+/// A report as applied: one `warn` when it disabled the key or cooled it (or a feature) for
+/// more than a minute, `debug` otherwise. Ids and names only, never the value.
+fn log_health(key: &KeyEntry, outcome: Outcome, feature: Option<&str>, now: Now) {
+    let health = key.health.state();
+    let (state, until_ms) = key.state_with(&health, now);
+    let feature_until =
+        feature.and_then(|f| health.cooling_features(now).find(|(c, _)| &***c == f));
+    let cooling_ms = match (state, feature_until) {
+        (_, Some((_, until))) => until.unix_ms - now.unix_ms,
+        (KeyState::Cooling, _) => until_ms.map_or(0, |until| until - now.unix_ms),
+        _ => 0,
+    };
+    let (key_id, name, status) = (&*key.info.id, &*key.info.name, outcome.audit_event());
+    if state == KeyState::Disabled && matches!(outcome, Outcome::Refused(_)) {
+        let reason = health.disabled_reason.as_deref().unwrap_or_default();
+        tracing::warn!(key_id, key = name, reason, "key disabled by a report");
+    } else if cooling_ms > LONG_COOLDOWN_MS {
+        tracing::warn!(key_id, key = name, feature, seconds = cooling_ms / 1_000, report = %status, "key cooling for more than a minute");
+    } else {
+        tracing::debug!(key_id, key = name, feature, state = state.as_str(), report = %status, "key health reported");
     }
 }
 

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::WriteError;
 use super::idempotency::{Answer, Keyed, Once};
-use super::ops::SpendAnswer;
+use super::ops::{Exhaustion, HealthReport, Reported, SpendAnswer};
 use super::request::{Call, OnceCall, Request};
 use crate::broker::{
     Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Spend, Tier, TierSpec,
@@ -86,6 +86,17 @@ impl Writer {
         self.ask(Request::DeleteKey, id).await
     }
 
+    /// Applies a report of what the provider answered for a key; answers once it is durable
+    /// and in effect.
+    pub async fn report(&self, report: HealthReport) -> Result<Reported, WriteError> {
+        self.ask(Request::Report, report).await
+    }
+
+    /// Sets (or, with a time past, clears) a key's exhaustion.
+    pub async fn exhaust(&self, exhaustion: Exhaustion) -> Result<Reported, WriteError> {
+        self.ask(Request::Exhaust, exhaustion).await
+    }
+
     /// Changes a key in place, keeping its id and live counters.
     pub async fn patch_key(
         &self,
@@ -153,9 +164,14 @@ impl Writer {
         self.ask(Request::DeleteConsumer, id).await
     }
 
-    /// The newest `limit` audit events, newest first, including those still queued.
-    pub async fn recent_usage(&self, limit: usize) -> Result<Vec<UsageRecord>, WriteError> {
-        self.ask(Request::RecentUsage, limit).await
+    /// The newest `limit` audit events before event id `before` (or the newest), newest first,
+    /// with their ids, including those still queued.
+    pub async fn recent_usage(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, UsageRecord)>, WriteError> {
+        self.ask(Request::RecentUsage, (limit, before)).await
     }
 
     /// Pins the database as it stands once every change answered so far is committed, for a
@@ -172,8 +188,9 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Asks the writer to take expired keys out of the rotation (and bring keys whose budget
-    /// reset back), without waiting.
+    /// Asks the writer to take expired keys out of the rotation, bring keys whose budget reset
+    /// back, and let keys whose cooldown or exhaustion ended be available again, without
+    /// waiting.
     pub fn expire_keys(&self) {
         self.nudge(Request::ExpireKeys);
     }

@@ -35,6 +35,8 @@ kinds! {
     UpdateTier => "update_tier",
     AddKey => "add_key",
     DeleteKey => "delete_key",
+    ReportHealth => "report_health",
+    Exhaust => "exhaust_key",
     PatchKey => "patch_key",
     Spend => "spend",
     DeleteTier => "delete_tier",

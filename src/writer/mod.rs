@@ -31,7 +31,7 @@ use crate::store::StoreError;
 
 pub use handle::Writer;
 pub use idempotency::{Answer, Idempotency, IdempotencyKey, Once, StoredAnswer};
-pub use ops::{SPEND_RETENTION_MS, SpendAnswer, reserve_all};
+pub use ops::{Exhaustion, HealthReport, Reported, SPEND_RETENTION_MS, SpendAnswer, reserve_all};
 pub use thread::{WriterThread, spawn};
 
 #[derive(Debug, thiserror::Error)]

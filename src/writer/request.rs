@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::WriteError;
 use super::idempotency::{Answer, Keyed};
 use super::meters::{CommandSeries, Kind};
-use super::ops::{Reservation, SpendAnswer};
+use super::ops::{Exhaustion, HealthReport, Reported, Reservation, SpendAnswer};
 use crate::broker::{
     Catalog, Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Spend, Tier, TierSpec,
 };
@@ -117,6 +117,9 @@ pub(super) type OnceCall<I, O> = Call<Keyed<I, O>, Answer<O>>;
 /// A consumer just created, with its token.
 pub(super) type NewlyCreated = (Arc<Consumer>, Zeroizing<String>);
 
+/// Audit events with their ids, newest first.
+pub(super) type AuditEvents = Vec<(u64, UsageRecord)>;
+
 /// A queued request.
 pub(super) enum Request {
     CreateTier(OnceCall<TierSpec, Arc<Tier>>),
@@ -126,6 +129,10 @@ pub(super) enum Request {
     /// the hot path's reservation requests included.
     AddKey(OnceCall<Box<NewKey>, Arc<KeyEntry>>),
     DeleteKey(Call<String, ()>),
+    /// What the provider answered for a key (`POST /key/{id}/report`).
+    Report(Call<HealthReport, Reported>),
+    /// Sets or clears a key's exhaustion (`POST /key/{id}/exhausted`).
+    Exhaust(Call<Exhaustion, Reported>),
     /// A key's id and its change (boxed, as `AddKey`).
     PatchKey(Call<(String, Box<KeyPatch>), Arc<KeyEntry>>),
     /// A key's id and a spend to count against its budget, once per request id.
@@ -141,13 +148,15 @@ pub(super) enum Request {
     /// A consumer's id; answers with its new token, which exists nowhere else afterwards.
     RotateToken(OnceCall<String, NewlyCreated>),
     DeleteConsumer(Call<String, ()>),
-    /// Write the queued audit events, then read the newest ones.
-    RecentUsage(Call<usize, Vec<UsageRecord>>),
+    /// Write the queued audit events, then read the newest ones (how many, and before which
+    /// event id), with their ids.
+    RecentUsage(Call<(usize, Option<u64>), AuditEvents>),
     /// Reserve the next chunk of a usage-capped key (asked by the hot path; nobody waits).
     Reserve(Call<Arc<str>, Option<Reservation>>),
     /// Write the queued audit events.
     FlushAudit(Call<(), ()>),
-    /// Take expired keys out of the rotation (every batch does; this one has nothing else).
+    /// Take expired keys out of the rotation and let keys whose cooldown or exhaustion ended be
+    /// available again (every batch does; this one has nothing else).
     ExpireKeys(Call<(), ()>),
     /// Save the running time (every batch does; this one has nothing else).
     SaveRunningTime(Call<(), ()>),
@@ -165,6 +174,8 @@ impl Request {
             Request::UpdateTier(call) => call.finish(Kind::UpdateTier, failure, meters),
             Request::AddKey(call) => call.finish(Kind::AddKey, failure, meters),
             Request::DeleteKey(call) => call.finish(Kind::DeleteKey, failure, meters),
+            Request::Report(call) => call.finish(Kind::ReportHealth, failure, meters),
+            Request::Exhaust(call) => call.finish(Kind::Exhaust, failure, meters),
             Request::PatchKey(call) => call.finish(Kind::PatchKey, failure, meters),
             Request::Spend(call) => {
                 if failure.is_none()

@@ -12,7 +12,7 @@ use super::handle::{ReserveSink, Writer};
 use super::meters::CommandSeries;
 use super::ops::{Staged, Staging};
 use super::request::Request;
-use crate::broker::{AuditLog, Catalog, Pool};
+use crate::broker::{AuditLog, Catalog, HealthPolicy, Pool};
 use crate::crypto::Sealer;
 use crate::store::{Snapshot, Store, StoreError};
 use crate::telemetry::Meter;
@@ -42,6 +42,7 @@ pub fn spawn(
     catalog: Catalog,
     audit: Option<Arc<AuditLog>>,
     meter: &Meter,
+    policy: HealthPolicy,
 ) -> std::io::Result<(Writer, WriterThread)> {
     let (queue, requests) = mpsc::channel(QUEUE_DEPTH);
     pool.set_reserve(Box::new(ReserveSink(queue.downgrade())));
@@ -59,6 +60,7 @@ pub fn spawn(
         pool,
         catalog,
         meters: CommandSeries::new(meter),
+        policy,
     };
     // Returns only once the thread runs, named and at its lower priority, so the server never
     // serves a request before the writer has taken its place below the request threads.
@@ -114,6 +116,8 @@ struct State {
     pool: Arc<Pool>,
     catalog: Catalog,
     meters: CommandSeries,
+    /// How reports turn into cooldowns.
+    policy: HealthPolicy,
 }
 
 impl State {
@@ -135,11 +139,14 @@ impl State {
 
     fn apply_batch(&mut self, batch: &mut Vec<Request>) {
         let failure = match self.stage(batch) {
-            Ok(Staged {
-                catalog,
-                dirty,
-                changes,
-            }) => {
+            Ok(mut staged) => {
+                staged.publish_health(self.pool.clock());
+                let Staged {
+                    catalog,
+                    dirty,
+                    changes,
+                    ..
+                } = staged;
                 for request in batch.iter() {
                     if let Request::Reserve(call) = request
                         && let Some(Ok(Some(reservation))) = call.answer()
@@ -196,6 +203,7 @@ impl State {
             &self.sealer,
             self.audit.as_deref(),
             &mut self.last_created_ms,
+            self.policy,
         );
         for request in batch.iter_mut() {
             staging.apply(request)?;
@@ -254,6 +262,10 @@ mod tests {
             pool: Arc::new(Pool::new(clock)),
             catalog: Catalog::default(),
             meters: CommandSeries::new(&Meter::off()),
+            policy: crate::broker::HealthPolicy {
+                cooldown_max_seconds: 300,
+                failure_threshold: 3,
+            },
         };
         let limit = Limit {
             rate_limit: 1,

@@ -200,6 +200,7 @@ fn large_database(path: &Path, key_hex: &str, megabytes: usize) {
             consumer_id: None,
             feature: "chat".into(),
             created_at_ms: 1,
+            event: None,
         })
         .collect();
     batch.append_usage(&events, u64::MAX).unwrap();
@@ -319,7 +320,7 @@ fn the_backup_command_writes_a_private_file_a_server_starts_on() {
         "not-the-admin-token-at-all",
         &["--to", other.to_str().unwrap()],
     );
-    assert_one_clear_line(&wrong, 1, "401 Unauthorized: invalid token");
+    assert_one_clear_line(&wrong, 3, "401 Unauthorized: invalid token");
     assert_only(&out, &["pool-backup.redb"]);
     server.stop();
 

@@ -283,7 +283,7 @@ async fn a_key_over_budget_leaves_the_rotation_until_a_larger_budget_brings_it_b
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains("keypooler_keys_over_budget{tier=\"pro\"} 1\n")
+        metrics.contains("keypooler_keys_unavailable{state=\"over_budget\"} 1\n")
             && metrics.contains("keypooler_spent_nanos_total{unit=\"usd\"} 1100000000\n"),
         "{metrics}"
     );

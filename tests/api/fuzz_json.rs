@@ -155,6 +155,8 @@ fn number() -> BoxedStrategy<String> {
             "0.000001",
             "16777215",
             "16777216",
+            "2147483647",
+            "2147483648",
             "31622400",
             "31622401",
             "4294967295",
@@ -380,8 +382,8 @@ fn valid_admin_bodies_get_a_2xx() {
     let serial = AtomicUsize::new(0);
     let name = "[A-Za-z0-9][A-Za-z0-9 ._-]{0,30}";
     let limit = prop_oneof![
-        (1u32..=16_777_215).prop_map(|n| json!(n)),
-        (1u32..=16_777_215, 1u32..=31_622_400)
+        (1u32..=2_147_483_647).prop_map(|n| json!(n)),
+        (1u32..=2_147_483_647, 1u32..=31_622_400)
             .prop_map(|(r, w)| json!({"rate_limit": r, "window_seconds": w})),
     ];
     let features = prop::collection::btree_map(name, limit, 1..5).boxed();

@@ -397,6 +397,87 @@ async fn exhaustion_is_stored_and_cleared_and_re_enabling_clears_a_disabled_reas
     assert!(record.active);
 }
 
+/// What reports held against a key (a 401, cooldowns of the key and of a feature, a run of
+/// failures) is cleared by `is_active: true`, in serving at once and on disk; the key's window
+/// goes on counting through it all. An exhaustion set or cleared by `PATCH` is in effect for the
+/// next `GET /key`.
+#[tokio::test]
+async fn re_enabling_clears_the_key_health_and_exhaustion_takes_effect_at_once() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 5})).await;
+    let id = app.add_key("k", "sk-1", "pro").await;
+    for _ in 0..2 {
+        assert_eq!(app.key("chat").await.0, StatusCode::OK);
+    }
+    let report = async |body: Value| {
+        let path = format!("/key/{id}/report");
+        expect(app.post(&path, &body).await, StatusCode::OK).await;
+    };
+    report(json!({"status": 429, "feature": "chat", "retry_after": 60})).await;
+    for _ in 0..3 {
+        report(json!({"status": 503})).await;
+    }
+    report(json!({"status": 401})).await;
+    let held = app.listed(&id).await;
+    assert_eq!(held["state"], "disabled");
+    assert_eq!(held["consecutive_failures"], 3);
+    assert!(held["cooldown_until"].is_string());
+    assert!(held["cooldowns"]["chat"].is_string());
+    assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
+
+    let path = format!("/admin/keys/{id}");
+    let on = expect(
+        app.patch(&path, &json!({"is_active": true})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(on["state"], "active");
+    assert_eq!(on["disabled_reason"], Value::Null);
+    assert_eq!(on["cooldown_until"], Value::Null);
+    assert_eq!(on["cooldowns"], json!({}));
+    assert_eq!(on["consecutive_failures"], 0);
+    assert_eq!(on["usage"]["chat"]["used"], 2, "the window goes on");
+    // Served at once, no clock moved: the cooldowns are gone from serving too.
+    assert_eq!(app.drain("chat").await, 3, "the window's last three uses");
+
+    app.clock.advance_ms(60_000);
+    let until_ms = app.wall.unix_now_ms() + 3_600_000;
+    let exhausted = expect(
+        app.patch(&path, &json!({"exhausted_until": rfc3339(until_ms)}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(exhausted["state"], "exhausted");
+    assert_eq!(exhausted["exhausted_until"], rfc3339(until_ms));
+    let (status, _) = app.key("chat").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let refused = app.get("/key?feature=chat").await;
+    assert_eq!(refused.headers()["retry-after"], "3600");
+    expect(
+        app.patch(&path, &json!({"exhausted_until": null})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(app.key("chat").await.0, StatusCode::OK);
+
+    let mut app = app.restart().await;
+    app.stop().await;
+    let record = stored_key(&app, &id);
+    assert!(record.active);
+    assert_eq!(
+        (
+            record.disabled_reason,
+            record.cooldown_until_ms,
+            record.backoff_level,
+            record.cooldowns.len(),
+            record.consecutive_failures,
+            record.exhausted_until_ms,
+        ),
+        (None, None, 0, 0, 0, None)
+    );
+}
+
 #[tokio::test]
 async fn a_tier_with_keys_is_not_deleted_and_one_without_is_with_its_consumer_scopes() {
     let app = TestApp::spawn().await;

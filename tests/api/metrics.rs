@@ -563,34 +563,69 @@ async fn without_a_token_no_key_or_consumer_id_or_name_is_shown() {
     }
 }
 
-/// Above `METRICS_PER_KEY_MAX` per-key series, a scrape lists none: the per-tier series stand
-/// in for them, and one series says how many were left out.
+/// Up to exactly `METRICS_PER_KEY_MAX` per-key series a scrape lists them all, and the per-tier
+/// series are their sums (read from each tier's rotation, not key by key); above it, it lists
+/// none: the per-tier series stand in for them, and one series says how many were left out.
 #[tokio::test]
 async fn per_key_series_give_way_to_tier_series_above_the_limit() {
     let app = TestApp::spawn_with_metrics(MetricsConfig {
-        per_key_max: 4,
+        per_key_max: 12,
         ..with_token()
     })
     .await;
     app.create_tier("pro", json!({ "chat": 5, "img": 7 })).await;
-    let first = app.add_key("first", "sk-1", "pro").await;
-    assert_eq!(app.key("chat").await.0, StatusCode::OK);
-    // One key, two features: used and limit for each, 4 series.
+    app.create_tier("free", json!({ "chat": 2 })).await;
+    let mut ids = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        ids.push(app.add_key(name, &format!("sk-{name}"), "pro").await);
+    }
+    // Uses spread unevenly: pro's keys take turns, free has no key yet.
+    for feature in ["chat", "chat", "chat", "chat", "img"] {
+        assert_eq!(app.key(feature).await.0, StatusCode::OK);
+    }
+    // 3 keys × 2 features × (used, limit) = 12 series: all shown.
     let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
-    assert_eq!(m.named("keypooler_key_budget_used").count(), 2);
-    assert_eq!(m.named("keypooler_key_budget_limit").count(), 2);
     assert_eq!(m.value("keypooler_key_budget_series_cut", &[]), None);
+    assert_eq!(m.named("keypooler_key_budget_used").count(), 6);
+    for (tier, feature) in [("pro", "chat"), ("pro", "img")] {
+        for (per_key, per_tier) in [
+            ("keypooler_key_budget_used", "keypooler_tier_budget_used"),
+            ("keypooler_key_budget_limit", "keypooler_tier_budget_limit"),
+        ] {
+            let summed: f64 = m
+                .named(per_key)
+                .filter(|s| s.labels["feature"] == feature)
+                .map(|s| s.value)
+                .sum();
+            let labels = [("tier", tier), ("feature", feature)];
+            assert_eq!(m.get(per_tier, &labels), summed, "{per_tier} {labels:?}");
+        }
+    }
+    let tier = |tier, feature| [("tier", tier), ("feature", feature)];
+    for (name, tier_name, feature, value) in [
+        ("keypooler_tier_budget_used", "pro", "chat", 4.0),
+        ("keypooler_tier_budget_used", "pro", "img", 1.0),
+        ("keypooler_tier_budget_limit", "pro", "img", 21.0),
+        ("keypooler_tier_budget_limit", "free", "chat", 0.0),
+    ] {
+        assert_eq!(m.get(name, &tier(tier_name, feature)), value, "{name}");
+    }
 
-    let second = app.add_key("second", "sk-2", "pro").await;
+    // One key more, in another tier: 14 series, over the limit. The tier series carry on.
+    app.add_key("f1", "sk-f1", "free").await;
     let m = scrape_as(&app, Some(SCRAPE_TOKEN)).await;
+    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 14.0);
     assert_eq!(m.named("keypooler_key_budget_used").count(), 0);
     assert_eq!(m.named("keypooler_key_budget_limit").count(), 0);
-    assert!(!m.text.contains(&first) && !m.text.contains(&second));
-    assert_eq!(m.get("keypooler_key_budget_series_cut", &[]), 8.0);
-    let tier = |feature| [("tier", "pro"), ("feature", feature)];
-    assert_eq!(m.get("keypooler_tier_budget_used", &tier("chat")), 1.0);
-    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("chat")), 10.0);
-    assert_eq!(m.get("keypooler_tier_budget_limit", &tier("img")), 14.0);
+    assert!(ids.iter().all(|id| !m.text.contains(id.as_str())));
+    assert_eq!(
+        m.get("keypooler_tier_budget_used", &tier("pro", "chat")),
+        4.0
+    );
+    assert_eq!(
+        m.get("keypooler_tier_budget_limit", &tier("free", "chat")),
+        2.0
+    );
 }
 
 /// Writes `dir/pool.redb` with a tier "big" listing `features` (1,000 uses a minute each) and
@@ -633,24 +668,6 @@ fn seed(dir: &std::path::Path, key_hex: &str, features: &[String], keys: usize) 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         app.serve(listener, async {}).await.unwrap();
     });
-}
-
-/// A body sent with `Transfer-Encoding: chunked`, joined; panics unless it ends with the last
-/// (empty) chunk, as a cut scrape does not.
-fn dechunk(mut raw: &str) -> String {
-    let mut text = String::new();
-    loop {
-        let (size, rest) = raw.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size, 16).expect("a hexadecimal chunk size");
-        if size == 0 {
-            assert_eq!(rest, "\r\n", "trailing bytes after the last chunk");
-            return text;
-        }
-        text.push_str(&rest[..size]);
-        raw = rest[size..]
-            .strip_prefix("\r\n")
-            .expect("a chunk ends with CRLF");
-    }
 }
 
 /// Resident memory of process `pid`, in MiB.
@@ -753,7 +770,7 @@ fn fifty_stalled_scrapes_of_a_large_pool_keep_memory_bounded_and_keys_served() {
         assert!(std::time::Instant::now() < deadline, "scrapes stay refused");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let m = Scrape::parse(dechunk(&text));
+    let m = Scrape::parse(text);
     assert_eq!(m.named("keypooler_key_budget_used").count(), KEYS * 3);
     assert_eq!(m.named("keypooler_key_budget_limit").count(), KEYS * 3);
     assert_eq!(

@@ -33,6 +33,7 @@ const SETTINGS: &[&str] = &[
     "ALLOW_CORE_DUMPS",
     "MLOCK",
     "KEYPOOLER_URL",
+    "DATABASE_URL",
 ];
 pub const TOKEN: &str = "binary-admin-token";
 
@@ -279,6 +280,19 @@ pub fn run(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     keypooler(dir, env).args(args).output().unwrap()
 }
 
+/// Runs the binary to its end with `input` on its stdin.
+pub fn run_with_input(dir: &Path, env: &[(&str, &str)], args: &[&str], input: &[u8]) -> Output {
+    let mut child = keypooler(dir, env)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// One request on its own connection; an error when the connection fails or drops before a
 /// whole response arrived.
 pub fn http(
@@ -322,18 +336,43 @@ pub fn http_with_headers(
         .get(9..12)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status line"))?;
-    let length = head
-        .lines()
-        .find_map(|line| {
+    let header = |wanted: &str| {
+        head.lines().find_map(|line| {
             let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim())
         })
+    };
+    // A streamed body (a listing, /metrics) comes in chunks.
+    if header("transfer-encoding") == Some("chunked") {
+        return Ok((status, head.to_owned(), dechunk(body)?));
+    }
+    let length = header("content-length")
+        .and_then(|value| value.parse::<usize>().ok())
         .unwrap_or(body.len());
     if body.len() < length {
         return Err(std::io::Error::other("the response was cut short"));
     }
     Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// A body sent with `Transfer-Encoding: chunked`, joined; an error unless it ends with the last
+/// (empty) chunk, as a body cut short does not.
+fn dechunk(mut raw: &str) -> std::io::Result<String> {
+    let cut = || std::io::Error::other("the chunked response was cut short");
+    let mut text = String::new();
+    loop {
+        let (size, rest) = raw.split_once("\r\n").ok_or_else(cut)?;
+        let size = usize::from_str_radix(size, 16).map_err(|_| cut())?;
+        if size == 0 {
+            return if rest == "\r\n" {
+                Ok(text)
+            } else {
+                Err(std::io::Error::other("trailing bytes after the last chunk"))
+            };
+        }
+        text.push_str(rest.get(..size).ok_or_else(cut)?);
+        raw = rest[size..].strip_prefix("\r\n").ok_or_else(cut)?;
+    }
 }
 
 pub fn http_get(port: u16, path: &str, token: &str) -> (u16, String) {

@@ -12,9 +12,33 @@ const SAMPLE_ID: &str = "00000000-0000-4000-8000-000000000000";
 /// Every path parameter the route table uses.
 const PARAMETERS: [&str; 3] = ["{id}", "{name}", "{tier}"];
 
+/// A query valid for every route (each ignores the parameters it does not know): the feature of
+/// `GET /key`, and a listing's page, cursor and filters.
+const PLAUSIBLE_QUERY: [(&str, &str); 6] = [
+    ("feature", "chat"),
+    ("limit", "2"),
+    ("after", "0"),
+    ("tier", "probe"),
+    ("state", "active"),
+    ("name_prefix", "p"),
+];
+
+/// A query every listing refuses (400), but only once the caller is known.
+const BAD_QUERY: [(&str, &str); 3] = [("limit", "0"), ("after", "x"), ("state", "x")];
+
 /// The route's path with sample values, and a plausible query and body: valid for every admin
 /// body (unknown fields are ignored), so a refusal can only come from the access rule.
 fn probe(app: &TestApp, route: &Route, token: Option<&str>, body: &str) -> RequestBuilder {
+    probe_with(app, route, token, body, &PLAUSIBLE_QUERY)
+}
+
+fn probe_with(
+    app: &TestApp,
+    route: &Route,
+    token: Option<&str>,
+    body: &str,
+    query: &[(&str, &str)],
+) -> RequestBuilder {
     let path = PARAMETERS
         .iter()
         .fold(route.path.to_owned(), |path, parameter| {
@@ -24,7 +48,7 @@ fn probe(app: &TestApp, route: &Route, token: Option<&str>, body: &str) -> Reque
     let mut request = app
         .client
         .request(route.method.clone(), format!("{}{path}", app.address))
-        .query(&[("feature", "chat")]);
+        .query(query);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -86,6 +110,10 @@ async fn every_route_enforces_its_access_rule() {
                         "invalid authorization format",
                     )
                     .await;
+                    // Nor is the query looked at before the caller is known.
+                    let bad = probe_with(&app, route, None, body, &BAD_QUERY);
+                    let response = bad.send().await.unwrap();
+                    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}: query");
                 }
             }
             // `/metrics` is public unless METRICS_TOKEN is set (tests/api/metrics.rs checks that).
@@ -116,8 +144,8 @@ async fn every_route_enforces_its_access_rule() {
             assert_eq!(status, StatusCode::OK, "/metrics");
             continue;
         }
-        // The backup answers a file, not JSON.
-        if response.headers()["content-type"] == "application/octet-stream" {
+        // The backup answers a file, and the pages (/ui, /docs) and their assets are not JSON.
+        if response.headers()["content-type"] != "application/json" {
             assert_eq!(status, StatusCode::OK, "{} {}", route.method, route.path);
             continue;
         }
@@ -133,6 +161,7 @@ async fn every_route_enforces_its_access_rule() {
     }
 }
 
+/// Consumer tokens: refused by every admin route, taken by the routes open to consumers.
 #[tokio::test]
 async fn admin_routes_refuse_a_consumer_token() {
     let app = TestApp::spawn().await;

@@ -6,16 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keypooler::broker::{KeyInfo, Plaintext};
 use keypooler::crypto::{EncryptionKey, Sealer, token_hash};
-use keypooler::store::{Store, TierRecord, key_record, load_catalog, open_key};
+use keypooler::store::{Store, load_catalog, open_key};
 use redb::{ReadableDatabase, TableDefinition};
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 use crate::binary::{assert_one_clear_line, stderr};
 use crate::files::Rng;
-use crate::helpers::hex_key;
+use crate::helpers::{hex_key, large_database};
 use crate::process::{Server, TOKEN, http_get, keypooler, run};
 
 /// A signed record is its JSON followed by a signature of this many bytes.
@@ -390,40 +388,6 @@ fn rekey_validates_new_encryption_key_like_encryption_key() {
     assert_one_clear_line(&missing, 1, "no such file");
     assert!(!dir.path().join("none.redb").exists());
     assert_eq!(std::fs::read(dir.path().join("pool.redb")).unwrap(), before);
-}
-
-/// A database of `count` keys written through the store (faster than HTTP for 20k keys).
-fn large_database(path: &Path, sealer: &Sealer, count: usize) {
-    let store = Store::open(path, sealer).unwrap();
-    let batch = store.begin().unwrap();
-    batch
-        .put_tier(&TierRecord {
-            id: "tier-1".into(),
-            name: "pro".into(),
-            description: String::new(),
-            created_at_ms: 1,
-            features: BTreeMap::new(),
-        })
-        .unwrap();
-    let secrets = BTreeMap::from([("org".to_string(), Zeroizing::new("org-1".to_string()))]);
-    for i in 0..count {
-        let info = KeyInfo {
-            id: format!("key-{i:06}").into(),
-            name: format!("k{i}").into(),
-            tier_id: "tier-1".into(),
-            active: true,
-            created_at_ms: i as i64,
-            expires_at_ms: None,
-        };
-        let value = format!("sk-{i}");
-        let plain = Plaintext {
-            value: &value,
-            metadata: &serde_json::Map::new(),
-            secrets: &secrets,
-        };
-        batch.put_key(&key_record(&info, &plain, sealer)).unwrap();
-    }
-    batch.commit().unwrap();
 }
 
 /// Which key opens the file at `path`, all of it: every key loads, none is left out.

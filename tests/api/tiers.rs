@@ -67,11 +67,11 @@ async fn invalid_tiers_are_400_and_change_nothing() {
         (json!({"features": {"chat": 1}}), "missing field `name`"),
         (
             json!({"name": "pro", "features": {"chat": 0}}),
-            "features.chat: rate_limit must be an integer from 1 to 16777215",
+            "features.chat: rate_limit must be an integer from 1 to 2147483647",
         ),
         (
             json!({"name": "pro", "features": {"chat": -3}}),
-            "features.chat: rate_limit must be an integer from 1 to 16777215",
+            "features.chat: rate_limit must be an integer from 1 to 2147483647",
         ),
         (
             json!({"name": "pro", "features": {"chat": 1.5}}),
@@ -99,7 +99,7 @@ async fn invalid_tiers_are_400_and_change_nothing() {
         ),
         (
             json!({"name": "pro", "features": {"chat": u64::MAX}}),
-            "features.chat: rate_limit must be an integer from 1 to 16777215",
+            "features.chat: rate_limit must be an integer from 1 to 2147483647",
         ),
         (
             json!({"name": "pro", "features": {"": 1}}),

@@ -123,7 +123,7 @@ fn no_window_of_any_key_serves_more_than_its_limit_under_64_threads() {
                             Pick::Spent(_) => {
                                 refused.fetch_add(1, Ordering::Relaxed);
                             }
-                            Pick::UnknownFeature | Pick::OutOfScope => {
+                            Pick::UnknownFeature | Pick::OutOfScope | Pick::AboveLimit(_) => {
                                 panic!("the feature exists for the admin")
                             }
                         }

@@ -1,7 +1,8 @@
 //! One source row being read: its cells found by column name, each checked and converted, and
 //! every error naming the table and the row.
 
-use rusqlite::types::ValueRef;
+use std::collections::BTreeSet;
+
 use zeroize::Zeroizing;
 
 use super::super::{CompatError, time};
@@ -11,14 +12,39 @@ use crate::crypto::{CryptoError, Sealer};
 /// The longest id accepted (the Go service writes UUIDs: 36 characters).
 pub(super) const MAX_ID_CHARS: usize = 128;
 
-/// One `SELECT` of a source table, built from the columns it reads. Each column is named in the
-/// query (`column AS column`), and a row's cell is found by that name, the one its errors use:
-/// there is no position to drift from the query.
+/// One cell as the source's driver hands it over.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Cell<'a> {
+    Null,
+    Integer(i64),
+    /// A floating-point number (SQLite's REAL; PostgreSQL's arrive as decimal text).
+    Real(f64),
+    /// Text, or bytes that should be text.
+    Text(&'a [u8]),
+    /// PostgreSQL's boolean.
+    Bool(bool),
+    /// PostgreSQL's timestamp, in unix milliseconds.
+    Time(i64),
+}
+
+/// One row of a source, whichever database it comes from.
+pub(super) trait SourceRow {
+    /// The cell of the column named `column` in the `Select` the row was read with; the error
+    /// says why the driver could not hand it over, never its content.
+    fn cell(&self, column: &str) -> Result<Cell<'_>, String>;
+    /// Where the row is, for errors about a row whose id is unusable (`at rowid 4`).
+    fn position(&self) -> String;
+}
+
+/// One `SELECT` of a source table: the columns it reads, each by name. A row's cell is found by
+/// that name, the one its errors use: there is no position to drift from the query. Each source
+/// writes the query in its own SQL.
 pub(super) struct Select {
     pub(super) table: &'static str,
-    /// The columns that name a row in errors (else its rowid does).
+    /// The columns that name a row in errors (else its position does).
     pub(super) id_columns: &'static [&'static str],
-    columns: Vec<String>,
+    /// Each column read, and whether the table has it (one it has not reads as NULL).
+    pub(super) columns: Vec<(String, bool)>,
 }
 
 impl Select {
@@ -26,7 +52,7 @@ impl Select {
         let mut select = Self {
             table,
             id_columns,
-            columns: vec!["rowid AS rowid".into()],
+            columns: Vec::new(),
         };
         for column in id_columns {
             select = select.column(column);
@@ -34,45 +60,29 @@ impl Select {
         select
     }
 
-    /// A column the table must have (SQLite refuses the query if it has not).
+    /// A column the table must have (the source refuses the query if it has not).
     pub(super) fn column(mut self, name: &str) -> Self {
-        self.columns.push(format!("{name} AS {name}"));
+        self.columns.push((name.to_owned(), true));
         self
     }
 
     /// A column of a later generation: read as `NULL` when the table (its `present` columns)
     /// does not have it.
-    pub(super) fn optional(
-        mut self,
-        name: &str,
-        present: &std::collections::BTreeSet<String>,
-    ) -> Self {
-        if present.contains(name) {
-            self.column(name)
-        } else {
-            self.columns.push(format!("NULL AS {name}"));
-            self
-        }
-    }
-
-    pub(super) fn sql(&self) -> String {
-        format!(
-            "SELECT {} FROM {} ORDER BY rowid",
-            self.columns.join(", "),
-            self.table
-        )
+    pub(super) fn optional(mut self, name: &str, present: &BTreeSet<String>) -> Self {
+        self.columns.push((name.to_owned(), present.contains(name)));
+        self
     }
 }
 
-/// One row being read, named in every error by its id (or rowid, when the id is unusable).
-pub(super) struct Cells<'a, 'r> {
-    row: &'a rusqlite::Row<'r>,
+/// One row being read, named in every error by its id (or position, when the id is unusable).
+pub(super) struct Cells<'a> {
+    row: &'a dyn SourceRow,
     table: &'static str,
     label: String,
 }
 
-impl<'a, 'r> Cells<'a, 'r> {
-    pub(super) fn new(row: &'a rusqlite::Row<'r>, select: &Select) -> Self {
+impl<'a> Cells<'a> {
+    pub(super) fn new(row: &'a dyn SourceRow, select: &Select) -> Self {
         Self {
             row,
             table: select.table,
@@ -81,26 +91,28 @@ impl<'a, 'r> Cells<'a, 'r> {
     }
 }
 
-impl Cells<'_, '_> {
+impl Cells<'_> {
     pub(super) fn fail(&self, reason: impl Into<String>) -> CompatError {
         CompatError::row(self.table, self.label.clone(), reason)
     }
 
-    fn value(&self, column: &str) -> Result<ValueRef<'_>, CompatError> {
+    fn value(&self, column: &str) -> Result<Cell<'_>, CompatError> {
         self.row
-            .get_ref(column)
-            .map_err(|err| self.fail(err.to_string()))
+            .cell(column)
+            .map_err(|reason| self.fail(format!("{column}: {reason}")))
     }
 
     pub(super) fn opt_text(&self, column: &str) -> Result<Option<&str>, CompatError> {
         match self.value(column)? {
-            ValueRef::Null => Ok(None),
-            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => std::str::from_utf8(bytes)
+            Cell::Null => Ok(None),
+            Cell::Text(bytes) => std::str::from_utf8(bytes)
                 .map(Some)
                 .map_err(|_| self.fail(format!("{column} is not UTF-8 text"))),
-            ValueRef::Integer(_) | ValueRef::Real(_) => {
+            Cell::Integer(_) | Cell::Real(_) => {
                 Err(self.fail(format!("{column} is a number, not text")))
             }
+            Cell::Bool(_) => Err(self.fail(format!("{column} is a boolean, not text"))),
+            Cell::Time(_) => Err(self.fail(format!("{column} is a timestamp, not text"))),
         }
     }
 
@@ -116,13 +128,18 @@ impl Cells<'_, '_> {
 
     pub(super) fn opt_int(&self, column: &str) -> Result<Option<i64>, CompatError> {
         match self.value(column)? {
-            ValueRef::Null => Ok(None),
-            ValueRef::Integer(n) => Ok(Some(n)),
+            Cell::Null => Ok(None),
+            Cell::Integer(n) => Ok(Some(n)),
             _ => Err(self.fail(format!("{column} is not an integer"))),
         }
     }
 
+    /// A timestamp: the source's own, or text in one of the forms [`time::parse_timestamp_ms`]
+    /// reads.
     pub(super) fn opt_time(&self, column: &str) -> Result<Option<i64>, CompatError> {
+        if let Cell::Time(ms) = self.value(column)? {
+            return Ok(Some(ms));
+        }
         match self.opt_text(column)? {
             None => Ok(None),
             Some(text) => time::parse_timestamp_ms(text).map(Some).ok_or_else(|| {
@@ -133,21 +150,33 @@ impl Cells<'_, '_> {
         }
     }
 
-    /// A flag stored as an integer (0 false, anything else true); NULL takes the default.
+    /// A flag: a boolean, or an integer (0 false, anything else true); NULL takes the default.
     pub(super) fn flag(&self, column: &str, default: bool) -> Result<bool, CompatError> {
-        Ok(self.opt_int(column)?.map_or(default, |n| n != 0))
+        match self.value(column)? {
+            Cell::Bool(flag) => Ok(flag),
+            _ => Ok(self.opt_int(column)?.map_or(default, |n| n != 0)),
+        }
     }
 
-    /// A count or limit that must be a positive integer when set.
-    pub(super) fn opt_positive(&self, column: &str) -> Result<Option<u64>, CompatError> {
-        match self.opt_int(column)? {
-            None => Ok(None),
-            Some(n) => u64::try_from(n)
-                .ok()
-                .filter(|n| *n >= 1)
-                .map(Some)
-                .ok_or_else(|| self.fail(format!("{column} must be a positive integer"))),
-        }
+    /// An exact decimal in billionths (`12.5` is 12,500,000,000), from decimal text (how
+    /// PostgreSQL's numbers arrive), an integer, or SQLite's REAL by its shortest decimal form.
+    /// Finer than a billionth is refused, or rounded up with `round_up`. Never negative.
+    pub(super) fn opt_nanos(
+        &self,
+        column: &str,
+        round_up: bool,
+    ) -> Result<Option<u64>, CompatError> {
+        let text = match self.value(column)? {
+            Cell::Null => return Ok(None),
+            Cell::Integer(n) => n.to_string(),
+            Cell::Real(x) => x.to_string(),
+            _ => self.text(column)?.to_owned(),
+        };
+        parse_nanos(text.trim(), round_up).map(Some).ok_or_else(|| {
+            self.fail(format!(
+                "{column} must be a decimal number from 0 with at most 9 decimal places"
+            ))
+        })
     }
 
     pub(super) fn name(&self, column: &str) -> Result<String, CompatError> {
@@ -197,24 +226,45 @@ pub(super) fn usable_id(text: &str) -> bool {
         && !text.chars().any(is_hidden)
 }
 
-/// How a row is named in errors: by its id columns when they are printable, else by rowid.
-fn label(row: &rusqlite::Row<'_>, id_columns: &[&str]) -> String {
-    let rowid = row
-        .get_ref("rowid")
-        .ok()
-        .and_then(|v| v.as_i64().ok())
-        .unwrap_or(0);
+/// How a row is named in errors: by its id columns when they are printable, else by position.
+fn label(row: &dyn SourceRow, id_columns: &[&str]) -> String {
     let mut parts = Vec::with_capacity(id_columns.len());
     for &column in id_columns {
-        match row.get_ref(column) {
-            Ok(ValueRef::Text(bytes)) => match std::str::from_utf8(bytes) {
+        match row.cell(column) {
+            Ok(Cell::Text(bytes)) => match std::str::from_utf8(bytes) {
                 Ok(text) if usable_id(text) => parts.push(text),
-                _ => return format!("at rowid {rowid}"),
+                _ => return format!("at {}", row.position()),
             },
-            _ => return format!("at rowid {rowid}"),
+            _ => return format!("at {}", row.position()),
         }
     }
     parts.join("/")
+}
+
+/// `text` (digits, at most one point, no sign or exponent) in billionths; `None` when it is not
+/// such a number, does not fit, or is finer than a billionth and `round_up` is off.
+pub(super) fn parse_nanos(text: &str, round_up: bool) -> Option<u64> {
+    const PLACES: usize = 9;
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    let fraction = fraction.trim_end_matches('0');
+    let (kept, finer) = fraction.split_at(fraction.len().min(PLACES));
+    if !finer.is_empty() && !round_up {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let kept: u64 = format!("{kept:0<PLACES$}").parse().ok()?;
+    whole
+        .checked_mul(1_000_000_000)?
+        .checked_add(kept)?
+        .checked_add(u64::from(!finer.is_empty()))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -237,15 +287,35 @@ mod tests {
     }
 
     #[test]
-    fn a_select_names_every_column_it_reads() {
-        let present = ["description".to_string()].into();
-        let select = Select::from("tiers", &["id"])
-            .column("name")
-            .optional("description", &present)
-            .optional("created_at", &present);
-        assert_eq!(
-            select.sql(),
-            "SELECT rowid AS rowid, id AS id, name AS name, description AS description, NULL AS created_at FROM tiers ORDER BY rowid"
-        );
+    fn decimals_are_read_exactly_in_billionths() {
+        for (text, nanos) in [
+            ("12.5", 12_500_000_000),
+            ("0.1", 100_000_000),
+            ("50", 50_000_000_000),
+            ("0.000000001", 1),
+            (".5", 500_000_000),
+            ("3.", 3_000_000_000),
+            ("0.300000000000000", 300_000_000),
+            ("18446744073.709551615", u64::MAX),
+        ] {
+            assert_eq!(parse_nanos(text, false), Some(nanos), "{text}");
+        }
+        assert_eq!(parse_nanos("0.0000000001", false), None);
+        assert_eq!(parse_nanos("0.0000000001", true), Some(1));
+        assert_eq!(parse_nanos("1.0000000010", false), Some(1_000_000_001));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "+1",
+            "1e3",
+            "NaN",
+            "Infinity",
+            "1.2.3",
+            " 1",
+            "18446744074",
+        ] {
+            assert_eq!(parse_nanos(bad, true), None, "{bad:?}");
+        }
     }
 }

@@ -81,7 +81,7 @@ impl Reader<'_> {
 }
 
 /// A SHA-256 as 64 hex characters (either case).
-fn token_hash(cells: &Cells<'_, '_>) -> Result<Hex, CompatError> {
+fn token_hash(cells: &Cells<'_>) -> Result<Hex, CompatError> {
     let text = cells.text("token_hash")?;
     let mut hash = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut hash)

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 
-use super::super::CompatError;
+use super::super::{CompatError, budget_period_start_ms};
 use super::cells::{Cells, Select};
 use super::{Columns, Generation, Reader, SourceKey};
-use crate::broker::KeyInfo;
+use crate::broker::{KeyInfo, parse_usage};
+use crate::store::BudgetRecord;
 
 impl Reader<'_> {
     /// Every key, checked against `tier_ids`, with its bound secrets. `progress` advances once
@@ -33,7 +34,13 @@ impl Reader<'_> {
             .optional("usage_count", present)
             .optional("usage_window_seconds", present)
             .optional("usage_window_start", present)
-            .optional("metadata_json", present);
+            .optional("metadata_json", present)
+            .optional("exhausted_until", present)
+            .optional("budget_amount", present)
+            .optional("budget_unit", present)
+            .optional("budget_reset_day", present)
+            .optional("spent", present)
+            .optional("spent_period_start", present);
         progress.set_length(self.count("keys")?);
         let mut keys = Vec::new();
         let mut key_index: HashMap<String, usize> = HashMap::new();
@@ -46,7 +53,7 @@ impl Reader<'_> {
             if !tier_ids.contains(&tier_id) {
                 return Err(cells.fail("tier_id names no tier in the file"));
             }
-            let key = SourceKey {
+            let mut key = SourceKey {
                 info: KeyInfo {
                     id: id.as_str().into(),
                     name: cells.name("name")?.into(),
@@ -64,15 +71,20 @@ impl Reader<'_> {
                 },
                 metadata: metadata(cells)?,
                 secrets: BTreeMap::new(),
-                usage_limit: cells.opt_positive("usage_limit")?,
+                usage_limit: None,
+                usage_window_seconds: None,
                 usage_count: match cells.opt_int("usage_count")? {
                     None => 0,
                     Some(n) => u64::try_from(n)
                         .map_err(|_| cells.fail("usage_count must not be negative"))?,
                 },
-                usage_window_seconds: cells.opt_positive("usage_window_seconds")?,
                 usage_window_start_ms: cells.opt_time("usage_window_start")?,
+                exhausted_until_ms: cells.opt_time("exhausted_until")?,
+                budget: None,
+                spent_nanos: 0,
             };
+            (key.usage_limit, key.usage_window_seconds) = usage_cap(cells)?;
+            (key.budget, key.spent_nanos) = budget(cells, self.now_ms)?;
             key_index.insert(id, keys.len());
             keys.push(key);
             progress.inc(1);
@@ -107,9 +119,7 @@ impl Reader<'_> {
     }
 }
 
-fn metadata(
-    cells: &Cells<'_, '_>,
-) -> Result<serde_json::Map<String, serde_json::Value>, CompatError> {
+fn metadata(cells: &Cells<'_>) -> Result<serde_json::Map<String, serde_json::Value>, CompatError> {
     match cells.opt_text("metadata_json")?.map(str::trim) {
         None | Some("") => Ok(serde_json::Map::new()),
         Some(text) => match serde_json::from_str(text) {
@@ -123,4 +133,48 @@ fn metadata(
             ))),
         },
     }
+}
+
+/// The usage cap, held to the API's bounds. A window without a limit caps nothing in the Go
+/// service either, and is dropped.
+fn usage_cap(cells: &Cells<'_>) -> Result<(Option<u64>, Option<u64>), CompatError> {
+    let limit = cells.opt_int("usage_limit")?.map(i128::from);
+    let window = limit.and(cells.opt_int("usage_window_seconds")?.map(i128::from));
+    let (limit, window) = parse_usage(limit, window).map_err(|err| cells.fail(err.0))?;
+    Ok((limit.map(u64::from), window.map(u64::from)))
+}
+
+/// The spend budget and what is spent of it in the current period, by the Go service's rule:
+/// `spent` counts only while `spent_period_start` is the current period's start.
+fn budget(cells: &Cells<'_>, now_ms: i64) -> Result<(Option<BudgetRecord>, u64), CompatError> {
+    let Some(amount_nanos) = cells.opt_nanos("budget_amount", false)? else {
+        return Ok((None, 0));
+    };
+    if amount_nanos == 0 {
+        return Err(cells.fail("budget_amount must be more than 0"));
+    }
+    let unit = match cells.opt_text("budget_unit")? {
+        Some(unit @ ("usd" | "credits")) => unit.to_owned(),
+        Some(_) => return Err(cells.fail("budget_unit must be usd or credits")),
+        None => return Err(cells.fail("budget_unit is missing (the key has a budget_amount)")),
+    };
+    let reset_day = match cells.opt_int("budget_reset_day")? {
+        None => None,
+        Some(day) => Some(
+            u8::try_from(day)
+                .ok()
+                .filter(|day| (1..=28).contains(day))
+                .ok_or_else(|| cells.fail("budget_reset_day must be from 1 to 28"))?,
+        ),
+    };
+    // Rounded up: never less spent than the Go service counted.
+    let spent = cells.opt_nanos("spent", true)?.unwrap_or(0);
+    let current =
+        cells.opt_time("spent_period_start")? == Some(budget_period_start_ms(reset_day, now_ms));
+    let budget = BudgetRecord {
+        amount_nanos,
+        unit,
+        reset_day,
+    };
+    Ok((Some(budget), if current { spent } else { 0 }))
 }

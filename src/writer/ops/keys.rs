@@ -3,14 +3,17 @@
 use std::sync::Arc;
 
 use super::Staging;
+use super::health;
 use super::usage::{store_window, write_reservation};
 use crate::broker::LIFETIME;
 use crate::broker::to_cap_seconds;
-use crate::broker::{KeyBudget, KeyEntry, KeyInfo, KeyPatch, NewKey, Plaintext, UsageCap};
-use crate::broker::{SpendLimit, period_start_ms};
+use crate::broker::{
+    KeyBudget, KeyEntry, KeyInfo, KeyPatch, NewKey, Now, Plaintext, SpendLimit, UsageCap,
+    period_start_ms,
+};
 use crate::store::{
     KeyRecord, Opened, StoreError, key_budget, key_info, key_record, open_key, seal_into,
-    store_budget, usage_cap,
+    store_budget, store_health, usage_cap,
 };
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
@@ -103,20 +106,18 @@ pub(super) fn patch_key(
     if let Some(name) = patch.name() {
         record.name = name.to_owned();
     }
-    if patch.active() == Some(true) {
-        clear_health(&mut record);
-    }
     if let Some(active) = patch.active() {
         record.active = active;
     }
     if let Some(at) = patch.expires_at_ms() {
         record.expires_at_ms = at;
     }
-    if let Some(until) = patch.exhausted_until_ms() {
-        record.exhausted_until_ms = until;
-    }
+    let now = Now::read(s.clock);
+    let before = s.health_of(&old);
+    let health = health::patched(&before, patch, now);
+    store_health(&mut record, &health);
     if let Some(limit) = patch.budget() {
-        change_budget(&mut record, limit, s.now_ms());
+        change_budget(&mut record, limit, now.unix_ms);
     }
     let metadata = patch.metadata().unwrap_or(&record.metadata).clone();
     let plain = Plaintext {
@@ -134,24 +135,19 @@ pub(super) fn patch_key(
         old.usage.clone()
     };
     let entry = KeyEntry::sharing(key_info(&record), &plain, cap)
-        .with_budget(key_budget(&record, s.now_ms()));
+        .with_health(health.clone(), now)
+        .with_budget(key_budget(&record, now.unix_ms));
     if entry.info.expires_at_ms == old.info.expires_at_ms && old.found_expired() {
         // A wall clock stepped back never serves it again (see `KeyEntry::servable`).
         entry.mark_expired();
     }
-    s.dirty.extend(s.catalog.replace_key(entry));
-    let key = Arc::clone(s.catalog.key(id).expect("the key was just replaced"));
+    let key = s.replace_key(entry, &health, now);
+    health::after_change(s, &old, &before, &key, &health, now);
     s.changes.push(Change::KeyUpdated {
         key: Arc::clone(&key),
         fields: patch.fields().to_vec(),
     });
     Ok(key)
-}
-
-/// Clears what the key's health says against serving it, when an admin makes it active again.
-/// The one place that knows which record fields those are.
-fn clear_health(record: &mut KeyRecord) {
-    record.disabled_reason = None;
 }
 
 /// Applies a change of the spend budget (`None` removes it) at wall time `now_ms`. A new budget,

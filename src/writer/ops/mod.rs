@@ -2,11 +2,13 @@
 //! and one write transaction, committed together by the writer thread.
 
 mod consumers;
+mod health;
 mod keys;
 mod spend;
 mod tiers;
 mod usage;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,10 +18,14 @@ use super::WriteError;
 use super::change_log::Change;
 use super::idempotency::apply_once;
 use super::request::Request;
-use crate::broker::{AuditLog, Catalog, Clock, Consumer, Dirty, Tier};
+use crate::broker::{
+    AuditLog, Catalog, Clock, Consumer, Dirty, HealthPolicy, HealthState, KeyBudget, KeyEntry, Now,
+    Tier,
+};
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
+pub use health::{Exhaustion, HealthReport, Reported};
 pub use spend::{SPEND_RETENTION_MS, SpendAnswer};
 pub(super) use usage::Reservation;
 pub use usage::reserve_all;
@@ -37,6 +43,13 @@ pub(super) struct Staging<'a> {
     /// Unix ms given to the last key created: creation times are kept strictly increasing so
     /// that keys rotate in the order they were added, even within one millisecond.
     last_created_ms: &'a mut i64,
+    policy: HealthPolicy,
+    /// Keys whose health the batch changed, by id, with their new health: published to each
+    /// key once the batch has committed.
+    health: HashMap<Arc<str>, (Arc<KeyEntry>, HealthState)>,
+    /// Keys whose spend figures the batch changed in place (they stay in or out of their
+    /// rotation), by id: published to each key once the batch has committed.
+    budgets: HashMap<Arc<str>, (Arc<KeyEntry>, KeyBudget)>,
 }
 
 /// A committed batch: the catalog it leads to, the features it touched, and the changes to log.
@@ -44,6 +57,24 @@ pub(super) struct Staged {
     pub(super) catalog: Catalog,
     pub(super) dirty: Dirty,
     pub(super) changes: Vec<Change>,
+    /// Health to publish to these keys, now committed.
+    pub(super) health: Vec<(Arc<KeyEntry>, HealthState)>,
+    /// Spend figures to publish to these keys, now committed.
+    pub(super) budgets: Vec<(Arc<KeyEntry>, KeyBudget)>,
+}
+
+impl Staged {
+    /// Gives each key whose health or spend figures the batch changed in place its new ones
+    /// (before the next snapshot is published, so its rebuilt pools see them).
+    pub(super) fn publish_health(&mut self, clock: &Clock) {
+        let now = Now::read(clock);
+        for (key, health) in self.health.drain(..) {
+            key.health.publish(health, now);
+        }
+        for (key, budget) in self.budgets.drain(..) {
+            key.publish_budget(Some(budget));
+        }
+    }
 }
 
 impl<'a> Staging<'a> {
@@ -55,6 +86,7 @@ impl<'a> Staging<'a> {
         sealer: &'a Sealer,
         audit: Option<&'a AuditLog>,
         last_created_ms: &'a mut i64,
+        policy: HealthPolicy,
     ) -> Self {
         Self {
             catalog: catalog.clone(),
@@ -65,6 +97,9 @@ impl<'a> Staging<'a> {
             sealer,
             audit,
             last_created_ms,
+            policy,
+            health: HashMap::new(),
+            budgets: HashMap::new(),
         }
     }
 
@@ -81,6 +116,8 @@ impl<'a> Staging<'a> {
             Request::PatchKey(call) => call.stage(|(id, patch)| keys::patch_key(self, id, patch)),
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
             Request::Spend(call) => call.stage(|(id, input)| spend::spend(self, id, input)),
+            Request::Report(call) => call.stage(|report| health::report(self, report)),
+            Request::Exhaust(call) => call.stage(|exhaustion| health::exhaust(self, exhaustion)),
             Request::DeleteTier(call) => call.stage(|name| tiers::delete_tier(self, name)),
             Request::CreateConsumer(call) => {
                 call.stage(|keyed| apply_once(self, keyed, consumers::create_consumer))
@@ -97,11 +134,14 @@ impl<'a> Staging<'a> {
                 call.stage(|keyed| apply_once(self, keyed, |s, id| consumers::rotate_token(s, id)))
             }
             Request::DeleteConsumer(call) => call.stage(|id| consumers::delete_consumer(self, id)),
-            Request::RecentUsage(call) => call.stage(|limit| usage::recent_usage(self, *limit)),
+            Request::RecentUsage(call) => {
+                call.stage(|&(limit, before)| usage::recent_usage(self, limit, before))
+            }
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
-            // Every batch takes expired keys out (and brings keys whose budget reset back) when it
-            // commits; this request asks nothing more.
+            // Every batch takes expired keys out, brings keys whose budget reset back, and lets
+            // keys whose health deadlines ended be available again, when it commits; this
+            // request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
             // Every batch saves the running time when it commits.
             Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
@@ -110,20 +150,24 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Brings keys whose budget reset back into the rotation, takes expired keys out, saves the
-    /// running time and commits durably, timing the commit.
-    pub(super) fn commit(self, commit_time: &Histogram) -> Result<Staged, StoreError> {
+    /// Takes expired keys out of the rotation, brings keys whose budget reset back, lets keys
+    /// whose health deadlines ended be available again, saves the running time and commits
+    /// durably, timing the commit.
+    pub(super) fn commit(mut self, commit_time: &Histogram) -> Result<Staged, StoreError> {
+        health::recover_due(&mut self);
+        // Keys whose budget reset come back, and expired keys leave the rotation, with whatever
+        // batch comes first.
+        spend::reset_due(&mut self);
         let Self {
             mut catalog,
             mut dirty,
             changes,
             txn,
             clock,
+            health,
+            budgets,
             ..
         } = self;
-        // Keys whose budget reset come back, and expired keys leave the rotation, with whatever
-        // batch comes first.
-        dirty.extend(catalog.reset_budgets(clock.unix_now_ms()));
         dirty.extend(catalog.expire(clock.unix_now_ms()));
         txn.save_running_ms(clock.now_ms())?;
         let started = Instant::now();
@@ -133,6 +177,8 @@ impl<'a> Staging<'a> {
             catalog,
             dirty,
             changes,
+            health: health.into_values().collect(),
+            budgets: budgets.into_values().collect(),
         })
     }
 

@@ -5,11 +5,8 @@ use std::sync::Arc;
 use super::Staging;
 use crate::broker::to_cap_seconds;
 use crate::broker::{Catalog, Clock, UsageCap};
-use crate::store::{Batch, KeyRecord, Store, UsageRecord};
+use crate::store::{AUDIT_RETENTION, Batch, KeyRecord, Store, UsageRecord};
 use crate::writer::WriteError;
-
-/// Audit events kept on disk; older ones are dropped as new ones arrive.
-const AUDIT_RETENTION: u64 = 100_000;
 
 /// A reservation written into the batch, to publish once it is committed.
 pub(in crate::writer) struct Reservation {
@@ -55,19 +52,22 @@ pub(super) fn flush_audit(s: &mut Staging<'_>) -> Result<(), WriteError> {
             consumer_id: event.consumer_id.map(|id| id.to_string()),
             feature: event.feature.to_string(),
             created_at_ms: event.at_unix_ms,
+            event: None,
         })
         .collect();
     s.txn.append_usage(&records, AUDIT_RETENTION)?;
     Ok(())
 }
 
-/// Writes the queued audit events, then reads the newest `limit`, newest first.
+/// Writes the queued audit events, then reads the newest `limit` before event id `before` (or
+/// the newest), newest first, with their ids.
 pub(super) fn recent_usage(
     s: &mut Staging<'_>,
     limit: usize,
-) -> Result<Vec<UsageRecord>, WriteError> {
+    before: Option<u64>,
+) -> Result<Vec<(u64, UsageRecord)>, WriteError> {
     flush_audit(s)?;
-    Ok(s.txn.recent_usage(limit)?)
+    Ok(s.txn.recent_usage(limit, before)?)
 }
 
 /// Stores the usage window ending at running second `end_s` in `record`: its end in running

@@ -171,3 +171,85 @@ fn the_binary_fails_with_one_line_and_creates_nothing() {
     assert!(view(&db).is_empty());
     assert!(!dir.path().join("out.db").exists());
 }
+
+/// The Go service's DATABASE_URL set, no database at DB_PATH yet: one warning naming the import
+/// command (never the URL's password), and the server starts all the same. Once DB_PATH
+/// exists, nothing is said.
+#[test]
+fn database_url_with_no_database_yet_warns_once_and_starts() {
+    use crate::process::{Launch, Server, free_port, http_get};
+    let dir = tempfile::tempdir().unwrap();
+    let key = hex_key(OURS);
+    let env = [
+        ("ENCRYPTION_KEY", key.as_str()),
+        (
+            "DATABASE_URL",
+            "postgres://kp:url-secret-9@db.internal:5432/keypooler?sslmode=disable",
+        ),
+    ];
+    let mut server = match Server::launch(dir.path(), &env, free_port()) {
+        Launch::Listening(server) => server,
+        Launch::Exited { stderr, .. } => panic!("did not start: {stderr}"),
+    };
+    assert_eq!(http_get(server.port, "/health", "").0, 200);
+    let (_, log) = server.stop();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("DATABASE_URL"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("keypooler import --from"),
+        "{log}"
+    );
+    assert!(!log.contains("url-secret-9"), "{log}");
+
+    server = match Server::launch(dir.path(), &env, free_port()) {
+        Launch::Listening(server) => server,
+        Launch::Exited { stderr, .. } => panic!("did not start again: {stderr}"),
+    };
+    let (_, log) = server.stop();
+    assert!(!log.contains("DATABASE_URL"), "DB_PATH exists now: {log}");
+}
+
+/// One transaction of every key leaves about as many freed pages in the redb file as it holds;
+/// the command gives them back. (The library's `import` leaves them: the command compacts.)
+#[test]
+fn the_binary_compacts_the_file_it_imported_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging.redb");
+    crate::helpers::large_database(&staging, &ours(), 3_000);
+    let from = dir.path().join("go.db");
+    let contents = Store::open(&staging, &ours()).unwrap().load().unwrap();
+    export(
+        &contents,
+        &ours(),
+        &from,
+        Schema::Latest,
+        false,
+        0,
+        &ProgressBar::hidden(),
+    )
+    .unwrap();
+    let ours_hex = hex_key(OURS);
+    let output = keypooler(
+        dir.path(),
+        &[("ENCRYPTION_KEY", &ours_hex), ("DB_PATH", "pool.redb")],
+        &["import", "--from", "go.db"],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut imported = Store::open(&dir.path().join("pool.redb"), &ours()).unwrap();
+    assert!(
+        !imported.compact().unwrap(),
+        "the command left pages to give back"
+    );
+    assert_eq!(imported.load().unwrap().keys.len(), 3_000);
+
+    let uncompacted = dir.path().join("library.redb");
+    import_into(&from, &ours_hex, &uncompacted, ImportMode::Refuse).unwrap();
+    let mut library = Store::open(&uncompacted, &ours()).unwrap();
+    assert!(
+        library.compact().unwrap(),
+        "a plain import leaves freed pages"
+    );
+}

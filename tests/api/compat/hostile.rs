@@ -23,6 +23,8 @@ fn cell() -> impl Strategy<Value = Cell> {
             Just(i64::MIN),
             Just(16_777_215),
             Just(16_777_216),
+            Just(2_147_483_647),
+            Just(2_147_483_648),
             Just(31_622_401),
         ]
         .prop_map(Cell::Integer),

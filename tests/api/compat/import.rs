@@ -174,6 +174,44 @@ async fn imported_latest_keys_are_served_with_metadata_and_secrets_never_expired
     }
 }
 
+/// The imported keys listed by state: inactive and expired as the Go service's file has them,
+/// alone or with the other filters.
+#[tokio::test]
+async fn imported_keys_are_listed_by_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_fixture(LATEST, &db);
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    let names = async |query: &str| -> Vec<String> {
+        let keys: Value = app
+            .get(&format!("/admin/keys?{query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let keys = keys.as_array().unwrap().iter();
+        keys.map(|key| key["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // By id: fc-02 (35bf…), fc-01 (78e5…), oa-1 (9b81…), oa-2-inactive (b222…), fc-expired (e4b0…).
+    assert_eq!(names("state=active").await, ["fc-02", "fc-01", "oa-1"]);
+    assert_eq!(names("state=inactive").await, ["oa-2-inactive"]);
+    assert_eq!(names("state=expired").await, ["fc-expired"]);
+    assert_eq!(
+        names("state=active&tier=firecrawl").await,
+        ["fc-02", "fc-01"]
+    );
+    assert_eq!(
+        names("state=expired&tier=openai").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names("state=inactive&name_prefix=oa-").await,
+        ["oa-2-inactive"]
+    );
+    assert_eq!(names("state=active&limit=1&after=35bf").await, ["fc-02"]);
+}
+
 /// The imported database served with the clock at `time`; the consumer's token, and fc-01's
 /// listing entry before any draw.
 async fn latest_served_at(time: &str) -> (TestApp, String, Value) {
@@ -240,4 +278,37 @@ async fn an_imported_usage_window_that_has_ended_starts_fresh() {
     let (_app, _, fc01) = latest_served_at(YEARS_LATER).await;
     assert_eq!(fc01["usage_limit"], 1000);
     assert_eq!(fc01["usage_count"], 0, "{fc01}");
+}
+
+/// Limits as large as the Go service's users write ("1000000000" for unlimited) import and
+/// serve.
+#[tokio::test]
+async fn a_limit_of_a_billion_imports_and_serves() {
+    let (_source_dir, from) = altered(
+        SEED,
+        "UPDATE tier_features SET rate_per_minute = 1000000000 WHERE feature = 'chat'",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pool.redb");
+    import_into(&from, &fixture_key(SEED), &db, ImportMode::Refuse).unwrap();
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), at(IN_WINDOW)).await;
+    let tiers = crate::helpers::expect(app.get("/admin/tiers").await, StatusCode::OK).await;
+    let limits: Vec<&Value> = tiers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tier| tier["features"].get("chat"))
+        .map(|chat| &chat["rate_limit"])
+        .collect();
+    assert!(!limits.is_empty());
+    assert!(
+        limits.iter().all(|limit| **limit == 1_000_000_000),
+        "{limits:?}"
+    );
+    let response = app
+        .request(reqwest::Method::GET, "/key?feature=chat&cost=1000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -6,11 +6,13 @@
 //! * `refusals`: bad rows, wrong keys, foreign files, non-empty targets, files in use.
 //! * `hostile`: whatever a SQLite file holds, a clean error or a clean import.
 //! * `cli`: the built binary's one summary line and one error line.
+//! * `postgres`: the newest generation, in a real PostgreSQL: imported, served, exported back.
 
 mod cli;
 mod export;
 mod hostile;
 mod import;
+mod postgres;
 mod refusals;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,7 +85,8 @@ fn ours() -> Sealer {
 /// the latest fixture's usage window (key fc-01: 30 days from 2026-11-01), and years after it.
 /// Every test that reads a fixture's dates runs at both; expiry, usage windows and the seed
 /// export's judgement of expired keys all come from this injected time. (The import itself
-/// reads no clock: it stores the dates as the file gives them.)
+/// reads the clock only to tell whether a budget's spent amount is of the current period; it
+/// stores the dates as the file gives them.)
 const IN_WINDOW: &str = "2026-11-15T00:00:00Z";
 const YEARS_LATER: &str = "2031-01-01T00:00:00Z";
 const TIMES: [&str; 2] = [IN_WINDOW, YEARS_LATER];

@@ -48,13 +48,13 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
         ),
         (
             SEED,
-            "UPDATE tier_features SET rate_per_minute = 16777216 WHERE feature = 'chat'".into(),
-            "tier_features row 923ef101-b09e-4bd7-8919-42c44918b90c/chat: limit: rate_limit must be an integer from 1 to 16777215".into(),
+            "UPDATE tier_features SET rate_per_minute = 2147483648 WHERE feature = 'chat'".into(),
+            "tier_features row 923ef101-b09e-4bd7-8919-42c44918b90c/chat: limit: rate_limit must be an integer from 1 to 2147483647".into(),
         ),
         (
             SEED,
             "UPDATE tier_features SET rate_per_minute = 0 WHERE feature = 'chat'".into(),
-            "rate_limit must be an integer from 1 to 16777215".into(),
+            "rate_limit must be an integer from 1 to 2147483647".into(),
         ),
         (
             SEED,
@@ -109,7 +109,7 @@ fn every_bad_row_aborts_naming_table_row_and_reason_and_writes_nothing() {
         (
             LATEST,
             "UPDATE keys SET usage_limit = 0 WHERE name = 'fc-02'".into(),
-            "usage_limit must be a positive integer".into(),
+            "usage_limit must be an integer from 1 to 4294967294".into(),
         ),
         (
             LATEST,
