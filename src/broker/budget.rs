@@ -176,15 +176,17 @@ pub fn parse_amount(field: &str, text: &str) -> Result<u64, Invalid> {
             "{field} must be a number greater than 0 with at most 9 decimal places"
         ))
     };
-    let nanos = decimal_nanos(text.trim()).ok_or_else(refused)?;
+    let nanos = parse_nanos(text.trim(), false).ok_or_else(refused)?;
     if nanos == 0 {
         return Err(refused());
     }
     Ok(nanos)
 }
 
-/// The nanos of a non-negative JSON number's text, if it is exact in nanos and fits.
-fn decimal_nanos(text: &str) -> Option<u64> {
+/// The nanos of a non-negative decimal's text in JSON's number grammar (`12.5`, `0.1`, `1e-7`;
+/// how JSON bodies, PostgreSQL's `NUMERIC` and SQLite's numbers arrive), if it fits: finer than
+/// a billionth is `None`, or rounded up to the next billionth with `round_up`.
+pub fn parse_nanos(text: &str, round_up: bool) -> Option<u64> {
     let (mantissa, exponent) = match text.find(['e', 'E']) {
         Some(at) => {
             let exponent = &text[at + 1..];
@@ -228,7 +230,15 @@ fn decimal_nanos(text: &str) -> Option<u64> {
         .saturating_add(trailing)
         .saturating_add(9);
     if scale < 0 {
-        return None;
+        // `kept` ends in a digit other than 0, so something is dropped: one billionth more.
+        let dropped = usize::try_from(scale.unsigned_abs()).unwrap_or(usize::MAX);
+        let whole = &kept[..kept.len().saturating_sub(dropped)];
+        let truncated = if whole.is_empty() {
+            0
+        } else {
+            whole.parse::<u64>().ok()?
+        };
+        return round_up.then(|| truncated.checked_add(1)).flatten();
     }
     let mut nanos = kept.parse::<u64>().ok()?;
     for _ in 0..scale {
@@ -347,6 +357,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&Amount(nanos)).unwrap(), text);
         }
         let sum = parse_amount("a", "0.1").unwrap() + parse_amount("a", "0.2").unwrap();
+        assert_eq!(parse_nanos("0.0000000001", true), Some(1));
+        assert_eq!(parse_nanos("1.0000000010", false), Some(1_000_000_001));
+        assert_eq!(parse_nanos("1.2345678901", true), Some(1_234_567_891));
+        assert_eq!(parse_nanos("1e-30", true), Some(1));
+        assert_eq!(parse_nanos("0", false), Some(0));
+        assert_eq!(parse_nanos("18446744073.7095516151", true), None);
         assert_eq!(serde_json::to_string(&Amount(sum)).unwrap(), "0.3");
     }
 

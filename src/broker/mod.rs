@@ -33,7 +33,7 @@ mod usage;
 pub use audit::{AuditLog, Event};
 pub use budget::{
     Amount, KeyBudget, MAX_RESET_DAY, NANOS_PER_UNIT, SpendLimit, Unit, format_nanos, parse_amount,
-    period_start_ms,
+    parse_nanos, period_start_ms,
 };
 pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};

@@ -137,7 +137,8 @@ pub static ROUTES: [Route; 30] = [
             .json::<spend::Spent<'static>>(200)
             .error(400)
             .error(403)
-            .error(404),
+            .error(404)
+            .error(409),
     ),
     route!(POST "/admin/tiers", Admin, admin::create_tier).doc(
         doc("Create a tier with its features and limits.")

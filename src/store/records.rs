@@ -315,11 +315,30 @@ mod tests {
                 .unwrap()
                 .clone(),
             secrets: BTreeMap::from([("org".to_owned(), Hex(vec![1]))]),
+            exhausted_until_ms: Some(11),
+            disabled_reason: Some("provider answered 401".into()),
+            cooldown_until_ms: Some(12),
+            backoff_level: 2,
+            cooldowns: BTreeMap::from([(
+                "chat".to_owned(),
+                CooldownRecord {
+                    until_ms: Some(13),
+                    level: 1,
+                },
+            )]),
+            consecutive_failures: 4,
+            budget: Some(BudgetRecord {
+                amount_nanos: 5,
+                unit: "usd".into(),
+                reset_day: Some(3),
+            }),
+            spent_nanos: 6,
+            spent_period_start_ms: Some(0),
             ..plain
         };
         let json = encode(&full);
         let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json);
-        assert_eq!(fields.unwrap().len(), 14);
+        assert_eq!(fields.unwrap().len(), 23);
         assert_eq!(decode::<KeyRecord>("keys", "k1", &json).unwrap(), full);
     }
 
