@@ -62,8 +62,7 @@ pub fn positive_amount_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "number",
         "exclusiveMinimum": 0,
-        "maximum": 18_446_744_073.709_551_615_f64,
-        "description": "An exact decimal greater than 0 with at most 9 decimal places.",
+        "description": "An exact decimal greater than 0 with at most 9 decimal places, at most 18446744073.709551615.",
     })
 }
 

@@ -178,10 +178,6 @@ impl std::fmt::Debug for Store {
 
 /// One stored record. [`Store::load_each`] hands over every tier first, then every key, then
 /// every consumer.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "records are handed over one at a time and moved once; boxing keys would allocate once per key at start-up"
-)]
 pub enum Record {
     Tier(TierRecord),
     /// Boxed: a key's record (with its health and budget) is several times the others.

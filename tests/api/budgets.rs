@@ -625,3 +625,67 @@ async fn a_server_restored_from_a_backup_still_recognises_a_spend() {
         (&json!(true), &json!(1.25))
     );
 }
+
+#[tokio::test]
+async fn over_budget_comes_after_exhausted_and_before_cooling_in_the_one_key_state() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let id = app
+        .budgeted_key("capped", "pro", r#"{"amount": 1, "unit": "usd"}"#)
+        .await;
+    let state = async || app.listed(&id).await["state"].clone();
+    let exhausted = json!({"until": "2026-06-02T00:00:00Z"});
+    let path = format!("/key/{id}/exhausted");
+    expect(app.post(&path, &exhausted).await, StatusCode::OK).await;
+    app.spend(&id, "1", "usd", "all").await;
+    assert_eq!(state().await, "exhausted");
+    let cleared = json!({"until": "2000-01-01T00:00:00Z"});
+    expect(app.post(&path, &cleared).await, StatusCode::OK).await;
+    assert_eq!(state().await, "over_budget");
+    let over = expect(
+        app.get("/admin/keys?state=over_budget").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(over.as_array().unwrap().len(), 1, "{over}");
+    // Cooling too: still over budget, until a larger budget leaves the cooldown showing.
+    let report = format!("/key/{id}/report");
+    let answer = expect(
+        app.post(&report, &json!({"status": 429})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(answer["state"], "over_budget", "{answer}");
+    let (status, _) = app
+        .patch_text(&id, r#"{"budget": {"amount": 5, "unit": "usd"}}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(state().await, "cooling");
+    assert_eq!(app.key("chat").await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_key_spent_from_keeps_its_health_in_the_rotation() {
+    let app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 1000})).await;
+    let spent = app
+        .budgeted_key("spent", "pro", r#"{"amount": 10, "unit": "usd"}"#)
+        .await;
+    let other = app.add_key("other", "sk-other", "pro").await;
+    // A spend that leaves the key in the rotation, then a 429 reported of it: GET /key skips
+    // it (the pools serve the entry the report cooled).
+    app.spend(&spent, "1", "usd", "one").await;
+    let report = format!("/key/{spent}/report");
+    expect(
+        app.post(&report, &json!({"status": 429})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(app.served("chat", 4).await, vec![other.clone(); 4]);
+    // And a spend while it cools leaves it cooling.
+    app.spend(&spent, "1", "usd", "two").await;
+    assert_eq!(app.served("chat", 4).await, vec![other.clone(); 4]);
+    assert_eq!(app.listed(&spent).await["spent"], json!(2));
+    app.clock.advance_ms(1_000);
+    assert!(app.served("chat", 4).await.contains(&spent));
+}
