@@ -242,9 +242,10 @@ impl App {
 
 /// Once a second, asks the writer for its periodic work when there is some: writing the audit
 /// queue when something is in it, taking keys that have expired out of the rotation (until
-/// then `GET /key` skips them) and letting keys whose cooldown or exhaustion ended be available
-/// again (`GET /key` serves them from their deadline on; this is for what waits on them); and once every [`SAVE_RUNNING_TIME`] seconds, saving the running
-/// time (every commit does too).
+/// then `GET /key` skips them), bringing back keys whose spend budget has reset, and letting
+/// keys whose cooldown or exhaustion ended be available again (`GET /key` serves them from
+/// their deadline on; this is for what waits on them); and once every [`SAVE_RUNNING_TIME`]
+/// seconds, saving the running time (every commit does too).
 fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
     let state = state.clone();
     tokio::spawn(async move {
@@ -260,11 +261,14 @@ fn writer_chores(state: &AppState) -> tokio::task::JoinHandle<()> {
             }
             let clock = state.pool().clock();
             let snapshot = state.pool().load();
-            let expired =
-                (snapshot.catalog.next_expiry()).is_some_and(|at| at <= clock.unix_now_ms());
-            let recovered =
-                (snapshot.catalog.next_recovery()).is_some_and(|at| at <= clock.now_ms());
-            if expired || recovered {
+            let catalog = &snapshot.catalog;
+            let unix_now = clock.unix_now_ms();
+            let due = (catalog.next_expiry().into_iter())
+                .chain(catalog.next_reset())
+                .min()
+                .is_some_and(|at| at <= unix_now);
+            let recovered = (catalog.next_recovery()).is_some_and(|at| at <= clock.now_ms());
+            if due || recovered {
                 state.writer().expire_keys();
             }
         }

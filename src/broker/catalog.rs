@@ -29,13 +29,17 @@ pub struct Catalog {
     /// The keys in rosters that expire, by expiry (unix ms), so [`Catalog::expire`] finds the
     /// ones due without a scan.
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
+    /// The keys over a monthly spend budget, by when it resets (unix ms), so
+    /// [`Catalog::reset_budgets`] finds the ones due without a scan.
+    resets: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
     /// When keys' health deadlines (cooldowns, exhaustion) end, in running ms, so the writer
     /// finds the keys that become available again without a scan. An entry may be stale (the
     /// deadline moved, or the key went): whoever takes it checks the key.
     recoveries: imbl::OrdSet<(u64, Arc<str>)>,
-    /// The members of keys out of their rosters (made inactive, or expired) with the counters
+    /// The members of keys out of their rosters (made inactive, expired, over budget) with the
+    /// counters
     /// they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
@@ -395,7 +399,7 @@ impl Catalog {
 
     /// Replaces the key with the same id, tier and creation time by `entry`, keeping its live
     /// counters: the uses counted in its open windows go on counting, whether it stays active,
-    /// is made inactive (its counters are parked) or active again.
+    /// is made inactive or goes over budget (its counters are parked) or comes back.
     pub fn replace_key(&mut self, entry: KeyEntry) -> Dirty {
         let kept = self.take_member(&entry.info.id);
         self.put_member(entry, kept)
@@ -422,7 +426,8 @@ impl Catalog {
 
     fn put_member(&mut self, entry: KeyEntry, kept: Option<Member>) -> Dirty {
         let (dirty, tier, entry) = self.admit(entry);
-        if !entry.info.active {
+        if !entry.in_rotation() {
+            self.note_reset(&entry);
             // Only a key that had counters parks them: one added inactive has none to keep.
             if let Some(kept) = kept {
                 self.parked
@@ -454,7 +459,8 @@ impl Catalog {
     pub fn put_key_unplaced(&mut self, entry: KeyEntry, unplaced: &mut Unplaced) -> Dirty {
         unplaced.removed_before.get_or_insert(self.removed);
         let (dirty, tier, entry) = self.admit(entry);
-        if entry.info.active {
+        self.note_reset(&entry);
+        if entry.in_rotation() {
             unplaced
                 .by_tier
                 .entry(Arc::clone(&tier.id))
@@ -521,6 +527,23 @@ impl Catalog {
         }
     }
 
+    /// Notes when a key over a monthly budget comes back.
+    fn note_reset(&mut self, entry: &KeyEntry) {
+        if let Some(at) = entry.budget_returns_at() {
+            self.resets.insert((at, Arc::clone(&entry.info.id)));
+        }
+    }
+
+    /// When the next key over a monthly budget comes back (unix ms).
+    pub fn next_reset(&self) -> Option<i64> {
+        self.resets.get_min().map(|(at, _)| *at)
+    }
+
+    /// Takes the keys over a monthly budget whose reset is due at `unix_now_ms`: their ids.
+    pub fn take_resets(&mut self, unix_now_ms: i64) -> Vec<Arc<str>> {
+        std::iter::from_fn(|| take_due(&mut self.resets, unix_now_ms)).collect()
+    }
+
     /// When the next key in a roster expires (unix ms).
     pub fn next_expiry(&self) -> Option<i64> {
         self.expiries.get_min().map(|(at, _)| *at)
@@ -531,10 +554,7 @@ impl Catalog {
     /// each takes its turn to the next key.
     pub fn expire(&mut self, unix_now_ms: i64) -> Dirty {
         let mut dirty = Dirty::new();
-        while let Some((at, id)) = self.expiries.get_min().cloned()
-            && at <= unix_now_ms
-        {
-            self.expiries.remove(&(at, Arc::clone(&id)));
+        while let Some(id) = take_due(&mut self.expiries, unix_now_ms) {
             let Some(order) = self.order(&id) else {
                 continue;
             };
@@ -574,6 +594,9 @@ impl Catalog {
         if let Some(at) = entry.info.expires_at_ms {
             self.expiries.remove(&(at, Arc::clone(&entry.info.id)));
         }
+        if let Some(at) = entry.budget_returns_at() {
+            self.resets.remove(&(at, Arc::clone(&entry.info.id)));
+        }
         self.features_of(&entry.info.tier_id)
     }
 
@@ -593,4 +616,13 @@ impl Catalog {
     pub fn tier_has_keys(&self, id: &str) -> bool {
         self.keys().any(|key| &*key.info.tier_id == id)
     }
+}
+
+/// Takes the earliest key of a schedule (keys by unix ms) if it is due at `unix_now_ms`.
+fn take_due(schedule: &mut imbl::OrdSet<(i64, Arc<str>)>, unix_now_ms: i64) -> Option<Arc<str>> {
+    let (at, id) = schedule.get_min().cloned()?;
+    (at <= unix_now_ms).then(|| {
+        schedule.remove(&(at, Arc::clone(&id)));
+        id
+    })
 }

@@ -11,6 +11,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::budget::{MAX_RESET_DAY, SpendLimit, Unit, parse_amount, positive_amount_schema};
 use super::usage::MAX_USAGE_LIMIT;
 use super::{Limit, MAX_RATE_LIMIT, Plaintext};
 
@@ -331,6 +332,51 @@ pub struct KeyBody {
     #[serde(default)]
     #[schemars(schema_with = "usage_window_schema")]
     usage_window_seconds: Option<serde_json::Value>,
+    #[serde(default)]
+    budget: Option<BudgetBody>,
+}
+
+/// A spend budget as a body gives it: `{"amount", "unit", "reset_day"?}`. The amount is kept as
+/// the JSON number's text, read exactly (never through a float).
+#[derive(Deserialize, JsonSchema)]
+pub struct BudgetBody {
+    #[schemars(schema_with = "positive_amount_schema")]
+    amount: Box<serde_json::value::RawValue>,
+    #[schemars(with = "Unit")]
+    unit: String,
+    /// The day of the month (1–28) the budget resets on at 00:00 UTC; absent or `null`: a
+    /// lifetime budget.
+    #[serde(default)]
+    #[schemars(schema_with = "reset_day_schema")]
+    reset_day: Option<serde_json::Value>,
+}
+
+fn reset_day_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_RESET_DAY})
+}
+
+impl TryFrom<BudgetBody> for SpendLimit {
+    type Error = Invalid;
+
+    fn try_from(body: BudgetBody) -> Result<Self, Invalid> {
+        let reset_day = optional_integer("budget.reset_day", body.reset_day.as_ref())?
+            .map(|day| {
+                u8::try_from(day)
+                    .ok()
+                    .filter(|day| (1..=MAX_RESET_DAY).contains(day))
+                    .ok_or_else(|| {
+                        Invalid(format!(
+                            "budget.reset_day must be an integer from 1 to {MAX_RESET_DAY} (every month has it)"
+                        ))
+                    })
+            })
+            .transpose()?;
+        Ok(SpendLimit {
+            amount_nanos: parse_amount("budget.amount", body.amount.get())?,
+            unit: Unit::parse("budget.unit", &body.unit)?,
+            reset_day,
+        })
+    }
 }
 
 /// A key to add. Its value and secrets are plaintext, held in zeroizing buffers.
@@ -345,6 +391,7 @@ pub struct NewKey {
     /// Total uses allowed, per `usage_window_seconds` or for the key's lifetime.
     usage_limit: Option<u32>,
     usage_window_seconds: Option<u32>,
+    budget: Option<SpendLimit>,
 }
 
 impl std::fmt::Debug for NewKey {
@@ -389,6 +436,7 @@ impl NewKey {
             secrets: BTreeMap::new(),
             usage_limit: None,
             usage_window_seconds: None,
+            budget: None,
         })
     }
 
@@ -432,6 +480,11 @@ impl NewKey {
         self.usage_window_seconds
     }
 
+    /// Its spend budget, if it has one.
+    pub fn budget(&self) -> Option<SpendLimit> {
+        self.budget
+    }
+
     /// The value, metadata and secrets the key carries to its callers.
     pub fn plaintext(&self) -> Plaintext<'_> {
         Plaintext {
@@ -457,6 +510,7 @@ impl TryFrom<KeyBody> for NewKey {
             .map(|text| parse_instant("expires_at", text))
             .transpose()?;
         key.metadata = body.metadata.unwrap_or_default();
+        key.budget = body.budget.map(SpendLimit::try_from).transpose()?;
         body.secrets
             .unwrap_or_default()
             .into_iter()
@@ -467,7 +521,7 @@ impl TryFrom<KeyBody> for NewKey {
 }
 
 /// The fields `PATCH /admin/keys/{id}` takes, in the order they are listed and logged.
-const PATCH_FIELDS: [&str; 9] = [
+const PATCH_FIELDS: [&str; 10] = [
     "name",
     "key",
     "is_active",
@@ -477,6 +531,7 @@ const PATCH_FIELDS: [&str; 9] = [
     "secrets",
     "usage_limit",
     "usage_window_seconds",
+    "budget",
 ];
 
 /// A change to a key (`PATCH /admin/keys/{id}`): each field `None` when the body leaves it as it
@@ -497,6 +552,8 @@ pub struct KeyPatch {
     usage_limit: Option<Option<u32>>,
     /// `Some(None)` makes the cap a lifetime one.
     usage_window_seconds: Option<Option<u32>>,
+    /// `Some(None)` removes the budget.
+    budget: Option<Option<SpendLimit>>,
     /// The fields the body named, in [`PATCH_FIELDS`] order.
     fields: Vec<&'static str>,
 }
@@ -508,8 +565,9 @@ impl JsonSchema for KeyPatch {
         "KeyPatch".into()
     }
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let instant = json_schema!({"type": ["string", "null"], "format": "date-time"});
+        let budget = generator.subschema_for::<Option<BudgetBody>>();
         json_schema!({
             "type": "object",
             "properties": {
@@ -526,6 +584,7 @@ impl JsonSchema for KeyPatch {
                 },
                 "usage_limit": optional_count(MAX_USAGE_LIMIT),
                 "usage_window_seconds": optional_count(MAX_USAGE_WINDOW_SECONDS.into()),
+                "budget": budget,
             },
             "additionalProperties": false,
         })
@@ -576,6 +635,10 @@ impl KeyPatch {
 
     pub fn usage_window_seconds(&self) -> Option<Option<u32>> {
         self.usage_window_seconds
+    }
+
+    pub fn budget(&self) -> Option<Option<SpendLimit>> {
+        self.budget
     }
 
     /// The names of the fields it changes (for the log: never their values).
@@ -688,19 +751,115 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for KeyPatch {
                             .transpose()?,
                     );
                 }
-                _ => {
+                "usage_window_seconds" => {
                     patch.usage_window_seconds = Some(
                         optional_integer(field, Some(value))?
                             .map(parse_usage_window)
                             .transpose()?,
                     );
                 }
+                // `budget` is read from its text by `KeyPatchBody`, never into this map.
+                _ => {}
             }
         }
         if patch.usage_limit == Some(None) && matches!(patch.usage_window_seconds, Some(Some(_))) {
             return Err(Invalid("usage_window_seconds needs usage_limit".into()));
         }
         Ok(patch)
+    }
+}
+
+/// The body of `PATCH /admin/keys/{id}`: `budget` read apart, its amount from the JSON text
+/// (the other fields go through `serde_json::Value`, whose numbers are floats).
+#[derive(Deserialize)]
+#[serde(expecting = "a map")]
+pub struct KeyPatchBody {
+    /// `Some(None)` for `"budget": null`.
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Option<BudgetBody>>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A field that is present: `Some`, even when it is `null` (then `Some(None)`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl TryFrom<KeyPatchBody> for KeyPatch {
+    type Error = Invalid;
+
+    fn try_from(body: KeyPatchBody) -> Result<Self, Invalid> {
+        let mut patch = KeyPatch::try_from(body.rest)?;
+        if let Some(budget) = body.budget {
+            patch.budget = Some(budget.map(SpendLimit::try_from).transpose()?);
+            // Last in `PATCH_FIELDS`, so the order holds.
+            patch.fields.push("budget");
+        }
+        Ok(patch)
+    }
+}
+
+/// The body of `POST /key/{id}/spend`.
+#[derive(Deserialize, JsonSchema)]
+pub struct SpendBody {
+    /// What the call cost, in the budget's unit.
+    #[schemars(schema_with = "positive_amount_schema")]
+    amount: Box<serde_json::value::RawValue>,
+    /// The budget's unit.
+    #[schemars(with = "Unit")]
+    unit: String,
+    /// The caller's id for this spend, unique across every key: a retry with it is counted
+    /// once.
+    #[schemars(length(min = 1, max = MAX_REQUEST_ID_CHARS))]
+    request_id: String,
+}
+
+/// The longest `request_id` a spend takes, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// A spend to count against a key's budget, once per `request_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spend {
+    amount_nanos: u64,
+    unit: Unit,
+    request_id: String,
+}
+
+impl Spend {
+    pub fn amount_nanos(&self) -> u64 {
+        self.amount_nanos
+    }
+
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The caller's id for this spend: unique across every key.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+}
+
+impl TryFrom<SpendBody> for Spend {
+    type Error = Invalid;
+
+    fn try_from(body: SpendBody) -> Result<Self, Invalid> {
+        let chars = body.request_id.chars().count();
+        if !(1..=MAX_REQUEST_ID_CHARS).contains(&chars) {
+            return Err(Invalid(format!(
+                "request_id must be 1 to {MAX_REQUEST_ID_CHARS} characters"
+            )));
+        }
+        Ok(Self {
+            amount_nanos: parse_amount("amount", body.amount.get())?,
+            unit: Unit::parse("unit", &body.unit)?,
+            request_id: body.request_id,
+        })
     }
 }
 

@@ -6,12 +6,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::budget::KeyBudget;
 use super::health::{Health, HealthState, Now};
 use super::usage::UsageCap;
 
@@ -40,19 +42,22 @@ pub enum KeyState {
     Expired,
     /// Not served for any feature until its `exhausted_until`.
     Exhausted,
+    /// Its spend budget is spent: not served until its `resets_at` (or a larger budget).
+    OverBudget,
     /// The whole key is cooling down (429s, or a run of failures).
     Cooling,
-    /// Servable now (budget and feature cooldowns aside).
+    /// Servable now (rate limits and feature cooldowns aside).
     Active,
 }
 
 impl KeyState {
     /// Every state, in the order they are judged (the first that applies is the key's).
-    pub const ALL: [KeyState; 6] = [
+    pub const ALL: [KeyState; 7] = [
         KeyState::Disabled,
         KeyState::Inactive,
         KeyState::Expired,
         KeyState::Exhausted,
+        KeyState::OverBudget,
         KeyState::Cooling,
         KeyState::Active,
     ];
@@ -64,6 +69,7 @@ impl KeyState {
             KeyState::Inactive => "inactive",
             KeyState::Expired => "expired",
             KeyState::Exhausted => "exhausted",
+            KeyState::OverBudget => "over_budget",
             KeyState::Cooling => "cooling",
             KeyState::Active => "active",
         }
@@ -94,6 +100,11 @@ pub struct KeyEntry {
     pub info: KeyInfo,
     /// The key's total-use cap, if it has one. Shared by every snapshot holding the key.
     pub usage: Option<Arc<UsageCap>>,
+    /// The key's spend budget and what it has spent, as of the writer's last committed change
+    /// to it (a spend that leaves the key in its rotation changes it in place; one that spends
+    /// the budget rebuilds the key out of its tier's roster, like an inactive key), so `GET /key`
+    /// never looks at this. `None` (no budget) is a null pointer: no allocation per key.
+    budget: ArcSwapOption<KeyBudget>,
     /// What callers reported of the provider's answers, and the word `GET /key` checks.
     pub health: Health,
     /// Set once the key has been found expired, so that a wall clock stepped back never serves
@@ -107,6 +118,7 @@ impl std::fmt::Debug for KeyEntry {
         f.debug_struct("KeyEntry")
             .field("info", &self.info)
             .field("usage", &self.usage)
+            .field("budget", &self.budget())
             .field("health", &self.health)
             .field("body", &"[REDACTED]")
             .finish()
@@ -202,10 +214,46 @@ impl KeyEntry {
         Self {
             info,
             usage,
+            budget: ArcSwapOption::empty(),
             health: Health::default(),
             expired: AtomicBool::new(false),
             body: Bytes::from_owner(ZeroizingBody(buffer)),
         }
+    }
+
+    /// The key with this spend budget.
+    #[must_use]
+    pub fn with_budget(self, budget: Option<KeyBudget>) -> Self {
+        self.publish_budget(budget);
+        self
+    }
+
+    /// Its spend budget and what it has spent, if it has one.
+    pub fn budget(&self) -> Option<KeyBudget> {
+        self.budget.load().as_deref().copied()
+    }
+
+    /// Makes `budget` the key's (the writer, once it is committed).
+    pub fn publish_budget(&self, budget: Option<KeyBudget>) {
+        self.budget.store(budget.map(Arc::new));
+    }
+
+    /// Whether the key belongs in its tier's rotation: active, and not over its spend budget.
+    /// Decided by the writer when it places the key, never by `GET /key`.
+    pub fn in_rotation(&self) -> bool {
+        self.info.active && !self.over_budget()
+    }
+
+    /// Its spend budget is spent (in the period the writer last saw).
+    pub fn over_budget(&self) -> bool {
+        self.budget().is_some_and(|budget| budget.is_spent())
+    }
+
+    /// When a key over a monthly budget comes back by itself (unix ms): its next reset.
+    pub fn budget_returns_at(&self) -> Option<i64> {
+        self.budget()
+            .filter(KeyBudget::is_spent)
+            .and_then(|budget| budget.resets_at_ms())
     }
 
     /// This entry with `health` (as stored), judged at `now`.
@@ -216,11 +264,12 @@ impl KeyEntry {
     }
 
     /// The same key with `info` and `health` instead: its body (the plaintext, shared, not
-    /// copied) and usage cap are kept.
+    /// copied), usage cap and spend budget are kept.
     pub fn replaced(&self, info: KeyInfo, health: HealthState, now: Now) -> Self {
         Self {
             info,
             usage: self.usage.clone(),
+            budget: ArcSwapOption::new(self.budget.load_full()),
             health: Health::new(health, now),
             expired: AtomicBool::new(false),
             body: self.body.clone(),
@@ -246,7 +295,9 @@ impl KeyEntry {
         }
     }
 
-    /// [`KeyEntry::state`], with `health` instead of the key's published health.
+    /// [`KeyEntry::state`], with `health` instead of the key's published health. A spend
+    /// budget is judged in the period open at `now` (one that has ended counts from 0 at once,
+    /// before the writer brings the key back).
     pub fn state_with(&self, health: &HealthState, now: Now) -> (KeyState, Option<i64>) {
         if !self.info.active {
             let state = match health.disabled_reason {
@@ -255,10 +306,16 @@ impl KeyEntry {
             };
             return (state, None);
         }
-        if !self.servable_at_unix(now.unix_ms) {
+        if !self.servable(|| now.unix_ms) {
             return (KeyState::Expired, None);
         }
+        let budget = self.budget().map(|budget| budget.at(now.unix_ms));
         match health.unavailable(now) {
+            Some((KeyState::Exhausted, until)) => (KeyState::Exhausted, Some(until.unix_ms)),
+            _ if budget.is_some_and(|budget| budget.is_spent()) => (
+                KeyState::OverBudget,
+                budget.and_then(|budget| budget.resets_at_ms()),
+            ),
             Some((state, until)) => (state, Some(until.unix_ms)),
             None => (KeyState::Active, None),
         }
@@ -291,9 +348,9 @@ impl KeyEntry {
         false
     }
 
-    /// [`KeyEntry::servable`] at wall time `unix_ms`.
+    /// [`KeyEntry::servable`] at wall time `unix_ms`, and not over its spend budget.
     pub fn servable_at_unix(&self, unix_ms: i64) -> bool {
-        self.servable(|| unix_ms)
+        !self.over_budget() && self.servable(|| unix_ms)
     }
 
     /// Whether the key has been found expired in this run.

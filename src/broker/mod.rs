@@ -7,11 +7,13 @@
 //! * `catalog`: everything the writer knows, persistent so a clone is O(1).
 //! * `snapshot`, `pool`: one published generation per feature, and picking from it.
 //! * `rate`, `usage`, `clock`: rate windows, usage caps, and the milliseconds they count in.
+//! * `budget`: spend budgets, their exact decimal amounts and monthly periods.
 //! * `health`: what callers report of the provider's answers: cooldowns, exhaustion, disabling.
 //! * `audit`, `outcomes`: the audit queue and the outcome counters of `GET /key`.
 //! * `input`, `report`: the validated admin inputs and health reports, and the rules they obey.
 
 mod audit;
+mod budget;
 mod catalog;
 mod clock;
 mod consumer;
@@ -29,6 +31,10 @@ mod tier;
 mod usage;
 
 pub use audit::{AuditLog, Event};
+pub use budget::{
+    Amount, KeyBudget, MAX_RESET_DAY, NANOS_PER_UNIT, SpendLimit, Unit, format_nanos, parse_amount,
+    parse_nanos, period_start_ms,
+};
 pub use catalog::{Catalog, Dirty};
 pub use clock::{Clock, ManualClock};
 pub use consumer::Consumer;
@@ -37,8 +43,9 @@ pub use health::{
     ReportCounts,
 };
 pub use input::{
-    ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, NewConsumer, NewKey,
-    NewScope, ScopeBody, TierBody, TierSpec, is_hidden, parse_limit, parse_name, parse_usage,
+    BudgetBody, ConsumerBody, DEFAULT_WINDOW_SECONDS, Invalid, KeyBody, KeyPatch, KeyPatchBody,
+    MAX_REQUEST_ID_CHARS, NewConsumer, NewKey, NewScope, ScopeBody, Spend, SpendBody, TierBody,
+    TierSpec, is_hidden, parse_limit, parse_name, parse_usage,
 };
 pub use key::{Described, KeyEntry, KeyHealth, KeyInfo, KeyState, Plaintext, ServedKey};
 pub use outcomes::Outcomes;

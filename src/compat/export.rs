@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 use super::{CompatError, Schema, time};
 use crate::broker::DEFAULT_WINDOW_SECONDS;
 use crate::crypto::{GCM_PREFIX, Sealer};
-use crate::store::{Contents, KeyRecord, open_key};
+use crate::store::{Contents, KeyRecord, key_budget, open_key};
 
 /// The Go service's migration bookkeeping table, byte for byte as its runner creates it.
 const SCHEMA_MIGRATIONS_SQL: &str = include_str!("../../migrations/schema_migrations.sql");
@@ -59,6 +59,8 @@ pub enum Unservable {
     Exhausted,
     /// Disabled by a report of the provider's refusal (`disabled_reason`).
     Disabled,
+    /// Its spend budget is spent in the current period (the seed schema has no budget column).
+    OverBudget,
 }
 
 impl Unservable {
@@ -67,6 +69,7 @@ impl Unservable {
             Unservable::Expired => "expired",
             Unservable::Exhausted => "exhausted",
             Unservable::Disabled => "disabled",
+            Unservable::OverBudget => "over budget",
         }
     }
 }
@@ -83,6 +86,8 @@ pub fn unservable(key: &KeyRecord, now_ms: i64) -> Option<Unservable> {
         Some(Unservable::Expired)
     } else if key.exhausted_until_ms.is_some_and(|until| until > now_ms) {
         Some(Unservable::Exhausted)
+    } else if key_budget(key, now_ms).is_some_and(|budget| budget.is_spent()) {
+        Some(Unservable::OverBudget)
     } else {
         None
     }

@@ -182,6 +182,7 @@ fn write(
             exhausted_until_ms: key.exhausted_until_ms,
             budget: key.budget.clone(),
             spent_nanos: key.spent_nanos,
+            spent_period_start_ms: key.spent_period_start_ms,
             ..key_record(&key.info, &plain, sealer)
         };
         check_key_loads(&record, sealer).map_err(would_not_load)?;

@@ -29,7 +29,7 @@ pub use export::{ExportSummary, Unservable, export, unservable};
 pub use import::{ImportMode, ImportSummary, import};
 pub use postgres::{PostgresUrl, export_postgres, redact};
 pub use source::{SourceContents, SourceKey, read_postgres, read_source};
-pub use time::{budget_period_start_ms, format_timestamp_ms, parse_timestamp_ms};
+pub use time::{format_timestamp_ms, parse_timestamp_ms};
 
 /// The two schema generations of the Go service's database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

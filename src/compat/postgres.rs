@@ -14,9 +14,10 @@ use postgres::{Client, NoTls, Transaction};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{CompatError, ExportSummary, Schema, budget_period_start_ms};
+use super::{CompatError, ExportSummary, Schema};
+use crate::broker::format_nanos;
 use crate::crypto::{GCM_PREFIX, Sealer};
-use crate::store::{Contents, KeyRecord, open_key};
+use crate::store::{Contents, KeyRecord, key_budget, open_key};
 
 /// How long a connection may take to open when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,16 +169,6 @@ fn chain(err: &dyn std::error::Error) -> String {
 fn at(unix_ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// Billionths as decimal text, exactly (`12500000000` is `12.5`).
-fn decimal(nanos: u64) -> String {
-    let (whole, fraction) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
-    if fraction == 0 {
-        return whole.to_string();
-    }
-    let fraction = format!("{fraction:09}");
-    format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
 /// Writes `contents` (values opened with `sealer`, re-sealed Go-style under it) into the empty
@@ -387,9 +378,10 @@ fn write_key(
     // The Go service counts `usage_count` in an INTEGER too; past it, the key is used up anyway.
     let usage_count = i32::try_from(key.usage_count).unwrap_or(i32::MAX);
     let tagged = |plain: &str| format!("{GCM_PREFIX}{}", sealer.seal_go(plain));
-    let budget = key.budget.as_ref();
-    let reset_day = budget.and_then(|b| b.reset_day).map(i32::from);
-    let spent_period_start = budget.map(|b| at(budget_period_start_ms(b.reset_day, now_ms)));
+    // What is spent counts in the budget's period open now (0 once that period has ended).
+    let budget = key_budget(key, now_ms);
+    let reset_day = budget.and_then(|b| b.limit.reset_day).map(i32::from);
+    let spent_period_start = budget.map(|b| at(b.period_start_ms));
     txn.execute(
         key_insert,
         &[
@@ -406,10 +398,10 @@ fn write_key(
             &key.exhausted_until_ms.map(at),
             &serde_json::Value::Object(key.metadata.clone()).to_string(),
             &at(key.created_at_ms),
-            &budget.map(|b| decimal(b.amount_nanos)),
-            &budget.map(|b| b.unit.as_str()),
+            &budget.map(|b| format_nanos(b.limit.amount_nanos)),
+            &budget.map(|b| b.limit.unit.as_str()),
             &reset_day,
-            &decimal(if budget.is_some() { key.spent_nanos } else { 0 }),
+            &format_nanos(budget.map_or(0, |b| b.spent_nanos)),
             &spent_period_start,
         ],
     )
@@ -459,18 +451,5 @@ mod tests {
         assert!(PostgresUrl::parse("/tmp/go.db").is_err());
         assert!(PostgresUrl::is_url("PostgreSQL://db/go"));
         assert!(!PostgresUrl::is_url("go.db"));
-    }
-
-    #[test]
-    fn billionths_are_written_as_exact_decimals() {
-        for (nanos, text) in [
-            (12_500_000_000, "12.5"),
-            (50_000_000_000, "50"),
-            (1, "0.000000001"),
-            (300_000_000, "0.3"),
-            (0, "0"),
-        ] {
-            assert_eq!(decimal(nanos), text);
-        }
     }
 }

@@ -57,30 +57,6 @@ pub fn format_timestamp_ms(unix_ms: i64) -> String {
     }
 }
 
-/// Where the current period of a spend budget began, by the Go service's rule: 00:00 UTC on
-/// `reset_day` of this month, or of last month while that day is still ahead; the unix epoch for
-/// a lifetime budget (`None`).
-pub fn budget_period_start_ms(reset_day: Option<u8>, now_ms: i64) -> i64 {
-    let Some(day) = reset_day else {
-        return 0;
-    };
-    let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let start_in = |year: i32, month: time::Month| {
-        time::Date::from_calendar_date(year, month, day)
-            .map(|date| date.midnight().assume_utc().unix_timestamp() * 1_000)
-            .unwrap_or(0)
-    };
-    let this_month = start_in(now.year(), now.month());
-    if now_ms >= this_month {
-        return this_month;
-    }
-    match now.month() {
-        time::Month::January => start_in(now.year() - 1, time::Month::December),
-        month => start_in(now.year(), month.previous()),
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -128,30 +104,6 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp_ms(text), None, "{text:?}");
         }
-    }
-
-    #[test]
-    fn a_budget_period_starts_on_its_reset_day_this_month_or_last() {
-        let at = |text: &str| parse_timestamp_ms(text).unwrap();
-        let now = at("2026-03-10 12:00:00");
-        assert_eq!(budget_period_start_ms(None, now), 0);
-        assert_eq!(
-            budget_period_start_ms(Some(1), now),
-            at("2026-03-01 00:00:00")
-        );
-        assert_eq!(
-            budget_period_start_ms(Some(10), now),
-            at("2026-03-10 00:00:00")
-        );
-        assert_eq!(
-            budget_period_start_ms(Some(11), now),
-            at("2026-02-11 00:00:00")
-        );
-        let january = at("2026-01-05 00:00:00");
-        assert_eq!(
-            budget_period_start_ms(Some(28), january),
-            at("2025-12-28 00:00:00")
-        );
     }
 
     #[test]

@@ -17,8 +17,8 @@ use super::idempotency::{Answered, Retryable, respond, stored};
 use super::json::JsonBody;
 use super::listing::{Items, Listing, Source, list};
 use crate::broker::{
-    Catalog, Deadline, HealthState, KeyBody, KeyEntry, KeyPatch, KeyState, Limit, NewKey, Now,
-    Snapshot, Tier, TierBody, TierSpec,
+    Amount, Catalog, Deadline, HealthState, KeyBody, KeyBudget, KeyEntry, KeyPatch, KeyPatchBody,
+    KeyState, Limit, NewKey, Now, Snapshot, Tier, TierBody, TierSpec, Unit,
 };
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -162,6 +162,47 @@ pub struct Usage {
     window_seconds: u32,
 }
 
+/// A key's spend budget as the API shows it: `{"amount", "unit", "reset_day"}`.
+#[derive(Serialize, JsonSchema)]
+struct BudgetView {
+    amount: Amount,
+    #[schemars(with = "Unit")]
+    unit: &'static str,
+    /// The day of the month (1–28) the budget resets on at 00:00 UTC; `null`: a lifetime
+    /// budget.
+    reset_day: Option<u8>,
+}
+
+/// A key's spend figures at a wall time: `budget`, `spent`, `remaining` (never below 0) and
+/// `resets_at` (`null` for a lifetime budget); without a budget `spent` is 0 (as in the Go
+/// service) and the others `null`.
+#[derive(Serialize, JsonSchema)]
+pub struct BudgetFields {
+    budget: Option<BudgetView>,
+    spent: Amount,
+    remaining: Option<Amount>,
+    /// When `spent` starts again from 0 (RFC 3339).
+    resets_at: Option<String>,
+}
+
+impl BudgetFields {
+    /// The figures of `budget` at wall time `unix_ms`: a period that has ended counts from 0 at
+    /// once, before the writer brings the key back.
+    pub fn of(budget: Option<KeyBudget>, unix_ms: i64) -> Self {
+        let budget = budget.map(|budget| budget.at(unix_ms));
+        Self {
+            budget: budget.map(|KeyBudget { limit, .. }| BudgetView {
+                amount: Amount(limit.amount_nanos),
+                unit: limit.unit.as_str(),
+                reset_day: limit.reset_day,
+            }),
+            spent: Amount(budget.map_or(0, |budget| budget.spent_nanos)),
+            remaining: budget.map(|budget| Amount(budget.remaining_nanos())),
+            resets_at: budget.and_then(|budget| budget.resets_at_ms()).map(rfc3339),
+        }
+    }
+}
+
 #[derive(Serialize, JsonSchema)]
 pub struct KeyView<'a> {
     id: &'a str,
@@ -180,7 +221,7 @@ pub struct KeyView<'a> {
     usage_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_window_seconds: Option<u32>,
-    /// `disabled`, `inactive`, `expired`, `exhausted`, `cooling` or `active`.
+    /// `disabled`, `inactive`, `expired`, `exhausted`, `over_budget`, `cooling` or `active`.
     #[schemars(with = "KeyState")]
     state: &'static str,
     disabled_reason: Option<&'a str>,
@@ -193,6 +234,8 @@ pub struct KeyView<'a> {
     metadata: serde_json::Map<String, serde_json::Value>,
     /// Sorted; never a value.
     secret_names: Vec<String>,
+    #[serde(flatten)]
+    budget: BudgetFields,
 }
 
 fn key_view<'a>(
@@ -228,6 +271,7 @@ fn key_view<'a>(
         })
         .collect();
     KeyView {
+        budget: BudgetFields::of(key.budget(), clocks.unix_ms),
         id: &key.info.id,
         name: &key.info.name,
         tier_id: &key.info.tier_id,
@@ -345,7 +389,7 @@ pub async fn patch_key(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+    JsonBody(body): JsonBody<KeyPatchBody>,
 ) -> Result<Response, ApiError> {
     let key = app
         .writer()

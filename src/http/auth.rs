@@ -2,6 +2,8 @@
 //! routes and `GET /key`) or the metrics token (`/metrics`, when set). Consumer tokens
 //! (`GET /key` only) are found by their hash in the snapshot instead.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -10,6 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::broker::{Catalog, Consumer, KeyEntry};
+use crate::crypto::token_hash;
 
 /// The token a request presents, borrowed from its headers.
 pub fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {
@@ -50,6 +54,53 @@ impl FromRequestParts<AppState> for Admin {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("invalid token"))
+        }
+    }
+}
+
+/// Who acts on one key (`POST /key/{id}/report`, `/exhausted`, `/spend`): the admin, or an
+/// active consumer (by its token), which may act only on keys of its scoped tiers. Extracted
+/// before the body is read, so a request without a valid token is 401 whatever it carries.
+pub enum KeyCaller {
+    Admin,
+    Consumer(Arc<Consumer>),
+}
+
+impl FromRequestParts<AppState> for KeyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        if is_admin(token, app.admin_token()) {
+            return Ok(KeyCaller::Admin);
+        }
+        let snapshot = app.pool().load();
+        let scoped = snapshot
+            .consumer(&token_hash(token))
+            .ok_or(ApiError::Unauthorized("invalid token"))?;
+        Ok(KeyCaller::Consumer(Arc::clone(&scoped.consumer)))
+    }
+}
+
+impl KeyCaller {
+    /// The id the audit trail names (`None`: the admin).
+    pub fn id(&self) -> Option<Arc<str>> {
+        match self {
+            KeyCaller::Admin => None,
+            KeyCaller::Consumer(consumer) => Some(Arc::clone(&consumer.id)),
+        }
+    }
+
+    /// The key `id`, if this caller may act on it: 404 unknown, 403 outside a consumer's tiers.
+    pub fn key<'c>(&self, catalog: &'c Catalog, id: &str) -> Result<&'c Arc<KeyEntry>, ApiError> {
+        let key = catalog
+            .key(id)
+            .ok_or_else(|| ApiError::NotFound(format!("key not found: {id}")))?;
+        match self {
+            KeyCaller::Consumer(consumer) if !consumer.scopes.contains(&key.info.tier_id) => Err(
+                ApiError::Forbidden("key not in this consumer's tiers".into()),
+            ),
+            _ => Ok(key),
         }
     }
 }

@@ -118,9 +118,10 @@ impl From<WriteError> for ApiError {
 impl From<&WriteError> for ApiError {
     fn from(err: &WriteError) -> Self {
         match err {
-            WriteError::TierExists(_) | WriteError::TierHasKeys => {
-                ApiError::Conflict(err.to_string())
-            }
+            WriteError::TierExists(_)
+            | WriteError::TierHasKeys
+            | WriteError::NoBudget
+            | WriteError::UnitDiffers(_) => ApiError::Conflict(err.to_string()),
             WriteError::Invalid(_) => ApiError::BadRequest(err.to_string()),
             WriteError::TierNotFound(_)
             | WriteError::KeyNotFound(_)

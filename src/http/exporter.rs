@@ -35,7 +35,7 @@ use super::error::ApiError;
 use super::scrape::{Detail, Scrape};
 use crate::config::MetricsConfig;
 use crate::telemetry::{
-    HTTP_DURATION, HTTP_REQUESTS, KEY_REPORTS, KEY_REQUESTS, KEY_WAITERS, KEY_WAITS, Meter,
+    HTTP_DURATION, HTTP_REQUESTS, KEY_REPORTS, KEY_REQUESTS, KEY_WAITERS, KEY_WAITS, Meter, SPENT,
     WRITER_COMMANDS, WRITER_COMMIT_DURATION,
 };
 
@@ -194,6 +194,11 @@ fn describe() {
         WRITER_COMMANDS,
         Unit::Count,
         "Admin changes handled by the writer, by kind and outcome (applied, refused, failed)."
+    );
+    metrics::describe_counter!(
+        SPENT,
+        Unit::Count,
+        "Billionths of a unit counted by spends (POST /key/{id}/spend; replays not), by unit."
     );
     metrics::describe_histogram!(
         WRITER_COMMIT_DURATION,

@@ -5,70 +5,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::Response;
 use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
 use super::admin::{json, rfc3339};
-use super::auth::{bearer, is_admin};
+use super::auth::KeyCaller;
 use super::error::ApiError;
 use super::json::JsonBody;
 use crate::broker::{
-    Catalog, Consumer, ExhaustedBody, KeyEntry, KeyHealth, KeyState, Now, Outcome, ReportBody,
+    Catalog, ExhaustedBody, KeyEntry, KeyHealth, KeyState, Now, Outcome, ReportBody,
 };
-use crate::crypto::token_hash;
 use crate::writer::{Exhaustion, HealthReport};
-
-/// Who reports: the admin, or an active consumer (by its token). Extracted before the body is
-/// read, so a request without a valid token is 401 whatever it carries.
-pub enum Reporter {
-    Admin,
-    Consumer(Arc<Consumer>),
-}
-
-impl FromRequestParts<AppState> for Reporter {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)?;
-        if is_admin(token, app.admin_token()) {
-            return Ok(Reporter::Admin);
-        }
-        let snapshot = app.pool().load();
-        let scoped = snapshot
-            .consumer(&token_hash(token))
-            .ok_or(ApiError::Unauthorized("invalid token"))?;
-        Ok(Reporter::Consumer(Arc::clone(&scoped.consumer)))
-    }
-}
-
-impl Reporter {
-    /// The id the audit trail names (`None`: the admin).
-    fn id(&self) -> Option<Arc<str>> {
-        match self {
-            Reporter::Admin => None,
-            Reporter::Consumer(consumer) => Some(Arc::clone(&consumer.id)),
-        }
-    }
-
-    /// The key `id`, if this reporter may act on it: 404 unknown, 403 outside a consumer's
-    /// tiers.
-    fn key<'c>(&self, catalog: &'c Catalog, id: &str) -> Result<&'c Arc<KeyEntry>, ApiError> {
-        let key = catalog
-            .key(id)
-            .ok_or_else(|| ApiError::NotFound(format!("key not found: {id}")))?;
-        match self {
-            Reporter::Consumer(consumer) if !consumer.scopes.contains(&key.info.tier_id) => Err(
-                ApiError::Forbidden("key not in this consumer's tiers".into()),
-            ),
-            _ => Ok(key),
-        }
-    }
-}
 
 /// `{"key_id","state","until","cooldowns"}`.
 #[derive(Serialize, JsonSchema)]
@@ -96,7 +47,7 @@ fn health_view<'a>(key: &'a KeyEntry, health: &'a KeyHealth) -> HealthView<'a> {
 }
 
 pub async fn report(
-    reporter: Reporter,
+    reporter: KeyCaller,
     State(app): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ReportBody>,
@@ -161,7 +112,7 @@ pub struct ExhaustedView {
 }
 
 pub async fn exhausted(
-    reporter: Reporter,
+    reporter: KeyCaller,
     State(app): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ExhaustedBody>,

@@ -19,6 +19,7 @@ mod page;
 mod request_metrics;
 mod routes;
 mod scrape;
+mod spend;
 mod state;
 mod stream;
 mod ui;

@@ -16,11 +16,12 @@ use super::json::BODY_LIMIT;
 use super::openapi::{Doc, doc};
 use super::request_metrics::{RequestMetricsService, RequestSeries};
 use super::{
-    AppState, PrometheusExporter, admin, backup, consumers, docs, exporter, key, openapi, page, ui,
+    AppState, PrometheusExporter, admin, backup, consumers, docs, exporter, key, openapi, page,
+    spend, ui,
 };
 use crate::broker::{
     ConsumerBody, ExhaustedBody, KeyBody, KeyPatch, KeyState, ReportBody, ScopeBody, ServedKey,
-    TierBody,
+    SpendBody, TierBody,
 };
 use crate::telemetry::Meter;
 
@@ -89,7 +90,7 @@ impl Route {
 /// its body and query types, and its answers (see [`Doc`] for those implied): a new route's
 /// entry ends in `.doc(doc("…").body::<Body>().json::<View>(200).error(409))`, and a field
 /// added to a view or body type shows in the document by its derive.
-pub static ROUTES: [Route; 29] = [
+pub static ROUTES: [Route; 30] = [
     route!(GET "/health", Public, health).doc(doc("Liveness.").json::<Status>(200)),
     route!(GET "/key", AdminOrConsumer, key::get_key, no HEAD).doc(
         doc("The next key with budget left for a feature, round-robin.")
@@ -129,6 +130,15 @@ pub static ROUTES: [Route; 29] = [
             .error(400)
             .error(403)
             .error(404),
+    ),
+    route!(POST "/key/{id}/spend", AdminOrConsumer, spend::spend).doc(
+        doc("Count a call's cost against a key's spend budget, once per request_id.")
+            .body::<SpendBody>()
+            .json::<spend::Spent<'static>>(200)
+            .error(400)
+            .error(403)
+            .error(404)
+            .error(409),
     ),
     route!(POST "/admin/tiers", Admin, admin::create_tier).doc(
         doc("Create a tier with its features and limits.")

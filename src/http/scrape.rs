@@ -122,7 +122,7 @@ impl Families<'_> {
         }
         self.header(
             POOL_ACTIVE_KEYS,
-            "Keys servable now (active, not expired), by tier.",
+            "Keys servable now (active, not expired, within their spend budget), by tier.",
         );
         for (tier, keys) in tiers {
             self.sample(POOL_ACTIVE_KEYS, &[("tier", &tier.name)], keys.active);
@@ -155,28 +155,30 @@ impl Families<'_> {
         );
     }
 
-    /// Keys not servable now by their health, by state: aggregates only (no key id or name).
+    /// Keys not servable now by what was reported of them or by their spend budget, by state:
+    /// aggregates only (no key id or name).
     fn key_health(&mut self, catalog: &Catalog, now: Now) {
-        let (mut cooling, mut disabled, mut exhausted) = (0usize, 0usize, 0usize);
+        const COUNTED: [KeyState; 4] = [
+            KeyState::Cooling,
+            KeyState::Disabled,
+            KeyState::Exhausted,
+            KeyState::OverBudget,
+        ];
+        let mut counts = [0usize; COUNTED.len()];
         for key in catalog.keys() {
-            match key.state(now).0 {
-                KeyState::Cooling => cooling += 1,
-                KeyState::Disabled => disabled += 1,
-                KeyState::Exhausted => exhausted += 1,
-                KeyState::Inactive | KeyState::Expired | KeyState::Active => {}
+            let state = key.state(now).0;
+            if let Some(at) = COUNTED.iter().position(|&counted| counted == state) {
+                counts[at] += 1;
             }
         }
         self.header(
             KEYS_UNAVAILABLE,
-            "Keys not servable now by what was reported of them: cooling (the whole key), \
-             disabled (by a 401, 402 or 403) or exhausted.",
+            "Keys not servable now by what was reported of them or by their spend budget: \
+             cooling (the whole key), disabled (by a 401, 402 or 403), exhausted, or over_budget \
+             (until it resets or grows).",
         );
-        for (state, count) in [
-            ("cooling", cooling),
-            ("disabled", disabled),
-            ("exhausted", exhausted),
-        ] {
-            self.sample(KEYS_UNAVAILABLE, &[("state", state)], count);
+        for (state, count) in COUNTED.iter().zip(counts) {
+            self.sample(KEYS_UNAVAILABLE, &[("state", state.as_str())], count);
         }
     }
 

@@ -22,7 +22,8 @@ use redb::{
 use super::guard::guarded;
 use super::open::CACHE_BYTES;
 use super::{
-    CONSUMERS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, KEYS, META, Store, StoreError, TIERS, USAGE,
+    CONSUMERS, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, KEYS, META, SPENDS, SPENDS_BY_TIME, Store,
+    StoreError, TIERS, USAGE,
 };
 
 /// Whether `name` is one of the tables a backup copies (every table keypooler stores). A table
@@ -36,6 +37,8 @@ fn copied(name: &str) -> bool {
         USAGE.name(),
         IDEMPOTENCY.name(),
         IDEMPOTENCY_BY_TIME.name(),
+        SPENDS.name(),
+        SPENDS_BY_TIME.name(),
     ]
     .contains(&name)
 }
@@ -176,6 +179,9 @@ fn copy_tables(
     // A retry after a restore is still recognised.
     copy_table(from, to, IDEMPOTENCY)?;
     copy_table(from, to, IDEMPOTENCY_BY_TIME)?;
+    // A spend replayed after a restore still counts once.
+    copy_table(from, to, SPENDS)?;
+    copy_table(from, to, SPENDS_BY_TIME)?;
     Ok(BackupCounts {
         tiers: copy_table(from, to, TIERS)?,
         keys: copy_table(from, to, KEYS)?,

@@ -5,9 +5,10 @@ use redb::ReadableTable;
 use super::records::{decode, decode_signed, encode, encode_signed};
 use super::{
     CONSUMERS, ConsumerRecord, IDEMPOTENCY, IDEMPOTENCY_BY_TIME, IdempotencyRecord, KEYS,
-    KeyRecord, META, RUNNING_MS_KEY, Store, StoreError, TIERS, TierRecord, USAGE, UsageRecord,
+    KeyRecord, META, RUNNING_MS_KEY, SPENDS, SPENDS_BY_TIME, SpendTag, Store, StoreError, TIERS,
+    TierRecord, USAGE, UsageRecord,
 };
-use crate::crypto::Signer;
+use crate::crypto::{Signer, token_hash};
 
 impl Store {
     /// Starts a write transaction. Only the writer thread (or an offline command) calls this.
@@ -179,8 +180,38 @@ impl Batch {
         Ok(expired.len())
     }
 
-    /// Removes every tier, key, consumer, audit event and stored idempotent answer (the meta
-    /// table, with the canary, stays).
+    /// When the spend with this request id was counted (unix ms), if it is still stored.
+    pub fn spend_counted_at(&self, tag: &SpendTag) -> Result<Option<i64>, StoreError> {
+        Ok(self.txn.open_table(SPENDS)?.get(tag)?.map(|at| at.value()))
+    }
+
+    /// Stores a counted spend's request id.
+    pub fn put_spend(&self, tag: &SpendTag, at_ms: i64) -> Result<(), StoreError> {
+        self.txn.open_table(SPENDS)?.insert(tag, at_ms)?;
+        self.txn
+            .open_table(SPENDS_BY_TIME)?
+            .insert((at_ms, *tag), ())?;
+        Ok(())
+    }
+
+    /// Removes up to `limit` spend request ids counted before `before_ms`, oldest first; returns
+    /// how many it removed.
+    pub fn prune_spends(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(SPENDS)?;
+        let mut by_time = self.txn.open_table(SPENDS_BY_TIME)?;
+        let mut expired = Vec::new();
+        for entry in by_time.range(..(before_ms, [0; 16]))?.take(limit) {
+            expired.push(entry?.0.value());
+        }
+        for (at, tag) in &expired {
+            by_time.remove((*at, *tag))?;
+            table.remove(tag)?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Removes every tier, key, consumer, audit event, stored idempotent answer and spend
+    /// request id (the meta table, with the canary, stays).
     pub fn clear(&self) -> Result<(), StoreError> {
         self.txn.open_table(TIERS)?.retain(|_, _| false)?;
         self.txn.open_table(KEYS)?.retain(|_, _| false)?;
@@ -190,6 +221,8 @@ impl Batch {
         self.txn
             .open_table(IDEMPOTENCY_BY_TIME)?
             .retain(|_, _| false)?;
+        self.txn.open_table(SPENDS)?.retain(|_, _| false)?;
+        self.txn.open_table(SPENDS_BY_TIME)?.retain(|_, _| false)?;
         Ok(())
     }
 
@@ -206,6 +239,14 @@ impl Batch {
         self.txn.commit()?;
         Ok(())
     }
+}
+
+/// The stored tag of a spend's request id (see [`SpendTag`]).
+pub fn spend_tag(request_id: &str) -> SpendTag {
+    let digest = token_hash(request_id.as_bytes());
+    let mut tag = [0; 16];
+    tag.copy_from_slice(&digest[..16]);
+    tag
 }
 
 #[cfg(all(test, not(loom)))]
@@ -254,5 +295,26 @@ mod tests {
         txn.clear().unwrap();
         assert_eq!(txn.get_idempotent("a").unwrap(), None);
         assert_eq!(txn.prune_idempotent(i64::MAX, 10).unwrap(), 0);
+    }
+
+    #[test]
+    fn spend_request_ids_are_pruned_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&EncryptionKey::generate());
+        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        let txn = store.begin().unwrap();
+        for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000)] {
+            txn.put_spend(&spend_tag(id), at).unwrap();
+        }
+        txn.commit().unwrap();
+        let txn = store.begin().unwrap();
+        assert_eq!(txn.spend_counted_at(&spend_tag("a")).unwrap(), Some(1_000));
+        assert_eq!(txn.prune_spends(2_500, 1).unwrap(), 1, "at most `limit`");
+        assert_eq!(txn.spend_counted_at(&spend_tag("a")).unwrap(), None);
+        assert_eq!(txn.prune_spends(2_500, 10).unwrap(), 1);
+        assert_eq!(txn.spend_counted_at(&spend_tag("b")).unwrap(), None);
+        assert_eq!(txn.spend_counted_at(&spend_tag("c")).unwrap(), Some(3_000));
+        txn.clear().unwrap();
+        assert_eq!(txn.spend_counted_at(&spend_tag("c")).unwrap(), None);
     }
 }

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 use super::records::{
-    ConsumerRecord, CooldownRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode, encode,
-    secret_aad, value_aad,
+    BudgetRecord, ConsumerRecord, CooldownRecord, Hex, KeyRecord, LimitRecord, TierRecord, decode,
+    encode, secret_aad, value_aad,
 };
 use super::{Record, Store, StoreError};
 use crate::broker::{
-    Backoff, Catalog, Clock, Consumer, HealthState, KeyEntry, KeyInfo, Limit, Now, Plaintext, Tier,
-    Unplaced, UsageCap,
+    Backoff, Catalog, Clock, Consumer, HealthState, KeyBudget, KeyEntry, KeyInfo, Limit, Now,
+    Plaintext, SpendLimit, Tier, Unit, Unplaced, UsageCap, period_start_ms,
 };
 use crate::broker::{LIFETIME, to_cap_seconds};
 use crate::crypto::{CryptoError, Sealer};
@@ -95,6 +95,37 @@ pub fn key_info(record: &KeyRecord) -> KeyInfo {
     }
 }
 
+/// A stored key's spend budget as of wall time `unix_ms`: what it spent counts only in the
+/// period it was spent in. `None` without a budget, or with a unit this build does not know
+/// (the record then loads without one; the import refuses such a row).
+pub fn key_budget(record: &KeyRecord, unix_ms: i64) -> Option<KeyBudget> {
+    let stored = record.budget.as_ref()?;
+    let limit = SpendLimit {
+        amount_nanos: stored.amount_nanos,
+        unit: Unit::parse("unit", &stored.unit).ok()?,
+        reset_day: stored.reset_day,
+    };
+    let budget = KeyBudget {
+        limit,
+        spent_nanos: record.spent_nanos,
+        period_start_ms: record
+            .spent_period_start_ms
+            .unwrap_or_else(|| period_start_ms(limit.reset_day, unix_ms)),
+    };
+    Some(budget.at(unix_ms))
+}
+
+/// Puts a key's budget and what it spent in its record.
+pub fn store_budget(record: &mut KeyRecord, budget: Option<&KeyBudget>) {
+    record.budget = budget.map(|budget| BudgetRecord {
+        amount_nanos: budget.limit.amount_nanos,
+        unit: budget.limit.unit.as_str().to_owned(),
+        reset_day: budget.limit.reset_day,
+    });
+    record.spent_nanos = budget.map_or(0, |budget| budget.spent_nanos);
+    record.spent_period_start_ms = budget.map(|budget| budget.period_start_ms);
+}
+
 /// The plaintext of a stored key: its value and bound secrets.
 pub struct Opened {
     pub value: Zeroizing<String>,
@@ -165,6 +196,7 @@ fn key_entry(record: &KeyRecord, opened: &Opened, clock: &Clock) -> KeyEntry {
         usage_cap(record, clock),
     )
     .with_health(health_from_record(record, now), now)
+    .with_budget(key_budget(record, now.unix_ms))
 }
 
 /// A stored key's health, its deadlines placed at `now`: a deadline is stored on the wall

@@ -34,11 +34,11 @@ use records::decode;
 use crate::crypto::Signer;
 
 pub use backup::{Backup, BackupCounts, Snapshot, inspect_backup};
-pub use batch::{Batch, SignedKey};
+pub use batch::{Batch, SignedKey, spend_tag};
 pub use codec::{
     Opened, Skipped, check_consumer_loads, check_key_loads, check_tier_loads, consumer_record,
-    health_from_record, key_info, key_record, load_catalog, open_key, seal_into, store_health,
-    tier_record, usage_cap,
+    health_from_record, key_budget, key_info, key_record, load_catalog, open_key, seal_into,
+    store_budget, store_health, tier_record, usage_cap,
 };
 pub use parallel::map_on_cores;
 pub use records::{
@@ -64,6 +64,17 @@ const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempote
 /// The same keys by the time they were stored, to prune the oldest without a scan.
 const IDEMPOTENCY_BY_TIME: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("idempotency_keys_by_time");
+/// The request ids of counted spends, by their [`SpendTag`], with when they were counted
+/// (unix ms): a replay is recognised. Fixed-size entries, whatever the length of the ids.
+const SPENDS: TableDefinition<SpendTag, i64> = TableDefinition::new("spend_requests");
+/// The same by when they were counted, to prune the oldest without a scan.
+const SPENDS_BY_TIME: TableDefinition<(i64, SpendTag), ()> =
+    TableDefinition::new("spend_requests_by_time");
+
+/// A spend's request id as stored: the first 16 bytes of its SHA-256, so each entry has the
+/// same small size whatever the id (up to 128 characters), and no caller's id is kept as such.
+/// Two ids share a tag with a chance of about n²/2^129 among n stored ids: none in practice.
+pub type SpendTag = [u8; 16];
 
 /// The record format this build writes and reads. Schema 1 (read, and upgraded at its first
 /// open) had no record signatures and joined associated data; see `upgrade`.

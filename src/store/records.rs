@@ -89,9 +89,16 @@ pub struct KeyRecord {
     /// The key's spend budget, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetRecord>,
-    /// Spent in the budget's current period, in billionths of its unit.
+    /// Spent in the budget period that started at `spent_period_start_ms`, in billionths of the
+    /// budget's unit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spent_nanos: u64,
+    /// Wall-clock unix ms at which the period `spent_nanos` belongs to started (0 for a
+    /// lifetime budget): spent counts only while that period is the current one (the Go
+    /// service's `spent_period_start`). `None` (a record imported without it): the period
+    /// current when the server loads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_period_start_ms: Option<i64>,
 }
 
 /// A feature's cooldown on a key.
@@ -308,11 +315,30 @@ mod tests {
                 .unwrap()
                 .clone(),
             secrets: BTreeMap::from([("org".to_owned(), Hex(vec![1]))]),
+            exhausted_until_ms: Some(11),
+            disabled_reason: Some("provider answered 401".into()),
+            cooldown_until_ms: Some(12),
+            backoff_level: 2,
+            cooldowns: BTreeMap::from([(
+                "chat".to_owned(),
+                CooldownRecord {
+                    until_ms: Some(13),
+                    level: 1,
+                },
+            )]),
+            consecutive_failures: 4,
+            budget: Some(BudgetRecord {
+                amount_nanos: 5,
+                unit: "usd".into(),
+                reset_day: Some(3),
+            }),
+            spent_nanos: 6,
+            spent_period_start_ms: Some(0),
             ..plain
         };
         let json = encode(&full);
         let fields = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json);
-        assert_eq!(fields.unwrap().len(), 14);
+        assert_eq!(fields.unwrap().len(), 23);
         assert_eq!(decode::<KeyRecord>("keys", "k1", &json).unwrap(), full);
     }
 

@@ -20,6 +20,8 @@ pub const KEY_WAITERS: &str = "keypooler_key_waiters";
 pub const WRITER_COMMANDS: &str = "keypooler_writer_commands_total";
 /// Seconds each durable commit of a batch took.
 pub const WRITER_COMMIT_DURATION: &str = "keypooler_writer_commit_duration_seconds";
+/// Billionths of a unit counted by spends (`POST /key/{id}/spend`, replays not), by `unit`.
+pub const SPENT: &str = "keypooler_spent_nanos_total";
 
 // State, read from the live snapshot when `/metrics` is scraped.
 
@@ -49,8 +51,8 @@ pub const TIER_BUDGET_LIMIT: &str = "keypooler_tier_budget_limit";
 pub const KEY_BUDGET_USED: &str = "keypooler_key_budget_used";
 /// Uses each key may serve for each feature per window (with `METRICS_TOKEN` only).
 pub const KEY_BUDGET_LIMIT: &str = "keypooler_key_budget_limit";
-/// Keys not servable now for a reason their health gives, by `state` (cooling, disabled,
-/// exhausted).
+/// Keys not servable now for a reason their health or spend budget gives, by `state`
+/// (cooling, disabled, exhausted, over_budget).
 pub const KEYS_UNAVAILABLE: &str = "keypooler_keys_unavailable";
 /// Per-key series a scrape left out because there were more than `METRICS_PER_KEY_MAX`.
 pub const KEY_BUDGET_CUT: &str = "keypooler_key_budget_series_cut";

@@ -38,6 +38,9 @@ pub(super) enum Change {
         key: Arc<KeyEntry>,
         fields: Vec<&'static str>,
     },
+    /// A spend used up the key's budget: it leaves the rotation until its reset (or a larger
+    /// budget).
+    KeyOverBudget(Arc<KeyEntry>),
     /// With how many consumers lost their scope to it.
     TierDeleted {
         tier: Arc<Tier>,
@@ -82,6 +85,12 @@ impl Change {
                 key = %key.info.name,
                 tier = %tier,
                 "key added"
+            ),
+            Change::KeyOverBudget(key) => tracing::info!(
+                key_id = %key.info.id,
+                key = %key.info.name,
+                resets_at_ms = key.budget_returns_at(),
+                "key over budget"
             ),
             Change::KeyDeleted { key, tier } => tracing::info!(
                 key_id = %key.info.id,

@@ -7,11 +7,11 @@ use zeroize::Zeroizing;
 
 use super::WriteError;
 use super::idempotency::{Answer, Keyed, Once};
-use super::ops::{Exhaustion, HealthReport, Reported};
+use super::ops::{Exhaustion, HealthReport, Reported, SpendAnswer};
 use super::request::{Call, OnceCall, Request};
 use crate::broker::{
-    Consumer, HealthPolicy, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Tier,
-    TierSpec,
+    Consumer, HealthPolicy, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Reserve, Spend,
+    Tier, TierSpec,
 };
 use crate::store::{Snapshot, UsageRecord};
 
@@ -113,6 +113,12 @@ impl Writer {
         self.ask(Request::PatchKey, (id, Box::new(patch))).await
     }
 
+    /// Counts a spend against key `id`'s budget, once per request id (across every key): a
+    /// request id counted before answers the key's figures with `duplicate`, counting nothing.
+    pub async fn spend(&self, id: String, spend: Spend) -> Result<SpendAnswer, WriteError> {
+        self.ask(Request::Spend, (id, spend)).await
+    }
+
     /// Deletes a tier (found by name or id) that has no keys, and every consumer's scope to it.
     pub async fn delete_tier(&self, name: String) -> Result<(), WriteError> {
         self.ask(Request::DeleteTier, name).await
@@ -189,8 +195,9 @@ impl Writer {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Asks the writer to take expired keys out of the rotation and let keys whose cooldown or
-    /// exhaustion ended be available again, without waiting.
+    /// Asks the writer to take expired keys out of the rotation, bring keys whose budget reset
+    /// back, and let keys whose cooldown or exhaustion ended be available again, without
+    /// waiting.
     pub fn expire_keys(&self) {
         self.nudge(Request::ExpireKeys);
     }

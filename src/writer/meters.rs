@@ -4,7 +4,8 @@
 use metrics::{Counter, Histogram};
 
 use super::WriteError;
-use crate::telemetry::{Meter, WRITER_COMMANDS, WRITER_COMMIT_DURATION};
+use crate::broker::{Spend, Unit};
+use crate::telemetry::{Meter, SPENT, WRITER_COMMANDS, WRITER_COMMIT_DURATION};
 
 /// Declares [`Kind`] from one list: its variants, every value in declaration order, and each
 /// one's label.
@@ -37,6 +38,7 @@ kinds! {
     ReportHealth => "report_health",
     Exhaust => "exhaust_key",
     PatchKey => "patch_key",
+    Spend => "spend",
     DeleteTier => "delete_tier",
     CreateConsumer => "create_consumer",
     AddScope => "add_scope",
@@ -80,6 +82,8 @@ impl ByOutcome {
 pub(super) struct CommandSeries {
     /// By [`Kind`].
     commands: [ByOutcome; Kind::ALL.len()],
+    /// Billionths counted by spends, by [`Unit`] (in `Unit::ALL` order).
+    spent: [Counter; Unit::ALL.len()],
     pub(super) commit: Histogram,
 }
 
@@ -87,7 +91,16 @@ impl CommandSeries {
     pub(super) fn new(meter: &Meter) -> Self {
         Self {
             commands: Kind::ALL.map(|kind| ByOutcome::new(meter, kind)),
+            spent: Unit::ALL.map(|unit| meter.counter(SPENT, &[("unit", unit.as_str())])),
             commit: meter.histogram(WRITER_COMMIT_DURATION, &[]),
+        }
+    }
+
+    /// Counts a committed spend (not a replay) by its unit.
+    pub(super) fn spent(&self, (_, spend): &(String, Spend)) {
+        let unit = Unit::ALL.iter().position(|unit| *unit == spend.unit());
+        if let Some(counter) = unit.and_then(|at| self.spent.get(at)) {
+            counter.increment(spend.amount_nanos());
         }
     }
 

@@ -31,7 +31,7 @@ use crate::store::StoreError;
 
 pub use handle::Writer;
 pub use idempotency::{Answer, Idempotency, IdempotencyKey, Once, StoredAnswer};
-pub use ops::{Exhaustion, HealthReport, Reported, reserve_all};
+pub use ops::{Exhaustion, HealthReport, Reported, SPEND_RETENTION_MS, SpendAnswer, reserve_all};
 pub use thread::{WriterThread, spawn};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,12 @@ pub enum WriteError {
     KeyNotFound(String),
     #[error("consumer not found: {0}")]
     ConsumerNotFound(String),
+    /// A spend for a key without a spend budget.
+    #[error("key has no budget")]
+    NoBudget,
+    /// A spend in another unit than the key's budget (named).
+    #[error("unit does not match the key's budget ({0})")]
+    UnitDiffers(&'static str),
     #[error(
         "this Idempotency-Key was used in the last 24 hours with a different request (method, path or body)"
     )]

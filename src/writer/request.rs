@@ -9,9 +9,9 @@ use zeroize::Zeroizing;
 use super::WriteError;
 use super::idempotency::{Answer, Keyed};
 use super::meters::{CommandSeries, Kind};
-use super::ops::{Exhaustion, HealthReport, Reported, Reservation};
+use super::ops::{Exhaustion, HealthReport, Reported, Reservation, SpendAnswer};
 use crate::broker::{
-    Catalog, Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Tier, TierSpec,
+    Catalog, Consumer, KeyEntry, KeyPatch, NewConsumer, NewKey, NewScope, Spend, Tier, TierSpec,
 };
 use crate::store::{Snapshot, StoreError, UsageRecord};
 
@@ -65,6 +65,10 @@ impl<I, O> Call<I, O> {
 
     pub(super) fn answer(&self) -> Option<&Result<O, WriteError>> {
         self.answer.as_ref()
+    }
+
+    pub(super) fn input(&self) -> &I {
+        &self.input
     }
 
     /// Sets the answer of a call that is answered once its batch has committed, not staged.
@@ -131,6 +135,8 @@ pub(super) enum Request {
     Exhaust(Call<Exhaustion, Reported>),
     /// A key's id and its change (boxed, as `AddKey`).
     PatchKey(Call<(String, Box<KeyPatch>), Arc<KeyEntry>>),
+    /// A key's id and a spend to count against its budget, once per request id.
+    Spend(Call<(String, Spend), SpendAnswer>),
     /// Deletes a tier, found by name or id.
     DeleteTier(Call<String, ()>),
     /// Answers with the consumer's token, which exists nowhere else afterwards.
@@ -171,6 +177,15 @@ impl Request {
             Request::Report(call) => call.finish(Kind::ReportHealth, failure, meters),
             Request::Exhaust(call) => call.finish(Kind::Exhaust, failure, meters),
             Request::PatchKey(call) => call.finish(Kind::PatchKey, failure, meters),
+            Request::Spend(call) => {
+                if failure.is_none()
+                    && let Some(Ok(answer)) = call.answer()
+                    && !answer.duplicate
+                {
+                    meters.spent(call.input());
+                }
+                call.finish(Kind::Spend, failure, meters);
+            }
             Request::DeleteTier(call) => call.finish(Kind::DeleteTier, failure, meters),
             Request::RemoveScope(call) => call.finish(Kind::RemoveScope, failure, meters),
             Request::RotateToken(call) => call.finish(Kind::RotateToken, failure, meters),

@@ -195,7 +195,7 @@ async fn key_filters_narrow_the_listing_and_the_link_keeps_them() {
     expect_error(
         app.get("/admin/keys?state=sleepy").await,
         StatusCode::BAD_REQUEST,
-        "state must be one of: disabled, inactive, expired, exhausted, cooling, active",
+        "state must be one of: disabled, inactive, expired, exhausted, over_budget, cooling, active",
     )
     .await;
 }

@@ -4,6 +4,7 @@ mod audit;
 mod backup;
 mod binary;
 mod browser;
+mod budgets;
 mod cli;
 mod compat;
 mod consumers;

@@ -31,7 +31,7 @@ impl TestApp {
     }
 
     /// Creates a consumer scoped to `tier`: its id and token.
-    async fn consumer_of(&self, name: &str, tier: &str) -> (String, String) {
+    pub(crate) async fn consumer_of(&self, name: &str, tier: &str) -> (String, String) {
         let created = expect(
             self.post("/admin/consumers", &json!({"name": name})).await,
             StatusCode::CREATED,
@@ -293,7 +293,7 @@ async fn patch_refuses_an_unknown_key_a_bad_field_and_an_unknown_field_and_chang
     let id = app.add_key("k", "sk-1", "pro").await;
     let before = app.listed(&id).await;
     let path = format!("/admin/keys/{id}");
-    let takes = "name, key, is_active, expires_at, exhausted_until, metadata, secrets, usage_limit, usage_window_seconds";
+    let takes = "name, key, is_active, expires_at, exhausted_until, metadata, secrets, usage_limit, usage_window_seconds, budget";
     let cases = [
         (json!({"name": ""}), "name is required".to_owned()),
         (json!({"name": 7}), "name must be a string".to_owned()),

@@ -252,13 +252,9 @@ async fn real_answers_validate_against_the_declared_schemas() {
     let (status, added) = check(M::POST, "/admin/keys", "/admin/keys", Some(key)).await;
     assert_eq!(status, StatusCode::CREATED);
     let key_id = added["id"].as_str().unwrap().to_owned();
-    check(
-        M::POST,
-        "/admin/keys",
-        "/admin/keys",
-        Some(json!({"name": "plain", "key": "sk-two", "tier": "pro"})),
-    )
-    .await;
+    let budgeted = json!({"name": "plain", "key": "sk-two", "tier": "pro", "budget": {"amount": 0.3, "unit": "usd", "reset_day": 28}});
+    let (_, plain) = check(M::POST, "/admin/keys", "/admin/keys", Some(budgeted)).await;
+    let plain_id = plain["id"].as_str().unwrap().to_owned();
     let (status, _) = check(
         M::POST,
         "/admin/keys",
@@ -289,6 +285,28 @@ async fn real_answers_validate_against_the_declared_schemas() {
         let (status, _) = check(M::GET, "/key", &path, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    // A spend, its replay, and refusals: each answer as the document describes it.
+    let spend = format!("/key/{plain_id}/spend");
+    let template = "/key/{id}/spend";
+    let body = json!({"amount": 0.1, "unit": "usd", "request_id": "call-1"});
+    for duplicate in [false, true] {
+        let (status, spent) = check(M::POST, template, &spend, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{spent}");
+        assert_eq!(
+            (&spent["spent"], &spent["duplicate"]),
+            (&json!(0.1), &json!(duplicate))
+        );
+    }
+    let credits = json!({"amount": 1, "unit": "credits", "request_id": "call-2"});
+    let (status, _) = check(M::POST, template, &spend, Some(credits)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let unbudgeted = Some(json!({"amount": 1, "unit": "usd", "request_id": "call-4"}));
+    let no_budget = format!("/key/{key_id}/spend");
+    let (status, _) = check(M::POST, template, &no_budget, unbudgeted).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let negative = json!({"amount": -1, "unit": "usd", "request_id": "call-3"});
+    let (status, _) = check(M::POST, template, &spend, Some(negative)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = check(M::GET, "/key", "/key?feature=nothing", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = check(M::GET, "/key", "/key", None).await;
@@ -374,6 +392,8 @@ async fn real_answers_validate_against_the_declared_schemas() {
     assert_eq!(page.as_array().unwrap().len(), 1);
     let (_, none) = check(M::GET, "/admin/keys", "/admin/keys?name_prefix=zz", None).await;
     assert_eq!(none, json!([]));
+    let (_, none) = check(M::GET, "/admin/keys", "/admin/keys?state=over_budget", None).await;
+    assert_eq!(none, json!([]));
     let (status, _) = check(M::GET, "/admin/keys", "/admin/keys?state=asleep", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (_, page) = check(M::GET, "/admin/consumers", "/admin/consumers?limit=1", None).await;
@@ -386,6 +406,13 @@ async fn real_answers_validate_against_the_declared_schemas() {
     assert_eq!(
         (status, &patched["key_id"], &patched["name"]),
         (StatusCode::OK, &json!(key_id), &json!("openai-one"))
+    );
+    let patch_plain = format!("/admin/keys/{plain_id}");
+    let larger = Some(json!({"budget": {"amount": 12.5, "unit": "usd"}}));
+    let (status, patched) = check(M::PATCH, "/admin/keys/{id}", &patch_plain, larger).await;
+    assert_eq!(
+        (status, &patched["remaining"], &patched["resets_at"]),
+        (StatusCode::OK, &json!(12.4), &json!(null))
     );
     let misspelt = Some(json!({"is_actve": true}));
     let (status, _) = check(M::PATCH, "/admin/keys/{id}", &patch_key, misspelt).await;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use zeroize::Zeroizing;
 
 use super::super::{CompatError, time};
-use crate::broker::{is_hidden, parse_name};
+use crate::broker::{is_hidden, parse_name, parse_nanos};
 use crate::crypto::{CryptoError, Sealer};
 
 /// The longest id accepted (the Go service writes UUIDs: 36 characters).
@@ -159,7 +159,8 @@ impl Cells<'_> {
     }
 
     /// An exact decimal in billionths (`12.5` is 12,500,000,000), from decimal text (how
-    /// PostgreSQL's numbers arrive), an integer, or SQLite's REAL by its shortest decimal form.
+    /// PostgreSQL's numbers arrive), an integer, or SQLite's REAL by its shortest decimal form,
+    /// read by JSON's number grammar.
     /// Finer than a billionth is refused, or rounded up with `round_up`. Never negative.
     pub(super) fn opt_nanos(
         &self,
@@ -241,32 +242,6 @@ fn label(row: &dyn SourceRow, id_columns: &[&str]) -> String {
     parts.join("/")
 }
 
-/// `text` (digits, at most one point, no sign or exponent) in billionths; `None` when it is not
-/// such a number, does not fit, or is finer than a billionth and `round_up` is off.
-pub(super) fn parse_nanos(text: &str, round_up: bool) -> Option<u64> {
-    const PLACES: usize = 9;
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
-        return None;
-    }
-    let fraction = fraction.trim_end_matches('0');
-    let (kept, finer) = fraction.split_at(fraction.len().min(PLACES));
-    if !finer.is_empty() && !round_up {
-        return None;
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let kept: u64 = format!("{kept:0<PLACES$}").parse().ok()?;
-    whole
-        .checked_mul(1_000_000_000)?
-        .checked_add(kept)?
-        .checked_add(u64::from(!finer.is_empty()))
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -283,39 +258,6 @@ mod tests {
             &"x".repeat(MAX_ID_CHARS + 1),
         ] {
             assert!(!usable_id(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn decimals_are_read_exactly_in_billionths() {
-        for (text, nanos) in [
-            ("12.5", 12_500_000_000),
-            ("0.1", 100_000_000),
-            ("50", 50_000_000_000),
-            ("0.000000001", 1),
-            (".5", 500_000_000),
-            ("3.", 3_000_000_000),
-            ("0.300000000000000", 300_000_000),
-            ("18446744073.709551615", u64::MAX),
-        ] {
-            assert_eq!(parse_nanos(text, false), Some(nanos), "{text}");
-        }
-        assert_eq!(parse_nanos("0.0000000001", false), None);
-        assert_eq!(parse_nanos("0.0000000001", true), Some(1));
-        assert_eq!(parse_nanos("1.0000000010", false), Some(1_000_000_001));
-        for bad in [
-            "",
-            ".",
-            "-1",
-            "+1",
-            "1e3",
-            "NaN",
-            "Infinity",
-            "1.2.3",
-            " 1",
-            "18446744074",
-        ] {
-            assert_eq!(parse_nanos(bad, true), None, "{bad:?}");
         }
     }
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 
-use super::super::{CompatError, budget_period_start_ms};
+use super::super::CompatError;
 use super::cells::{Cells, Select};
 use super::{Columns, Generation, Reader, SourceKey};
-use crate::broker::{KeyInfo, parse_usage};
+use crate::broker::{KeyInfo, MAX_RESET_DAY, Unit, parse_usage};
 use crate::store::BudgetRecord;
 
 impl Reader<'_> {
@@ -82,9 +82,10 @@ impl Reader<'_> {
                 exhausted_until_ms: cells.opt_time("exhausted_until")?,
                 budget: None,
                 spent_nanos: 0,
+                spent_period_start_ms: None,
             };
             (key.usage_limit, key.usage_window_seconds) = usage_cap(cells)?;
-            (key.budget, key.spent_nanos) = budget(cells, self.now_ms)?;
+            (key.budget, key.spent_nanos, key.spent_period_start_ms) = budget(cells)?;
             key_index.insert(id, keys.len());
             keys.push(key);
             progress.inc(1);
@@ -144,18 +145,18 @@ fn usage_cap(cells: &Cells<'_>) -> Result<(Option<u64>, Option<u64>), CompatErro
     Ok((limit.map(u64::from), window.map(u64::from)))
 }
 
-/// The spend budget and what is spent of it in the current period, by the Go service's rule:
-/// `spent` counts only while `spent_period_start` is the current period's start.
-fn budget(cells: &Cells<'_>, now_ms: i64) -> Result<(Option<BudgetRecord>, u64), CompatError> {
+/// The spend budget, what is spent of it and when that period started (`spent_period_start`):
+/// as in the Go service, `spent` counts only while that is the current period's start, which
+/// the server judges when it loads the key. Without a period start nothing counts as spent.
+fn budget(cells: &Cells<'_>) -> Result<(Option<BudgetRecord>, u64, Option<i64>), CompatError> {
     let Some(amount_nanos) = cells.opt_nanos("budget_amount", false)? else {
-        return Ok((None, 0));
+        return Ok((None, 0, None));
     };
     if amount_nanos == 0 {
         return Err(cells.fail("budget_amount must be more than 0"));
     }
     let unit = match cells.opt_text("budget_unit")? {
-        Some(unit @ ("usd" | "credits")) => unit.to_owned(),
-        Some(_) => return Err(cells.fail("budget_unit must be usd or credits")),
+        Some(unit) => Unit::parse("budget_unit", unit).map_err(|err| cells.fail(err.0))?,
         None => return Err(cells.fail("budget_unit is missing (the key has a budget_amount)")),
     };
     let reset_day = match cells.opt_int("budget_reset_day")? {
@@ -163,18 +164,22 @@ fn budget(cells: &Cells<'_>, now_ms: i64) -> Result<(Option<BudgetRecord>, u64),
         Some(day) => Some(
             u8::try_from(day)
                 .ok()
-                .filter(|day| (1..=28).contains(day))
-                .ok_or_else(|| cells.fail("budget_reset_day must be from 1 to 28"))?,
+                .filter(|day| (1..=MAX_RESET_DAY).contains(day))
+                .ok_or_else(|| {
+                    cells.fail(format!(
+                        "budget_reset_day must be from 1 to {MAX_RESET_DAY}"
+                    ))
+                })?,
         ),
     };
     // Rounded up: never less spent than the Go service counted.
     let spent = cells.opt_nanos("spent", true)?.unwrap_or(0);
-    let current =
-        cells.opt_time("spent_period_start")? == Some(budget_period_start_ms(reset_day, now_ms));
+    let period_start = cells.opt_time("spent_period_start")?;
     let budget = BudgetRecord {
         amount_nanos,
-        unit,
+        unit: unit.as_str().to_owned(),
         reset_day,
     };
-    Ok((Some(budget), if current { spent } else { 0 }))
+    let spent = if period_start.is_some() { spent } else { 0 };
+    Ok((Some(budget), spent, period_start))
 }

@@ -58,8 +58,10 @@ pub struct SourceKey {
     pub usage_window_start_ms: Option<i64>,
     pub exhausted_until_ms: Option<i64>,
     pub budget: Option<BudgetRecord>,
-    /// Spent in the budget's current period (0 when the source's period is an earlier one).
+    /// Spent in the period that started at `spent_period_start_ms`.
     pub spent_nanos: u64,
+    /// The Go service's `spent_period_start`.
+    pub spent_period_start_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for SourceKey {
@@ -92,17 +94,11 @@ trait Tables {
 struct Reader<'a> {
     tables: &'a dyn Tables,
     sealer: &'a Sealer,
-    /// Now, in unix ms: which budget period is the current one.
-    now_ms: i64,
 }
 
 impl<'a> Reader<'a> {
     fn new(tables: &'a dyn Tables, sealer: &'a Sealer) -> Self {
-        Self {
-            tables,
-            sealer,
-            now_ms: crate::broker::Clock::monotonic().unix_now_ms(),
-        }
+        Self { tables, sealer }
     }
 }
 

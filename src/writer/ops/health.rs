@@ -263,9 +263,10 @@ impl Staging<'_> {
         let id = Arc::clone(&entry.info.id);
         self.catalog.note_recovery(&id, health.last_deadline(now));
         self.dirty.extend(self.catalog.replace_key(entry));
-        // The new entry carries its health: nothing is left to publish to the old one, and
-        // later changes in this batch read it from the new one.
+        // The new entry carries its health and spend figures: nothing is left to publish to the
+        // old one, and later changes in this batch read them from the new one.
         self.health.remove(&id);
+        self.budgets.remove(&id);
         let key = Arc::clone(self.catalog.key(&id).expect("the key was just put"));
         seat(self, &key, health, now);
         key

@@ -7,10 +7,13 @@ use super::health;
 use super::usage::{store_window, write_reservation};
 use crate::broker::LIFETIME;
 use crate::broker::to_cap_seconds;
-use crate::broker::{KeyEntry, KeyInfo, KeyPatch, NewKey, Now, Plaintext, UsageCap};
+use crate::broker::{
+    KeyBudget, KeyEntry, KeyInfo, KeyPatch, NewKey, Now, Plaintext, SpendLimit, UsageCap,
+    period_start_ms,
+};
 use crate::store::{
-    KeyRecord, Opened, StoreError, key_info, key_record, open_key, seal_into, store_health,
-    usage_cap,
+    KeyRecord, Opened, StoreError, key_budget, key_info, key_record, open_key, seal_into,
+    store_budget, store_health, usage_cap,
 };
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
@@ -45,8 +48,12 @@ pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>
         }
         UsageCap::new(limit, window, end_s, reserved, 0)
     });
+    let budget = new
+        .budget()
+        .map(|limit| KeyBudget::fresh(limit, s.now_ms()));
+    store_budget(&mut record, budget.as_ref());
     s.txn.put_key(&record)?;
-    let entry = KeyEntry::new(info, &plain, cap);
+    let entry = KeyEntry::new(info, &plain, cap).with_budget(budget);
     let id = Arc::clone(&entry.info.id);
     s.dirty.extend(s.catalog.put_key(entry));
     let key = Arc::clone(s.catalog.key(&id).expect("the key was just added"));
@@ -109,6 +116,9 @@ pub(super) fn patch_key(
     let before = s.health_of(&old);
     let health = health::patched(&before, patch, now);
     store_health(&mut record, &health);
+    if let Some(limit) = patch.budget() {
+        change_budget(&mut record, limit, now.unix_ms);
+    }
     let metadata = patch.metadata().unwrap_or(&record.metadata).clone();
     let plain = Plaintext {
         value: patch.value().unwrap_or(&value),
@@ -124,7 +134,9 @@ pub(super) fn patch_key(
         s.txn.put_key(&record)?;
         old.usage.clone()
     };
-    let entry = KeyEntry::sharing(key_info(&record), &plain, cap).with_health(health.clone(), now);
+    let entry = KeyEntry::sharing(key_info(&record), &plain, cap)
+        .with_health(health.clone(), now)
+        .with_budget(key_budget(&record, now.unix_ms));
     if entry.info.expires_at_ms == old.info.expires_at_ms && old.found_expired() {
         // A wall clock stepped back never serves it again (see `KeyEntry::servable`).
         entry.mark_expired();
@@ -136,6 +148,22 @@ pub(super) fn patch_key(
         fields: patch.fields().to_vec(),
     });
     Ok(key)
+}
+
+/// Applies a change of the spend budget (`None` removes it) at wall time `now_ms`. A new budget,
+/// or one in another unit, starts from nothing spent; a changed amount or reset day keeps what
+/// was spent in the period open now (which the new reset day defines).
+fn change_budget(record: &mut KeyRecord, limit: Option<SpendLimit>, now_ms: i64) {
+    let old = key_budget(record, now_ms);
+    let budget = limit.map(|limit| match old {
+        Some(old) if old.limit.unit == limit.unit => KeyBudget {
+            limit,
+            spent_nanos: old.spent_nanos,
+            period_start_ms: period_start_ms(limit.reset_day, now_ms),
+        },
+        _ => KeyBudget::fresh(limit, now_ms),
+    });
+    store_budget(record, budget.as_ref());
 }
 
 /// Applies a change of the usage cap to the record. A new cap starts counting from zero; a

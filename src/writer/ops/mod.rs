@@ -4,6 +4,7 @@
 mod consumers;
 mod health;
 mod keys;
+mod spend;
 mod tiers;
 mod usage;
 
@@ -18,12 +19,14 @@ use super::change_log::Change;
 use super::idempotency::apply_once;
 use super::request::Request;
 use crate::broker::{
-    AuditLog, Catalog, Clock, Consumer, Dirty, HealthPolicy, HealthState, KeyEntry, Now, Tier,
+    AuditLog, Catalog, Clock, Consumer, Dirty, HealthPolicy, HealthState, KeyBudget, KeyEntry, Now,
+    Tier,
 };
 use crate::crypto::Sealer;
 use crate::store::{Batch, StoreError};
 
 pub use health::{Exhaustion, HealthReport, Reported};
+pub use spend::{SPEND_RETENTION_MS, SpendAnswer};
 pub(super) use usage::Reservation;
 pub use usage::reserve_all;
 
@@ -44,6 +47,9 @@ pub(super) struct Staging<'a> {
     /// Keys whose health the batch changed, by id, with their new health: published to each
     /// key once the batch has committed.
     health: HashMap<Arc<str>, (Arc<KeyEntry>, HealthState)>,
+    /// Keys whose spend figures the batch changed in place (they stay in or out of their
+    /// rotation), by id: published to each key once the batch has committed.
+    budgets: HashMap<Arc<str>, (Arc<KeyEntry>, KeyBudget)>,
 }
 
 /// A committed batch: the catalog it leads to, the features it touched, and the changes to log.
@@ -53,15 +59,20 @@ pub(super) struct Staged {
     pub(super) changes: Vec<Change>,
     /// Health to publish to these keys, now committed.
     pub(super) health: Vec<(Arc<KeyEntry>, HealthState)>,
+    /// Spend figures to publish to these keys, now committed.
+    pub(super) budgets: Vec<(Arc<KeyEntry>, KeyBudget)>,
 }
 
 impl Staged {
-    /// Gives each key whose health the batch changed its new health (before the next snapshot
-    /// is published, so its rebuilt pools see it).
+    /// Gives each key whose health or spend figures the batch changed in place its new ones
+    /// (before the next snapshot is published, so its rebuilt pools see them).
     pub(super) fn publish_health(&mut self, clock: &Clock) {
         let now = Now::read(clock);
         for (key, health) in self.health.drain(..) {
             key.health.publish(health, now);
+        }
+        for (key, budget) in self.budgets.drain(..) {
+            key.publish_budget(Some(budget));
         }
     }
 }
@@ -88,6 +99,7 @@ impl<'a> Staging<'a> {
             last_created_ms,
             policy,
             health: HashMap::new(),
+            budgets: HashMap::new(),
         }
     }
 
@@ -103,6 +115,7 @@ impl<'a> Staging<'a> {
             }
             Request::PatchKey(call) => call.stage(|(id, patch)| keys::patch_key(self, id, patch)),
             Request::DeleteKey(call) => call.stage(|id| keys::delete_key(self, id)),
+            Request::Spend(call) => call.stage(|(id, input)| spend::spend(self, id, input)),
             Request::Report(call) => call.stage(|report| health::report(self, report)),
             Request::Exhaust(call) => call.stage(|exhaustion| health::exhaust(self, exhaustion)),
             Request::DeleteTier(call) => call.stage(|name| tiers::delete_tier(self, name)),
@@ -126,8 +139,9 @@ impl<'a> Staging<'a> {
             }
             Request::Reserve(call) => call.stage(|id| usage::reserve(self, id)),
             Request::FlushAudit(call) => call.stage(|()| usage::flush_audit(self)),
-            // Every batch takes expired keys out, and lets keys whose health deadlines ended be
-            // available again, when it commits; this request asks nothing more.
+            // Every batch takes expired keys out, brings keys whose budget reset back, and lets
+            // keys whose health deadlines ended be available again, when it commits; this
+            // request asks nothing more.
             Request::ExpireKeys(call) => call.stage(|()| Ok(())),
             // Every batch saves the running time when it commits.
             Request::SaveRunningTime(call) => call.stage(|()| Ok(())),
@@ -136,10 +150,14 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Takes expired keys out of the rotation, lets keys whose health deadlines ended be
-    /// available again, saves the running time and commits durably, timing the commit.
+    /// Takes expired keys out of the rotation, brings keys whose budget reset back, lets keys
+    /// whose health deadlines ended be available again, saves the running time and commits
+    /// durably, timing the commit.
     pub(super) fn commit(mut self, commit_time: &Histogram) -> Result<Staged, StoreError> {
         health::recover_due(&mut self);
+        // Keys whose budget reset come back, and expired keys leave the rotation, with whatever
+        // batch comes first.
+        spend::reset_due(&mut self);
         let Self {
             mut catalog,
             mut dirty,
@@ -147,9 +165,9 @@ impl<'a> Staging<'a> {
             txn,
             clock,
             health,
+            budgets,
             ..
         } = self;
-        // Expired keys leave the rotation with whatever batch comes first.
         dirty.extend(catalog.expire(clock.unix_now_ms()));
         txn.save_running_ms(clock.now_ms())?;
         let started = Instant::now();
@@ -160,6 +178,7 @@ impl<'a> Staging<'a> {
             dirty,
             changes,
             health: health.into_values().collect(),
+            budgets: budgets.into_values().collect(),
         })
     }
 

@@ -298,6 +298,32 @@ fn export_refuses_a_key_whose_tier_is_gone_and_leaves_no_file() {
     }
 }
 
+/// `keypooler export` of the (stopped) app's database to `cli.db` in `dir`: its summary line.
+fn exported_by_the_binary(app: &TestApp, dir: &Path) -> String {
+    let env = [
+        ("ENCRYPTION_KEY", app.key_hex.as_str()),
+        ("DB_PATH", app.db_path.to_str().unwrap()),
+    ];
+    let output = crate::process::run(dir, &env, &["export", "--to", "cli.db"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each key of an exported SQLite file by name, and whether it is written active.
+fn active_by_name(file: &Path) -> BTreeMap<String, bool> {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    conn.prepare("SELECT name, is_active FROM keys")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Keys the Go service would serve but keypooler does not (disabled, exhausted) are written
 /// inactive by the seed export, through one rule, and counted in its summary line; an inactive
 /// key's cap does not make the seed export refuse the database.
@@ -338,15 +364,6 @@ async fn the_seed_export_writes_disabled_and_exhausted_keys_inactive_and_counts_
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let active_by_name = |file: &Path| -> BTreeMap<String, bool> {
-        let conn = rusqlite::Connection::open(file).unwrap();
-        conn.prepare("SELECT name, is_active FROM keys")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
     let file = dir.path().join("now.db");
     let summary = export_at(&app.db_path, &file, Schema::Seed, false, now).unwrap();
     assert_eq!(
@@ -373,21 +390,87 @@ async fn the_seed_export_writes_disabled_and_exhausted_keys_inactive_and_counts_
     assert_eq!(active_by_name(&later), expected(false));
 
     // The binary's summary line counts them (on the real clock, long before 2100).
-    let env = [
-        ("ENCRYPTION_KEY", app.key_hex.as_str()),
-        ("DB_PATH", app.db_path.to_str().unwrap()),
-    ];
-    let output = crate::process::run(dir.path(), &env, &["export", "--to", "cli.db"]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = exported_by_the_binary(&app, dir.path());
     assert!(
         stdout.contains(
             "keys written inactive (served by the Go service, not by keypooler: exhausted: "
         ) && stdout.contains(", disabled: 1)"),
+        "{stdout}"
+    );
+}
+
+/// A key over its spend budget (which the seed schema cannot hold) is written inactive by the
+/// seed export and counted; once a monthly budget has reset, its key is written active.
+#[tokio::test]
+async fn the_seed_export_writes_keys_over_budget_inactive() {
+    let mut app = TestApp::spawn().await;
+    app.create_tier("pro", json!({"chat": 100})).await;
+    let now = app.wall.unix_now_ms();
+    let add = |name: &'static str, reset_day: Option<u8>| {
+        let app = &app;
+        async move {
+            let body = json!({"name": name, "key": format!("sk-{name}"), "tier": "pro",
+                              "budget": {"amount": 1, "unit": "usd", "reset_day": reset_day}});
+            let created = app.post("/admin/keys", &body).await;
+            assert_eq!(created.status(), StatusCode::CREATED);
+            created.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let spend = |id: String, amount: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .post(
+                    &format!("/key/{id}/spend"),
+                    &json!({"amount": amount.parse::<f64>().unwrap(), "unit": "usd",
+                            "request_id": format!("{id}-{amount}")}),
+                )
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    let lifetime = add("lifetime", None).await;
+    spend(lifetime, "1").await;
+    let monthly = add("monthly", Some(1)).await;
+    spend(monthly, "1.5").await;
+    let under = add("under", Some(1)).await;
+    spend(under, "0.5").await;
+    app.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("now.db");
+    let summary = export_at(&app.db_path, &file, Schema::Seed, false, now).unwrap();
+    assert_eq!(
+        summary.written_inactive,
+        BTreeMap::from([(Unservable::OverBudget, 2)])
+    );
+    let expected = |monthly_spent: bool| {
+        BTreeMap::from([
+            ("lifetime".to_owned(), false),
+            ("monthly".to_owned(), !monthly_spent),
+            ("under".to_owned(), true),
+        ])
+    };
+    assert_eq!(active_by_name(&file), expected(true));
+    // 32 days on, a new month has begun: nothing is spent in it yet.
+    let later = dir.path().join("later.db");
+    let month = 32 * 24 * 3_600_000;
+    let summary = export_at(&app.db_path, &later, Schema::Seed, false, now + month).unwrap();
+    assert_eq!(
+        summary.written_inactive,
+        BTreeMap::from([(Unservable::OverBudget, 1)])
+    );
+    assert_eq!(active_by_name(&later), expected(false));
+
+    // The binary's summary line says why (on the real clock: the lifetime budget at least).
+    let stdout = exported_by_the_binary(&app, dir.path());
+    assert!(
+        stdout.contains(
+            "keys written inactive (served by the Go service, not by keypooler: over budget: "
+        ),
         "{stdout}"
     );
 }

@@ -154,6 +154,10 @@ async fn the_sample_imports_whole_and_is_served_row_for_row() {
     );
     assert_eq!(fc01.spent_nanos, 12_500_000_000);
     assert_eq!(
+        fc01.spent_period_start_ms,
+        Some(instant(&url, "spent_period_start", "fc-01"))
+    );
+    assert_eq!(
         (
             fc01.usage_limit,
             fc01.usage_count,
@@ -185,6 +189,37 @@ async fn the_sample_imports_whole_and_is_served_row_for_row() {
     }
 
     let app = TestApp::on_database_at(dir, db, &hex_key(OURS), now_ms()).await;
+    // The budget and the health as the listing shows them.
+    let listed = expect(app.get("/admin/keys").await, StatusCode::OK).await;
+    let listed: BTreeMap<&str, &Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k))
+        .collect();
+    let fc01 = listed["fc-01"];
+    assert_eq!(
+        (&fc01["budget"], &fc01["spent"], &fc01["remaining"]),
+        (
+            &json!({"amount": 50, "unit": "usd", "reset_day": 1}),
+            &json!(12.5),
+            &json!(37.5)
+        ),
+        "{fc01}"
+    );
+    assert!(
+        fc01["resets_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01T00:00:00Z")
+    );
+    assert_eq!(fc01["state"], "active");
+    assert_eq!(listed["fc-02"]["state"], "exhausted");
+    assert_eq!(listed["oa-2-inactive"]["state"], "inactive");
+    assert_eq!(
+        (&listed["oa-1"]["budget"], &listed["oa-1"]["spent"]),
+        (&json!(null), &json!(0))
+    );
     let tiers = expect(app.get("/admin/tiers").await, StatusCode::OK).await;
     let tiers = tiers.as_array().unwrap();
     let openai = tiers.iter().find(|t| t["name"] == "openai").unwrap();
@@ -447,8 +482,11 @@ async fn exact_decimals_come_through_without_float_drift() {
     // A lifetime budget; finer than a billionth spent rounds up.
     assert_eq!(keys["oa-3"].budget.as_ref().unwrap().reset_day, None);
     assert_eq!(keys["oa-3"].spent_nanos, 1);
-    // Spent in a period long gone: nothing spent in this one.
-    assert_eq!(keys["oa-1"].spent_nanos, 0);
+    // Spent in a period long gone: kept with its period, which is not this one.
+    assert_eq!(
+        (keys["oa-1"].spent_nanos, keys["oa-1"].spent_period_start_ms),
+        (4_000_000_000, Some(978_480_000_000))
+    );
 
     let target = off_runtime(|| Server::get().database());
     export_url(&db, &target, now_ms()).unwrap();
@@ -467,6 +505,29 @@ async fn exact_decimals_come_through_without_float_drift() {
         exported.contains(&("fc-01".into(), Some(0.1), 0.3)),
         "{exported:?}"
     );
+    // Nothing spent in the current period of oa-1.
+    assert!(
+        exported.contains(&("oa-1".into(), Some(5.0), 0.0)),
+        "{exported:?}"
+    );
+
+    // The running server shows the same figures, exactly.
+    let app = TestApp::on_database_at(dir, db, &hex_key(OURS), now_ms()).await;
+    let listed = app.get("/admin/keys").await.text().await.unwrap();
+    for figures in [
+        r#""budget":{"amount":0.1,"unit":"usd","reset_day":1},"spent":0.3,"remaining":0"#,
+        r#""budget":{"amount":7,"unit":"credits","reset_day":null},"spent":0.000000001,"remaining":6.999999999,"resets_at":null"#,
+        r#""budget":{"amount":5,"unit":"usd","reset_day":3},"spent":0,"remaining":5"#,
+    ] {
+        assert!(listed.contains(figures), "{figures} not in {listed}");
+    }
+    let over = expect(
+        app.get("/admin/keys?state=over_budget").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(over.as_array().unwrap().len(), 1, "{over}");
+    assert_eq!(over[0]["name"], "fc-01");
 }
 
 #[tokio::test]
@@ -591,7 +652,7 @@ async fn hostile_databases_are_refused_by_row_and_write_nothing() {
         (
             sample_within_limits("UPDATE keys SET budget_unit = 'eur' WHERE name = 'fc-01'"),
             "",
-            "budget_unit must be usd or credits".into(),
+            "budget_unit must be \"usd\" or \"credits\"".into(),
         ),
         (
             sample_within_limits("UPDATE keys SET budget_reset_day = 31 WHERE name = 'fc-01'"),
