@@ -542,7 +542,7 @@ mod tests {
         let extended = state.after(too_many(Some(30_000)), None, later(NOW, 500), policy());
         assert_eq!(extended.key.level, 1);
         let until = extended.key.until.unwrap().running_ms;
-        assert!(until >= NOW.running_ms + 30_500 && until < NOW.running_ms + 31_500);
+        assert!((NOW.running_ms + 30_500..NOW.running_ms + 31_500).contains(&until));
         assert_eq!(until % 1_000, 0);
         // An earlier one never shortens it.
         let kept = extended.after(too_many(Some(1_000)), None, later(NOW, 600), policy());
