@@ -307,15 +307,18 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
         json!(0)
     );
 
-    assert_hermetic(&mut browser, &app).await;
+    assert_hermetic(&mut browser, &app, &UI_FETCHES).await;
     let source = browser.client.source().await.unwrap();
     assert!(!source.contains(TYPED_VALUE) && !source.contains(ADMIN_TOKEN));
     browser.close().await;
 }
 
-/// No console error or warning; every request went to `app`, and none carried the token in
-/// its URL.
-async fn assert_hermetic(browser: &mut Browser, app: &TestApp) {
+/// What the admin page fetches whatever it shows.
+const UI_FETCHES: [&str; 4] = ["/ui", "/ui/app.js", "/ui/app.css", "/admin/keys?limit=100"];
+
+/// No console error or warning; the page fetched each of `paths`, every request went to `app`,
+/// and none carried the token in its URL.
+async fn assert_hermetic(browser: &mut Browser, app: &TestApp, paths: &[&str]) {
     let console = browser.console().await;
     let noisy: Vec<String> = console
         .iter()
@@ -324,7 +327,7 @@ async fn assert_hermetic(browser: &mut Browser, app: &TestApp) {
         .collect();
     assert!(noisy.is_empty(), "console: {noisy:?}");
     let requests = browser.requests().await;
-    for path in ["/ui", "/ui/app.js", "/ui/app.css", "/admin/keys?limit=100"] {
+    for path in paths {
         let url = format!("{}{path}", app.address);
         assert!(requests.contains(&url), "{url} in {requests:?}");
     }
@@ -402,7 +405,7 @@ async fn ten_thousand_keys_load_and_page_in_a_real_browser() {
             .all(|url| !url.contains("/admin/keys") || url.contains("limit=100"))
     );
 
-    assert_hermetic(&mut browser, &app).await;
+    assert_hermetic(&mut browser, &app, &UI_FETCHES).await;
     browser.close().await;
 }
 
@@ -430,4 +433,43 @@ async fn add_keys(app: &TestApp, count: usize) {
     while let Some(added) = adds.join_next().await {
         added.unwrap();
     }
+}
+
+/// `/docs` in a real browser: it renders one entry per operation of `/openapi.json`, with no
+/// console error, and every request it makes goes to this server.
+#[tokio::test]
+#[ignore = "needs chromium"]
+async fn the_docs_page_renders_every_operation_from_this_server_only() {
+    let app = TestApp::spawn().await;
+    let document: serde_json::Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations: usize = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|path| path.as_object().unwrap().len())
+        .sum();
+    let mut browser = Browser::start(1280, 900).await;
+    browser.goto(&format!("{}/docs", app.address)).await;
+    browser.find("#routes details").await;
+    assert_eq!(
+        browser
+            .run("return document.querySelectorAll('#routes details').length")
+            .await,
+        json!(operations)
+    );
+    assert_hermetic(
+        &mut browser,
+        &app,
+        &["/docs", "/docs/docs.js", "/docs/docs.css", "/openapi.json"],
+    )
+    .await;
+    browser.close().await;
 }
