@@ -779,11 +779,12 @@ mod loom_model {
                 health.blocked_until(100, "image"),
             ];
             writer.join().unwrap();
+            // Cooldowns end on whole seconds of running time: 100 + 1 s and 100 + 2 s, rounded up.
             for blocked in seen {
-                assert!(matches!(blocked, None | Some(1_100) | Some(2_100)));
+                assert!(matches!(blocked, None | Some(2_000) | Some(3_000)));
             }
-            assert_eq!(health.blocked_until(100, "image"), Some(2_100));
-            assert_eq!(health.blocked_until(2_100, "chat"), None);
+            assert_eq!(health.blocked_until(100, "image"), Some(3_000));
+            assert_eq!(health.blocked_until(3_000, "chat"), None);
         });
     }
 }
