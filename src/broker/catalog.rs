@@ -30,7 +30,7 @@ pub struct Catalog {
     /// ones due without a scan.
     expiries: imbl::OrdSet<(i64, Arc<str>)>,
     /// The keys over a monthly spend budget, by when it resets (unix ms), so
-    /// [`Catalog::reset_budgets`] finds the ones due without a scan.
+    /// [`Catalog::take_resets`] finds the ones due without a scan.
     resets: imbl::OrdSet<(i64, Arc<str>)>,
     /// By id.
     consumers: imbl::OrdMap<Arc<str>, Arc<Consumer>>,
@@ -39,8 +39,7 @@ pub struct Catalog {
     /// deadline moved, or the key went): whoever takes it checks the key.
     recoveries: imbl::OrdSet<(u64, Arc<str>)>,
     /// The members of keys out of their rosters (made inactive, expired, over budget) with the
-    /// counters
-    /// they had, by key id: a key made active again (or given a later expiry) goes on counting
+    /// counters they had, by key id: a key made active again (or given a later expiry) goes on counting
     /// its open windows instead of starting them afresh.
     parked: imbl::HashMap<Arc<str>, Member>,
     /// Keys out of their tier's rotation but still in its roster (their counters go on, the
@@ -150,7 +149,7 @@ impl Catalog {
     pub fn rotation(&self, tier_id: &str) -> Option<(&Roster, u64)> {
         match self.benches.get(tier_id) {
             Some(bench) => {
-                let back = bench.back.get_min().map_or(u64::MAX, |(at, _)| *at);
+                let back = first_due(&bench.back).unwrap_or(u64::MAX);
                 Some((&bench.members, back))
             }
             None => self.roster(tier_id).map(|roster| (roster, u64::MAX)),
@@ -375,20 +374,13 @@ impl Catalog {
 
     /// When the next noted health deadline ends (running ms).
     pub fn next_recovery(&self) -> Option<u64> {
-        self.recoveries.get_min().map(|(at, _)| *at)
+        first_due(&self.recoveries)
     }
 
     /// Takes the noted health deadlines that have ended at running ms `now`: the ids of their
     /// keys.
     pub fn recover(&mut self, now: u64) -> Vec<Arc<str>> {
-        let mut due = Vec::new();
-        while let Some((at, id)) = self.recoveries.get_min().cloned()
-            && at <= now
-        {
-            self.recoveries.remove(&(at, Arc::clone(&id)));
-            due.push(id);
-        }
-        due
+        std::iter::from_fn(|| take_due(&mut self.recoveries, now)).collect()
     }
 
     /// Adds a key (its tier must be in the catalog) or replaces the one with the same id, with
@@ -536,7 +528,7 @@ impl Catalog {
 
     /// When the next key over a monthly budget comes back (unix ms).
     pub fn next_reset(&self) -> Option<i64> {
-        self.resets.get_min().map(|(at, _)| *at)
+        first_due(&self.resets)
     }
 
     /// Takes the keys over a monthly budget whose reset is due at `unix_now_ms`: their ids.
@@ -546,7 +538,7 @@ impl Catalog {
 
     /// When the next key in a roster expires (unix ms).
     pub fn next_expiry(&self) -> Option<i64> {
-        self.expiries.get_min().map(|(at, _)| *at)
+        first_due(&self.expiries)
     }
 
     /// Takes the keys expired at `unix_now_ms` out of their rosters (they stay listed, never
@@ -618,10 +610,15 @@ impl Catalog {
     }
 }
 
-/// Takes the earliest key of a schedule (keys by unix ms) if it is due at `unix_now_ms`.
-fn take_due(schedule: &mut imbl::OrdSet<(i64, Arc<str>)>, unix_now_ms: i64) -> Option<Arc<str>> {
+/// When the earliest key of a schedule (keys by instant) is due.
+fn first_due<T: Ord + Copy>(schedule: &imbl::OrdSet<(T, Arc<str>)>) -> Option<T> {
+    schedule.get_min().map(|(at, _)| *at)
+}
+
+/// Takes the earliest key of a schedule (keys by instant) if it is due at `now`.
+fn take_due<T: Ord + Copy>(schedule: &mut imbl::OrdSet<(T, Arc<str>)>, now: T) -> Option<Arc<str>> {
     let (at, id) = schedule.get_min().cloned()?;
-    (at <= unix_now_ms).then(|| {
+    (at <= now).then(|| {
         schedule.remove(&(at, Arc::clone(&id)));
         id
     })
