@@ -403,13 +403,18 @@ impl Catalog {
         if let Some(member) = self.parked.remove(id) {
             return Some(member);
         }
-        self.unbench(id);
+        let benched_until = self.benched.remove(id);
         let order = self.order(id)?;
         let tier_id = &self.keys.get(&order)?.info.tier_id;
-        if let Some(bench) = self.benches.get_mut(tier_id)
-            && let Ok(at) = position(&bench.members, (order.0, &order.1))
-        {
-            bench.members.remove(at);
+        if let Some(bench) = self.benches.get_mut(tier_id) {
+            if let Some(until) = benched_until {
+                bench.back.remove(&(until, Arc::clone(&order.1)));
+            }
+            if bench.back.is_empty() {
+                self.benches.remove(tier_id);
+            } else if let Ok(at) = position(&bench.members, (order.0, &order.1)) {
+                bench.members.remove(at);
+            }
         }
         let roster = self.tier_keys.get_mut(tier_id)?;
         let at = position(roster, (order.0, &order.1)).ok()?;
