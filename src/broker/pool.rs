@@ -172,12 +172,9 @@ impl Pool {
             }
             return Pick::UnknownFeature;
         };
-        if cost > 1 {
-            // Measured against every tier listing the feature, whoever asks.
-            let max = snapshot.feature(feature).map_or(0, FeaturePool::max_limit);
-            if cost > max {
-                return Pick::AboveLimit(max);
-            }
+        // Measured against every tier listing the feature, whoever asks.
+        if cost > 1 && cost > pool.max_limit() {
+            return Pick::AboveLimit(pool.max_limit());
         }
         let reserve: &dyn Reserve = self.reserve.get().map_or(&NoReserve, |r| &**r);
         match pool.pick(&self.clock, cost, reserve) {

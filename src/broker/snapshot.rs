@@ -192,7 +192,8 @@ pub struct FeaturePool {
     /// Every key of the rotations' rosters, benched ones too: what a pick goes over from
     /// `back_at` on.
     all: Rotation,
-    /// The largest `rate_limit` the tiers listing the feature give it: the largest draw.
+    /// The largest `rate_limit` the tiers listing the feature give it, all of them, whoever
+    /// the pool is for: the largest draw.
     max_limit: u32,
     /// Registered once per feature and carried over by rebuilds.
     outcomes: Arc<Outcomes>,
@@ -231,8 +232,8 @@ impl FeaturePool {
         &self.outcomes
     }
 
-    /// The largest draw a key of this pool can serve: the largest `rate_limit` its tiers give
-    /// the feature.
+    /// The largest draw any key can serve for the feature: the largest `rate_limit` the tiers
+    /// listing it give it (those outside a consumer's scope too).
     pub fn max_limit(&self) -> u32 {
         self.max_limit
     }
@@ -515,8 +516,8 @@ fn cursor_of(pool: Option<&Arc<FeaturePool>>) -> usize {
     pool.map_or(0, |pool| pool.cursor.load(Ordering::Relaxed))
 }
 
-/// The pool of `feature` over every tier listing it, or only those in `scope`: O(tiers), the
-/// rosters are shared.
+/// The pool of `feature` over every tier listing it, or only those in `scope` (its largest draw
+/// is over every tier all the same): O(tiers), the rosters are shared.
 fn build_pool(
     catalog: &Catalog,
     feature: &Arc<str>,
@@ -529,17 +530,17 @@ fn build_pool(
     let mut back_at = u64::MAX;
     let mut listed = false;
     let mut max_limit = 0;
-    let tiers = catalog
-        .tiers()
-        .filter(|tier| scope.is_none_or(|scope| scope.contains(&tier.id)));
-    for tier in tiers {
+    for tier in catalog.tiers() {
         let (Some(limit), Some(counter)) =
             (tier.features.get(feature), feature_index(tier, feature))
         else {
             continue;
         };
-        listed = true;
         max_limit = max_limit.max(limit.rate_limit);
+        if !scope.is_none_or(|scope| scope.contains(&tier.id)) {
+            continue;
+        }
+        listed = true;
         let (Some(roster), Some((rotation, back))) =
             (catalog.roster(&tier.id), catalog.rotation(&tier.id))
         else {
