@@ -202,13 +202,6 @@ fn seat(s: &mut Staging<'_>, key: &KeyEntry, health: &HealthState, now: Now) {
 }
 
 impl Staging<'_> {
-    fn key(&self, id: &str) -> Result<Arc<KeyEntry>, WriteError> {
-        self.catalog
-            .key(id)
-            .cloned()
-            .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))
-    }
-
     /// The key's health as this batch has left it so far.
     pub(super) fn health_of(&self, key: &KeyEntry) -> HealthState {
         self.health
@@ -227,10 +220,7 @@ impl Staging<'_> {
         active: bool,
     ) -> Result<Arc<KeyEntry>, WriteError> {
         let id = &key.info.id;
-        let mut record = self
-            .txn
-            .get_key(id)?
-            .ok_or_else(|| WriteError::KeyNotFound(id.to_string()))?;
+        let mut record = self.stored_key(id)?;
         store_health(&mut record, &health);
         let disable = key.info.active && !active;
         record.active = record.active && active;

@@ -65,11 +65,7 @@ pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>
 }
 
 pub(super) fn delete_key(s: &mut Staging<'_>, id: &str) -> Result<(), WriteError> {
-    let key = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let key = s.key(id)?;
     s.txn.delete_key(id)?;
     let tier = s
         .catalog
@@ -87,15 +83,8 @@ pub(super) fn patch_key(
     id: &str,
     patch: &KeyPatch,
 ) -> Result<Arc<KeyEntry>, WriteError> {
-    let old = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
-    let mut record = s
-        .txn
-        .get_key(id)?
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let old = s.key(id)?;
+    let mut record = s.stored_key(id)?;
     // The catalog's keys all opened under this sealer when they were loaded or added.
     let Opened { value, secrets } =
         open_key(&record, s.sealer).map_err(|err| StoreError::BadRecord {

@@ -36,16 +36,9 @@ pub(super) fn spend(
     id: &str,
     spend: &Spend,
 ) -> Result<SpendAnswer, WriteError> {
-    let old = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let old = s.key(id)?;
     let now = Now::read(s.clock);
-    let mut record = s
-        .txn
-        .get_key(id)?
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let mut record = s.stored_key(id)?;
     let tag = spend_tag(spend.request_id());
     if s.txn.spend_counted_at(&tag)?.is_some() {
         return Ok(SpendAnswer {
