@@ -172,23 +172,13 @@ fn change_cap(record: &mut KeyRecord, patch: &KeyPatch) -> Result<(), WriteError
         (None, Some(None)) => None,
         (None, _) => old_window,
     };
-    let Some(limit) = limit else {
-        if window.is_some() {
-            return Err(WriteError::Invalid(
-                "usage_window_seconds needs usage_limit (the key has none)".into(),
-            ));
-        }
-        *record = KeyRecord {
-            usage_limit: None,
-            usage_window_seconds: None,
-            usage_count: 0,
-            usage_window_start_ms: None,
-            usage_window_end_running_ms: None,
-            ..record.clone()
-        };
-        return Ok(());
-    };
+    if limit.is_none() && window.is_some() {
+        return Err(WriteError::Invalid(
+            "usage_window_seconds needs usage_limit (the key has none)".into(),
+        ));
+    }
     let (count, start, end) = match (old_limit, old_window, window) {
+        _ if limit.is_none() => (0, None, None),
         (None, ..) | (Some(_), None, Some(_)) => (0, None, None),
         (Some(_), None, None) => (record.usage_count, None, None),
         (Some(_), Some(old), Some(new)) => (
@@ -201,7 +191,7 @@ fn change_cap(record: &mut KeyRecord, patch: &KeyPatch) -> Result<(), WriteError
         ),
         (Some(_), Some(_), None) => (record.usage_count, None, None),
     };
-    record.usage_limit = Some(limit);
+    record.usage_limit = limit;
     record.usage_window_seconds = window;
     record.usage_count = count;
     record.usage_window_start_ms = start;
