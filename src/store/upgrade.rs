@@ -149,17 +149,6 @@ mod tests {
             tier_id: "t".into(),
             active: true,
             created_at_ms: 1,
-            expires_at_ms: None,
-            usage_limit: None,
-            usage_window_seconds: None,
-            usage_count: 0,
-            usage_window_start_ms: None,
-            usage_window_end_running_ms: None,
-            exhausted_until_ms: None,
-            budget: None,
-            spent_nanos: 0,
-            metadata: serde_json::Map::new(),
-            disabled_reason: None,
             value: Hex(sealer.seal(value, &legacy_value_aad(id))),
             secrets: secrets
                 .iter()

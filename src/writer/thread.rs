@@ -232,9 +232,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::broker::{Clock, Limit, Tier, TierSpec};
+    use crate::broker::{Clock, KeyBody, Limit, NewKey, Outcome, Spend, SpendBody, Tier, TierSpec};
     use crate::crypto::EncryptionKey;
     use crate::writer::idempotency::{Answer, Idempotency, IdempotencyKey, Keyed, StoredAnswer};
+    use crate::writer::ops::HealthReport;
     use crate::writer::request::Call;
 
     fn render(
@@ -247,13 +248,12 @@ mod tests {
         })
     }
 
-    #[test]
-    fn two_requests_with_one_key_in_one_batch_apply_once() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A writer's state on a new database in `dir`, its clock stopped.
+    fn state(dir: &std::path::Path) -> State {
         let sealer = Sealer::new(&EncryptionKey::generate());
-        let store = Store::open(&dir.path().join("pool.redb"), &sealer).unwrap();
+        let store = Store::open(&dir.join("pool.redb"), &sealer).unwrap();
         let (clock, _) = Clock::manual();
-        let mut state = State {
+        State {
             audit: None,
             last_created_ms: i64::MIN,
             path: store.path().to_owned(),
@@ -266,12 +266,23 @@ mod tests {
                 cooldown_max_seconds: 300,
                 failure_threshold: 3,
             },
-        };
+        }
+    }
+
+    /// The tier `pro`, with one feature.
+    fn pro() -> TierSpec {
         let limit = Limit {
             rate_limit: 1,
             window_seconds: 60,
         };
-        let spec = TierSpec::new("pro", None, BTreeMap::from([("chat".into(), limit)])).unwrap();
+        TierSpec::new("pro", None, BTreeMap::from([("chat".into(), limit)])).unwrap()
+    }
+
+    #[test]
+    fn two_requests_with_one_key_in_one_batch_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(dir.path());
+        let spec = pro();
         let request = || {
             let key = IdempotencyKey::parse(b"same").unwrap();
             let once = Idempotency::new(key, "POST", "/admin/tiers", b"{}").answered_by(render);
@@ -293,5 +304,45 @@ mod tests {
         };
         assert_eq!(stored.body, tier.id.to_string());
         assert_eq!(state.catalog.tier_count(), 1);
+    }
+
+    /// A spend, then a report that disables the key, in one batch: the key as the catalog then
+    /// holds it keeps what the spend counted.
+    #[test]
+    fn a_key_disabled_after_a_spend_in_the_same_batch_keeps_the_spend() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = state(dir.path());
+        let (tier, _) = Call::ask(Keyed {
+            input: pro(),
+            once: None,
+        });
+        let body: KeyBody = serde_json::from_str(
+            r#"{"name": "k", "key": "sk-1", "tier": "pro", "budget": {"amount": 10, "unit": "usd"}}"#,
+        )
+        .unwrap();
+        let (key, mut added) = Call::ask(Keyed {
+            input: Box::new(NewKey::try_from(body).unwrap()),
+            once: None,
+        });
+        state.apply_batch(&mut vec![Request::CreateTier(tier), Request::AddKey(key)]);
+        let Ok(Ok(Answer::Applied(key))) = added.try_recv() else {
+            panic!("the key is added");
+        };
+        let id = key.info.id.to_string();
+
+        let body: SpendBody =
+            serde_json::from_str(r#"{"amount": 3, "unit": "usd", "request_id": "r1"}"#).unwrap();
+        let (spend, _) = Call::ask((id.clone(), Spend::try_from(body).unwrap()));
+        let (report, _) = Call::ask(HealthReport {
+            key_id: id.clone(),
+            reporter: None,
+            outcome: Outcome::Refused(401),
+            feature: None,
+        });
+        state.apply_batch(&mut vec![Request::Spend(spend), Request::Report(report)]);
+
+        let key = state.catalog.key(&id).unwrap();
+        assert!(!key.info.active);
+        assert_eq!(key.budget().unwrap().spent_nanos, 3_000_000_000);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::Staging;
-use crate::broker::{HealthState, KeyEntry, KeyHealth, KeyInfo, KeyPatch, Now, Outcome};
+use crate::broker::{HealthState, KeyBudget, KeyEntry, KeyHealth, KeyInfo, KeyPatch, Now, Outcome};
 use crate::store::{AUDIT_RETENTION, UsageRecord, store_health};
 use crate::writer::WriteError;
 use crate::writer::change_log::Change;
@@ -202,13 +202,6 @@ fn seat(s: &mut Staging<'_>, key: &KeyEntry, health: &HealthState, now: Now) {
 }
 
 impl Staging<'_> {
-    fn key(&self, id: &str) -> Result<Arc<KeyEntry>, WriteError> {
-        self.catalog
-            .key(id)
-            .cloned()
-            .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))
-    }
-
     /// The key's health as this batch has left it so far.
     pub(super) fn health_of(&self, key: &KeyEntry) -> HealthState {
         self.health
@@ -227,10 +220,7 @@ impl Staging<'_> {
         active: bool,
     ) -> Result<Arc<KeyEntry>, WriteError> {
         let id = &key.info.id;
-        let mut record = self
-            .txn
-            .get_key(id)?
-            .ok_or_else(|| WriteError::KeyNotFound(id.to_string()))?;
+        let mut record = self.stored_key(id)?;
         store_health(&mut record, &health);
         let disable = key.info.active && !active;
         record.active = record.active && active;
@@ -246,14 +236,34 @@ impl Staging<'_> {
             active: false,
             ..key.info.clone()
         };
-        Ok(self.replace_key(key.replaced(info, health.clone(), now), &health, now))
+        let budget = self.budget_of(key);
+        Ok(self.rebuild(key, info, health, budget, now))
+    }
+
+    /// Puts the same key with `info`, `health` and `budget` in its place
+    /// ([`Staging::replace_key`]): its body and usage cap are kept, and so is its having been
+    /// found expired (its expiry is the same). Returns the key as the catalog now holds it.
+    pub(super) fn rebuild(
+        &mut self,
+        key: &KeyEntry,
+        info: KeyInfo,
+        health: HealthState,
+        budget: Option<KeyBudget>,
+        now: Now,
+    ) -> Arc<KeyEntry> {
+        let entry = key.replaced(info, health.clone(), now).with_budget(budget);
+        if key.found_expired() {
+            entry.mark_expired();
+        }
+        self.replace_key(entry, &health, now)
     }
 
     /// Puts `entry` (built with its `health`) in place of the key with its id, keeping the live
     /// counters of its open windows (parked while it is inactive), benches it if `health` says
     /// so ([`seat`]) and notes its deadlines.
-    /// The one way a batch rebuilds a key it keeps: a report disabling it, a `PATCH`. Returns
-    /// the key as the catalog now holds it.
+    /// The one way a batch rebuilds a key it keeps: a report disabling it, a spend or a reset
+    /// moving it in or out of its rotation ([`Staging::rebuild`]), a `PATCH`. Returns the key
+    /// as the catalog now holds it.
     pub(super) fn replace_key(
         &mut self,
         entry: KeyEntry,

@@ -65,11 +65,7 @@ pub(super) fn add_key(s: &mut Staging<'_>, new: &NewKey) -> Result<Arc<KeyEntry>
 }
 
 pub(super) fn delete_key(s: &mut Staging<'_>, id: &str) -> Result<(), WriteError> {
-    let key = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let key = s.key(id)?;
     s.txn.delete_key(id)?;
     let tier = s
         .catalog
@@ -87,15 +83,8 @@ pub(super) fn patch_key(
     id: &str,
     patch: &KeyPatch,
 ) -> Result<Arc<KeyEntry>, WriteError> {
-    let old = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
-    let mut record = s
-        .txn
-        .get_key(id)?
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let old = s.key(id)?;
+    let mut record = s.stored_key(id)?;
     // The catalog's keys all opened under this sealer when they were loaded or added.
     let Opened { value, secrets } =
         open_key(&record, s.sealer).map_err(|err| StoreError::BadRecord {
@@ -183,23 +172,13 @@ fn change_cap(record: &mut KeyRecord, patch: &KeyPatch) -> Result<(), WriteError
         (None, Some(None)) => None,
         (None, _) => old_window,
     };
-    let Some(limit) = limit else {
-        if window.is_some() {
-            return Err(WriteError::Invalid(
-                "usage_window_seconds needs usage_limit (the key has none)".into(),
-            ));
-        }
-        *record = KeyRecord {
-            usage_limit: None,
-            usage_window_seconds: None,
-            usage_count: 0,
-            usage_window_start_ms: None,
-            usage_window_end_running_ms: None,
-            ..record.clone()
-        };
-        return Ok(());
-    };
+    if limit.is_none() && window.is_some() {
+        return Err(WriteError::Invalid(
+            "usage_window_seconds needs usage_limit (the key has none)".into(),
+        ));
+    }
     let (count, start, end) = match (old_limit, old_window, window) {
+        _ if limit.is_none() => (0, None, None),
         (None, ..) | (Some(_), None, Some(_)) => (0, None, None),
         (Some(_), None, None) => (record.usage_count, None, None),
         (Some(_), Some(old), Some(new)) => (
@@ -212,7 +191,7 @@ fn change_cap(record: &mut KeyRecord, patch: &KeyPatch) -> Result<(), WriteError
         ),
         (Some(_), Some(_), None) => (record.usage_count, None, None),
     };
-    record.usage_limit = Some(limit);
+    record.usage_limit = limit;
     record.usage_window_seconds = window;
     record.usage_count = count;
     record.usage_window_start_ms = start;

@@ -23,7 +23,7 @@ use crate::broker::{
     Tier,
 };
 use crate::crypto::Sealer;
-use crate::store::{Batch, StoreError};
+use crate::store::{Batch, KeyRecord, StoreError};
 
 pub use health::{Exhaustion, HealthReport, Reported};
 pub use spend::{SPEND_RETENTION_MS, SpendAnswer};
@@ -212,6 +212,21 @@ impl<'a> Staging<'a> {
             .consumer(id)
             .cloned()
             .ok_or_else(|| WriteError::ConsumerNotFound(id.to_owned()))
+    }
+
+    /// A key found by id, as the batch has left it so far.
+    fn key(&self, id: &str) -> Result<Arc<KeyEntry>, WriteError> {
+        self.catalog
+            .key(id)
+            .cloned()
+            .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))
+    }
+
+    /// A key's record, as the batch has written it so far.
+    fn stored_key(&self, id: &str) -> Result<KeyRecord, WriteError> {
+        self.txn
+            .get_key(id)?
+            .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))
     }
 
     fn next_created_ms(&mut self) -> i64 {

@@ -36,16 +36,9 @@ pub(super) fn spend(
     id: &str,
     spend: &Spend,
 ) -> Result<SpendAnswer, WriteError> {
-    let old = s
-        .catalog
-        .key(id)
-        .cloned()
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let old = s.key(id)?;
     let now = Now::read(s.clock);
-    let mut record = s
-        .txn
-        .get_key(id)?
-        .ok_or_else(|| WriteError::KeyNotFound(id.to_owned()))?;
+    let mut record = s.stored_key(id)?;
     let tag = spend_tag(spend.request_id());
     if s.txn.spend_counted_at(&tag)?.is_some() {
         return Ok(SpendAnswer {
@@ -100,7 +93,7 @@ pub(super) fn reset_due(s: &mut Staging<'_>) {
 
 impl Staging<'_> {
     /// The key's spend budget as this batch has left it so far.
-    fn budget_of(&self, key: &KeyEntry) -> Option<KeyBudget> {
+    pub(super) fn budget_of(&self, key: &KeyEntry) -> Option<KeyBudget> {
         self.budgets
             .get(&key.info.id)
             .map_or_else(|| key.budget(), |(_, budget)| Some(*budget))
@@ -113,17 +106,10 @@ impl Staging<'_> {
             .insert(Arc::clone(&key.info.id), (Arc::clone(key), budget));
     }
 
-    /// Rebuilds the key with `budget` (its health as the batch has left it, found expired if it
-    /// was), in or out of its rotation as the budget says. Returns the key as the catalog now
-    /// holds it.
+    /// Rebuilds the key with `budget` (its health as the batch has left it), in or out of its
+    /// rotation as the budget says. Returns the key as the catalog now holds it.
     fn rebudget(&mut self, key: &KeyEntry, budget: Option<KeyBudget>, now: Now) -> Arc<KeyEntry> {
         let health = self.health_of(key);
-        let entry = key
-            .replaced(key.info.clone(), health.clone(), now)
-            .with_budget(budget);
-        if key.found_expired() {
-            entry.mark_expired();
-        }
-        self.replace_key(entry, &health, now)
+        self.rebuild(key, key.info.clone(), health, budget, now)
     }
 }
