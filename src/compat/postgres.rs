@@ -447,6 +447,24 @@ mod tests {
         assert!(!format!("{url} {url:?}").contains("hunter2"));
     }
 
+    /// The migrations written are the Go service's own files: the fixture the tests load into
+    /// PostgreSQL is its runner's transcript, each file verbatim between its markers, and the
+    /// round-trip test compares the schema an export creates with the fixture's.
+    #[test]
+    fn the_migrations_are_the_go_services_files_verbatim() {
+        let transcript = include_str!("../../tests/fixtures/go-keypooler-postgres/schema.sql");
+        assert!(transcript.contains(&format!(
+            "-- internal/db/migrations.go\n{SCHEMA_MIGRATIONS_SQL}"
+        )));
+        for (version, name, sql) in MIGRATIONS {
+            let file = format!("migrations/{version:03}_{name}.sql");
+            assert!(
+                transcript.contains(&format!("-- {file}\n{sql}-- (end of {file})\n")),
+                "{file}"
+            );
+        }
+    }
+
     #[test]
     fn tls_is_refused_rather_than_skipped() {
         let err = PostgresUrl::parse("postgres://kp:hunter2@db/go?sslmode=require").unwrap_err();
