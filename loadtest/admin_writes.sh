@@ -28,8 +28,6 @@ done
 trap stop_server EXIT INT TERM
 [[ $BUILD == 1 ]] && build
 
-field() { tr ' ' '\n' <<<"$1" | awk -F= -v f="$2" '$1 == f { print $2 }'; }
-
 start_server "$PORT"
 admin POST /admin/tiers '{"name":"pro","features":{"chat":100,"image":{"rate_limit":10,"window_seconds":10}}}' >/dev/null
 seed_keys pro 100 32 base >/dev/null

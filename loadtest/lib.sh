@@ -33,8 +33,9 @@ need() {
 
 random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
-# start_server PORT: a fresh server on a temporary database, pinned to $SERVER_CPU.
-start_server() {
+# new_server PORT: the temporary folder, tokens, key and URL of a server on PORT, not started
+# (launch starts it).
+new_server() {
     WORK=$(mktemp -d -t keypooler-load.XXXXXX)
     ADMIN_TOKEN=$(random_hex 32)
     export ADMIN_TOKEN
@@ -42,6 +43,11 @@ start_server() {
     BASE_URL="http://127.0.0.1:$1"
     export BASE_URL
     PORT_IN_USE=$1
+}
+
+# start_server PORT: a fresh server on a temporary database, pinned to $SERVER_CPU.
+start_server() {
+    new_server "$1"
     launch
 }
 
@@ -113,6 +119,9 @@ seed_keys() {
 delete_keys() {
     taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --keys "$1" --clients 1 --delete
 }
+
+# field LINE NAME: the value of NAME=value in LINE (words separated by spaces).
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v f="$2" '$1 == f { print $2 }'; }
 
 # cpu_ticks PID: a process's user + system CPU time so far, in clock ticks (getconf CLK_TCK).
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

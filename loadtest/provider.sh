@@ -87,13 +87,13 @@ for mode in off on; do
     stop_server
 done
 
-field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]}"; }
+line_field() { field "${LINE[$1]}" "$2"; }
 echo
 echo "== $SECONDS_RUN s at $RATE calls/s, windows of $WINDOW s =="
 printf '| reporting | provider calls | 429 | 401 | 5xx (random) | failed share (429+401) | revoked key drawn after its 401 |\n'
 printf '|---|---|---|---|---|---|---|\n'
 for mode in off on; do
-    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$(field "$mode" calls)" "$(field "$mode" provider_429)" \
-        "$(field "$mode" provider_401)" "$(field "$mode" provider_5xx)" "$(field "$mode" failed_share)" \
-        "$(field "$mode" revoked_redrawn)"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$mode" "$(line_field "$mode" calls)" "$(line_field "$mode" provider_429)" \
+        "$(line_field "$mode" provider_401)" "$(line_field "$mode" provider_5xx)" "$(line_field "$mode" failed_share)" \
+        "$(line_field "$mode" revoked_redrawn)"
 done

@@ -34,14 +34,9 @@ need wrk
 trap stop_server EXIT INT TERM
 if [[ $BUILD == 1 ]]; then build scale_source; fi
 
-WORK=$(mktemp -d -t keypooler-scale.XXXXXX)
-DATABASE_KEY=$(random_hex 32)
-ADMIN_TOKEN=$(random_hex 32)
+new_server "$PORT"
 METRICS_TOKEN=$(random_hex 32)
-export ADMIN_TOKEN METRICS_TOKEN
-BASE_URL="http://127.0.0.1:$PORT"
-export BASE_URL
-PORT_IN_USE=$PORT
+export METRICS_TOKEN
 FIGURES=$WORK/figures
 : >"$FIGURES"
 figure() { printf '%s\t%s\n' "$1" "$2" >>"$FIGURES"; echo "$1: $2" >&2; }
@@ -72,11 +67,10 @@ figure "RSS after start" "$(( $(server_kb VmRSS) / 1024 )) MB (peak $(( $(server
 
 line=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s "$ROOT/loadtest/wrk/auth.lua" "$BASE_URL/key?feature=feature-0" | grep '^RESULT')
-field() { tr ' ' '\n' <<<"$line" | awk -F= -v f="$1" '$1 == f { print $2 }'; }
-figure "GET /key ($CONNECTIONS connections, $DURATION)" "$(field rps) req/s, p50 $(field p50_ms) ms, p99 $(field p99_ms) ms, errors $(( $(field non2xx) + $(field socket_errors) ))"
+figure "GET /key ($CONNECTIONS connections, $DURATION)" "$(field "$line" rps) req/s, p50 $(field "$line" p50_ms) ms, p99 $(field "$line" p99_ms) ms, errors $(( $(field "$line" non2xx) + $(field "$line" socket_errors) ))"
 
 add=$(taskset -c "$CLIENT_CPU" "$SEEDER" --url "$BASE_URL" --tier "tier 0" --keys 200 --clients 1 --prefix scale)
-figure "POST /admin/keys (200, one at a time)" "p50 $(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^p50_ms=/) print substr($i, 8) }' <<<"$add") ms, p99 $(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^p99_ms=/) print substr($i, 8) }' <<<"$add") ms"
+figure "POST /admin/keys (200, one at a time)" "p50 $(field "$add" p50_ms) ms, p99 $(field "$add" p99_ms) ms"
 
 timed_get() { # timed_get TOKEN PATH: "<seconds> s, <bytes>" of one GET
     curl -fsS -o /dev/null -w '%{time_total} s, %{size_download} bytes' \

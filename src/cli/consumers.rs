@@ -61,11 +61,7 @@ pub(super) fn run(settings: &Settings, args: &ConsumersArgs) -> Result<(), Failu
             if let Some(description) = description {
                 body["description"] = description.as_str().into();
             }
-            let created = session.call(
-                Method::POST,
-                "/admin/consumers",
-                Some(body.to_string().into_bytes()),
-            )?;
+            let created = session.call(Method::POST, "/admin/consumers", Some(body))?;
             let id = text(&created, "id");
             // Each scope added answers the consumer as it then stands; without one, the
             // creation's answer is what there is to show.
@@ -124,7 +120,7 @@ fn add_scopes(session: &Session, id: &str, tiers: &[String]) -> Result<Option<Va
     let path = format!("/admin/consumers/{}/scopes", segment(id));
     let mut consumer = None;
     for tier in tiers {
-        let body = json!({"tier": tier}).to_string().into_bytes();
+        let body = json!({"tier": tier});
         consumer = Some(session.call(Method::POST, &path, Some(body))?);
     }
     Ok(consumer)

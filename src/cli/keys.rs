@@ -141,7 +141,7 @@ pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
             body.insert("tier".into(), add.tier.as_str().into());
             body.insert("key".into(), read_value(&add.value_file)?.as_str().into());
             add.fields.add_to(&mut body)?;
-            let added = session.call(Method::POST, "/admin/keys", Some(to_bytes(body)))?;
+            let added = session.call(Method::POST, "/admin/keys", Some(Value::Object(body)))?;
             session.show(&added, |key| {
                 Table::of(&["ID", "NAME", "TIER"], key, |key, column| {
                     text(key, ["id", "name", "tier"][column])
@@ -168,16 +168,12 @@ pub(super) fn run(settings: &Settings, args: &KeysArgs) -> Result<(), Failure> {
                 return Err(ConfigError("keys patch: nothing to change".into()).into());
             }
             let path = format!("/admin/keys/{}", segment(&patch.id));
-            let key = session.call(Method::PATCH, &path, Some(to_bytes(body)))?;
+            let key = session.call(Method::PATCH, &path, Some(Value::Object(body)))?;
             session.show(&key, table);
         }
         Action::Delete { id } => session.delete("key", "/admin/keys", id)?,
     }
     Ok(())
-}
-
-fn to_bytes(body: Map<String, Value>) -> Vec<u8> {
-    Value::Object(body).to_string().into_bytes()
 }
 
 fn table(keys: &Value) -> Table {

@@ -59,8 +59,9 @@ impl Session {
         })
     }
 
-    /// One request; the JSON answer.
-    pub fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
+    /// One request, with `body` as JSON if given; the JSON answer.
+    pub fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let body = body.map(|body| body.to_string().into_bytes());
         block_on(self.server.json(&self.token, method, path, body))
     }
 

@@ -38,7 +38,7 @@ pub struct Spec {
 }
 
 impl Spec {
-    fn body(&self) -> Result<Vec<u8>, ConfigError> {
+    fn body(&self) -> Result<Value, ConfigError> {
         let mut features = Map::new();
         for given in &self.features {
             let (name, limit) = parse_feature(given)?;
@@ -48,7 +48,7 @@ impl Spec {
         if let Some(description) = &self.description {
             body["description"] = description.as_str().into();
         }
-        Ok(body.to_string().into_bytes())
+        Ok(body)
     }
 }
 

@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 use super::{CompatError, Schema, time};
 use crate::broker::DEFAULT_WINDOW_SECONDS;
 use crate::crypto::{GCM_PREFIX, Sealer};
-use crate::store::{Contents, KeyRecord, key_budget, open_key};
+use crate::store::{Contents, KeyRecord, Opened, key_budget, open_key};
 
 /// The Go service's migration bookkeeping table, byte for byte as its runner creates it.
 const SCHEMA_MIGRATIONS_SQL: &str = include_str!("../../migrations/schema_migrations.sql");
@@ -231,11 +231,9 @@ fn fill(
     progress.set_message("writing");
     let mut secrets = 0;
     for key in &contents.keys {
-        if !tiers.contains(key.tier_id.as_str()) {
-            return Err(CompatError::row("keys", key.id.clone(), "its tier does not exist").into());
-        }
+        let opened = open_for_export(key, &tiers, sealer)?;
         secrets += key.secrets.len();
-        if let Some(why) = write_key(&txn, key, sealer, schema, now_ms)? {
+        if let Some(why) = write_key(&txn, key, &opened, sealer, schema, now_ms)? {
             *summary.written_inactive.entry(why).or_default() += 1;
         }
         summary.keys += 1;
@@ -317,12 +315,11 @@ fn write_tiers(conn: &Connection, contents: &Contents, schema: Schema) -> Result
 fn write_key(
     conn: &Connection,
     key: &KeyRecord,
+    opened: &Opened,
     sealer: &Sealer,
     schema: Schema,
     now_ms: i64,
 ) -> Result<Option<Unservable>, FillError> {
-    let opened = open_key(key, sealer)
-        .map_err(|err| CompatError::row("keys", key.id.clone(), err.to_string()))?;
     let created = time::format_timestamp_ms(key.created_at_ms);
     match schema {
         Schema::Seed => {
@@ -341,7 +338,6 @@ fn write_key(
             Ok(unservable)
         }
         Schema::Latest => {
-            let tagged = |plain: &str| format!("{GCM_PREFIX}{}", sealer.seal_go(plain));
             let usage_limit = key
                 .usage_limit
                 .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
@@ -354,7 +350,7 @@ fn write_key(
             .execute(params![
                 key.id,
                 key.name,
-                tagged(&opened.value),
+                seal_tagged(sealer, &opened.value),
                 key.tier_id,
                 key.active,
                 key.expires_at_ms.map(time::format_timestamp_ms),
@@ -369,11 +365,32 @@ fn write_key(
                 "INSERT INTO key_secrets (key_id, name, value) VALUES (?1, ?2, ?3)",
             )?;
             for (name, value) in &opened.secrets {
-                secret_insert.execute(params![key.id, name, tagged(value)])?;
+                secret_insert.execute(params![key.id, name, seal_tagged(sealer, value)])?;
             }
             Ok(None)
         }
     }
+}
+
+/// `key` opened for writing into a Go database (either kind): its tier must be among `tiers`.
+pub(super) fn open_for_export(
+    key: &KeyRecord,
+    tiers: &HashSet<&str>,
+    sealer: &Sealer,
+) -> Result<Opened, CompatError> {
+    if !tiers.contains(key.tier_id.as_str()) {
+        return Err(CompatError::row(
+            "keys",
+            key.id.clone(),
+            "its tier does not exist",
+        ));
+    }
+    open_key(key, sealer).map_err(|err| CompatError::row("keys", key.id.clone(), err.to_string()))
+}
+
+/// `plain` sealed as the Go service's later schema stores it: `enc:gcm:<hex>`.
+pub(super) fn seal_tagged(sealer: &Sealer, plain: &str) -> String {
+    format!("{GCM_PREFIX}{}", sealer.seal_go(plain))
 }
 
 fn write_consumers(conn: &Connection, contents: &Contents) -> Result<(), FillError> {

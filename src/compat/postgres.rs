@@ -5,6 +5,7 @@
 //! so a URL asking for `sslmode=require` is refused rather than sent in the clear. Use
 //! `sslmode=disable` on a trusted network, or a tunnel.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use postgres::{Client, NoTls, Transaction};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use super::export::{open_for_export, seal_tagged};
 use super::{CompatError, ExportSummary, Schema};
 use crate::broker::format_nanos;
-use crate::crypto::{GCM_PREFIX, Sealer};
-use crate::store::{Contents, KeyRecord, key_budget, open_key};
+use crate::crypto::Sealer;
+use crate::store::{Contents, KeyRecord, key_budget};
 
 /// How long a connection may take to open when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,8 +289,7 @@ fn fill(
                 .doing("cannot write tier_features")?;
         }
     }
-    let tiers: std::collections::HashSet<&str> =
-        contents.tiers.iter().map(|t| t.id.as_str()).collect();
+    let tiers: HashSet<&str> = contents.tiers.iter().map(|t| t.id.as_str()).collect();
     progress.set_length(contents.keys.len() as u64);
     progress.set_message("writing");
     let key_insert = txn
@@ -304,10 +305,15 @@ fn fill(
         .prepare("INSERT INTO key_secrets (key_id, name, value) VALUES ($1, $2, $3)")
         .doing("cannot write key_secrets")?;
     for key in &contents.keys {
-        if !tiers.contains(key.tier_id.as_str()) {
-            return Err(CompatError::row("keys", key.id.clone(), "its tier does not exist").into());
-        }
-        write_key(txn, &key_insert, &secret_insert, key, sealer, now_ms)?;
+        write_key(
+            txn,
+            &key_insert,
+            &secret_insert,
+            key,
+            &tiers,
+            sealer,
+            now_ms,
+        )?;
         progress.inc(1);
     }
     let consumer_insert = txn
@@ -353,11 +359,11 @@ fn write_key(
     key_insert: &postgres::Statement,
     secret_insert: &postgres::Statement,
     key: &KeyRecord,
+    tiers: &HashSet<&str>,
     sealer: &Sealer,
     now_ms: i64,
 ) -> Result<(), FillError> {
-    let opened = open_key(key, sealer)
-        .map_err(|err| CompatError::row("keys", key.id.clone(), err.to_string()))?;
+    let opened = open_for_export(key, tiers, sealer)?;
     let integer = |what: &str, n: u64| {
         i32::try_from(n).map_err(|_| {
             CompatError::row(
@@ -377,7 +383,6 @@ fn write_key(
         .transpose()?;
     // The Go service counts `usage_count` in an INTEGER too; past it, the key is used up anyway.
     let usage_count = i32::try_from(key.usage_count).unwrap_or(i32::MAX);
-    let tagged = |plain: &str| format!("{GCM_PREFIX}{}", sealer.seal_go(plain));
     // What is spent counts in the budget's period open now (0 once that period has ended).
     let budget = key_budget(key, now_ms);
     let reset_day = budget.and_then(|b| b.limit.reset_day).map(i32::from);
@@ -387,7 +392,7 @@ fn write_key(
         &[
             &key.id,
             &key.name,
-            &tagged(&opened.value),
+            &seal_tagged(sealer, &opened.value),
             &key.tier_id,
             &key.active,
             &key.expires_at_ms.map(at),
@@ -407,7 +412,7 @@ fn write_key(
     )
     .doing("cannot write keys")?;
     for (name, value) in &opened.secrets {
-        txn.execute(secret_insert, &[&key.id, name, &tagged(value)])
+        txn.execute(secret_insert, &[&key.id, name, &seal_tagged(sealer, value)])
             .doing("cannot write key_secrets")?;
     }
     Ok(())
@@ -440,6 +445,24 @@ mod tests {
         let url =
             PostgresUrl::parse("postgres://kp:hunter2@127.0.0.1:1/go?sslmode=disable").unwrap();
         assert!(!format!("{url} {url:?}").contains("hunter2"));
+    }
+
+    /// The migrations written are the Go service's own files: the fixture the tests load into
+    /// PostgreSQL is its runner's transcript, each file verbatim between its markers, and the
+    /// round-trip test compares the schema an export creates with the fixture's.
+    #[test]
+    fn the_migrations_are_the_go_services_files_verbatim() {
+        let transcript = include_str!("../../tests/fixtures/go-keypooler-postgres/schema.sql");
+        assert!(transcript.contains(&format!(
+            "-- internal/db/migrations.go\n{SCHEMA_MIGRATIONS_SQL}"
+        )));
+        for (version, name, sql) in MIGRATIONS {
+            let file = format!("migrations/{version:03}_{name}.sql");
+            assert!(
+                transcript.contains(&format!("-- {file}\n{sql}-- (end of {file})\n")),
+                "{file}"
+            );
+        }
     }
 
     #[test]
