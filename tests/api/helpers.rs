@@ -202,7 +202,44 @@ impl TestApp {
         body["id"].as_str().unwrap().to_owned()
     }
 
-    /// `GET /key?feature=...`: the status and the JSON body.
+    /// `PATCH path` with the JSON `body`.
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The listing entry of the key `id`.
+    pub async fn listed(&self, id: &str) -> Value {
+        let keys = expect(self.get("/admin/keys").await, StatusCode::OK).await;
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("key {id} is not listed"))
+    }
+
+    /// Creates a consumer scoped to `tier`: its id and token.
+    pub async fn consumer_of(&self, name: &str, tier: &str) -> (String, String) {
+        let created = expect(
+            self.post("/admin/consumers", &json!({"name": name})).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let scoped = self
+            .post(
+                &format!("/admin/consumers/{id}/scopes"),
+                &json!({"tier": tier}),
+            )
+            .await;
+        assert_eq!(scoped.status(), StatusCode::OK);
+        (id, created["token"].as_str().unwrap().to_owned())
+    }
+
     /// `GET /key` for `feature` with `token` (a consumer's, or any other): status and body.
     pub async fn key_as(&self, token: &str, feature: &str) -> (StatusCode, Value) {
         let response = self
