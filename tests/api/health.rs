@@ -132,29 +132,10 @@ async fn twenty_concurrent_429_reports_escalate_the_backoff_once() {
     cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:03Z").await;
 }
 
-/// The metrics page.
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// How many reports reached the writer (the rest were answered from memory).
 async fn written_reports(app: &TestApp) -> u64 {
-    metrics(app)
-        .await
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                r#"keypooler_writer_commands_total{kind="report_health",outcome="applied"} "#,
-            )
-        })
-        .map_or(0, |n| n.parse().unwrap())
+    let series = r#"keypooler_writer_commands_total{kind="report_health",outcome="applied"}"#;
+    app.metric(series).await.map_or(0, |n| n as u64)
 }
 
 #[tokio::test]
@@ -179,7 +160,7 @@ async fn a_storm_of_one_refusal_writes_once_a_second_and_is_answered_from_memory
     cools_until(&app, &a, body.clone(), "2026-06-01T00:00:03Z").await;
     cools_until(&app, &a, body, "2026-06-01T00:00:03Z").await;
     assert_eq!(written_reports(&app).await, 2);
-    let counted = metrics(&app).await;
+    let counted = app.metrics().await;
     assert!(
         counted
             .lines()
@@ -462,7 +443,7 @@ async fn reports_are_counted_by_class_and_unavailable_keys_by_state_without_ids(
     .await;
     report(&app, &ids[3], json!({"status": 200})).await;
     report(&app, &ids[3], json!({"outcome": "timeout"})).await;
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     for line in [
         r#"keypooler_key_reports_total{class="rate_limited"} 1"#,
         r#"keypooler_key_reports_total{class="refused"} 1"#,
@@ -567,11 +548,7 @@ fn health_survives_kill_9() {
 
 /// The snapshot generation, from `/metrics`.
 async fn generation(app: &TestApp) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("keypooler_snapshot_generation "))
-        .map(|value| value.parse().unwrap())
-        .unwrap()
+    app.metric("keypooler_snapshot_generation").await.unwrap()
 }
 
 /// `n` keys drawn for chat, each served.

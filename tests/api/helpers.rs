@@ -240,6 +240,20 @@ impl TestApp {
         (id, created["token"].as_str().unwrap().to_owned())
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of the series `series` (its name with its labels, as written) on `/metrics`,
+    /// if listed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
     /// `GET /key` for `feature` with `token` (a consumer's, or any other): status and body.
     pub async fn key_as(&self, token: &str, feature: &str) -> (StatusCode, Value) {
         let response = self

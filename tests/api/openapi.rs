@@ -542,7 +542,7 @@ async fn the_docs_page_and_its_assets_come_from_this_server_only() {
     let spec = get("/openapi.json").await;
     assert_eq!(spec.status(), StatusCode::OK);
     // The page is public; the admin token changes nothing.
-    let with_token = app.request(Method::GET, "/docs").send().await.unwrap();
+    let with_token = app.get("/docs").await;
     assert_eq!(with_token.status(), StatusCode::OK);
 }
 
