@@ -331,11 +331,15 @@ pub fn start_app(db_path: &Path, key_hex: &str, options: Options) -> (App, Manua
 }
 
 fn start_app_on(db_path: &Path, key_hex: &str, options: Options, clock: Clock) -> App {
-    let key = EncryptionKey::parse_hex(key_hex).unwrap();
-    let sealer = Sealer::new(&key);
+    let sealer = sealer(key_hex);
     let store = Store::open(db_path, &sealer).expect("open store");
     let token = SecretString::from(ADMIN_TOKEN);
     App::start_with(store, sealer, clock, token, options).unwrap()
+}
+
+/// The sealer of the encryption key `key_hex`.
+pub fn sealer(key_hex: &str) -> Sealer {
+    Sealer::new(&EncryptionKey::parse_hex(key_hex).unwrap())
 }
 
 pub fn hex_key(byte: u8) -> String {

@@ -2,12 +2,11 @@
 //! /admin/tiers/{name}`, `DELETE /admin/consumers/{id}/scopes/{tier}`, `POST
 //! /admin/consumers/{id}/token`.
 
-use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{KeyRecord, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, expect_error};
+use crate::helpers::{TestApp, expect, expect_error, sealer};
 use crate::usage::serve_up_to;
 
 impl TestApp {
@@ -33,18 +32,21 @@ fn rfc3339(unix_ms: i64) -> String {
         .unwrap()
 }
 
+/// The stopped app's file, opened as the server opens it.
+fn stopped_store(app: &TestApp) -> Store {
+    Store::open(&app.db_path, &sealer(&app.key_hex)).unwrap()
+}
+
 /// The stored record of key `id` in the stopped app's file.
 fn stored_key(app: &TestApp, id: &str) -> KeyRecord {
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(&app.key_hex).unwrap());
-    let store = Store::open(&app.db_path, &sealer).unwrap();
+    let store = stopped_store(app);
     let txn = store.begin().unwrap();
     txn.get_key(id).unwrap().unwrap()
 }
 
 /// Changes the stored record of key `id` in the stopped app's file, signed as the server signs.
 pub(crate) fn edit_key(app: &TestApp, id: &str, change: impl FnOnce(&mut KeyRecord)) {
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(&app.key_hex).unwrap());
-    let store = Store::open(&app.db_path, &sealer).unwrap();
+    let store = stopped_store(app);
     let txn = store.begin().unwrap();
     let mut record = txn.get_key(id).unwrap().unwrap();
     change(&mut record);
