@@ -39,12 +39,7 @@ fn probe_with(
     body: &str,
     query: &[(&str, &str)],
 ) -> RequestBuilder {
-    let path = PARAMETERS
-        .iter()
-        .fold(route.path.to_owned(), |path, parameter| {
-            path.replace(parameter, SAMPLE_ID)
-        });
-    assert!(!path.contains('{'), "a parameter without a sample: {path}");
+    let path = sample_path(route);
     let mut request = app
         .client
         .request(route.method.clone(), format!("{}{path}", app.address))
@@ -58,6 +53,17 @@ fn probe_with(
             .body(body.to_owned());
     }
     request
+}
+
+/// The route's path with every parameter given the sample value.
+pub fn sample_path(route: &Route) -> String {
+    let path = PARAMETERS
+        .iter()
+        .fold(route.path.to_owned(), |path, parameter| {
+            path.replace(parameter, SAMPLE_ID)
+        });
+    assert!(!path.contains('{'), "a parameter without a sample: {path}");
+    path
 }
 
 fn plausible_body() -> String {
