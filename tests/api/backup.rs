@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keypooler::broker::Clock;
-use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{Contents, Store, UsageRecord, load_catalog, open_key};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::binary::assert_one_clear_line;
-use crate::helpers::{TestApp, expect, expect_error, hex_key};
+use crate::helpers::{TestApp, expect, expect_error, hex_key, sealer};
 use crate::process::{Launch, Server, TOKEN, free_port, http_get, run};
 
 /// A key a writer task had acknowledged: which task, its place in that task's sequence, and
@@ -27,10 +26,6 @@ struct Acked {
     id: String,
     value: String,
     tier: String,
-}
-
-fn sealer(key_hex: &str) -> Sealer {
-    Sealer::new(&EncryptionKey::parse_hex(key_hex).unwrap())
 }
 
 /// Every record of the database at `path`, opened with `key_hex` (which checks the canary);

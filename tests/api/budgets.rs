@@ -248,7 +248,7 @@ async fn a_request_id_is_unique_across_keys() {
 
 #[tokio::test]
 async fn a_key_over_budget_leaves_the_rotation_until_a_larger_budget_brings_it_back() {
-    let app = TestApp::spawn_with_metrics(keypooler::config::MetricsConfig::default()).await;
+    let app = TestApp::spawn().await;
     app.create_tier("pro", json!({"chat": 1000})).await;
     let capped = app
         .budgeted_key("capped", "pro", r#"{"amount": 1, "unit": "usd"}"#)
@@ -281,7 +281,7 @@ async fn a_key_over_budget_leaves_the_rotation_until_a_larger_budget_brings_it_b
         (&health["pool_size"], &health["active_keys"]),
         (&json!(2), &json!(1))
     );
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keypooler_keys_unavailable{state=\"over_budget\"} 1\n")
             && metrics.contains("keypooler_spent_nanos_total{unit=\"usd\"} 1100000000\n"),

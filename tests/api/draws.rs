@@ -1,16 +1,13 @@
 //! Large limits and `GET /key?cost=<n>`: draws of n units of a key's window.
 
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect, expect_error};
 
 /// `GET /key?feature=chat&cost=<cost>` with the admin token.
 async fn draw(app: &TestApp, cost: impl std::fmt::Display) -> Response {
-    app.request(Method::GET, &format!("/key?feature=chat&cost={cost}"))
-        .send()
-        .await
-        .unwrap()
+    app.get(&format!("/key?feature=chat&cost={cost}")).await
 }
 
 async fn served_value(app: &TestApp, cost: u64) -> Value {
@@ -36,11 +33,7 @@ async fn a_limit_of_a_billion_serves_and_one_past_the_largest_is_refused() {
     // to 255 ms later (here 24 ms), never earlier.
     assert_eq!(spent.headers()["retry-after"], "61");
     // The whole largest limit in one draw, then nothing.
-    let max = app
-        .request(Method::GET, "/key?feature=max&cost=2147483647")
-        .send()
-        .await
-        .unwrap();
+    let max = app.get("/key?feature=max&cost=2147483647").await;
     assert_eq!(max.status(), StatusCode::OK);
     let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
     assert_eq!(keys[0]["usage"]["chat"]["used"], 1_000_000_000);

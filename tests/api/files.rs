@@ -7,12 +7,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{Store, StoreError};
 use serde_json::json;
 
 use crate::binary::assert_one_clear_line;
-use crate::helpers::hex_key;
+use crate::helpers::{hex_key, sealer};
 use crate::process::{Server, TOKEN, free_port, keypooler, listens};
 
 /// A small xorshift generator: the cases are reproducible from their seed.
@@ -269,7 +268,7 @@ fn randomly_damaged_files_are_refused_by_the_store_without_panic_or_change() {
     let dir = dir.path();
     let key = hex_key(0x34);
     let base = base_database(dir, &key);
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(&key).unwrap());
+    let sealer = sealer(&key);
     let cases: usize = std::env::var("KEYPOOLER_DAMAGE_CASES")
         .ok()
         .and_then(|n| n.parse().ok())

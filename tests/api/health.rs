@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, expect, expect_error};
@@ -40,18 +40,6 @@ async fn cools_until(app: &TestApp, id: &str, body: Value, expected: &str) {
 async fn exhausted(app: &TestApp, id: &str, until: &str) -> reqwest::Response {
     app.post(&format!("/key/{id}/exhausted"), &json!({ "until": until }))
         .await
-}
-
-/// The entry of key `id` in a `GET /admin/keys` answer.
-fn entry_of(keys: &Value, id: &str) -> Value {
-    let entry = keys.as_array().unwrap().iter().find(|key| key["id"] == id);
-    entry.cloned().unwrap()
-}
-
-/// The listing entry of key `id`.
-async fn listed(app: &TestApp, id: &str) -> Value {
-    let keys = expect(app.get("/admin/keys").await, StatusCode::OK).await;
-    entry_of(&keys, id)
 }
 
 /// `GET /key` for `feature`: the id served, or the `Retry-After` of the 429.
@@ -95,14 +83,14 @@ async fn a_429_cools_the_key_with_exponential_backoff_and_it_comes_back_by_itsel
     for _ in 0..3 {
         assert_eq!(draw(&app, "chat").await, Ok(b.clone()), "a cools");
     }
-    let entry = listed(&app, &a).await;
+    let entry = app.listed(&a).await;
     assert_eq!(entry["state"], "cooling");
     assert_eq!(entry["cooldown_until"], "2026-06-01T00:00:01Z");
     assert_eq!(entry["is_active"], true);
 
     // Back on the manual clock alone, then a second 429 in a row cools it for 2 s, then 4 s.
     app.clock.advance_ms(1_000);
-    assert_eq!(listed(&app, &a).await["state"], "active");
+    assert_eq!(app.listed(&a).await["state"], "active");
     let mut served = std::collections::BTreeSet::new();
     for _ in 0..2 {
         served.insert(draw(&app, "chat").await.unwrap());
@@ -125,16 +113,11 @@ async fn twenty_concurrent_429_reports_escalate_the_backoff_once() {
     let (app, a, _) = two_keys().await;
     let reports: Vec<_> = (0..20)
         .map(|_| {
-            let client = app.client.clone();
-            let url = format!("{}/key/{a}/report", app.address);
+            let request = app
+                .request(Method::POST, &format!("/key/{a}/report"))
+                .json(&json!({"status": 429}));
             tokio::spawn(async move {
-                let response = client
-                    .post(url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .json(&json!({"status": 429}))
-                    .send()
-                    .await
-                    .unwrap();
+                let response = request.send().await.unwrap();
                 assert_eq!(response.status(), StatusCode::OK);
                 response.json::<Value>().await.unwrap()
             })
@@ -149,29 +132,10 @@ async fn twenty_concurrent_429_reports_escalate_the_backoff_once() {
     cools_until(&app, &a, json!({"status": 429}), "2026-06-01T00:00:03Z").await;
 }
 
-/// The metrics page.
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// How many reports reached the writer (the rest were answered from memory).
 async fn written_reports(app: &TestApp) -> u64 {
-    metrics(app)
-        .await
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                r#"keypooler_writer_commands_total{kind="report_health",outcome="applied"} "#,
-            )
-        })
-        .map_or(0, |n| n.parse().unwrap())
+    let series = r#"keypooler_writer_commands_total{kind="report_health",outcome="applied"}"#;
+    app.metric(series).await.map_or(0, |n| n as u64)
 }
 
 #[tokio::test]
@@ -196,7 +160,7 @@ async fn a_storm_of_one_refusal_writes_once_a_second_and_is_answered_from_memory
     cools_until(&app, &a, body.clone(), "2026-06-01T00:00:03Z").await;
     cools_until(&app, &a, body, "2026-06-01T00:00:03Z").await;
     assert_eq!(written_reports(&app).await, 2);
-    let counted = metrics(&app).await;
+    let counted = app.metrics().await;
     assert!(
         counted
             .lines()
@@ -253,7 +217,7 @@ async fn a_feature_429_cools_that_feature_only() {
         answer,
         json!({"key_id": a, "state": "active", "until": null, "cooldowns": {"image": "2026-06-01T00:00:10Z"}})
     );
-    let entry = listed(&app, &a).await;
+    let entry = app.listed(&a).await;
     assert_eq!(entry["state"], "active");
     assert_eq!(entry["cooldowns"], json!({"image": "2026-06-01T00:00:10Z"}));
     assert_eq!(entry["cooldown_until"], Value::Null);
@@ -293,7 +257,7 @@ async fn a_401_402_or_403_disables_the_key_until_an_admin_acts() {
             answer,
             json!({"key_id": id, "state": "disabled", "until": null, "cooldowns": {}})
         );
-        let entry = listed(&app, &id).await;
+        let entry = app.listed(&id).await;
         assert_eq!(entry["is_active"], false);
         assert_eq!(entry["state"], "disabled");
         assert_eq!(
@@ -318,13 +282,13 @@ async fn failures_cool_the_key_at_the_threshold_and_other_statuses_change_nothin
     assert_eq!(answer["state"], "active");
     let answer = report(&app, &a, json!({"outcome": "timeout"})).await;
     assert_eq!(answer["state"], "active");
-    assert_eq!(listed(&app, &a).await["consecutive_failures"], 2);
+    assert_eq!(app.listed(&a).await["consecutive_failures"], 2);
     let answer = report(&app, &a, json!({"status": 500})).await;
     assert_eq!(answer["state"], "cooling");
     assert_eq!(answer["until"], "2026-06-01T00:00:01Z");
     // A success resets the count.
     report(&app, &a, json!({"status": 204})).await;
-    assert_eq!(listed(&app, &a).await["consecutive_failures"], 0);
+    assert_eq!(app.listed(&a).await["consecutive_failures"], 0);
 
     // Every report that changed or recorded something is in the audit trail, naming who.
     let trail = expect(app.get("/admin/usage?limit=100").await, StatusCode::OK).await;
@@ -383,7 +347,7 @@ async fn exhausted_takes_the_go_services_shape_and_a_past_time_clears_it() {
         answer,
         json!({"status": "exhausted", "until": "2026-06-01T01:00:00Z"})
     );
-    let entry = listed(&app, &a).await;
+    let entry = app.listed(&a).await;
     assert_eq!(entry["state"], "exhausted");
     assert_eq!(entry["exhausted_until"], "2026-06-01T01:00:00Z");
     // Exhausted for every feature; with b cooling too, the refusal waits for the earliest end.
@@ -402,7 +366,7 @@ async fn exhausted_takes_the_go_services_shape_and_a_past_time_clears_it() {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(listed(&app, &a).await["exhausted_until"], Value::Null);
+    assert_eq!(app.listed(&a).await["exhausted_until"], Value::Null);
     assert_eq!(draw(&app, "chat").await, Ok(a.clone()));
 
     for (body, message) in [
@@ -437,38 +401,23 @@ async fn a_consumer_reports_only_on_keys_of_its_tiers_and_is_named_in_the_trail(
     app.create_tier("free", json!({"chat": 10})).await;
     let pro = app.add_key("pro-key", "sk-pro", "pro").await;
     let free = app.add_key("free-key", "sk-free", "free").await;
-    let consumer = expect(
-        app.post("/admin/consumers", &json!({"name": "svc"})).await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let (id, token) = (
-        consumer["id"].as_str().unwrap(),
-        consumer["token"].as_str().unwrap(),
-    );
-    let scoped = app
-        .post(
-            &format!("/admin/consumers/{id}/scopes"),
-            &json!({"tier": "free"}),
-        )
-        .await;
-    assert_eq!(scoped.status(), StatusCode::OK);
+    let (id, token) = app.consumer_of("svc", "free").await;
 
-    let (status, answer) = report_as(&app, token, &pro, json!({"status": 429})).await;
+    let (status, answer) = report_as(&app, &token, &pro, json!({"status": 429})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(answer, json!({"error": "key not in this consumer's tiers"}));
     let outside = app
         .client
         .post(format!("{}/key/{pro}/exhausted", app.address))
-        .bearer_auth(token)
+        .bearer_auth(&token)
         .json(&json!({"until": "2026-06-01T01:00:00Z"}))
         .send()
         .await
         .unwrap();
     assert_eq!(outside.status(), StatusCode::FORBIDDEN);
-    assert_eq!(listed(&app, &pro).await["state"], "active");
+    assert_eq!(app.listed(&pro).await["state"], "active");
 
-    let (status, answer) = report_as(&app, token, &free, json!({"status": 429})).await;
+    let (status, answer) = report_as(&app, &token, &free, json!({"status": 429})).await;
     assert_eq!(
         (status, &answer["state"]),
         (StatusCode::OK, &json!("cooling"))
@@ -494,7 +443,7 @@ async fn reports_are_counted_by_class_and_unavailable_keys_by_state_without_ids(
     .await;
     report(&app, &ids[3], json!({"status": 200})).await;
     report(&app, &ids[3], json!({"outcome": "timeout"})).await;
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     for line in [
         r#"keypooler_key_reports_total{class="rate_limited"} 1"#,
         r#"keypooler_key_reports_total{class="refused"} 1"#,
@@ -524,7 +473,8 @@ async fn add_keys(app: &TestApp, n: usize) -> Vec<String> {
 fn listed_on(server: &Server, id: &str) -> Value {
     let (status, keys) = server.request("GET", "/admin/keys", None).unwrap();
     assert_eq!(status, 200);
-    entry_of(&keys, id)
+    let entry = keys.as_array().unwrap().iter().find(|key| key["id"] == id);
+    entry.cloned().unwrap()
 }
 
 fn start(dir: &Path, key: &str, port: u16) -> Server {
@@ -598,11 +548,7 @@ fn health_survives_kill_9() {
 
 /// The snapshot generation, from `/metrics`.
 async fn generation(app: &TestApp) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("keypooler_snapshot_generation "))
-        .map(|value| value.parse().unwrap())
-        .unwrap()
+    app.metric("keypooler_snapshot_generation").await.unwrap()
 }
 
 /// `n` keys drawn for chat, each served.
@@ -616,7 +562,7 @@ async fn draw_chat(app: &TestApp, n: usize) -> Vec<String> {
 
 /// The uses of key `id`'s chat window, as listed.
 async fn chat_used(app: &TestApp, id: &str) -> u64 {
-    listed(app, id).await["usage"]["chat"]["used"]
+    app.listed(id).await["usage"]["chat"]["used"]
         .as_u64()
         .unwrap()
 }
@@ -661,7 +607,7 @@ async fn with_most_keys_cooling_the_free_ones_rotate_and_the_cooled_come_back_wi
     }
     assert_eq!(generation(&app).await, before, "no pool rebuilt");
     assert_eq!(
-        listed(&app, &ids[0]).await["cooldown_until"],
+        app.listed(&ids[0]).await["cooldown_until"],
         "2026-06-01T00:00:31Z"
     );
 

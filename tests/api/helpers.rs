@@ -202,7 +202,58 @@ impl TestApp {
         body["id"].as_str().unwrap().to_owned()
     }
 
-    /// `GET /key?feature=...`: the status and the JSON body.
+    /// `PATCH path` with the JSON `body`.
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The listing entry of the key `id`.
+    pub async fn listed(&self, id: &str) -> Value {
+        let keys = expect(self.get("/admin/keys").await, StatusCode::OK).await;
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("key {id} is not listed"))
+    }
+
+    /// Creates a consumer scoped to `tier`: its id and token.
+    pub async fn consumer_of(&self, name: &str, tier: &str) -> (String, String) {
+        let created = expect(
+            self.post("/admin/consumers", &json!({"name": name})).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let scoped = self
+            .post(
+                &format!("/admin/consumers/{id}/scopes"),
+                &json!({"tier": tier}),
+            )
+            .await;
+        assert_eq!(scoped.status(), StatusCode::OK);
+        (id, created["token"].as_str().unwrap().to_owned())
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of the series `series` (its name with its labels, as written) on `/metrics`,
+    /// if listed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
     /// `GET /key` for `feature` with `token` (a consumer's, or any other): status and body.
     pub async fn key_as(&self, token: &str, feature: &str) -> (StatusCode, Value) {
         let response = self
@@ -280,11 +331,15 @@ pub fn start_app(db_path: &Path, key_hex: &str, options: Options) -> (App, Manua
 }
 
 fn start_app_on(db_path: &Path, key_hex: &str, options: Options, clock: Clock) -> App {
-    let key = EncryptionKey::parse_hex(key_hex).unwrap();
-    let sealer = Sealer::new(&key);
+    let sealer = sealer(key_hex);
     let store = Store::open(db_path, &sealer).expect("open store");
     let token = SecretString::from(ADMIN_TOKEN);
     App::start_with(store, sealer, clock, token, options).unwrap()
+}
+
+/// The sealer of the encryption key `key_hex`.
+pub fn sealer(key_hex: &str) -> Sealer {
+    Sealer::new(&EncryptionKey::parse_hex(key_hex).unwrap())
 }
 
 pub fn hex_key(byte: u8) -> String {

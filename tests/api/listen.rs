@@ -1,13 +1,11 @@
 //! Where the binary listens: `BIND_ADDRESS` chooses the interface of the API and of the
 //! `/metrics` listener; unset, every interface.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use crate::binary::assert_one_clear_line;
 use crate::helpers::hex_key;
-use crate::process::{Launch, Server, TOKEN, free_port, run};
+use crate::process::{Launch, Server, TOKEN, free_port, http_at, run};
 
 /// Whether this host has an IPv6 loopback (containers may not).
 fn has_ipv6() -> bool {
@@ -16,18 +14,7 @@ fn has_ipv6() -> bool {
 
 /// `GET path` at `address` on its own connection: the status, or the error of connecting.
 fn status_at(address: SocketAddr, path: &str) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    response
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line: {response:?}")))
+    http_at(address, "GET", path, TOKEN, &[], None).map(|(status, _, _)| status)
 }
 
 fn v4(port: u16) -> SocketAddr {

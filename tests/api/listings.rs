@@ -2,20 +2,18 @@
 //! `limit`, `after`, the key filters and the `Link` to the next page; without `limit`, the whole
 //! listing streamed, equal to its pages end to end.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, expect, expect_error, hammer};
+use crate::helpers::{TestApp, expect, expect_error, hammer};
 
 /// Adds the keys `(name, tier)` all at once (the writer commits them in a few batches).
 async fn add_keys(app: &TestApp, keys: impl IntoIterator<Item = (String, &str)>) {
     let mut adds = JoinSet::new();
     for (i, (name, tier)) in keys.into_iter().enumerate() {
         let request = app
-            .client
-            .post(format!("{}/admin/keys", app.address))
-            .bearer_auth(ADMIN_TOKEN)
+            .request(Method::POST, "/admin/keys")
             .json(&json!({"name": name, "key": format!("sk-{i}"), "tier": tier}));
         adds.spawn(async move { request.send().await.unwrap().status() });
     }
@@ -295,9 +293,7 @@ async fn consumers_are_paged_by_id_and_the_pages_make_the_streamed_listing() {
     let mut creates = JoinSet::new();
     for i in 0..45 {
         let request = app
-            .client
-            .post(format!("{}/admin/consumers", app.address))
-            .bearer_auth(ADMIN_TOKEN)
+            .request(Method::POST, "/admin/consumers")
             .json(&json!({"name": format!("svc-{i}")}));
         creates.spawn(async move { request.send().await.unwrap().status() });
     }

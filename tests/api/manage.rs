@@ -2,52 +2,14 @@
 //! /admin/tiers/{name}`, `DELETE /admin/consumers/{id}/scopes/{tier}`, `POST
 //! /admin/consumers/{id}/token`.
 
-use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{KeyRecord, Store};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, expect, expect_error};
+use crate::helpers::{TestApp, expect, expect_error, sealer};
 use crate::usage::serve_up_to;
 
 impl TestApp {
-    pub(crate) async fn patch(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::PATCH, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// The listing entry of the key `id`.
-    pub(crate) async fn listed(&self, id: &str) -> Value {
-        let keys = expect(self.get("/admin/keys").await, StatusCode::OK).await;
-        keys.as_array()
-            .unwrap()
-            .iter()
-            .find(|key| key["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("key {id} is not listed"))
-    }
-
-    /// Creates a consumer scoped to `tier`: its id and token.
-    pub(crate) async fn consumer_of(&self, name: &str, tier: &str) -> (String, String) {
-        let created = expect(
-            self.post("/admin/consumers", &json!({"name": name})).await,
-            StatusCode::CREATED,
-        )
-        .await;
-        let id = created["id"].as_str().unwrap().to_owned();
-        let scoped = self
-            .post(
-                &format!("/admin/consumers/{id}/scopes"),
-                &json!({"tier": tier}),
-            )
-            .await;
-        assert_eq!(scoped.status(), StatusCode::OK);
-        (id, created["token"].as_str().unwrap().to_owned())
-    }
-
     /// Serves `feature` until it is refused: how many were served.
     async fn drain(&self, feature: &str) -> usize {
         let mut served = 0;
@@ -70,18 +32,21 @@ fn rfc3339(unix_ms: i64) -> String {
         .unwrap()
 }
 
+/// The stopped app's file, opened as the server opens it.
+fn stopped_store(app: &TestApp) -> Store {
+    Store::open(&app.db_path, &sealer(&app.key_hex)).unwrap()
+}
+
 /// The stored record of key `id` in the stopped app's file.
 fn stored_key(app: &TestApp, id: &str) -> KeyRecord {
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(&app.key_hex).unwrap());
-    let store = Store::open(&app.db_path, &sealer).unwrap();
+    let store = stopped_store(app);
     let txn = store.begin().unwrap();
     txn.get_key(id).unwrap().unwrap()
 }
 
 /// Changes the stored record of key `id` in the stopped app's file, signed as the server signs.
 pub(crate) fn edit_key(app: &TestApp, id: &str, change: impl FnOnce(&mut KeyRecord)) {
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(&app.key_hex).unwrap());
-    let store = Store::open(&app.db_path, &sealer).unwrap();
+    let store = stopped_store(app);
     let txn = store.begin().unwrap();
     let mut record = txn.get_key(id).unwrap().unwrap();
     change(&mut record);

@@ -7,6 +7,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, expect};
+use crate::routes::sample_path;
 
 /// The document, as the server serves it.
 struct Spec(Value);
@@ -475,11 +476,7 @@ async fn real_answers_validate_against_the_declared_schemas() {
     let plausible =
         json!({"name": "probe", "features": {"chat": 1}, "key": "sk-probe", "tier": "pro"});
     for route in &ROUTES {
-        let path = ["{id}", "{name}", "{tier}"]
-            .iter()
-            .fold(route.path.to_owned(), |path, parameter| {
-                path.replace(parameter, "00000000-0000-4000-8000-000000000000")
-            });
+        let path = sample_path(route);
         let body = (route.method == M::POST || route.method == M::PATCH).then(|| plausible.clone());
         let response = send(route.method.clone(), &format!("{path}?feature=chat"), body)
             .await
@@ -542,7 +539,7 @@ async fn the_docs_page_and_its_assets_come_from_this_server_only() {
     let spec = get("/openapi.json").await;
     assert_eq!(spec.status(), StatusCode::OK);
     // The page is public; the admin token changes nothing.
-    let with_token = app.request(Method::GET, "/docs").send().await.unwrap();
+    let with_token = app.get("/docs").await;
     assert_eq!(with_token.status(), StatusCode::OK);
 }
 

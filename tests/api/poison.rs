@@ -7,14 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use keypooler::broker::{KeyInfo, Plaintext};
-use keypooler::crypto::{EncryptionKey, Sealer};
 use keypooler::store::{Store, key_record};
 use redb::TableDefinition;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::binary::stderr;
-use crate::helpers::hex_key;
+use crate::helpers::{hex_key, sealer};
 use crate::process::{Server, run};
 
 const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
@@ -38,7 +37,7 @@ fn nested(depth: usize) -> serde_json::Map<String, Value> {
 /// limit), a key with a field of the wrong type holding [`HIDDEN`], a consumer that is not JSON,
 /// and a tier without a name. Returns their ids as `table/id`.
 fn plant_poison(path: &Path, key: &str, tier_id: &str) -> BTreeSet<String> {
-    let sealer = Sealer::new(&EncryptionKey::parse_hex(key).unwrap());
+    let sealer = sealer(key);
     {
         let store = Store::open(path, &sealer).unwrap();
         let batch = store.begin().unwrap();

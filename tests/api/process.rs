@@ -315,7 +315,20 @@ pub fn http_with_headers(
     headers: &[(&str, &str)],
     body: Option<&serde_json::Value>,
 ) -> std::io::Result<(u16, String, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    http_at(address, method, path, token, headers, body)
+}
+
+/// [`http_with_headers`] to any `address` (another interface, IPv6).
+pub fn http_at(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> std::io::Result<(u16, String, String)> {
+    let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let extra: String = headers

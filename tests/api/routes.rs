@@ -39,12 +39,7 @@ fn probe_with(
     body: &str,
     query: &[(&str, &str)],
 ) -> RequestBuilder {
-    let path = PARAMETERS
-        .iter()
-        .fold(route.path.to_owned(), |path, parameter| {
-            path.replace(parameter, SAMPLE_ID)
-        });
-    assert!(!path.contains('{'), "a parameter without a sample: {path}");
+    let path = sample_path(route);
     let mut request = app
         .client
         .request(route.method.clone(), format!("{}{path}", app.address))
@@ -58,6 +53,17 @@ fn probe_with(
             .body(body.to_owned());
     }
     request
+}
+
+/// The route's path with every parameter given the sample value.
+pub fn sample_path(route: &Route) -> String {
+    let path = PARAMETERS
+        .iter()
+        .fold(route.path.to_owned(), |path, parameter| {
+            path.replace(parameter, SAMPLE_ID)
+        });
+    assert!(!path.contains('{'), "a parameter without a sample: {path}");
+    path
 }
 
 fn plausible_body() -> String {
@@ -166,23 +172,10 @@ async fn every_route_enforces_its_access_rule() {
 async fn admin_routes_refuse_a_consumer_token() {
     let app = TestApp::spawn().await;
     app.create_tier("probe", json!({"chat": 100})).await;
-    let consumer = expect(
-        app.post("/admin/consumers", &json!({"name": "svc"})).await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = consumer["id"].as_str().unwrap();
-    let scoped = app
-        .post(
-            &format!("/admin/consumers/{id}/scopes"),
-            &json!({"tier": "probe"}),
-        )
-        .await;
-    assert!(scoped.status().is_success());
-    let token = consumer["token"].as_str().unwrap();
+    let (_, token) = app.consumer_of("svc", "probe").await;
     let plausible = plausible_body();
     for route in ROUTES.iter().filter(|route| route.access == Access::Admin) {
-        let response = probe(&app, route, Some(token), &plausible)
+        let response = probe(&app, route, Some(&token), &plausible)
             .send()
             .await
             .unwrap();
@@ -201,7 +194,7 @@ async fn admin_routes_refuse_a_consumer_token() {
         .iter()
         .filter(|r| r.access == Access::AdminOrConsumer)
     {
-        let response = probe(&app, route, Some(token), &plausible)
+        let response = probe(&app, route, Some(&token), &plausible)
             .send()
             .await
             .unwrap();

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keypooler::crypto::{EncryptionKey, Sealer, token_hash};
+use keypooler::crypto::{Sealer, token_hash};
 use keypooler::store::{Store, load_catalog, open_key};
 use redb::{ReadableDatabase, TableDefinition};
 use serde_json::{Value, json};
 
 use crate::binary::{assert_one_clear_line, stderr};
 use crate::files::Rng;
-use crate::helpers::{hex_key, large_database};
+use crate::helpers::{hex_key, large_database, sealer};
 use crate::process::{Server, TOKEN, http_get, keypooler, run};
 
 /// A signed record is its JSON followed by a signature of this many bytes.
@@ -418,8 +418,8 @@ fn a_rekey_killed_at_any_moment_leaves_the_old_key_or_the_new_one_never_a_mix() 
     let count = setting("KEYPOOLER_REKEY_KEYS", 3_000);
     let dir = tempfile::tempdir().unwrap();
     let (old_hex, new_hex) = (hex_key(0x81), hex_key(0x82));
-    let old = Sealer::new(&EncryptionKey::parse_hex(&old_hex).unwrap());
-    let new = Sealer::new(&EncryptionKey::parse_hex(&new_hex).unwrap());
+    let old = sealer(&old_hex);
+    let new = sealer(&new_hex);
     let base = dir.path().join("base.redb");
     large_database(&base, &old, count);
 
@@ -568,7 +568,7 @@ fn a_schema_1_database_is_upgraded_at_its_first_start_and_serves_everything() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pool.redb");
     let (old_hex, new_hex) = (hex_key(0x91), hex_key(0x92));
-    let old = Sealer::new(&EncryptionKey::parse_hex(&old_hex).unwrap());
+    let old = sealer(&old_hex);
     write_schema_1(&db, &old);
 
     let server = Server::start(dir.path(), &old_hex);
@@ -596,7 +596,7 @@ fn a_schema_1_database_is_upgraded_at_its_first_start_and_serves_everything() {
     // After a rekey, every value opens under the new key with the new associated data, the
     // only one the store knows outside the upgrade.
     assert!(rekey(dir.path(), &old_hex, &new_hex).status.success());
-    let new = Sealer::new(&EncryptionKey::parse_hex(&new_hex).unwrap());
+    let new = sealer(&new_hex);
     let contents = Store::open(&db, &new).unwrap().load().unwrap();
     assert!(contents.left_out.is_empty());
     assert_eq!((contents.tiers.len(), contents.consumers.len()), (1, 1));

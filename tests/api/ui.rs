@@ -254,11 +254,8 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
 
     // A provider's 401, reported by a caller, disables the key.
     let reported = app
-        .request(Method::POST, &format!("/key/{id}/report"))
-        .json(&json!({"status": 401}))
-        .send()
-        .await
-        .unwrap();
+        .post(&format!("/key/{id}/report"), &json!({"status": 401}))
+        .await;
     assert_eq!(reported.status(), StatusCode::OK);
     browser
         .text_when(&format!("{row} .state"), |t| t == "disabled")
@@ -279,14 +276,9 @@ async fn an_operator_manages_the_pool_in_a_real_browser() {
     browser
         .text_when(&format!("{row} .state"), |t| t == "active")
         .await;
-    let listed = expect(app.get("/admin/keys").await, StatusCode::OK).await;
-    let key = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|key| key["id"] == id);
-    assert_eq!(key.unwrap()["is_active"], true);
-    assert_eq!(key.unwrap()["disabled_reason"], serde_json::Value::Null);
+    let key = app.listed(&id).await;
+    assert_eq!(key["is_active"], true);
+    assert_eq!(key["disabled_reason"], serde_json::Value::Null);
 
     // Deleted: the first click arms the button, the second deletes.
     let delete = format!("{row} button.delete");
@@ -441,15 +433,7 @@ async fn add_keys(app: &TestApp, count: usize) {
 #[ignore = "needs chromium"]
 async fn the_docs_page_renders_every_operation_from_this_server_only() {
     let app = TestApp::spawn().await;
-    let document: serde_json::Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
     let operations: usize = document["paths"]
         .as_object()
         .unwrap()

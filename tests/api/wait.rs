@@ -16,12 +16,9 @@ fn send(app: &TestApp, query: &str) -> JoinHandle<Response> {
     tokio::spawn(async move { request.send().await.unwrap() })
 }
 
-/// The value of the series `name` (with its labels, as written) on `/metrics`.
+/// The value of the series `series` on `/metrics`, 0 when it is not listed.
 async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
+    app.metric(series).await.unwrap_or(0.0)
 }
 
 /// Returns once `n` requests wait (the requests are in flight: there is no clock to move).
@@ -44,11 +41,7 @@ async fn spent_pool(app: &TestApp, limit: u32) {
     )
     .await;
     app.add_key("k", "sk-first", "pro").await;
-    let spend = app
-        .request(Method::GET, &format!("/key?feature=chat&cost={limit}"))
-        .send()
-        .await
-        .unwrap();
+    let spend = app.get(&format!("/key?feature=chat&cost={limit}")).await;
     assert_eq!(spend.status(), StatusCode::OK);
 }
 

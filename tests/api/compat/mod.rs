@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use indicatif::ProgressBar;
-use keypooler::compat::{CompatError, Schema, Unservable};
+use keypooler::compat::{CompatError, Schema, SourceContents, Unservable};
 use keypooler::compat::{ExportSummary, ImportMode, ImportSummary, export, import, read_source};
-use keypooler::crypto::{EncryptionKey, Sealer};
+use keypooler::crypto::Sealer;
 use keypooler::store::open_key;
 use keypooler::store::{Store, StoreError};
 use proptest::prelude::*;
@@ -30,7 +30,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, hex_key};
+use crate::helpers::{TestApp, hex_key, sealer};
 
 const SEED: &str = "go-keypooler-seed";
 const LATEST: &str = "go-keypooler-latest";
@@ -73,10 +73,6 @@ fn altered(name: &str, sql: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn sealer(hex: &str) -> Sealer {
-    Sealer::new(&EncryptionKey::parse_hex(hex).unwrap())
-}
-
 fn ours() -> Sealer {
     sealer(&hex_key(OURS))
 }
@@ -103,8 +99,17 @@ fn import_into(
     mode: ImportMode,
 ) -> Result<ImportSummary, CompatError> {
     let source = read_source(from, &sealer(source_key), &ProgressBar::hidden())?;
+    import_read(&source, db, mode)
+}
+
+/// Imports what a reader read into the redb file at `db`, as the CLI does.
+fn import_read(
+    source: &SourceContents,
+    db: &Path,
+    mode: ImportMode,
+) -> Result<ImportSummary, CompatError> {
     let store = Store::open(db, &ours())?;
-    import(&source, &store, &ours(), mode, &ProgressBar::hidden())
+    import(source, &store, &ours(), mode, &ProgressBar::hidden())
 }
 
 fn import_fixture(name: &str, db: &Path) -> ImportSummary {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use keypooler::compat::{PostgresUrl, SourceContents, export_postgres, read_postgres};
+use keypooler::compat::{PostgresUrl, export_postgres, read_postgres};
 use keypooler::store::{BudgetRecord, KeyRecord};
 
 use super::*;
@@ -57,9 +57,7 @@ fn import_url(
     db: &Path,
     mode: ImportMode,
 ) -> Result<ImportSummary, CompatError> {
-    let source = read_url(url, source_key)?;
-    let store = Store::open(db, &ours())?;
-    import(&source, &store, &ours(), mode, &ProgressBar::hidden())
+    import_read(&read_url(url, source_key)?, db, mode)
 }
 
 fn export_url(db: &Path, url: &str, now_ms: i64) -> Result<ExportSummary, CompatError> {
