@@ -35,12 +35,12 @@ pub async fn get_key(State(app): State<AppState>, request: Request) -> Response 
     }
 }
 
-/// Whether `request` may wait for a key (`GET /key` with a `wait` parameter): the server
-/// bounds it by its wait rather than by `REQUEST_TIMEOUT`. A byte search of the query, so a
-/// request that does not wait pays one pass over its short query.
+/// Whether `request` may wait for a key: any request to `/key`, which the server bounds by the
+/// longest wait rather than by `REQUEST_TIMEOUT`. Only [`serve`] reads `wait`: a request to
+/// `/key` that does not wait is answered at its first poll, before any timeout could fire, so
+/// the path alone decides and the query is not scanned twice.
 pub fn waits<B>(request: &axum::http::Request<B>) -> bool {
-    let uri = request.uri();
-    uri.path() == "/key" && uri.query().is_some_and(|query| query.contains("wait="))
+    request.uri().path() == "/key"
 }
 
 /// Why the hot path did not answer a key.
