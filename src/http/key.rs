@@ -10,16 +10,15 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 use super::AppState;
-use super::auth::{bearer, is_admin};
+use super::auth::caller;
 use super::error::{ApiError, json_response};
 use super::wait::{Waiting, Who};
-use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Snapshot, Tally};
-use crate::crypto::token_hash;
+use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Tally};
 
 /// The longest `wait`, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 30;
@@ -131,24 +130,6 @@ pub(super) fn answer(
         });
     }
     json_response(StatusCode::OK, key.body())
-}
-
-/// The admin, or the active consumer whose token this is.
-fn caller<'s>(
-    app: &AppState,
-    snapshot: &'s Snapshot,
-    headers: &HeaderMap,
-) -> Result<Caller<'s>, ApiError> {
-    let token = bearer(headers)?;
-    if is_admin(token, app.admin_token()) {
-        return Ok(Caller::Admin);
-    }
-    // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by a
-    // uniformly random digest leaks nothing about stored tokens through timing.
-    snapshot
-        .consumer(&token_hash(token))
-        .map(Caller::Consumer)
-        .ok_or(ApiError::Unauthorized("invalid token"))
 }
 
 /// The first value of each of `names` in the query, in one pass, borrowed from the URI unless
