@@ -415,17 +415,7 @@ impl Settings {
     /// `COOLDOWN_MAX` and `FAILURE_THRESHOLD`.
     pub fn key_health(&self) -> Result<KeyHealthSettings, ConfigError> {
         let bounded = |variable: &str, value: Option<&String>, default: u32, max: u32| {
-            let Some(text) = given(value) else {
-                return Ok(default);
-            };
-            text.parse::<u32>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    ConfigError(format!(
-                        "{variable} must be an integer from 1 to {max} (got {text:?})"
-                    ))
-                })
+            given(value).map_or(Ok(default), |text| one_to(variable, text, max))
         };
         Ok(KeyHealthSettings {
             cooldown_max_seconds: bounded(
@@ -459,16 +449,21 @@ const MAX_CONNECTIONS: u32 = 1_000_000;
 const MIN_TIMEOUT_SECONDS: f64 = 0.001;
 const MAX_TIMEOUT_SECONDS: f64 = 3_600.0;
 
-/// A number of connections, from 1 to [`MAX_CONNECTIONS`].
-fn connection_count(variable: &str, text: &str) -> Result<u32, ConfigError> {
+/// An integer from 1 to `max`.
+fn one_to(variable: &str, text: &str, max: u32) -> Result<u32, ConfigError> {
     text.parse::<u32>()
         .ok()
-        .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+        .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
             ConfigError(format!(
-                "{variable} must be an integer from 1 to {MAX_CONNECTIONS} (got {text:?})"
+                "{variable} must be an integer from 1 to {max} (got {text:?})"
             ))
         })
+}
+
+/// A number of connections, from 1 to [`MAX_CONNECTIONS`].
+fn connection_count(variable: &str, text: &str) -> Result<u32, ConfigError> {
+    one_to(variable, text, MAX_CONNECTIONS)
 }
 
 /// A duration in seconds (fractions allowed), from a millisecond to an hour.

@@ -1,6 +1,6 @@
 //! Bearer tokens: reading one from the request, and comparing it with the admin token (the admin
-//! routes and `GET /key`) or the metrics token (`/metrics`, when set). Consumer tokens
-//! (`GET /key` only) are found by their hash in the snapshot instead.
+//! routes and the `/key` routes) or the metrics token (`/metrics`, when set). Consumer tokens
+//! (the `/key` routes only) are found by their hash in the snapshot instead ([`caller`]).
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::broker::{Catalog, Consumer, KeyEntry};
+use crate::broker::{Caller, Catalog, Consumer, KeyEntry, Snapshot};
 use crate::crypto::token_hash;
 
 /// The token a request presents, borrowed from its headers.
@@ -43,6 +43,24 @@ pub fn same_token(token: &[u8], expected: &SecretString) -> bool {
     constant_time_eq::constant_time_eq(token, expected.expose_secret().as_bytes())
 }
 
+/// The admin, or the active consumer whose token this is (`GET /key`, and [`KeyCaller`]).
+pub fn caller<'s>(
+    app: &AppState,
+    snapshot: &'s Snapshot,
+    headers: &HeaderMap,
+) -> Result<Caller<'s>, ApiError> {
+    let token = bearer(headers)?;
+    if is_admin(token, app.admin_token()) {
+        return Ok(Caller::Admin);
+    }
+    // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by a
+    // uniformly random digest leaks nothing about stored tokens through timing.
+    snapshot
+        .consumer(&token_hash(token))
+        .map(Caller::Consumer)
+        .ok_or(ApiError::Unauthorized("invalid token"))
+}
+
 /// Proof that a request carries the admin token; extracting it answers 401 otherwise.
 pub struct Admin;
 
@@ -70,15 +88,10 @@ impl FromRequestParts<AppState> for KeyCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)?;
-        if is_admin(token, app.admin_token()) {
-            return Ok(KeyCaller::Admin);
-        }
-        let snapshot = app.pool().load();
-        let scoped = snapshot
-            .consumer(&token_hash(token))
-            .ok_or(ApiError::Unauthorized("invalid token"))?;
-        Ok(KeyCaller::Consumer(Arc::clone(&scoped.consumer)))
+        Ok(match caller(app, &app.pool().load(), &parts.headers)? {
+            Caller::Admin => KeyCaller::Admin,
+            Caller::Consumer(scoped) => KeyCaller::Consumer(Arc::clone(&scoped.consumer)),
+        })
     }
 }
 

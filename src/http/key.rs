@@ -10,16 +10,15 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 use super::AppState;
-use super::auth::{bearer, is_admin};
+use super::auth::caller;
 use super::error::{ApiError, json_response};
 use super::wait::{Waiting, Who};
-use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Snapshot, Tally};
-use crate::crypto::token_hash;
+use crate::broker::{Caller, Event, KeyEntry, MAX_RATE_LIMIT, Pick, Tally};
 
 /// The longest `wait`, in seconds.
 pub const MAX_WAIT_SECONDS: u64 = 30;
@@ -35,12 +34,12 @@ pub async fn get_key(State(app): State<AppState>, request: Request) -> Response 
     }
 }
 
-/// Whether `request` may wait for a key (`GET /key` with a `wait` parameter): the server
-/// bounds it by its wait rather than by `REQUEST_TIMEOUT`. A byte search of the query, so a
-/// request that does not wait pays one pass over its short query.
+/// Whether `request` may wait for a key: any request to `/key`, which the server bounds by the
+/// longest wait rather than by `REQUEST_TIMEOUT`. Only [`serve`] reads `wait`: a request to
+/// `/key` that does not wait is answered at its first poll, before any timeout could fire, so
+/// the path alone decides and the query is not scanned twice.
 pub fn waits<B>(request: &axum::http::Request<B>) -> bool {
-    let uri = request.uri();
-    uri.path() == "/key" && uri.query().is_some_and(|query| query.contains("wait="))
+    request.uri().path() == "/key"
 }
 
 /// Why the hot path did not answer a key.
@@ -131,24 +130,6 @@ pub(super) fn answer(
         });
     }
     json_response(StatusCode::OK, key.body())
-}
-
-/// The admin, or the active consumer whose token this is.
-fn caller<'s>(
-    app: &AppState,
-    snapshot: &'s Snapshot,
-    headers: &HeaderMap,
-) -> Result<Caller<'s>, ApiError> {
-    let token = bearer(headers)?;
-    if is_admin(token, app.admin_token()) {
-        return Ok(Caller::Admin);
-    }
-    // Consumer tokens are looked up by hash: the hash is what is stored, and a lookup by a
-    // uniformly random digest leaks nothing about stored tokens through timing.
-    snapshot
-        .consumer(&token_hash(token))
-        .map(Caller::Consumer)
-        .ok_or(ApiError::Unauthorized("invalid token"))
 }
 
 /// The first value of each of `names` in the query, in one pass, borrowed from the URI unless

@@ -10,9 +10,9 @@
 //!   connection); otherwise the connection is closed without a reply. This also closes idle
 //!   kept-alive connections, so a silent client cannot hold a permit.
 //! * Each request must be answered within [`ConnectionLimits::request_timeout`], reading its
-//!   body included; otherwise it gets `408 {"error": "request timed out"}`. A `GET /key` that
-//!   may wait for a key (`wait=`) is bounded by its wait instead: it gets at least
-//!   [`MAX_WAIT_SECONDS`] and a second.
+//!   body included; otherwise it gets `408 {"error": "request timed out"}`. A `GET /key`, which
+//!   may wait for a key (`wait=`), is bounded by its wait instead: it gets at least
+//!   [`MAX_WAIT_SECONDS`] and a second (one that does not wait answers without awaiting).
 //! * A write that makes no progress for [`ConnectionLimits::write_timeout`] (the client reads
 //!   nothing, the socket's buffers are full) closes the connection, so a client that never
 //!   reads cannot hold a permit.
